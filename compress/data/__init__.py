@@ -1,0 +1,171 @@
+"""Datasets: built-in digits, npz arrays, image folders; a stratified, seeded train/val/test split.
+
+The test split is never trained, selected or calibrated on: stages see ``train`` (and ``val`` for
+model selection); only the report reads ``test``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import DataError
+
+__all__ = ["Dataset", "Splits", "load_data", "peek_data", "stratified_split"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: np.ndarray  # float32, N x C x H x W or N x F
+    y: np.ndarray  # int64 labels in [0, num_classes)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]  # one sample, without the batch axis
+    fingerprint: str  # hash of the data and the split, for cache keys
+
+    def describe(self) -> str:
+        return (f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test samples, "
+                f"input {tuple(self.input_shape)}, {self.num_classes} classes")
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    # UCI optdigits test set as shipped by scikit-learn (BSD-3): 1797 8x8 images, pixel values 0..16.
+    path = Path(__file__).with_name("digits.csv.gz")
+    with gzip.open(path, "rt") as f:
+        raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    x = (raw[:, :-1] / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+    return x, raw[:, -1].astype(np.int64)
+
+
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        # allow_pickle=False: an npz with object arrays could run code on load.
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x", "y") if k not in z.files]
+            if missing:
+                raise DataError(f"{path}: npz must hold arrays 'x' and 'y'; missing {missing} (has {z.files})")
+            x, y = z["x"], z["y"]
+    except DataError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError (object arrays), OSError
+        raise DataError(f"{path}: not a readable npz file ({exc})") from None
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{path}: labels 'y' must be integers (got dtype {y.dtype})")
+    return x.astype(np.float32, copy=False), y.astype(np.int64)
+
+
+def _imagefolder(path: Path, size: int | None, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image  # pillow comes with matplotlib
+
+    if not path.is_dir():
+        raise DataError(f"image folder not found: {path}")
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{path}: an image folder holds one sub-folder per class; found none")
+    xs, ys = [], []
+    mode = "L" if channels == 1 else "RGB"
+    for label, cls in enumerate(classes):
+        for f in sorted((path / cls).iterdir()):
+            if f.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}:
+                continue
+            try:
+                img = Image.open(f).convert(mode)
+            except Exception as exc:
+                raise DataError(f"{f}: unreadable image ({exc})") from None
+            if size:
+                img = img.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+            xs.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise DataError(f"{path}: no images found in {classes}")
+    shapes = {a.shape for a in xs}
+    if len(shapes) > 1:
+        raise DataError(f"{path}: images differ in size {sorted(shapes)[:3]}; set data.image_size")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+def _read(cfg) -> tuple[np.ndarray, np.ndarray]:
+    if cfg.source == "digits":
+        return _digits()
+    if cfg.source == "npz":
+        return _npz(Path(cfg.path))
+    return _imagefolder(Path(cfg.path), cfg.image_size, cfg.channels)
+
+
+def _check(x: np.ndarray, y: np.ndarray, where: str) -> int:
+    if len(x) == 0:
+        raise DataError(f"{where}: the dataset is empty")
+    if len(x) != len(y):
+        raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
+    if x.ndim not in (2, 4):
+        raise DataError(f"{where}: x must be N x F or N x C x H x W (got shape {x.shape})")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
+        raise DataError(f"{where}: x has NaN or inf values in {bad} samples")
+    if y.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0 (found {int(y.min())})")
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DataError(f"{where}: a classifier needs at least 2 classes (found only {classes.tolist()})")
+    num_classes = int(y.max()) + 1
+    if len(classes) != num_classes:
+        missing = sorted(set(range(num_classes)) - set(classes.tolist()))
+        raise DataError(f"{where}: labels must be 0..{num_classes - 1} with every class present; missing {missing[:10]}")
+    return num_classes
+
+
+def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train/val/test with each class split in the same proportions (seeded)."""
+    rng = np.random.default_rng(seed)
+    tr, va, te = [], [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_te, n_va = int(round(len(idx) * test)), int(round(len(idx) * val))
+        te.append(idx[:n_te]), va.append(idx[n_te:n_te + n_va]), tr.append(idx[n_te + n_va:])
+    return tuple(np.sort(np.concatenate(p)) for p in (tr, va, te))  # type: ignore[return-value]
+
+
+def peek_data(cfg) -> tuple[tuple[int, ...], int]:
+    """Input shape and class count, for checks before compute (reads the data, trains nothing)."""
+    x, y = _read(cfg)
+    return tuple(x.shape[1:]), _check(x, y, _where(cfg))
+
+
+def _where(cfg) -> str:
+    return "data (digits)" if cfg.source == "digits" else f"data ({cfg.path})"
+
+
+def load_data(cfg, seed: int) -> Splits:
+    """Load and split; the split depends on the seed only, so every model of a run sees the same test set."""
+    x, y = _read(cfg)
+    num_classes = _check(x, y, _where(cfg))
+    counts = np.bincount(y, minlength=num_classes)
+    need = max(3, int(np.ceil(1 / min(cfg.split.val, cfg.split.test))))
+    if counts.min() < 3:
+        raise DataError(f"{_where(cfg)}: class {int(counts.argmin())} has {int(counts.min())} samples; "
+                        f"a train/val/test split needs at least 3 per class ({need} for this split)")
+    tr, va, te = stratified_split(y, cfg.split.val, cfg.split.test, seed)
+    h = hashlib.sha256()
+    for a in (x, y, tr, va, te):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return Splits(Dataset(x[tr], y[tr]), Dataset(x[va], y[va]), Dataset(x[te], y[te]),
+                  num_classes, tuple(x.shape[1:]), h.hexdigest()[:16])

@@ -1,0 +1,338 @@
+"""The recipe schema and ``load_recipe``: every recipe error is born here, before any compute.
+
+Errors name the file, the line, the key path and the valid choices::
+
+    recipes/x.yaml:14: stages[1].importance: invalid value 'l3'; valid choices: l1, l2, taylor, bn_scale
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compress import stages as _stages  # registers every stage
+from compress.errors import ChainError, RecipeError
+from compress.stages.base import STAGES
+
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "DataConfig", "ModelSpec", "TrainConfig", "check_chain"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SplitConfig(Strict):
+    val: float = Field(0.2, gt=0, lt=1, description="fraction held out for model selection and calibration checks")
+    test: float = Field(0.2, gt=0, lt=1, description="fraction held out for the final report; never trained or calibrated on")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test must leave data for training (got {self.val} + {self.test} >= 1)")
+        return self
+
+
+class DataConfig(Strict):
+    source: Literal["digits", "npz", "imagefolder"] = "digits"
+    path: Path | None = Field(None, description="file (npz) or directory (imagefolder)")
+    split: SplitConfig = SplitConfig()
+    image_size: int | None = Field(None, ge=4, le=1024, description="imagefolder: resize to this square size")
+    channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
+
+    @model_validator(mode="after")
+    def _path_when_needed(self):
+        if self.source in ("npz", "imagefolder") and self.path is None:
+            raise ValueError(f"source '{self.source}' needs a path")
+        if self.source == "digits" and self.path is not None:
+            raise ValueError("source 'digits' is built in and takes no path")
+        return self
+
+
+class ModelSpec(Strict):
+    arch: Literal["mlp", "cnn"] | None = Field(None, description="built-in architecture")
+    width: int = Field(16, ge=1, le=4096, description="channels (cnn) or hidden units (mlp) of the first layer")
+    depth: int = Field(2, ge=1, le=16, description="number of conv blocks (cnn) or hidden layers (mlp)")
+    factory: str | None = Field(None, description="user model as 'package.module:function'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.arch is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'arch' (built-in: mlp, cnn) or 'factory' ('package.module:function')")
+        if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
+            raise ValueError(f"factory must look like 'package.module:function' (got {self.factory!r})")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(30, ge=1, le=10_000)
+    lr: float = Field(1e-3, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class TeacherConfig(Strict):
+    model: ModelSpec
+    train: TrainConfig = TrainConfig()
+    weights: Path | None = Field(None, description=".safetensors, or a .pt/.pth state dict (loaded with weights_only=True)")
+
+
+class StudentConfig(Strict):
+    model: ModelSpec
+    weights: Path | None = None
+
+
+class BenchConfig(Strict):
+    batch: int = Field(64, ge=1, le=4096, description="the large batch timed with all threads")
+    threads: int = Field(0, ge=0, description="threads for the large batch; 0 = all cores")
+    rounds: int = Field(30, ge=3, description="interleaved rounds per model")
+    calls: int = Field(20, ge=1, description="timed calls per model per round")
+
+
+def _stage_union():
+    configs = tuple(spec.config for spec in STAGES.values())
+    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 - built at import
+
+
+StageUnion = _stage_union()
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="output folder name")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig
+    student: StudentConfig
+    stages: list[StageUnion] = Field(min_length=1)  # type: ignore[valid-type]
+    baseline: Literal["scratch", "none"] = Field("scratch", description="train a from-scratch student with the same budget")
+    bench: BenchConfig = BenchConfig()
+    output: Path | None = Field(None, description="output root (default exported/); the CLI's --output wins")
+
+    # Set by load_recipe: where the recipe came from, for error messages and relative paths.
+    source_file: str | None = Field(None, exclude=True)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _line_map(node, path=(), out=None) -> dict[tuple, int]:
+    """Key path -> 1-based line, read off the YAML node tree (``yaml.compose`` is as safe as safe_load)."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            _line_map(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _line_map(item, path + (i,), out)
+    return out
+
+
+def _fmt_path(path) -> str:
+    s = ""
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s
+
+
+def _data_path(data, loc) -> tuple:
+    """Drop pydantic's union tags from an error location so that it matches the YAML key path."""
+    out, cur = [], data
+    for i, part in enumerate(loc):
+        if isinstance(cur, dict) and part in cur:
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, dict) and cur.get("type") == part:
+            continue  # discriminated-union tag, not a key
+        elif i == len(loc) - 1:
+            out.append(part)  # a missing key: report it under its parent's line
+        else:
+            continue
+    return tuple(out)
+
+
+def _model_at(path) -> type[BaseModel] | None:
+    """The pydantic model class that holds the keys at ``path`` (for listing valid keys)."""
+    cls: Any = Recipe
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if cls is None or not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        cls = _unwrap(field.annotation)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _unwrap(tp):
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        return _unwrap(typing.get_args(tp)[0])
+    if origin is Union or str(origin) == "types.UnionType":
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _unwrap(args[0]) if len(args) == 1 else None
+    return tp
+
+
+def _keys_of(cls: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in cls.model_fields.items() if not f.exclude]
+
+
+def _message(err: dict, data, stage_types: list[str]) -> tuple[tuple, str]:
+    loc = _data_path(data, err["loc"])
+    kind, ctx = err["type"], err.get("ctx", {})
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        parent = _parent_model(data, loc[:-1])
+        valid = _keys_of(parent) if parent else []
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return loc, f"unknown key '{key}'; {hint}valid keys: {', '.join(valid)}"
+    if kind == "missing":
+        return loc, "required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        got = ctx.get("tag")
+        path = loc if loc and loc[-1] == "type" else loc + ("type",)
+        close = difflib.get_close_matches(str(got), stage_types, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        what = f"unknown stage type '{got}'" if got is not None else "stage needs a 'type'"
+        return path, f"{what}; {hint}valid choices: {', '.join(stage_types)}"
+    if kind in ("literal_error", "enum"):
+        expected = ctx.get("expected", "")
+        choices = [a or b for a, b in re.findall(r"'([^']*)'|(-?\d+)", expected)]
+        got = err.get("input")
+        close = difflib.get_close_matches(str(got), choices, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return loc, f"invalid value {got!r}; {hint}valid choices: {', '.join(choices)}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    got = err.get("input")
+    if kind not in ("model_type", "dict_type") and not isinstance(got, (dict, list)):
+        msg += f" (got {got!r})"
+    return loc, msg
+
+
+def _parent_model(data, path) -> type[BaseModel] | None:
+    """Like _model_at, but resolves a stage entry to its registered config class."""
+    if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
+        try:
+            spec = STAGES.get(data["stages"][path[1]].get("type"))
+        except (KeyError, IndexError, AttributeError, TypeError):
+            spec = None
+        if spec is None:
+            return None
+        cls: Any = spec.config
+        for part in path[2:]:
+            if isinstance(part, int):
+                continue
+            field = cls.model_fields.get(part)
+            cls = _unwrap(field.annotation) if field else None
+            if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+                return None
+        return cls
+    return _model_at(path)
+
+
+def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | None = None) -> Recipe:
+    """Validate an already-loaded mapping; raise RecipeError naming file, line, key path and choices."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe is a YAML mapping of keys (got {type(data).__name__})", file, lines.get((), None))
+    for i, st in enumerate(data.get("stages") or []):
+        if not isinstance(st, dict):
+            raise RecipeError(f"a stage is a mapping with a 'type' (got {st!r})", file, lines.get(("stages", i)), f"stages[{i}]")
+    try:
+        recipe = Recipe.model_validate({**data, "source_file": file})
+    except ValidationError as exc:
+        # Unknown keys first: a typo usually explains the "missing" error that comes with it.
+        errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+        found = []
+        for err in errors[:5]:
+            loc, msg = _message(err, data, sorted(STAGES))
+            line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+            found.append(RecipeError(msg, file, line, _fmt_path(loc) or None))
+        first = found[0]
+        if len(found) > 1:
+            more = "".join(f"\n  also: {e}" for e in found[1:])
+            raise RecipeError(first.message + more, file, first.line, first.key) from None
+        raise first from None
+    check_chain(recipe, lines)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a YAML recipe with ``yaml.safe_load`` semantics and validate it (no compute, no file access but its own)."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", file) from None
+    except IsADirectoryError:
+        raise RecipeError("recipe path is a directory, not a YAML file", file) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe is not UTF-8 text ({exc.reason} at byte {exc.start})", file) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or str(exc)
+        if "could not determine a constructor" in problem:
+            problem = f"YAML tags that run code are refused ({problem.split('tag ')[-1]}); recipes are plain data"
+        raise RecipeError(problem, file, mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"invalid YAML: {exc}", file) from None
+    if data is None:
+        raise RecipeError("recipe is empty", file)
+    lines = _line_map(node) if node is not None else {}
+    recipe = parse_recipe(data, file, lines)
+    return _resolve_paths(recipe, path.parent)
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Relative paths in a recipe are relative to the recipe file, as a user reading it expects."""
+
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else (base / p)
+
+    updates: dict[str, Any] = {}
+    if recipe.data.path is not None and not recipe.data.path.is_absolute():
+        updates["data"] = recipe.data.model_copy(update={"path": fix(recipe.data.path)})
+    for role in ("teacher", "student"):
+        cfg = getattr(recipe, role)
+        if cfg.weights is not None and not cfg.weights.is_absolute():
+            updates[role] = cfg.model_copy(update={"weights": fix(cfg.weights)})
+    return recipe.model_copy(update=updates) if updates else recipe
+
+
+# --- the chain ------------------------------------------------------------------------------------
+
+
+def check_chain(recipe: Recipe, lines: dict[tuple, int] | None = None) -> None:
+    """Each stage must accept what the one before it produces; the student enters as a torch model."""
+    lines = lines or {}
+    produced, prev = "torch", "the student model"
+    for i, st in enumerate(recipe.stages):
+        spec = STAGES[st.type]
+        if produced not in spec.accepts:
+            raise ChainError(
+                f"stage '{st.type}' cannot follow {prev}: '{st.type}' takes {' or '.join(sorted(spec.accepts))} models "
+                f"but {prev} produces {produced} models; put '{st.type}' before it",
+                recipe.source_file, lines.get(("stages", i)), f"stages[{i}]")
+        produced, prev = spec.produces, f"stage '{st.type}' (stages[{i}])"

@@ -1,0 +1,216 @@
+"""report.json (stable schema, documented in README), report.md, report.png and the terminal table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from pathlib import Path
+
+from compress._io import atomic_path, write_json, write_text
+from compress.bench import cpu_info
+
+__all__ = ["build", "write", "print_table", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+    import torch_pruning
+
+    import compress
+
+    return {"compress": compress.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "torch_pruning": torch_pruning.__version__}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else a / b
+
+
+def build(recipe, data: dict, models: list[dict], stages: list[dict]) -> dict:
+    by_role = {m["role"]: m for m in models}
+    teacher, final, scratch = by_role.get("teacher"), by_role.get("final"), by_role.get("scratch")
+    summary: dict = {}
+    if teacher and final:
+        summary["final_vs_teacher"] = {
+            "size_ratio": _ratio(teacher["size_bytes"], final["size_bytes"]),  # x times smaller
+            "speedup_p50_batch1": _ratio(teacher["latency_ms"]["p50"], final["latency_ms"]["p50"]),
+            "speedup_p50_batch": _ratio(teacher["latency_batch_ms"]["p50"], final["latency_batch_ms"]["p50"]),
+            "accuracy_ratio": _ratio(final["accuracy"], teacher["accuracy"]),
+        }
+    if scratch and final:
+        summary["final_vs_scratch"] = {"accuracy_delta": final["accuracy"] - scratch["accuracy"],
+                                       "errors": final["errors"], "scratch_errors": scratch["errors"]}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": recipe.name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "cpu": cpu_info(),
+        "recipe": recipe.model_dump(mode="json", by_alias=True),
+        "data": data,
+        "bench": {"batch1": {"batch": 1, "threads": 1}, "batch": {"batch": recipe.bench.batch, "threads": recipe.bench.threads or "all"},
+                  "rounds": recipe.bench.rounds, "calls_per_round": recipe.bench.calls,
+                  "protocol": "onnxruntime CPU, warm-up, interleaved rounds in shuffled order in one process, spinning off"},
+        "models": models,
+        "stages": stages,
+        "summary": summary,
+        "notes": _notes(models),
+    }
+
+
+def _notes(models: list[dict]) -> list[str]:
+    """Plain statements about results a reader should not miss."""
+    notes, by_name = [], {m["name"]: m for m in models}
+    for m in models:
+        if m["role"] != "stage" or not m["name"].endswith("quantize"):
+            continue
+        src = next((by_name[n] for n in reversed(_stage_names(models, m)) if n in by_name), None)
+        if src is None:
+            continue
+        for key, label in (("latency_ms", "batch 1, 1 thread"), ("latency_batch_ms", "large batch, all threads")):
+            q, f = m[key]["p50"], src[key]["p50"]
+            if q > f:
+                notes.append(f"{m['name']} ({m['info'].get('mode')}) is SLOWER than its fp32 source {src['name']} at {label}: "
+                             f"p50 {q * 1000:.1f} us vs {f * 1000:.1f} us ({f / q:.2f}x). On this CPU the fp32 model is the faster choice there.")
+    final, scratch = next((m for m in models if m["role"] == "final"), None), next((m for m in models if m["role"] == "scratch"), None)
+    if final and scratch and final["errors"] > scratch["errors"]:
+        notes.append(f"The final model makes more test errors ({final['errors']}) than the scratch student ({scratch['errors']}): "
+                     "on this data the compression chain cost more accuracy than distillation gained.")
+    return notes
+
+
+def _stage_names(models, entry) -> list[str]:
+    names = [m["name"] for m in models if m["role"] == "stage"]
+    return names[:names.index(entry["name"])]
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _us(ms: float) -> str:
+    return f"{ms * 1000:.1f}"
+
+
+def _rows(report: dict) -> list[list[str]]:
+    teacher = next((m for m in report["models"] if m["role"] == "teacher"), None)
+    rows = []
+    for m in report["models"]:
+        sp1 = _ratio(teacher["latency_ms"]["p50"], m["latency_ms"]["p50"]) if teacher else None
+        spb = _ratio(teacher["latency_batch_ms"]["p50"], m["latency_batch_ms"]["p50"]) if teacher else None
+        smaller = _ratio(teacher["size_bytes"], m["size_bytes"]) if teacher else None
+        rows.append([m["name"], m["role"], f"{m['accuracy']:.2%}", str(m["errors"]),
+                     f"{m['agreement']:.2%}" if m.get("agreement") is not None else "-",
+                     f"{m['params']:,}" if m.get("params") else "-", f"{m['macs'] / 1e6:.2f}M" if m.get("macs") else "-",
+                     _size(m["size_bytes"]), f"{smaller:.1f}x" if smaller else "-",
+                     f"{_us(m['latency_ms']['p50'])} / {_us(m['latency_ms']['p90'])} / {_us(m['latency_ms']['p99'])}",
+                     f"{sp1:.2f}x" if sp1 else "-",
+                     f"{_us(m['latency_batch_ms']['p50'])}", f"{spb:.2f}x" if spb else "-"])
+    return rows
+
+
+def _header(report: dict) -> list[str]:
+    b = report["bench"]["batch"]
+    return ["model", "role", "test acc", "errors", "agrees w/ teacher", "params", "MACs", "size", "smaller",
+            "batch 1, 1 thread p50/p90/p99 (us)", "speed-up", f"batch {b['batch']}, {b['threads']} threads p50 (us)", "speed-up"]
+
+
+def markdown(report: dict) -> str:
+    d, cpu = report["data"], report["cpu"]
+    lines = [f"# compress report: {report['name']}", "",
+             f"{report['created']} · compress {report['versions']['compress']} · torch {report['versions']['torch']} · "
+             f"onnxruntime {report['versions']['onnxruntime']} · CPU {cpu['model']} ({cpu['cores']} cores; {', '.join(cpu['features']) or 'no AVX2'})",
+             "", f"Data: {d['train']} train / {d['val']} val / {d['test']} test samples; every accuracy below is on the "
+             "**test** split, which no stage trained, selected or calibrated on, measured by onnxruntime on the model file itself.",
+             "Speed-ups are ratios to the teacher timed interleaved in one process after warm-up.", "",
+             "| " + " | ".join(_header(report)) + " |", "|" + "---|" * len(_header(report))]
+    lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
+    s = report["summary"]
+    if "final_vs_teacher" in s:
+        f = s["final_vs_teacher"]
+        lines += ["", "## Final model vs teacher", "",
+                  f"- {f['size_ratio']:.1f}x smaller file, {f['speedup_p50_batch1']:.2f}x faster at batch 1 on 1 thread (p50), "
+                  f"{f['speedup_p50_batch']:.2f}x at batch {report['bench']['batch']['batch']}; {f['accuracy_ratio']:.2%} of the teacher's accuracy."]
+    if "final_vs_scratch" in s:
+        f = s["final_vs_scratch"]
+        lines.append(f"- Final model: {f['errors']} test errors; student trained from scratch with the same budget: {f['scratch_errors']}.")
+    if report["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", "![accuracy vs latency](report.png)", "", "## Stages", ""]
+    info = {m["name"]: m.get("info", {}) for m in report["models"]}
+    for st in report["stages"]:
+        name = f"{st['index']:02d}_{st['type']}"
+        i = info.get(name, {})
+        lines.append(f"### {st['index']}. {st['type']} ({st['seconds']} s)")
+        lines.append("")
+        lines.append("`" + ", ".join(f"{k}={v}" for k, v in st["config"].items() if k != "type") + "`")
+        lines.append("")
+        if "layers" in i:
+            lines += [f"params {i['params_before']:,} -> {i['params_after']:,}; MACs {i['macs_before']:,} -> {i['macs_after']:,}", "",
+                      "| layer | channels before | after |", "|---|---|---|"]
+            lines += [f"| {r['layer']} | {r['before']} | {r['after']} |" for r in i["layers"]]
+        for k in ("best_epoch", "val_accuracy", "parity_max_abs_diff", "ort_parity_max_abs_diff", "mode", "calibration",
+                  "calibration_samples", "calibration_split", "block_size", "matmulnbits_nodes"):
+            if k in i:
+                lines.append(f"- {k}: {i[k]}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"teacher": "#d62728", "scratch": "#7f7f7f", "stage": "#1f77b4", "final": "#2ca02c"}
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    biggest = max(m["size_bytes"] for m in report["models"])
+    for m in report["models"]:
+        x, y = m["latency_ms"]["p50"] * 1000, m["accuracy"] * 100
+        area = 40 + 1500 * m["size_bytes"] / biggest
+        ax.scatter([x], [y], s=area, c=colors.get(m["role"], "#1f77b4"), alpha=0.6, edgecolors="black", linewidths=0.5)
+        ax.annotate(f"{m['name']}\n{_size(m['size_bytes'])}", (x, y), textcoords="offset points", xytext=(8, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{report['name']}: accuracy vs latency (marker area = file size)")
+    ax.grid(True, which="both", alpha=0.3)
+    for role, c in colors.items():
+        ax.scatter([], [], c=c, alpha=0.6, label=role)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write(report: dict, out_dir: Path) -> None:
+    write_json(out_dir / "report.json", report)
+    write_text(out_dir / "report.md", markdown(report))
+    plot(report, out_dir / "report.png")
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"compress: {report['name']} (test split, onnxruntime CPU)")
+    for h in _header(report):
+        table.add_column(h, justify="left" if h in ("model", "role") else "right")
+    for r in _rows(report):
+        table.add_row(*r)
+    console = Console()
+    console.print(table)
+    for n in report["notes"]:
+        console.print(f"[yellow]note:[/yellow] {n}")
+    console.print(f"report: {report['files']['report_md']}")

@@ -1,0 +1,5 @@
+"""Benchmark runtimes, one file each."""
+
+from compress.runtimes import onnxruntime
+
+__all__ = ["onnxruntime"]

@@ -1,0 +1,37 @@
+"""``finetune``: recovery training after pruning, optionally with KD from the teacher."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from compress.artifact import Artifact
+from compress.stages.base import StageConfig, register_stage
+from compress.stages.distill import kd_loss_fn
+from compress.stages.train import cross_entropy
+from compress.training import fit
+
+__all__ = ["FinetuneConfig", "finetune"]
+
+
+class FinetuneConfig(StageConfig):
+    type: Literal["finetune"]
+    epochs: int = Field(10, ge=1, le=10_000)
+    lr: float = Field(5e-4, gt=0, le=10, description="lower than from-scratch training: the weights are already good")
+    batch_size: int = Field(64, ge=1, le=65_536)
+    weight_decay: float = Field(0.0, ge=0)
+    distill: bool = Field(False, description="add Hinton KD from the teacher to the hard-label loss")
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.5, ge=0, le=1)
+
+
+@register_stage(FinetuneConfig, accepts={"torch"}, produces="torch", trains=True)
+def finetune(art: Artifact, cfg: FinetuneConfig, ctx) -> Artifact:
+    loss = kd_loss_fn(ctx, cfg.temperature, cfg.alpha) if cfg.distill else cross_entropy
+    res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+              weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index, loss_fn=loss,
+              desc="finetune", quiet=ctx.quiet)
+    return art.derive("finetune", model=res.model,
+                      info={"best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy,
+                            "seconds": res.seconds, "distill": cfg.distill})

@@ -1,0 +1,100 @@
+"""The one training loop behind teacher training, ``train``, ``distill`` and ``finetune``.
+
+Adam with a cosine schedule; the weights with the best validation accuracy are kept (model selection
+on val, never on test). A non-finite loss stops the stage with a hint and the last good weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.data import Splits
+from compress.errors import StageError
+
+__all__ = ["fit", "FitResult", "accuracy", "evaluate_split"]
+
+# loss_fn(student_logits, targets, sample_indices) -> scalar; indices let KD look up cached teacher logits.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    model: nn.Module
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict]
+    seconds: float
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on one split."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
+        target = torch.from_numpy(y[i:i + batch_size])
+        correct += int((logits.argmax(1) == target).sum())
+        loss += float(F.cross_entropy(logits, target, reduction="sum"))
+    return correct / len(y), loss / len(y)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return evaluate_split(model, x, y)[0]
+
+
+def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size: int, seed: int,
+        loss_fn: LossFn, desc: str, weight_decay: float = 0.0, quiet: bool = False) -> FitResult:
+    """Train a copy of ``model`` and return it with the best-validation weights restored."""
+    from compress._progress import progress_bar
+
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x = torch.from_numpy(np.ascontiguousarray(splits.train.x))
+    y = torch.from_numpy(splits.train.y)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(y) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    best_key, best_acc, best_epoch, best_state = (-1.0, 0.0), -1.0, 0, copy.deepcopy(model.state_dict())
+    history: list[dict] = []
+    start = time.perf_counter()
+    with progress_bar(desc, epochs, quiet) as advance:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            order = torch.randperm(len(y), generator=gen)
+            total, seen = 0.0, 0
+            for b in range(steps_per_epoch):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                if len(idx) < 2 and seen:  # BatchNorm cannot train on a batch of one
+                    continue
+                loss = loss_fn(model(x[idx]), y[idx], idx)
+                if not torch.isfinite(loss):
+                    model.load_state_dict(best_state)
+                    raise StageError(f"{desc}: loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
+                                     f"training stopped with the best weights so far (epoch {best_epoch}). "
+                                     f"Hint: lower the learning rate (now {lr}).")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+                seen += len(idx)
+            val_acc, val_loss = evaluate_split(model, splits.val.x, splits.val.y)
+            history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "val_accuracy": val_acc, "val_loss": val_loss})
+            # Small val sets saturate: among equal accuracies prefer the lower val loss, not the earliest epoch.
+            if (val_acc, -val_loss) > best_key:
+                best_key, best_acc, best_epoch, best_state = (val_acc, -val_loss), val_acc, epoch, copy.deepcopy(model.state_dict())
+            advance(f"loss {total / max(seen, 1):.4f}  val {val_acc:.2%}")
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, best_epoch, best_acc, history, time.perf_counter() - start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -23,12 +24,13 @@ def cache_key(*parts: Any) -> str:
 
 
 def load_cached(folder: Path, key: str, model: torch.nn.Module) -> torch.nn.Module | None:
-    """Weights saved under ``key`` loaded into ``model`` (same architecture), or None."""
+    """A copy of ``model`` (never ``model`` itself) with the weights saved under ``key``, or None."""
     path = folder / f"{key}.safetensors"
     if not path.exists():
         return None
     from safetensors.torch import load_file
 
+    model = copy.deepcopy(model)
     try:
         model.load_state_dict(load_file(str(path)))
     except Exception:

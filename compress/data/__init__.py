@@ -114,6 +114,8 @@ def _read(cfg) -> tuple[np.ndarray, np.ndarray]:
 def _check(x: np.ndarray, y: np.ndarray, where: str) -> int:
     if len(x) == 0:
         raise DataError(f"{where}: the dataset is empty")
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels y must be a 1-d array of class ids (got shape {y.shape})")
     if len(x) != len(y):
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
     if x.ndim not in (2, 4):
@@ -164,6 +166,10 @@ def load_data(cfg, seed: int) -> Splits:
         raise DataError(f"{_where(cfg)}: class {int(counts.argmin())} has {int(counts.min())} samples; "
                         f"a train/val/test split needs at least 3 per class ({need} for this split)")
     tr, va, te = stratified_split(y, cfg.split.val, cfg.split.test, seed)
+    for part, idx in (("val", va), ("test", te), ("train", tr)):
+        if len(idx) == 0:
+            raise DataError(f"{_where(cfg)}: the {part} split is empty ({len(y)} samples, split val={cfg.split.val}, "
+                            f"test={cfg.split.test}); use more data or larger split fractions")
     h = hashlib.sha256()
     for a in (x, y, tr, va, te):
         h.update(np.ascontiguousarray(a).tobytes())

@@ -18,7 +18,7 @@ __all__ = ["FinetuneConfig", "finetune"]
 class FinetuneConfig(StageConfig):
     type: Literal["finetune"]
     epochs: int = Field(10, ge=1, le=10_000)
-    lr: float = Field(5e-4, gt=0, le=10, description="lower than from-scratch training: the weights are already good")
+    lr: float = Field(1e-3, gt=0, le=10, description="a third of the training default: the weights are already good")
     batch_size: int = Field(64, ge=1, le=65_536)
     weight_decay: float = Field(0.0, ge=0)
     distill: bool = Field(False, description="add Hinton KD from the teacher to the hard-label loss")

@@ -1,0 +1,88 @@
+"""One smoke test per registered stage, generated from the registry: a new stage is picked up automatically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.artifact import Artifact
+from compress.stages import STAGES
+from compress.stages.export import ExportConfig, export
+
+# Values for fields that have no default, by field name. A new stage with another required field
+# fails below with a message saying to add it here.
+REQUIRED_VALUES = {"ratio": 0.5}
+# Keep training stages short.
+SMALL = {"epochs": 1}
+
+
+def config_for(spec):
+    data = {"type": spec.name}
+    for name, field in spec.config.model_fields.items():
+        if name == "type":
+            continue
+        key = field.alias or name
+        if name in SMALL:
+            data[key] = SMALL[name]
+        elif field.is_required():
+            assert name in REQUIRED_VALUES, (f"stage {spec.name!r} has a required field {name!r}; "
+                                             f"add a test value to REQUIRED_VALUES in {__file__}")
+            data[key] = REQUIRED_VALUES[name]
+    return spec.config.model_validate(data)
+
+
+def test_registry_is_consistent():
+    assert {"train", "distill", "prune", "finetune", "export", "quantize"} <= set(STAGES)
+    for name, spec in STAGES.items():
+        assert spec.name == name
+        assert spec.config.model_fields["type"].annotation.__args__ == (name,)
+        assert spec.accepts and spec.accepts <= {"torch", "onnx"} and spec.produces in {"torch", "onnx"}
+        # a stage that trains has the fields the scratch baseline budget is built from
+        if spec.trains:
+            assert {"epochs", "lr", "batch_size", "weight_decay"} <= set(spec.config.model_fields)
+
+
+def test_registering_a_duplicate_name_raises():
+    from compress.stages.base import register_stage
+    from compress.stages.train import TrainStageConfig
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_stage(TrainStageConfig, accepts={"torch"}, produces="torch")(lambda a, c, x: a)
+    assert STAGES["train"].fn.__module__ == "compress.stages.train"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_smoke(name, trained_cnn, as_artifact, make_ctx, splits, tmp_path):
+    spec = STAGES[name]
+    cfg = config_for(spec)
+    ctx = make_ctx()
+    source = as_artifact(trained_cnn)
+    if "torch" in spec.accepts:
+        art = source
+    else:
+        assert "onnx" in spec.accepts
+        art = export(source, ExportConfig(type="export"), ctx)
+        ctx.stage_index = 1
+    out = spec.fn(art, cfg, ctx)
+
+    assert isinstance(out, Artifact)
+    assert out.format == spec.produces
+    assert out.name == name and out.lineage == art.lineage + (art.name,)
+    assert isinstance(out.info, dict)
+    x = torch.from_numpy(splits.val.x[:5])
+    if out.format == "torch":
+        assert isinstance(out.model, torch.nn.Module) and out.model is not trained_cnn
+        with torch.no_grad():
+            assert out.model.eval()(x).shape == (5, 10)
+    else:
+        import onnxruntime as ort
+
+        assert out.path is not None and Path(out.path).is_file()
+        assert Path(out.path).parent == tmp_path / "stages"
+        sess = ort.InferenceSession(str(out.path), providers=["CPUExecutionProvider"])
+        assert sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0].shape == (5, 10)
+    if spec.trains:
+        # one epoch was asked for
+        assert out.info.get("best_epoch") == 1

@@ -22,6 +22,7 @@ class Artifact:
         params, macs: counted on the torch model; quantized files inherit them from their source.
         info: facts the stage wants in the report (pruned channels, parity, calibration, ...).
         lineage: names of the stages that led here, oldest first.
+        key: content hash of its inputs, stage and config; names its cache entry.
     """
 
     name: str
@@ -32,6 +33,7 @@ class Artifact:
     macs: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
     lineage: tuple[str, ...] = ()
+    key: str = ""  # content hash of everything that made it (cache key); "" when unknown
 
     def derive(self, name: str, **changes: Any) -> "Artifact":
         """A new artifact made from this one by stage ``name``."""

@@ -1,6 +1,7 @@
 """The command line. Heavy imports (torch, onnxruntime) happen inside commands so ``--help`` is instant.
 
-Exit codes: 0 success, 1 a failure while running, 2 a bad recipe or bad arguments (before any compute).
+Exit codes: 0 success, 1 a failure while running, 2 a bad recipe or bad arguments (before any compute),
+3 ``compress check`` found a regression.
 """
 
 from __future__ import annotations
@@ -44,21 +45,28 @@ def cli() -> None:
     \b
     compress recipes/digits.yaml            run a recipe (same as `compress run ...`)
     compress validate recipes/digits.yaml   check a recipe, compute nothing
+    compress bench model.onnx model.pte     time model files with one protocol
+    compress check RUN --baseline b.json    the CI gate: exit 3 on a regression
     """
 
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Output root (default: exported/).")
+@click.option("--output", "-o", type=click.Path(), default=None, help="Output root (default: exported/).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or table; the report files are still written.")
-def run(recipe: str, output: str | None, quiet: bool) -> None:
-    """Run RECIPE: every stage, then the report (<output>/<name>/report.{json,md,png})."""
+@click.option("--force", is_flag=True, help="Recompute everything instead of reusing cached models and measurements.")
+def run(recipe: str, output: str | None, quiet: bool, force: bool) -> None:
+    """Run RECIPE: every stage, then the report (<output>/<name>/report.{json,md,png}).
+
+    Trained models, stage outputs and measurements are cached under <output>/.cache: a rerun
+    redoes only what changed, and a run that was killed resumes after its last finished stage.
+    """
     from compress.errors import CompressError
 
     try:
         from compress.pipeline import run as run_pipeline
 
-        run_pipeline(_load(recipe), output=output, quiet=quiet)
+        run_pipeline(_load(recipe), output=output, quiet=quiet, force=force)
     except CompressError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -68,20 +76,173 @@ def run(recipe: str, output: str | None, quiet: bool) -> None:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-def validate(recipe: str) -> None:
+@click.option("--output", "-o", type=click.Path(), default=None, help="Output root to check (default: exported/).")
+def validate(recipe: str, output: str | None) -> None:
     """Check RECIPE without training: keys, values, stage order, files, data, model shapes, weights."""
     from compress.errors import CompressError
 
     try:
         from compress.pipeline import validate as validate_recipe
 
-        lines = validate_recipe(_load(recipe))
+        lines = validate_recipe(_load(recipe), output)
     except CompressError as exc:
         _fail(exc)
         return
     for line in lines:
         click.echo(line)
     click.secho(f"{Path(recipe)}: valid", fg="green")
+
+
+RUNTIME_NAMES = ("ort", "ort-mobile", "executorch", "litert")  # the registry's names, listed here so --help imports nothing
+
+
+def _bench_data(spec: str):
+    """(x, y) from a recipe's test split or an .npz with arrays x and y."""
+    import numpy as np
+
+    from compress.errors import DataError
+
+    if spec.endswith((".yaml", ".yml")):
+        from compress.data import load_data
+
+        recipe = _load(spec)
+        test = load_data(recipe.data, recipe.seed).test
+        return test.x, test.y
+    try:
+        with np.load(spec) as data:
+            return np.asarray(data["x"], np.float32), np.asarray(data["y"]) if "y" in data else None
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{spec}: cannot read x (and y) from it: {exc}") from None
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--runtime", type=click.Choice(RUNTIME_NAMES), default=None,
+              help="Runtime for every file (default: by suffix: .onnx ort, .ort ort-mobile, .pte executorch, .tflite litert).")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="Threads per model (0 = all cores).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per timed call.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A recipe (its test split) or an .npz with x and y: inputs for timing and accuracy.")
+@click.option("--rounds", type=click.IntRange(min=3), default=30, show_default=True, help="Interleaved rounds.")
+@click.option("--calls", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls per model per round.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def bench(models, runtime, threads, batch, data, rounds, calls, as_json) -> None:
+    """Time MODEL files with the project's protocol: warm-up, interleaved rounds, p50/p90/p99, memory, size.
+
+    \b
+    compress bench exported/digits/model.onnx exported/digits/teacher.onnx
+    compress bench exported/digits/model.pte --data recipes/digits.yaml --batch 64 --threads 0 --json
+    """
+    import json
+
+    from compress.errors import CompressError
+
+    try:
+        from compress.bench import bench_files
+
+        x, y = _bench_data(data) if data else (None, None)
+        names, files = set(), []
+        for path in models:
+            name = Path(path).name if Path(path).name not in names else path
+            names.add(name)
+            files.append((name, path, runtime))
+        rows = bench_files(files, threads=threads, batch=batch, x=x, y=y, rounds=rounds, calls=calls)
+    except CompressError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        from compress.bench import cpu_info
+
+        click.echo(json.dumps({"cpu": cpu_info(), "rounds": rounds, "calls": calls, "models": rows}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"compress bench: batch {batch}, {threads or 'all'} thread(s), {rounds} rounds x {calls} calls, interleaved")
+    cols = ["model", "runtime", "size", "p50 (us)", "p90 (us)", "p99 (us)", "peak RSS +", "static batch"]
+    if y is not None:
+        cols.append("accuracy")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("model", "runtime") else "right")
+    for r in rows:
+        lat = r["latency_ms"]
+        mem = r["peak_rss_growth_bytes"]
+        cells = [r["name"], r["runtime"], f"{r['size_bytes'] / 1e3:,.1f} kB", f"{lat['p50'] * 1e3:.1f}",
+                 f"{lat['p90'] * 1e3:.1f}", f"{lat['p99'] * 1e3:.1f}", "-" if mem is None else f"{mem / 2**20:.1f} MiB",
+                 str(r["static_batch"] or "any")]
+        if y is not None:
+            cells.append(f"{r['accuracy']:.2%}")
+        table.add_row(*cells)
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(exists=True))
+@click.option("--baseline", "-b", type=click.Path(dir_okay=False), required=True, help="The committed baseline JSON.")
+@click.option("--update-baseline", is_flag=True, help="Write the measured values to --baseline instead of comparing.")
+@click.option("--summary", type=click.Path(dir_okay=False), default=None,
+              help="Write a markdown table here (also appended to $GITHUB_STEP_SUMMARY when set).")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Output root when RUN is a recipe.")
+@click.option("--accuracy-tol", type=click.FloatRange(min=0), default=None, help="Absolute accuracy drop allowed [baseline's, else 0.01].")
+@click.option("--size-tol", type=click.FloatRange(min=0), default=None, help="Relative size growth allowed [baseline's, else 0.05].")
+@click.option("--latency-tol", type=click.FloatRange(min=0), default=None,
+              help="Relative growth of the final/teacher latency ratio allowed [baseline's, else 0.10].")
+@click.option("--rounds", type=click.IntRange(min=5), default=30, show_default=True, help="Interleaved timing rounds.")
+@click.option("--calls", type=click.IntRange(min=1), default=20, show_default=True, help="Calls per model per round.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per timed call.")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="Threads (0 = all cores).")
+def check(run, baseline, update_baseline, summary, output, accuracy_tol, size_tol, latency_tol, rounds, calls, batch,
+          threads) -> None:
+    """The CI gate: compare RUN (a recipe, which is run first, a report.json or its folder) with a baseline.
+
+    Fails (exit 3) when accuracy dropped, the file grew, or the final model's latency relative to the
+    teacher's (timed interleaved in this process) grew beyond its tolerance and outside the noise
+    (95 % bootstrap interval over rounds). Exit 0: passed; 1: could not check; 2: bad input.
+    """
+    import json
+
+    from compress import check as gate
+    from compress.errors import CompressError
+
+    try:
+        stored = {}
+        if not update_baseline:
+            try:
+                stored = json.loads(Path(baseline).read_text())
+            except FileNotFoundError:
+                click.secho(f"error: {baseline}: no such baseline; create it with --update-baseline", fg="red", err=True)
+                sys.exit(2)
+            except json.JSONDecodeError as exc:
+                click.secho(f"error: {baseline}: not valid JSON ({exc})", fg="red", err=True)
+                sys.exit(2)
+        base_tol = stored.get("tolerance", {})
+        tol = gate.Tolerances(
+            accuracy=accuracy_tol if accuracy_tol is not None else base_tol.get("accuracy", gate.Tolerances.accuracy),
+            size=size_tol if size_tol is not None else base_tol.get("size", gate.Tolerances.size),
+            latency=latency_tol if latency_tol is not None else base_tol.get("latency", gate.Tolerances.latency))
+        report, report_dir = gate.load_run(run, output=output)
+        current = gate.measure(report, report_dir, rounds=rounds, calls=calls, batch=batch, threads=threads)
+    except CompressError as exc:
+        _fail(exc)
+        return
+    if update_baseline:
+        from compress._io import write_json
+
+        write_json(baseline, gate.baseline_from(current, tol))
+        lat = current["latency_ratio"]
+        click.echo(f"baseline written to {baseline}: accuracy {current['accuracy']:.4f}, {current['size_bytes']:,} bytes, "
+                   f"final/teacher latency {lat['ratio']:.3f} (95 % CI {lat['ci95'][0]:.3f}-{lat['ci95'][1]:.3f})")
+        return
+    result = gate.compare(current, stored, tol)
+    text = gate.summary_markdown(result, report.get("name"))
+    gate.write_summary(text, summary)
+    for v in result.verdicts:
+        color = {"ok": "green", "noisy": "yellow", "regressed": "red"}[v.status]
+        click.secho(f"{v.status:>9}  {v.metric}: {v.detail}", fg=color)
+    if result.failed:
+        click.secho("check: REGRESSED", fg="red", err=True)
+        sys.exit(gate.EXIT_REGRESSED)
+    click.secho("check: passed", fg="green")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ class Context:
     quiet: bool = False
     stage_index: int = 0
     _teacher_logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _teacher_features: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def teacher_logits(self, split: str = "train") -> torch.Tensor:
         """Teacher logits on a split, computed once and reused by every epoch and stage.
@@ -33,6 +34,23 @@ class Context:
             data = getattr(self.splits, split)
             self._teacher_logits[split] = predict_logits(self.teacher, data.x)
         return self._teacher_logits[split]
+
+    def teacher_features(self, names, split: str = "train") -> dict[str, torch.Tensor]:
+        """Outputs of the teacher's named layers on a split, computed once (like ``teacher_logits``)."""
+        missing = [n for n in names if (split, n) not in self._teacher_features]
+        if missing:
+            from compress.losses.base import FeatureTap
+
+            x = getattr(self.splits, split).x
+            with FeatureTap(self.teacher, missing) as tap:
+                parts: dict[str, list] = {n: [] for n in missing}
+                for i in range(0, len(x), 512):
+                    predict_logits(self.teacher, x[i:i + 512])
+                    for n in missing:
+                        parts[n].append(tap.outputs[n])
+            for n in missing:
+                self._teacher_features[(split, n)] = torch.cat(parts[n])
+        return {n: self._teacher_features[(split, n)] for n in names}
 
     def stage_path(self, name: str, suffix: str) -> Path:
         folder = self.out_dir / "stages"

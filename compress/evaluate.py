@@ -14,7 +14,7 @@ from compress.bench import time_interleaved
 from compress.data import Splits
 from compress.runtimes.onnxruntime import predict, session
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_runtimes"]
 
 
 def _batch(x: np.ndarray, n: int) -> np.ndarray:
@@ -57,4 +57,39 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
         if ort_path and Path(ort_path).exists():
             entry["ort_size_bytes"] = Path(ort_path).stat().st_size
         out.append(entry)
+    return out
+
+
+FORMAT_RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
+
+
+def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits, bench, seed: int = 0) -> dict:
+    """The final model in every format, beside the teacher (onnxruntime), all timed by one protocol.
+
+    Returns ``{"runtimes": [...], "mobile_usability": {...}}`` (the latter when an .ort file exists):
+    one row per file with runtime, size, static batch, test accuracy, peak-RSS growth and latency at
+    batch 1 on 1 thread and at ``bench.batch`` on ``bench.threads`` threads; every file of one setting is
+    timed in the same interleaved rounds (``compress.bench.bench_files``).
+    """
+    from compress.bench import bench_files
+
+    files = [("teacher", teacher_path, "ort")] + [(f"final ({fmt})", path, FORMAT_RUNTIME[fmt])
+                                                  for fmt, path in final_files.items()]
+    test = splits.test
+    one = bench_files(files, threads=1, batch=1, x=test.x, y=test.y, rounds=bench.rounds, calls=bench.calls, seed=seed)
+    big = bench_files(files, threads=bench.threads, batch=bench.batch, x=test.x, rounds=bench.rounds,
+                      calls=max(1, bench.calls // 4), warmup=3, seed=seed + 1)
+    rows = []
+    for a, b in zip(one, big):
+        fmt = "onnx" if a["name"] == "teacher" else a["name"][len("final ("):-1]
+        rows.append({"name": a["name"], "model": "teacher" if a["name"] == "teacher" else "final", "format": fmt,
+                     "runtime": a["runtime"], "path": a["path"], "size_bytes": a["size_bytes"],
+                     "static_batch": a["static_batch"], "accuracy": a["accuracy"], "errors": a["errors"],
+                     "peak_rss_growth_bytes": a["peak_rss_growth_bytes"], "latency_ms": a["latency_ms"],
+                     "latency_batch_ms": b["latency_ms"]})
+    out: dict = {"runtimes": rows}
+    if "ort" in final_files:
+        from compress.runtimes.ort_mobile import mobile_usability
+
+        out["mobile_usability"] = mobile_usability(final_files["onnx"])
     return out

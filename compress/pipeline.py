@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -16,10 +17,11 @@ from compress._io import atomic_path
 from compress._onnx import export_onnx
 from compress._progress import say
 from compress.artifact import Artifact
-from compress.cache import cache_key, load_cached, save_cached
+from compress.bench import cpu_info
+from compress.cache import StageCache, cache_key, load_cached, load_json, save_cached, save_json
 from compress.context import Context
 from compress.data import Splits, load_data
-from compress.errors import CompressError, RecipeError
+from compress.errors import CompressError, DataError, ModelError
 from compress.evaluate import evaluate
 from compress.models import build_model, check_io, describe_spec, load_weights
 from compress.recipe import Recipe, check_chain
@@ -40,41 +42,79 @@ class Prepared:
 
 
 def output_dir(recipe: Recipe, output: str | Path | None = None) -> Path:
+    """``<root>/<name>``, after checking (without leaving anything behind) that it can be written."""
     root = Path(output or recipe.output or "exported")
-    if root.exists() and not root.is_dir():
-        raise CompressError(f"output path {root} is a file, not a folder; pass --output DIR")
-    return root / recipe.name
+    target = root / recipe.name
+    for p in (root, target):
+        if p.exists() and not p.is_dir():
+            raise CompressError(f"output path {p} is a file, not a folder; pass --output DIR")
+    existing = next(p for p in (target, *target.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise CompressError(f"output path {existing} is a file, not a folder; pass --output DIR")
+    import tempfile
+
+    try:
+        probe = tempfile.mkdtemp(prefix=".compress-probe-", dir=existing)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise CompressError(f"output folder {target} cannot be written ({exc.strerror or exc}); pass --output DIR") from None
+    return target
 
 
 def prepare(recipe: Recipe) -> Prepared:
-    """Check everything that can be checked without training: chain, files, data, shapes, weights."""
+    """Check everything that can be checked without training: chain, files, data, shapes, weights.
+
+    Every problem is raised as a RecipeError at the recipe key that caused it.
+    """
     check_chain(recipe)
-    splits = load_data(recipe.data, recipe.seed)
-    torch.manual_seed(recipe.seed)
-    teacher = build_model(recipe.teacher.model, splits.input_shape, splits.num_classes)
-    check_io(teacher, splits.input_shape, splits.num_classes, f"teacher {describe_spec(recipe.teacher.model)}")
-    if recipe.teacher.weights is not None:
-        load_weights(teacher, recipe.teacher.weights)
-    torch.manual_seed(recipe.seed + 1)  # the scratch baseline starts from this same initialisation
-    student = build_model(recipe.student.model, splits.input_shape, splits.num_classes)
-    check_io(student, splits.input_shape, splits.num_classes, f"student {describe_spec(recipe.student.model)}")
-    if recipe.student.weights is not None:
-        load_weights(student, recipe.student.weights)
+    try:
+        splits = load_data(recipe.data, recipe.seed)
+    except DataError as exc:
+        raise recipe.error_at(str(exc), "data", "path" if recipe.data.path else "source") from None
+    teacher = _model_for(recipe, "teacher", splits, seed=recipe.seed)
+    student = _model_for(recipe, "student", splits, seed=recipe.seed + 1)  # the scratch baseline starts here too
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in student.modules())
     for i, st in enumerate(recipe.stages):
         if st.type == "prune" and st.importance == "bn_scale" and not has_bn:
-            raise RecipeError("importance 'bn_scale' needs BatchNorm layers and the student has none; "
-                              "valid choices for this model: l1, l2, taylor", recipe.source_file, None,
-                              f"stages[{i}].importance")
+            raise recipe.error_at("importance 'bn_scale' needs BatchNorm layers and the student has none; "
+                                  "valid choices for this model: l1, l2, taylor", "stages", i, "importance")
+    _check_losses(recipe, teacher, student, splits.input_shape)
     return Prepared(splits, teacher.eval(), recipe.teacher.weights is not None, student)
 
 
-def validate(recipe: Recipe) -> list[str]:
-    """What a run would do, as lines; raises the first problem found."""
+def _check_losses(recipe: Recipe, teacher: torch.nn.Module, student: torch.nn.Module, input_shape) -> None:
+    """Every stage's ``loss`` list: layer names exist, shapes can be projected (one forward pass each, no training)."""
+    from compress.losses.combine import build_terms
+
+    for i, st in enumerate(recipe.stages):
+        if getattr(st, "loss", None):
+            build_terms(st.loss, teacher, student, input_shape,
+                        {"temperature": st.temperature, "alpha": st.alpha}, at=("stages", i, "loss"), recipe=recipe)
+
+
+def _model_for(recipe: Recipe, role: str, splits: Splits, seed: int) -> torch.nn.Module:
+    cfg = getattr(recipe, role)
+    torch.manual_seed(seed)
+    try:
+        model = build_model(cfg.model, splits.input_shape, splits.num_classes)
+        check_io(model, splits.input_shape, splits.num_classes, f"{role} {describe_spec(cfg.model)}")
+    except ModelError as exc:
+        raise recipe.error_at(str(exc), role, "model") from None
+    if cfg.weights is not None:
+        try:
+            load_weights(model, cfg.weights)
+        except ModelError as exc:
+            raise recipe.error_at(str(exc), role, "weights") from None
+    return model
+
+
+def validate(recipe: Recipe, output: str | Path | None = None) -> list[str]:
+    """What a run would do, as lines; raises the first problem found. Trains and writes nothing."""
+    target = output_dir(recipe, output)
     p = prepare(recipe)
     t_macs, t_params = count_macs_params(p.teacher, p.splits.input_shape)
     s_macs, s_params = count_macs_params(p.student, p.splits.input_shape)
-    lines = [f"data: {p.splits.describe()}",
+    lines = [f"output: {target}", f"data: {p.splits.describe()}",
              f"teacher: {describe_spec(recipe.teacher.model)}, {t_params:,} params, {t_macs:,} MACs, "
              + ("weights from " + str(recipe.teacher.weights) if p.teacher_has_weights else f"trained for {recipe.teacher.train.epochs} epochs"),
              f"student: {describe_spec(recipe.student.model)}, {s_params:,} params, {s_macs:,} MACs"]
@@ -103,8 +143,9 @@ def _exclusive(out_dir: Path):
 
 
 def _train_cached(cache: Path, key: str, model: torch.nn.Module, splits: Splits, *, epochs: int, lr: float,
-                  batch_size: int, weight_decay: float, seed: int, desc: str, quiet: bool) -> tuple[torch.nn.Module, dict]:
-    cached = load_cached(cache, key, model)
+                  batch_size: int, weight_decay: float, seed: int, desc: str, quiet: bool,
+                  force: bool = False) -> tuple[torch.nn.Module, dict]:
+    cached = None if force else load_cached(cache, key, model)
     if cached is not None:
         say(f"[dim]{desc}: reusing cached weights {key}[/dim]", quiet)
         return cached, {"cached": True}
@@ -123,8 +164,26 @@ def _scratch_budget(recipe: Recipe) -> dict | None:
             "weight_decay": trained[0].weight_decay}
 
 
-def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False) -> dict:
-    """Run the recipe; write model files, report.json, report.md and report.png; return the report."""
+def file_digest(path: Path | None) -> str | None:
+    """sha256 of a file's bytes (weights given by path are part of every cache key downstream)."""
+    if path is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, force: bool = False) -> dict:
+    """Run the recipe; write model files, report.json, report.md and report.png; return the report.
+
+    Every trained model, stage output and measurement is cached under ``<output>/.cache`` by a
+    content hash, so a rerun (or a run after a crash or a kill) redoes only what changed;
+    ``force`` recomputes everything.
+    """
     from compress import report as reporting
 
     started = time.perf_counter()
@@ -142,7 +201,10 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False) -
             key = cache_key("teacher", recipe.teacher.model.model_dump(), t.model_dump(), recipe.seed, splits.fingerprint)
             teacher, teacher_info = _train_cached(cache, key, teacher, splits, epochs=t.epochs, lr=t.lr,
                                                   batch_size=t.batch_size, weight_decay=t.weight_decay,
-                                                  seed=recipe.seed, desc="teacher", quiet=quiet)
+                                                  seed=recipe.seed, desc="teacher", quiet=quiet, force=force)
+            teacher_key = key
+        else:
+            teacher_key = cache_key("teacher-weights", file_digest(recipe.teacher.weights), splits.fingerprint)
         ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=out_dir, quiet=quiet)
         measured: list[dict] = []
 
@@ -151,10 +213,10 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False) -
                 export_onnx(art.model, splits.input_shape, path)
             measured.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
                              "params": art.params, "macs": art.macs, "lineage": list(art.lineage),
-                             "info": {**(info or {}), **art.info}})
+                             "info": {**(info or {}), **art.info}, "key": art.key})
 
         t_macs, t_params = count_macs_params(teacher, splits.input_shape)
-        measure("teacher", "teacher", Artifact("teacher", "torch", teacher, params=t_params, macs=t_macs),
+        measure("teacher", "teacher", Artifact("teacher", "torch", teacher, params=t_params, macs=t_macs, key=teacher_key),
                 out_dir / "teacher.onnx", {"spec": describe_spec(recipe.teacher.model), **teacher_info})
 
         s_macs, s_params = count_macs_params(prep.student, splits.input_shape)
@@ -162,22 +224,33 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False) -
         if budget:
             key = cache_key("scratch", recipe.student.model.model_dump(), budget, recipe.seed, splits.fingerprint)
             scratch, info = _train_cached(cache, key, prep.student, splits, seed=recipe.seed, desc="scratch student",
-                                          quiet=quiet, **budget)
-            measure("scratch", "scratch", Artifact("scratch", "torch", scratch, params=s_params, macs=s_macs),
+                                          quiet=quiet, force=force, **budget)
+            measure("scratch", "scratch", Artifact("scratch", "torch", scratch, params=s_params, macs=s_macs, key=key),
                     out_dir / "scratch.onnx", {"spec": describe_spec(recipe.student.model), "budget": budget, **info})
 
+        student_key = cache_key("student", recipe.student.model.model_dump(), file_digest(recipe.student.weights),
+                                recipe.seed, splits.fingerprint)
         art = Artifact("student", "torch", prep.student, params=s_params, macs=s_macs,
-                       info={"spec": describe_spec(recipe.student.model)})
+                       info={"spec": describe_spec(recipe.student.model)}, key=student_key)
+        stage_cache = StageCache(cache, enabled=not force)
         stage_log = []
         for i, st in enumerate(recipe.stages):
             ctx.stage_index = i
-            say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}", quiet)
+            config = st.model_dump(mode="json", by_alias=True)
+            key = cache_key("stage", art.key, teacher_key, i, config, recipe.seed, splits.fingerprint)
             t0 = time.perf_counter()
-            try:
-                art = STAGES[st.type].fn(art, st, ctx)
-            except CompressError as exc:
-                raise type(exc)(f"stage {i + 1} ({st.type}): {exc}") from None
-            stage_log.append({"index": i + 1, "type": st.type, "config": st.model_dump(by_alias=True),
+            cached = stage_cache.load(key, prep.student, out_dir / "stages")
+            if cached is not None:
+                say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", quiet)
+                art = cached
+            else:
+                say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}", quiet)
+                try:
+                    art = dataclasses.replace(STAGES[st.type].fn(art, st, ctx), key=key)
+                except CompressError as exc:
+                    raise type(exc)(f"stage {i + 1} ({st.type}): {exc}") from None
+                stage_cache.save(key, art)
+            stage_log.append({"index": i + 1, "type": st.type, "config": config, "cached": cached is not None,
                               "seconds": round(time.perf_counter() - t0, 2)})
             measure(f"{i + 1:02d}_{st.type}", "stage", art, ctx.stage_path(st.type, ".onnx"))
 
@@ -191,12 +264,36 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False) -
             with atomic_path(out_dir / "model.ort") as tmp:
                 shutil.copyfile(ort_src, tmp)
             final_info["ort_path"] = str(out_dir / "model.ort")
+        final_files = {"onnx": str(final_path)}
+        for fmt, src in (art.info.get("files") or {}).items():  # every runtime file: model.ort, model.pte, model.tflite
+            dst = out_dir / f"model{Path(src).suffix}"
+            if fmt != "ort":
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+            final_files[fmt] = str(dst)
+        final_info["files"] = final_files
         measured.append({**measured[-1], "name": "final", "role": "final", "path": final_path,
                          "info": {**measured[-1]["info"], **final_info}})
 
-        say("[bold]measuring[/bold] accuracy on the test split and latency (interleaved)", quiet)
-        models = evaluate(measured, splits, recipe.bench, seed=recipe.seed)
+        eval_key = cache_key("eval", [(m["name"], m["role"], m["key"]) for m in measured], recipe.bench.model_dump(),
+                             recipe.seed, splits.fingerprint, cpu_info())
+        models = None if force else load_json(cache, "eval", eval_key)
+        if models is None:
+            say("[bold]measuring[/bold] accuracy on the test split and latency (interleaved)", quiet)
+            models = evaluate(measured, splits, recipe.bench, seed=recipe.seed)
+            save_json(cache, "eval", eval_key, models)
+        else:
+            say(f"[dim]measurements: cached {eval_key} (--force to measure again)[/dim]", quiet)
+        runtimes_key = cache_key("runtimes", eval_key, sorted(final_files.items()))
+        runtimes = None if force else load_json(cache, "runtimes", runtimes_key)
+        if runtimes is None:
+            from compress.evaluate import evaluate_runtimes
+
+            say(f"[bold]measuring[/bold] the final model on every runtime: {', '.join(final_files)}", quiet)
+            runtimes = evaluate_runtimes(final_files, measured[0]["path"], splits, recipe.bench, seed=recipe.seed)
+            save_json(cache, "runtimes", runtimes_key, runtimes)
         report = reporting.build(recipe, split_digest(splits), models, stage_log)
+        report.update(runtimes)  # "runtimes": one row per (model, runtime); "mobile_usability" when .ort is made
         report["run_seconds"] = round(time.perf_counter() - started, 2)
         report["files"] = {"dir": str(out_dir), "model": str(final_path), "report_json": str(out_dir / "report.json"),
                            "report_md": str(out_dir / "report.md"), "plot": str(out_dir / "report.png")}

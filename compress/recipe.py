@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from compress import stages as _stages  # registers every stage
 from compress.errors import ChainError, RecipeError
@@ -116,6 +116,12 @@ class Recipe(Strict):
 
     # Set by load_recipe: where the recipe came from, for error messages and relative paths.
     source_file: str | None = Field(None, exclude=True)
+    _lines: dict = PrivateAttr(default_factory=dict)  # key path -> line in source_file
+
+    def error_at(self, message: str, *path) -> RecipeError:
+        """A RecipeError at a key path, for problems found after parsing (missing files, data, shapes)."""
+        line = next((self._lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self._lines), None)
+        return RecipeError(message, self.source_file, line, _fmt_path(path) or None)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -154,8 +160,8 @@ def _data_path(data, loc) -> tuple:
         elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
             out.append(part)
             cur = cur[part]
-        elif isinstance(cur, dict) and cur.get("type") == part:
-            continue  # discriminated-union tag, not a key
+        elif isinstance(cur, dict) and part in (cur.get("type"), cur.get("kind")):
+            continue  # discriminated-union tag (stage type, loss kind), not a key
         elif i == len(loc) - 1:
             out.append(part)  # a missing key: report it under its parent's line
         else:
@@ -204,6 +210,8 @@ def _message(err: dict, data, stage_types: list[str]) -> tuple[tuple, str]:
         return loc, f"unknown key '{key}'; {hint}valid keys: {', '.join(valid)}"
     if kind == "missing":
         return loc, "required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found") and "kind" in str(ctx.get("discriminator", "")):
+        return _loss_kind_message(loc, ctx)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         got = ctx.get("tag")
         path = loc if loc and loc[-1] == "type" else loc + ("type",)
@@ -227,8 +235,41 @@ def _message(err: dict, data, stage_types: list[str]) -> tuple[tuple, str]:
     return loc, msg
 
 
+def _loss_kind_message(loc, ctx) -> tuple[tuple, str]:
+    from compress.losses import LOSSES
+
+    got = ctx.get("tag")
+    kinds = sorted(LOSSES)
+    path = loc if loc and loc[-1] == "kind" else loc + ("kind",)
+    close = difflib.get_close_matches(str(got), kinds, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    what = f"unknown loss kind '{got}'" if got is not None else "a loss needs a 'kind'"
+    return path, f"{what}; {hint}valid choices: {', '.join(kinds)}"
+
+
+def _loss_entry_model(data, path) -> type[BaseModel] | None:
+    """stages[i].loss[j](.key...) -> the registered loss config class holding the keys at ``path``."""
+    from compress.losses import LOSSES
+
+    try:
+        spec = LOSSES.get(data["stages"][path[1]]["loss"][path[3]].get("kind"))
+    except (KeyError, IndexError, AttributeError, TypeError):
+        spec = None
+    cls: Any = spec.config if spec else None
+    for part in path[4:]:
+        if isinstance(part, int) or cls is None:
+            continue
+        field = cls.model_fields.get(part)
+        cls = _unwrap(field.annotation) if field else None
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+    return cls
+
+
 def _parent_model(data, path) -> type[BaseModel] | None:
     """Like _model_at, but resolves a stage entry to its registered config class."""
+    if len(path) >= 4 and path[0] == "stages" and path[2] == "loss" and isinstance(path[3], int):
+        return _loss_entry_model(data, path)
     if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
         try:
             spec = STAGES.get(data["stages"][path[1]].get("type"))
@@ -253,7 +294,8 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
     lines = lines or {}
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe is a YAML mapping of keys (got {type(data).__name__})", file, lines.get((), None))
-    for i, st in enumerate(data.get("stages") or []):
+    stages = data.get("stages")
+    for i, st in enumerate(stages if isinstance(stages, list) else []):
         if not isinstance(st, dict):
             raise RecipeError(f"a stage is a mapping with a 'type' (got {st!r})", file, lines.get(("stages", i)), f"stages[{i}]")
     try:
@@ -272,6 +314,7 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
             raise RecipeError(first.message + more, file, first.line, first.key) from None
         raise first from None
     check_chain(recipe, lines)
+    recipe._lines = dict(lines)
     return recipe
 
 
@@ -318,7 +361,11 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         cfg = getattr(recipe, role)
         if cfg.weights is not None and not cfg.weights.is_absolute():
             updates[role] = cfg.model_copy(update={"weights": fix(cfg.weights)})
-    return recipe.model_copy(update=updates) if updates else recipe
+    if not updates:
+        return recipe
+    fixed = recipe.model_copy(update=updates)
+    fixed._lines = recipe._lines
+    return fixed
 
 
 # --- the chain ------------------------------------------------------------------------------------

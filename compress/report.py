@@ -145,6 +145,7 @@ def markdown(report: dict) -> str:
         lines.append(f"- Final model: {f['errors']} test errors; student trained from scratch with the same budget: {f['scratch_errors']}.")
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += runtime_markdown(report)
     lines += ["", "![accuracy vs latency](report.png)", "", "## Stages", ""]
     info = {m["name"]: m.get("info", {}) for m in report["models"]}
     for st in report["stages"]:
@@ -166,6 +167,46 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _runtime_rows(report: dict) -> list[list[str]]:
+    rows = report.get("runtimes") or []
+    teacher = next((r for r in rows if r["model"] == "teacher"), None)
+    out = []
+    for r in rows:
+        sp = _ratio(teacher["latency_ms"]["p50"], r["latency_ms"]["p50"]) if teacher else None
+        spb = _ratio(teacher["latency_batch_ms"]["p50"], r["latency_batch_ms"]["p50"]) if teacher else None
+        out.append([r["name"], r["runtime"], f"{r['accuracy']:.2%}", _size(r["size_bytes"]), str(r["static_batch"] or "any"),
+                    f"{_us(r['latency_ms']['p50'])} / {_us(r['latency_ms']['p90'])}", f"{sp:.2f}x" if sp else "-",
+                    f"{_us(r['latency_batch_ms']['p50'])} / {_us(r['latency_batch_ms']['p90'])}", f"{spb:.2f}x" if spb else "-"])
+    return out
+
+
+def _runtime_header(report: dict) -> list[str]:
+    b = report["bench"]["batch"]
+    return ["file", "runtime", "test acc", "size", "static batch", "batch 1, 1 thread p50 / p90 (us)", "speed-up",
+            f"batch {b['batch']}, {b['threads']} threads p50 / p90 (us)", "speed-up"]
+
+
+def runtime_markdown(report: dict) -> list[str]:
+    """The final model on every runtime beside the teacher (onnxruntime), and ORT Mobile's usability verdict."""
+    if not report.get("runtimes"):
+        return []
+    lines = ["", "## Runtimes", "",
+             "The final model in every exported format, timed in the same interleaved rounds as the teacher "
+             "(onnxruntime). A static-batch file (ExecuTorch, LiteRT) runs the large batch as several calls of its batch.", "",
+             "| " + " | ".join(_runtime_header(report)) + " |", "|" + "---|" * len(_runtime_header(report))]
+    lines += ["| " + " | ".join(r) + " |" for r in _runtime_rows(report)]
+    mu = report.get("mobile_usability")
+    if mu:
+        lines += ["", "ORT Mobile usability (onnxruntime's `check_onnx_model_mobile_usability`, on model.onnx): "
+                  + "; ".join(f"{ep}: {v['verdict']}" + (f" ({v['verdict_if_fixed_shapes']} with fixed input shapes)"
+                                                          if "verdict_if_fixed_shapes" in v else "")
+                              + f", {v['supported_nodes']}/{v['nodes']} nodes in {v['partitions']} partition(s)"
+                              + (f", unsupported: {', '.join(v['unsupported_ops'])}" if v["unsupported_ops"] else "")
+                              for ep, v in mu.items() if isinstance(v, dict))
+                  + (". Worth trying NNAPI/CoreML against the CPU EP." if mu.get("try_eps") else ". Use the CPU EP.")]
+    return lines
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -180,6 +221,15 @@ def plot(report: dict, path: Path) -> None:
         area = 40 + 1500 * m["size_bytes"] / biggest
         ax.scatter([x], [y], s=area, c=colors.get(m["role"], "#1f77b4"), alpha=0.6, edgecolors="black", linewidths=0.5)
         ax.annotate(f"{m['name']}\n{_size(m['size_bytes'])}", (x, y), textcoords="offset points", xytext=(8, 4), fontsize=8)
+    markers = {"ort": "s", "ort-mobile": "P", "executorch": "D", "litert": "^"}
+    for r in report.get("runtimes") or []:
+        if r["model"] == "teacher":
+            continue
+        x, y = r["latency_ms"]["p50"] * 1000, r["accuracy"] * 100
+        ax.scatter([x], [y], s=40 + 1500 * r["size_bytes"] / biggest, marker=markers.get(r["runtime"], "o"),
+                   facecolors="none", edgecolors="#2ca02c", linewidths=1.2)
+        ax.annotate(f"{r['runtime']}\n{_size(r['size_bytes'])}", (x, y), textcoords="offset points", xytext=(6, -14), fontsize=7,
+                    color="#2ca02c")
     ax.set_xscale("log")
     ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale)")
     ax.set_ylabel("test accuracy (%)")
@@ -211,6 +261,13 @@ def print_table(report: dict) -> None:
         table.add_row(*r)
     console = Console()
     console.print(table)
+    if report.get("runtimes"):
+        rt = Table(title="final model on every runtime (teacher: onnxruntime), interleaved")
+        for h in _runtime_header(report):
+            rt.add_column(h, justify="left" if h in ("file", "runtime") else "right")
+        for r in _runtime_rows(report):
+            rt.add_row(*r)
+        console.print(rt)
     for n in report["notes"]:
         console.print(f"[yellow]note:[/yellow] {n}")
     console.print(f"report: {report['files']['report_md']}")

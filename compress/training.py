@@ -10,7 +10,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -53,16 +53,23 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size: int, seed: int,
-        loss_fn: LossFn, desc: str, weight_decay: float = 0.0, quiet: bool = False) -> FitResult:
-    """Train a copy of ``model`` and return it with the best-validation weights restored."""
+        loss_fn: LossFn, desc: str, weight_decay: float = 0.0, quiet: bool = False,
+        extra_params: Iterable[nn.Parameter] = (),
+        attach: Callable[[nn.Module], Callable[[], None]] | None = None) -> FitResult:
+    """Train a copy of ``model`` and return it with the best-validation weights restored.
+
+    ``extra_params`` (e.g. KD feature projectors) are optimised with the model but not returned;
+    ``attach(copy)`` is called on the copy being trained (to add forward hooks) and returns a detach callback.
+    """
     from compress._progress import progress_bar
 
     model = copy.deepcopy(model)
+    detach = attach(model) if attach is not None else None
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = torch.from_numpy(np.ascontiguousarray(splits.train.x))
     y = torch.from_numpy(splits.train.y)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam([*model.parameters(), *extra_params], lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(y) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     best_key, best_acc, best_epoch, best_state = (-1.0, 0.0), -1.0, 0, copy.deepcopy(model.state_dict())
@@ -97,4 +104,6 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
             advance(f"loss {total / max(seen, 1):.4f}  val {val_acc:.2%}")
     model.load_state_dict(best_state)
     model.eval()
+    if detach is not None:
+        detach()
     return FitResult(model, best_epoch, best_acc, history, time.perf_counter() - start)

@@ -53,6 +53,10 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a readable npz file (not a zip archive; write it with numpy.savez)")
     try:
         # allow_pickle=False: an npz with object arrays could run code on load.
         with np.load(path, allow_pickle=False) as z:

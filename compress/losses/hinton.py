@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-__all__ = ["hinton_kd_loss", "soft_kl"]
+from compress.losses.base import Batch, LossConfig, Probe, Term, register_loss
+
+__all__ = ["hinton_kd_loss", "soft_kl", "HintonConfig"]
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -33,3 +38,27 @@ def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     if alpha >= 1.0:
         return hard
     return alpha * hard + (1.0 - alpha) * soft_kl(student_logits, teacher_logits, temperature)
+
+
+class HintonConfig(LossConfig):
+    """``{kind: hinton}``: alpha * CE + (1 - alpha) * T^2 * KL; unset values come from the stage's keys."""
+
+    kind: Literal["hinton"]
+    temperature: float | None = Field(None, gt=0, le=100, description="default: the stage's temperature")
+    alpha: float | None = Field(None, ge=0, le=1, description="default: the stage's alpha")
+
+
+class _Hinton(Term):
+    def __init__(self, temperature: float, alpha: float):
+        super().__init__()
+        self.temperature, self.alpha = temperature, alpha
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return hinton_kd_loss(batch.logits, batch.teacher_logits, batch.targets, self.temperature, self.alpha)
+
+
+@register_loss(HintonConfig)
+def build_hinton(cfg: HintonConfig, probe: Probe) -> Term:
+    t = cfg.temperature if cfg.temperature is not None else probe.stage.get("temperature", 4.0)
+    a = cfg.alpha if cfg.alpha is not None else probe.stage.get("alpha", 0.5)
+    return _Hinton(t, a)

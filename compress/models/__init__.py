@@ -62,10 +62,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # UnpicklingError (refused globals), RuntimeError (truncated zip), EOFError
         text = str(exc)
         if "Weights only load failed" in text or "Unsupported global" in text or "UnpicklingError" in type(exc).__name__:
-            first = next((ln for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
-            raise ModelError(f"{path}: refused to load: the file holds pickled objects or code, not only tensors "
-                             f"(torch.load weights_only=True). {first.strip()} Save a state dict with "
-                             "safetensors.torch.save_file or torch.save(model.state_dict()).") from None
+            import re
+
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" (it references {found.group(1)})" if found else ""
+            raise ModelError(f"{path}: refused to load: the file holds pickled objects or code, not only tensors{what}; "
+                             "nothing in it was run. Save a state dict with safetensors.torch.save_file "
+                             "or torch.save(model.state_dict()).") from None
         raise ModelError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {text.splitlines()[0] if text else ''})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]

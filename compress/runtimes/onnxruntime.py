@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["session", "predict", "OPT_LEVELS"]
+from compress.runtimes.base import Runner, register_runtime
+
+__all__ = ["session", "predict", "OPT_LEVELS", "OrtRunner"]
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -39,3 +41,31 @@ def predict(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     name = sess.get_inputs()[0].name
     out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch_size])})[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(out)
+
+
+class OrtRunner(Runner):
+    """An onnxruntime CPU session (any batch size); ``.onnx`` and ``.ort`` files alike."""
+
+    def __init__(self, path, threads: int = 1, opt_level: str = "all"):
+        super().__init__(path)
+        self.session = session(path, threads=threads, opt_level=opt_level)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        dims = self.session.get_inputs()[0].shape[1:]
+        if not all(isinstance(d, int) for d in dims):
+            raise ValueError(f"{self.path}: input has symbolic non-batch dimensions {dims}; pass data")
+        return tuple(dims)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def timer(self, x: np.ndarray):
+        feed, run = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}, self.session.run
+        return lambda: run(None, feed)
+
+
+@register_runtime("ort", suffixes=(".onnx",), description="onnxruntime, CPU execution provider")
+def load(path, threads: int = 1) -> OrtRunner:
+    return OrtRunner(path, threads)

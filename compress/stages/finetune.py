@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress.artifact import Artifact
 from compress.stages.base import StageConfig, register_stage
-from compress.stages.distill import kd_loss_fn
+from compress.stages.distill import LossList, loss_fit_kwargs
 from compress.stages.train import cross_entropy
 from compress.training import fit
 
@@ -24,14 +24,21 @@ class FinetuneConfig(StageConfig):
     distill: bool = Field(False, description="add Hinton KD from the teacher to the hard-label loss")
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.5, ge=0, le=1)
+    loss: LossList | None = Field(None, description="with distill: true, a sum of losses by kind (as in distill)")
+
+    @model_validator(mode="after")
+    def _loss_needs_distill(self):
+        if self.loss is not None and not self.distill:
+            raise ValueError("'loss' is used only with 'distill: true'; set distill: true or drop 'loss'")
+        return self
 
 
 @register_stage(FinetuneConfig, accepts={"torch"}, produces="torch", trains=True)
 def finetune(art: Artifact, cfg: FinetuneConfig, ctx) -> Artifact:
-    loss = kd_loss_fn(ctx, cfg.temperature, cfg.alpha) if cfg.distill else cross_entropy
+    loss = loss_fit_kwargs(ctx, art.model, cfg) if cfg.distill else {"loss_fn": cross_entropy}
     res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-              weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index, loss_fn=loss,
-              desc="finetune", quiet=ctx.quiet)
+              weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index,
+              desc="finetune", quiet=ctx.quiet, **loss)
     return art.derive("finetune", model=res.model,
                       info={"best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy,
                             "seconds": res.seconds, "distill": cfg.distill})

@@ -171,4 +171,34 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx) -> Artifact:
         from compress._onnx import convert_to_ort
         info["ort_path"] = str(convert_to_ort(dst, dst.with_suffix(".ort")))
     info["formats"] = formats
+    files = _runtime_files(art, cfg, ctx, dst, info)
+    if files:
+        info["files"] = files
     return art.derive("quantize", path=dst, info=info)
+
+
+def _runtime_files(art: Artifact, cfg: QuantizeConfig, ctx, dst: Path, info: dict) -> dict:
+    """8-bit ExecuTorch / LiteRT files beside the quantized ONNX file (``int8_static`` only).
+
+    pt2e quantizes the torch module (kept on the artifact by ``export``), calibrated on exactly the
+    training samples the ONNX path used. Other modes have no counterpart there: the fp32 files carry on.
+    """
+    from compress.stages.export import SUFFIX, write_runtime_file
+
+    prev = {k: v for k, v in (art.info.get("files") or {}).items() if k in ("executorch", "litert")}
+    files = {"ort": info["ort_path"]} if "ort_path" in info else {}
+    if not prev:
+        return files
+    if cfg.mode != "int8_static" or art.model is None:
+        why = (f"mode {cfg.mode} has no ExecuTorch/LiteRT counterpart" if cfg.mode != "int8_static"
+               else "the torch model is not available (export output restored from the cache)")
+        info["runtime_files_note"] = f"{', '.join(prev)} files stay fp32: {why}"
+        return {**files, **prev}
+    reader = _Reader(ctx.splits.train.x, "", cfg.calibration.samples, cfg.calibration.batch_size, ctx.recipe.seed)
+    calib = ctx.splits.train.x[reader._idx]
+    for fmt in prev:
+        out = dst.with_suffix(SUFFIX[fmt])
+        write_runtime_file(fmt, art.model, ctx.splits.input_shape, out, art.info.get("static_batch", 1), calibration=calib)
+        files[fmt] = str(out)
+    info["runtime_calibration_samples"] = int(len(calib))
+    return files

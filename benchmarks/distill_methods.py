@@ -1,0 +1,151 @@
+"""Every distillation loss on the built-in digits data: same teacher, student, epochs and seeds.
+
+    python benchmarks/distill_methods.py [--seeds 0 1 2] [--epochs 30] [--student 16 2] [--no-sweep]
+
+For each seed (which changes the data split, the initialisation and the batch order) the teacher of
+recipes/digits.yaml is trained once or read from the cache that ``compress run`` fills
+(``<output>/.cache``, same key), and the same student initialisation is trained by every method
+with one ``distill`` stage (or ``train`` for the scratch student) for the same epochs. Weights are
+picked on val (as in every run); test is only measured. Prints one markdown table: test accuracy
+mean ± std, test errors per seed and their mean, val accuracy, top-1 agreement with the teacher on
+test, and training seconds (a shared, noisy machine: compare within one run only). Then a
+temperature x alpha sweep of Hinton KD, with val accuracy beside test so that a choice can be made
+on val.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+HINT = [{"teacher": "features.5", "student": "features.5"}]  # 128 vs 32 channels at 8 x 8: a 1x1 projector
+AT = [{"teacher": "features.2", "student": "features.2"}, {"teacher": "features.5", "student": "features.5"}]
+RKD = [{"kind": "rkd_distance", "teacher": "pool", "student": "pool"},
+       {"kind": "rkd_angle", "teacher": "pool", "student": "pool"}]
+
+# name -> loss list (None: the stage's default, Hinton with its temperature and alpha)
+METHODS: dict[str, list | None] = {
+    "hinton (T4, a0.5)": None,
+    "kl only (T4)": [{"kind": "kl"}],
+    "mse on logits": [{"kind": "mse"}],
+    "ce + hint": [{"kind": "ce"}, {"kind": "hint", "pairs": HINT}],
+    "hinton + hint": [{"kind": "hinton"}, {"kind": "hint", "weight": 0.5, "pairs": HINT}],
+    "ce + attention": [{"kind": "ce"}, {"kind": "attention", "pairs": AT}],
+    "hinton + attention": [{"kind": "hinton"}, {"kind": "attention", "pairs": AT}],
+    "ce + rkd": [{"kind": "ce"}, *RKD],
+    "hinton + rkd": [{"kind": "hinton"}, *RKD],
+}
+SWEEP_T, SWEEP_ALPHA = (2.0, 4.0, 8.0), (0.1, 0.5, 0.9)
+
+
+def _ms(values, fmt="{:.2f}") -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default=str(Path(__file__).parents[1] / "recipes" / "digits.yaml"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--student", type=int, nargs=2, default=[16, 2], metavar=("WIDTH", "DEPTH"))
+    ap.add_argument("--output", default="exported", help="output root whose .cache holds the teachers")
+    ap.add_argument("--methods", nargs="*", help="subset of method names (default: all)")
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--json", default="exported/distill_methods.json")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)  # small models: extra threads only add contention on shared cores
+    from compress.artifact import Artifact
+    from compress.cache import cache_key
+    from compress.context import Context, predict_logits
+    from compress.pipeline import _train_cached, prepare
+    from compress.recipe import parse_recipe
+    from compress.stages import STAGES
+    from compress.training import evaluate_split
+
+    raw = yaml.safe_load(Path(args.recipe).read_text())
+    raw["student"] = {"model": {"arch": "cnn", "width": args.student[0], "depth": args.student[1]}}
+    methods = {k: v for k, v in METHODS.items() if not args.methods or k in args.methods}
+    runs: dict[str, list[dict]] = {}
+
+    def record(name, seed, model, splits, teacher_test, seconds):
+        test_acc, _ = evaluate_split(model, splits.test.x, splits.test.y)
+        val_acc, _ = evaluate_split(model, splits.val.x, splits.val.y)
+        pred = predict_logits(model, splits.test.x).argmax(1)
+        runs.setdefault(name, []).append({
+            "seed": seed, "test_accuracy": test_acc, "test_errors": round((1 - test_acc) * len(splits.test.y)),
+            "val_accuracy": val_acc, "agreement": float((pred == teacher_test).float().mean()), "seconds": seconds})
+        r = runs[name][-1]
+        print(f"seed {seed} {name:>26}: test errors {r['test_errors']:3d}  val {val_acc:.4f}  {seconds:5.1f} s", flush=True)
+
+    def stage_cfg(stage: dict):
+        return parse_recipe({**raw, "seed": 0, "name": "bench", "stages": [stage]}).stages[0]
+
+    jobs = [(name, {"type": "distill", "epochs": args.epochs, **({"loss": loss} if loss else {})})
+            for name, loss in methods.items()]
+    if not args.no_sweep:
+        jobs += [(f"sweep T{t:g} a{a:g}", {"type": "distill", "epochs": args.epochs, "temperature": t, "alpha": a})
+                 for t in SWEEP_T for a in SWEEP_ALPHA if not (t == 4.0 and a == 0.5 and "hinton (T4, a0.5)" in methods)]
+    for seed in args.seeds:
+        recipe = parse_recipe({**raw, "seed": seed, "name": f"bench-seed{seed}",
+                               "stages": [{"type": "distill", "epochs": args.epochs}]})
+        prep = prepare(recipe)
+        splits = prep.splits
+        t = recipe.teacher.train
+        key = cache_key("teacher", recipe.teacher.model.model_dump(), t.model_dump(), seed, splits.fingerprint)
+        teacher, _ = _train_cached(Path(args.output) / ".cache", key, prep.teacher, splits, epochs=t.epochs, lr=t.lr,
+                                   batch_size=t.batch_size, weight_decay=t.weight_decay, seed=seed, desc="teacher",
+                                   quiet=True)
+        teacher_test = predict_logits(teacher, splits.test.x).argmax(1)
+        record("teacher", seed, teacher, splits, teacher_test, 0.0)
+        ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=Path(args.output) / "bench-methods", quiet=True)
+        student = Artifact("student", "torch", prep.student)
+        t0 = time.perf_counter()
+        scratch = STAGES["train"].fn(student, stage_cfg({"type": "train", "epochs": args.epochs}), ctx)
+        record("scratch", seed, scratch.model, splits, teacher_test, time.perf_counter() - t0)
+        for name, stage in jobs:
+            t0 = time.perf_counter()
+            out = STAGES["distill"].fn(student, stage_cfg(stage), ctx)
+            record(name, seed, out.model, splits, teacher_test, time.perf_counter() - t0)
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+    print_tables(runs, args)
+
+
+def print_tables(runs: dict[str, list[dict]], args) -> None:
+    def row(name):
+        rs = runs[name]
+        errs = [r["test_errors"] for r in rs]
+        return (f"| {name} | {_ms([100 * r['test_accuracy'] for r in rs])} | {errs} mean {statistics.mean(errs):.2f} | "
+                f"{_ms([100 * r['val_accuracy'] for r in rs])} | {_ms([100 * r['agreement'] for r in rs], '{:.1f}')} | "
+                f"{_ms([r['seconds'] for r in rs], '{:.0f}')} |")
+
+    head = ("| method | test accuracy % | test errors (per seed) | val accuracy % | agreement with teacher % | train s |\n"
+            "|---|---|---|---|---|---|")
+    seeds = len(runs["teacher"])
+    print(f"\nstudent cnn({args.student[0]}, {args.student[1]}), {args.epochs} epochs, {seeds} seeds "
+          f"{list(args.seeds)}, mean ± std\n")
+    print(head)
+    for name in runs:
+        if not name.startswith("sweep"):
+            print(row(name))
+    sweep = [n for n in runs if n.startswith("sweep")] + (["hinton (T4, a0.5)"] if "hinton (T4, a0.5)" in runs else [])
+    if any(n.startswith("sweep") for n in sweep):
+        print("\nHinton KD, temperature x alpha (alpha = weight of the hard-label loss)\n")
+        print(head)
+        for name in sorted(sweep, key=lambda n: -statistics.mean(r["val_accuracy"] for r in runs[n])):
+            print(row(name))
+
+
+if __name__ == "__main__":
+    main()

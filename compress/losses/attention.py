@@ -1,0 +1,61 @@
+"""Attention transfer (Zagoruyko & Komodakis 2017, "Paying More Attention to Attention").
+
+The spatial attention map of a C x H x W activation A is Q = mean_c(A^2), flattened to H*W values
+and L2-normalised. The loss of a pair is the mean over batch and positions of (q_s - q_t)^2, as in
+the authors' code (``(at(x) - at(y)).pow(2).mean()``). Channel counts may differ; H x W must match.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from compress.losses.base import Batch, LayerError, LossConfig, Probe, Term, register_loss
+from compress.losses.hint import LayerPair
+
+__all__ = ["AttentionConfig", "attention_map", "at_loss"]
+
+
+class AttentionConfig(LossConfig):
+    """``{kind: attention, pairs: [...]}``; weight defaults to 500 = beta/2 with the paper's beta = 1000."""
+
+    kind: Literal["attention"]
+    weight: float = Field(500.0, ge=0, description="beta/2 of the paper (beta = 1000): the maps are unit vectors")
+    pairs: list[LayerPair] = Field(min_length=1)
+
+
+def attention_map(a: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W): normalize(mean over channels of a^2)."""
+    return F.normalize(a.pow(2).mean(1).flatten(1), dim=1)
+
+
+def at_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    return (attention_map(student) - attention_map(teacher)).pow(2).mean()
+
+
+class _Attention(Term):
+    def __init__(self, pairs: list[LayerPair]):
+        super().__init__()
+        self.pairs = [(p.teacher, p.student, p.weight) for p in pairs]
+        self.teacher_layers = tuple(p.teacher for p in pairs)
+        self.student_layers = tuple(p.student for p in pairs)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        total = batch.logits.new_zeros(())
+        for t_name, s_name, w in self.pairs:
+            total = total + w * at_loss(batch.student_features[s_name], batch.teacher_features[t_name])
+        return total
+
+
+@register_loss(AttentionConfig)
+def build_attention(cfg: AttentionConfig, probe: Probe) -> Term:
+    for i, pair in enumerate(cfg.pairs):
+        t_shape = probe.shape("teacher", pair.teacher, ("pairs", i, "teacher"))
+        s_shape = probe.shape("student", pair.student, ("pairs", i, "student"))
+        if len(t_shape) != 3 or len(s_shape) != 3 or t_shape[1:] != s_shape[1:]:
+            raise LayerError(f"attention maps need C x H x W outputs of the same H x W; got student {s_shape} "
+                             f"and teacher {t_shape}", ("pairs", i))
+    return _Attention(cfg.pairs)

@@ -1,0 +1,79 @@
+"""Response-based variants on the logits alone: ``kl`` (soft term only), ``mse`` (logit matching), ``ce`` (labels).
+
+``kl`` is Hinton's soft term without the hard-label part; ``mse`` regresses the student's logits on the
+teacher's (Ba & Caruana 2014, "Do Deep Nets Really Need to be Deep?"); ``ce`` is plain cross-entropy on
+the labels, for combining with feature or relation terms that have no label term of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from compress.losses.base import Batch, LossConfig, Probe, Term, register_loss
+from compress.losses.hinton import soft_kl
+
+__all__ = ["KLConfig", "MSEConfig", "CEConfig", "logit_mse"]
+
+
+def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over batch and classes of (s - t)^2."""
+    return F.mse_loss(student_logits, teacher_logits)
+
+
+class KLConfig(LossConfig):
+    """``{kind: kl}``: T^2 * KL(softmax(t/T) || softmax(s/T)); no label term."""
+
+    kind: Literal["kl"]
+    temperature: float | None = Field(None, gt=0, le=100, description="default: the stage's temperature")
+
+
+class MSEConfig(LossConfig):
+    """``{kind: mse}``: mean squared difference of the raw logits; no label term."""
+
+    kind: Literal["mse"]
+
+
+class CEConfig(LossConfig):
+    """``{kind: ce}``: cross-entropy on the hard labels (no teacher)."""
+
+    kind: Literal["ce"]
+
+
+class _KL(Term):
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return soft_kl(batch.logits, batch.teacher_logits, self.temperature)
+
+
+class _MSE(Term):
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return logit_mse(batch.logits, batch.teacher_logits)
+
+
+class _CE(Term):
+    needs_teacher = False
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(batch.logits, batch.targets)
+
+
+@register_loss(KLConfig)
+def build_kl(cfg: KLConfig, probe: Probe) -> Term:
+    return _KL(cfg.temperature if cfg.temperature is not None else probe.stage.get("temperature", 4.0))
+
+
+@register_loss(MSEConfig)
+def build_mse(cfg: MSEConfig, probe: Probe) -> Term:
+    return _MSE()
+
+
+@register_loss(CEConfig)
+def build_ce(cfg: CEConfig, probe: Probe) -> Term:
+    return _CE()

@@ -1,0 +1,109 @@
+"""ExecuTorch (``.pte``) with the XNNPACK delegate: export, 8-bit export and a runner (``compress[executorch]``).
+
+``torch.export`` guards the example input's shape, so a ``.pte`` accepts exactly one batch size:
+files are exported at a static batch (1 by default, what a phone runs), and the runner splits larger
+inputs into calls of that batch. (A dynamic batch dimension exports, but its memory plan caps the
+input size below the declared maximum: measured with executorch 1.5.1, a 1..1024 batch failed at 64.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from compress.runtimes.base import Runner, native_output_silenced, register_runtime
+
+__all__ = ["PteRunner", "load", "export_pte", "export_pte_int8"]
+
+
+def _set_threads(threads: int) -> None:
+    # XNNPACK's threadpool is one per process: the last loaded runner's thread count wins. compress times
+    # one thread setting at a time (batch 1 on 1 thread, then the large batch), so that is enough.
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    _unsafe_reset_threadpool(threads or os.cpu_count() or 1)
+
+
+class PteRunner(Runner):
+    """One ExecuTorch program's ``forward`` method, run by the pybind runtime."""
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path)
+        import torch
+        from executorch.runtime import Runtime
+
+        self._torch = torch
+        with native_output_silenced():
+            self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
+            _set_threads(threads)
+        sizes = tuple(int(d) for d in self.method.metadata.input_tensor_meta(0).sizes())
+        self.static_batch, self._sample_shape = sizes[0], sizes[1:]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self._sample_shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.method.execute([self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()
+
+    def timer(self, x: np.ndarray):
+        if len(x) != self.static_batch:
+            return super().timer(x)
+        t, execute = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))], self.method.execute
+        return lambda: execute(t)
+
+
+@register_runtime("executorch", suffixes=(".pte",), module="executorch", extra="executorch",
+                  description="ExecuTorch, XNNPACK delegate (static batch)")
+def load(path, threads: int = 1) -> PteRunner:
+    return PteRunner(path, threads)
+
+
+def _lower(exported, path: Path) -> Path:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from compress._io import atomic_path
+
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(program.buffer)
+    return path
+
+
+def export_pte(model, input_shape: tuple[int, ...], path: Path, batch: int = 1) -> Path:
+    """fp32 ``.pte`` at a static ``batch``: torch.export, then every supported op lowered to XNNPACK."""
+    import torch
+
+    example = (torch.zeros(batch, *input_shape),)
+    with torch.no_grad(), native_output_silenced():
+        return _lower(torch.export.export(model.eval(), example), path)
+
+
+def export_pte_int8(model, input_shape: tuple[int, ...], path: Path, calibration: np.ndarray, batch: int = 1,
+                    calib_batch: int = 32) -> Path:
+    """8-bit ``.pte``: pt2e with XNNPACKQuantizer (symmetric, per-channel weights, int8 activations).
+
+    ``calibration`` are the samples the observers see (compress passes the same training samples as the
+    ONNX INT8 path). Calibration runs the exported graph at ``calib_batch`` (a graph module from
+    torch.export runs any batch the model does); the final program is re-exported at ``batch``.
+    """
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    dim = torch.export.Dim("batch", min=1, max=max(calib_batch, batch, 2))
+    example = torch.zeros(max(batch, 2), *input_shape)
+    with torch.no_grad(), native_output_silenced():
+        graph = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: dim},)).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        for i in range(0, len(calibration), calib_batch):
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + calib_batch], dtype=np.float32)))
+        converted = convert_pt2e(prepared)
+        return _lower(torch.export.export(converted, (torch.zeros(batch, *input_shape),)), path)

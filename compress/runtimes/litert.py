@@ -1,0 +1,128 @@
+"""LiteRT / TFLite (``.tflite``): export with litert-torch, run with the ai-edge-litert interpreter (``compress[litert]``).
+
+Like ExecuTorch, a converted file has the example's static batch (resizing the input fails in the XNNPACK
+delegate with litert-torch 0.10.0 / ai-edge-litert 2.3.0), so files are exported at batch 1 and the
+runner splits larger inputs. The 8-bit path (litert-torch's PT2E quantizer, symmetric per-channel
+weights, static int8 activations) produces a fully integer model: int8 input and output tensors, which
+the runner quantizes and dequantizes with the file's own scale and zero point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from compress.runtimes.base import Runner, native_output_silenced, register_runtime
+
+__all__ = ["TfliteRunner", "load", "export_tflite", "export_tflite_int8"]
+
+
+class TfliteRunner(Runner):
+    """One ``ai_edge_litert.interpreter.Interpreter`` (XNNPACK delegate on CPU) with ``threads`` threads."""
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path)
+        from ai_edge_litert.interpreter import Interpreter
+
+        with native_output_silenced():
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or os.cpu_count() or 1)
+            self.interpreter.allocate_tensors()
+        self._in = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+        self.static_batch = int(self._in["shape"][0])
+        self.integer_io = np.dtype(self._in["dtype"]).kind in "iu"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._in["shape"][1:])
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        if not self.integer_io:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        scale, zero = self._in["quantization"]
+        info = np.iinfo(self._in["dtype"])
+        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self._in["dtype"])
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        if np.dtype(self._out["dtype"]).kind not in "iu":
+            return y
+        scale, zero = self._out["quantization"]
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        it = self.interpreter
+        it.set_tensor(self._in["index"], self._quantize(x))
+        it.invoke()
+        return self._dequantize(it.get_tensor(self._out["index"]))
+
+    def timer(self, x: np.ndarray):
+        if len(x) != self.static_batch:
+            return super().timer(x)
+        # Input set once: the timed call is invoke() plus reading the output, as in an app's loop.
+        it, q, idx, out = self.interpreter, self._quantize(x), self._in["index"], self._out["index"]
+
+        def call():
+            it.set_tensor(idx, q)
+            it.invoke()
+            return it.get_tensor(out)
+
+        return call
+
+
+@register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert",
+                  description="LiteRT (TFLite) interpreter, XNNPACK delegate (static batch)")
+def load(path, threads: int = 1) -> TfliteRunner:
+    return TfliteRunner(path, threads)
+
+
+@contextlib.contextmanager
+def _quiet():
+    # litert-torch prints a progress tree and absl logs for every conversion.
+    with native_output_silenced(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _write(edge_model, path: Path) -> Path:
+    from compress._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        edge_model.export(str(tmp))
+    return path
+
+
+def export_tflite(model, input_shape: tuple[int, ...], path: Path, batch: int = 1) -> Path:
+    """fp32 ``.tflite`` at a static ``batch`` with ``litert_torch.convert``."""
+    import torch
+
+    with _quiet(), torch.no_grad():
+        import litert_torch
+
+        return _write(litert_torch.convert(model.eval(), (torch.zeros(batch, *input_shape),)), path)
+
+
+def export_tflite_int8(model, input_shape: tuple[int, ...], path: Path, calibration: np.ndarray, batch: int = 1,
+                       calib_batch: int = 32) -> Path:
+    """8-bit ``.tflite``: litert-torch's PT2E quantizer (symmetric, per-channel), calibrated on ``calibration``."""
+    import torch
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    with _quiet(), torch.no_grad():
+        import litert_torch
+        from litert_torch.quantize import pt2e_quantizer as pq
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+        dim = torch.export.Dim("batch", min=1, max=max(calib_batch, batch, 2))
+        graph = torch.export.export(model.eval(), (torch.zeros(max(batch, 2), *input_shape),),
+                                    dynamic_shapes=({0: dim},)).module()
+        prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+        for i in range(0, len(calibration), calib_batch):
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + calib_batch], dtype=np.float32)))
+        converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+        edge = litert_torch.convert(converted, (torch.zeros(batch, *input_shape),),
+                                    quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        return _write(edge, path)

@@ -1,0 +1,174 @@
+"""The ``loss: [...]`` option of distill and finetune: recipe errors, validation of layers, one tiny run per family."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from compress.errors import RecipeError
+from compress.models.zoo import cnn
+from compress.pipeline import prepare
+from compress.recipe import parse_recipe
+from compress.stages import STAGES
+
+TEACHER = {"model": {"arch": "cnn", "width": 8, "depth": 3}}  # 8x8 maps at features.2 and .5, 4x4 at .9
+STUDENT = {"model": {"arch": "cnn", "width": 4, "depth": 2}}  # 8x8 maps at features.2 and .5
+
+
+def recipe(*stages) -> dict:
+    return {"name": "losses", "teacher": TEACHER, "student": STUDENT, "stages": list(stages)}
+
+
+def distill(loss, epochs=1):
+    return {"type": "distill", "epochs": epochs, "loss": loss}
+
+
+def test_no_loss_key_keeps_the_default():
+    r = parse_recipe(recipe({"type": "distill"}, {"type": "finetune", "distill": True}))
+    assert r.stages[0].loss is None and r.stages[1].loss is None
+
+
+@pytest.mark.parametrize("loss, expected", [
+    ([{"kind": "atention"}], "stages[0].loss[0].kind: unknown loss kind 'atention'; did you mean 'attention'? valid choices: attention, ce,"),
+    ([{"kind": "hint", "pair": []}], "stages[0].loss[0].pair: unknown key 'pair'; did you mean 'pairs'?"),
+    ([{"kind": "hint", "pairs": [{"teacher": "a", "studnt": "b"}]}], "stages[0].loss[0].pairs[0].studnt: unknown key 'studnt'; did you mean 'student'?"),
+    ([{"kind": "hinton", "weight": -1}], "stages[0].loss[0].weight:"),
+])
+def test_bad_loss_entries_fail_at_parse(loss, expected):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(recipe(distill(loss)))
+    assert expected in str(info.value)
+
+
+def test_finetune_loss_needs_distill():
+    with pytest.raises(RecipeError, match="'loss' is used only with 'distill: true'"):
+        parse_recipe(recipe({"type": "finetune", "loss": [{"kind": "hinton"}]}))
+
+
+@pytest.mark.parametrize("loss, key, words", [
+    ([{"kind": "hinton"}, {"kind": "hint", "pairs": [{"teacher": "features.2", "student": "features.2"},
+                                                     {"teacher": "feature.5", "student": "features.5"}]}],
+     "stages[0].loss[1].pairs[1].teacher", "the teacher has no layer 'feature.5'; available layers: features, features.0"),
+    ([{"kind": "attention", "pairs": [{"teacher": "features.2", "student": "classifier"}]}],
+     "stages[0].loss[0].pairs[0]", "attention maps need C x H x W"),
+    ([{"kind": "hint", "pairs": [{"teacher": "features.9", "student": "features.5"}]}],
+     "stages[0].loss[0].pairs[0]", "differ in H x W"),
+    ([{"kind": "rkd_angle", "student": "head"}], "stages[0].loss[0].student", "the student has no layer 'head'"),
+])
+def test_bad_layers_fail_before_any_training(loss, key, words):
+    with pytest.raises(RecipeError) as info:
+        prepare(parse_recipe(recipe(distill(loss))))
+    assert info.value.key == key
+    assert words in info.value.message
+
+
+def run_stage(make_ctx, cfg_dict, teacher=None):
+    r = recipe(cfg_dict)
+    cfg = parse_recipe(r).stages[0]
+    torch.manual_seed(0)
+    ctx = make_ctx(teacher=teacher or cnn((1, 8, 8), 10, width=8, depth=3).eval(), recipe=r)
+    torch.manual_seed(1)
+    student = cnn((1, 8, 8), 10, width=4, depth=2)
+    from tests.conftest import torch_artifact
+
+    return STAGES[cfg.type].fn(torch_artifact(student), cfg, ctx), student
+
+
+def test_hinton_entry_equals_the_default_bit_for_bit(make_ctx):
+    default, _ = run_stage(make_ctx, {"type": "distill", "epochs": 2, "temperature": 3, "alpha": 0.3})
+    listed, _ = run_stage(make_ctx, {"type": "distill", "epochs": 2, "temperature": 3, "alpha": 0.3,
+                                     "loss": [{"kind": "hinton"}]})
+    for k, v in default.model.state_dict().items():
+        assert torch.equal(v, listed.model.state_dict()[k]), k
+
+
+FAMILIES = {
+    "response": [{"kind": "kl", "weight": 0.5}, {"kind": "mse", "weight": 0.1}, {"kind": "ce"}],
+    "hint": [{"kind": "hinton"}, {"kind": "hint", "weight": 0.5,
+                                  "pairs": [{"teacher": "features.5", "student": "features.5"}]}],
+    "attention": [{"kind": "ce"}, {"kind": "attention", "pairs": [{"teacher": "features.2", "student": "features.2"},
+                                                                  {"teacher": "features.5", "student": "features.5"}]}],
+    "relation": [{"kind": "hinton"}, {"kind": "rkd_distance", "teacher": "pool", "student": "pool"},
+                 {"kind": "rkd_angle"}],
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("stage", ["distill", "finetune"])
+def test_each_family_trains_and_leaves_no_trace_in_the_model(make_ctx, family, stage):
+    cfg = {"type": stage, "epochs": 1, "loss": FAMILIES[family], **({"distill": True} if stage == "finetune" else {})}
+    out, student = run_stage(make_ctx, cfg)
+    assert out.info["val_accuracy"] > 0
+    # projectors are not part of the model; no hooks left behind
+    assert out.model.state_dict().keys() == student.state_dict().keys()
+    assert not any(m._forward_hooks for m in out.model.modules())
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in out.model.state_dict().items())
+
+
+def test_teacher_features_are_computed_once(make_ctx):
+    ctx = make_ctx(teacher=cnn((1, 8, 8), 10, width=8, depth=3).eval())
+    a = ctx.teacher_features(["features.5"])["features.5"]
+    b = ctx.teacher_features(["features.5", "features.2"])
+    assert a is b["features.5"] and a.shape == (len(ctx.splits.train), 16, 8, 8)
+    assert b["features.2"].shape == (len(ctx.splits.train), 8, 8, 8)
+
+
+def test_cli_validate_names_the_layers(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from compress.cli import cli
+
+    r = copy.deepcopy(recipe(distill([{"kind": "hint", "pairs": [{"teacher": "features.5", "student": "features.7"}]}])))
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r, sort_keys=False))
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "stages[0].loss[0].pairs[0].student: the student has no layer 'features.7'" in result.output
+    assert "features.5" in result.output
+
+
+def test_whole_pipeline_with_feature_losses_before_and_after_pruning(tmp_path, tiny_recipe):
+    """Hints in distill, attention + RKD in finetune after pruning (projectors rebuilt for the pruned widths)."""
+    from compress.pipeline import run
+
+    r = copy.deepcopy(tiny_recipe)
+    r["teacher"] = {"model": {"arch": "cnn", "width": 8, "depth": 3}, "train": {"epochs": 1, "lr": 0.003}}
+    r["stages"] = [
+        {"type": "distill", "epochs": 1, "loss": FAMILIES["hint"]},
+        {"type": "prune", "ratio": 0.5},
+        {"type": "finetune", "epochs": 1, "distill": True,
+         "loss": [*FAMILIES["attention"], {"kind": "rkd_distance", "teacher": "pool", "student": "pool"}]},
+        {"type": "export"},
+    ]
+    report = run(parse_recipe(r), output=tmp_path, quiet=True)
+    final = next(m for m in report["models"] if m["role"] == "final")
+    assert 0 < final["accuracy"] <= 1
+    assert report["recipe"]["stages"][0]["loss"][1]["pairs"][0]["teacher"] == "features.5"
+
+
+def test_born_again_generations_are_each_reported_and_taught_by_the_previous(make_ctx, monkeypatch):
+    import compress.stages.distill as d
+
+    teachers = []
+    real = d.loss_fit_kwargs
+
+    def spy(ctx, model, cfg):
+        teachers.append(ctx.teacher)
+        return real(ctx, model, cfg)
+
+    monkeypatch.setattr(d, "loss_fit_kwargs", spy)
+    out, _ = run_stage(make_ctx, {"type": "distill", "epochs": 1, "generations": 3,
+                                  "loss": [{"kind": "hinton"}, {"kind": "attention", "pairs": AT_PAIR}]})
+    gens = out.info["generations"]
+    assert [g["generation"] for g in gens] == [1, 2, 3]
+    assert all(0 < g["val_accuracy"] <= 1 for g in gens)
+    assert out.info["val_accuracy"] == gens[-1]["val_accuracy"]
+    # generation 1 learns from the recipe's teacher (width 8), 2 and 3 from a student (width 4) of the one before
+    assert teachers[0].features[0].out_channels == 8
+    assert teachers[1].features[0].out_channels == 4 and teachers[2] is not teachers[1]
+
+
+AT_PAIR = [{"teacher": "features.2", "student": "features.2"}]

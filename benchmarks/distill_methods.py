@@ -28,17 +28,20 @@ AT = [{"teacher": "features.2", "student": "features.2"}, {"teacher": "features.
 RKD = [{"kind": "rkd_distance", "teacher": "pool", "student": "pool"},
        {"kind": "rkd_angle", "teacher": "pool", "student": "pool"}]
 
-# name -> loss list (None: the stage's default, Hinton with its temperature and alpha)
-METHODS: dict[str, list | None] = {
-    "hinton (T4, a0.5)": None,
-    "kl only (T4)": [{"kind": "kl"}],
-    "mse on logits": [{"kind": "mse"}],
-    "ce + hint": [{"kind": "ce"}, {"kind": "hint", "pairs": HINT}],
-    "hinton + hint": [{"kind": "hinton"}, {"kind": "hint", "weight": 0.5, "pairs": HINT}],
-    "ce + attention": [{"kind": "ce"}, {"kind": "attention", "pairs": AT}],
-    "hinton + attention": [{"kind": "hinton"}, {"kind": "attention", "pairs": AT}],
-    "ce + rkd": [{"kind": "ce"}, *RKD],
-    "hinton + rkd": [{"kind": "hinton"}, *RKD],
+# name -> distill stage keys ({}: the stage's default, Hinton with its temperature and alpha)
+METHODS: dict[str, dict] = {
+    "hinton (T4, a0.5)": {},
+    "kl only (T4)": {"loss": [{"kind": "kl"}]},
+    "mse on logits": {"loss": [{"kind": "mse"}]},
+    "ce + hint": {"loss": [{"kind": "ce"}, {"kind": "hint", "pairs": HINT}]},
+    "hinton + hint": {"loss": [{"kind": "hinton"}, {"kind": "hint", "weight": 0.5, "pairs": HINT}]},
+    "ce + attention": {"loss": [{"kind": "ce"}, {"kind": "attention", "pairs": AT}]},
+    "hinton + attention": {"loss": [{"kind": "hinton"}, {"kind": "attention", "pairs": AT}]},
+    "ce + rkd": {"loss": [{"kind": "ce"}, *RKD]},
+    "hinton + rkd": {"loss": [{"kind": "hinton"}, *RKD]},
+    "mutual, 2 peers (no teacher)": {"peers": 2},
+    "born-again, 2 generations": {"generations": 2},
+    "hinton, student init from teacher": {"init_from_teacher": True},
 }
 SWEEP_T, SWEEP_ALPHA = (2.0, 4.0, 8.0), (0.1, 0.5, 0.9)
 
@@ -90,8 +93,7 @@ def main() -> None:
     def stage_cfg(stage: dict):
         return parse_recipe({**raw, "seed": 0, "name": "bench", "stages": [stage]}).stages[0]
 
-    jobs = [(name, {"type": "distill", "epochs": args.epochs, **({"loss": loss} if loss else {})})
-            for name, loss in methods.items()]
+    jobs = [(name, {"type": "distill", "epochs": args.epochs, **keys}) for name, keys in methods.items()]
     if not args.no_sweep:
         jobs += [(f"sweep T{t:g} a{a:g}", {"type": "distill", "epochs": args.epochs, "temperature": t, "alpha": a})
                  for t in SWEEP_T for a in SWEEP_ALPHA if not (t == 4.0 and a == 0.5 and "hinton (T4, a0.5)" in methods)]

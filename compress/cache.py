@@ -57,6 +57,9 @@ class StageCache:
     def __init__(self, root: Path, enabled: bool = True):
         self.root, self.enabled = root / "stages", enabled
 
+    def has(self, key: str) -> bool:
+        return self.enabled and (self.root / key / "artifact.json").exists()
+
     def load(self, key: str, template: torch.nn.Module, dest: Path):
         """The cached artifact for ``key`` (torch: loaded into a copy of ``template``; onnx: files
         copied into the folder ``dest`` under their original names), or None."""

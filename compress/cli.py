@@ -6,6 +6,8 @@ Exit codes: 0 success, 1 a failure while running, 2 a bad recipe or bad argument
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,7 +57,9 @@ def cli() -> None:
 @click.option("--output", "-o", type=click.Path(), default=None, help="Output root (default: exported/).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or table; the report files are still written.")
 @click.option("--force", is_flag=True, help="Recompute everything instead of reusing cached models and measurements.")
-def run(recipe: str, output: str | None, quiet: bool, force: bool) -> None:
+@click.option("--nproc", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Train data-parallel in this many processes (torchrun, gloo); only rank 0 writes files.")
+def run(recipe: str, output: str | None, quiet: bool, force: bool, nproc: int) -> None:
     """Run RECIPE: every stage, then the report (<output>/<name>/report.{json,md,png}).
 
     Trained models, stage outputs and measurements are cached under <output>/.cache: a rerun
@@ -63,6 +67,20 @@ def run(recipe: str, output: str | None, quiet: bool, force: bool) -> None:
     """
     from compress.errors import CompressError
 
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        # Re-launch under torchrun; the recipe is validated first so a typo fails once, not per rank.
+        try:
+            from compress.pipeline import output_dir, prepare
+
+            loaded = _load(recipe)
+            output_dir(loaded, output)
+            prepare(loaded)
+        except CompressError as exc:
+            _fail(exc)
+        args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "compress", "run", recipe] + (["--output", output] if output else []) \
+            + (["--quiet"] if quiet else []) + (["--force"] if force else [])
+        sys.exit(subprocess.call(args))
     try:
         from compress.pipeline import run as run_pipeline
 

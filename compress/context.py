@@ -24,6 +24,10 @@ class Context:
     stage_index: int = 0
     _teacher_logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _teacher_features: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, repr=False)
+    # Set by the pipeline: teacher outputs are also kept on disk under <cache>/<hash of teacher_key, split, layer>,
+    # so a second recipe with the same teacher and data does not recompute them.
+    teacher_key: str | None = None
+    cache_dir: Path | None = None
 
     def teacher_logits(self, split: str = "train") -> torch.Tensor:
         """Teacher logits on a split, computed once and reused by every epoch and stage.
@@ -32,25 +36,56 @@ class Context:
         """
         if split not in self._teacher_logits:
             data = getattr(self.splits, split)
-            self._teacher_logits[split] = predict_logits(self.teacher, data.x)
+            self._teacher_logits[split] = self._on_disk(split, "logits", lambda: predict_logits(self.teacher, data.x))
         return self._teacher_logits[split]
+
+    def _on_disk(self, split: str, what: str, compute) -> torch.Tensor:
+        """``compute()``, or its result saved earlier for the same teacher, split contents and layer."""
+        if self.teacher_key is None or self.cache_dir is None:
+            return compute()
+        import hashlib
+
+        from safetensors.torch import load_file, save_file
+
+        from compress._io import atomic_path
+        from compress.cache import cache_key
+
+        x = np.ascontiguousarray(getattr(self.splits, split).x)
+        key = cache_key("teacher-outputs", self.teacher_key, split, what, hashlib.sha256(x.tobytes()).hexdigest())
+        path = Path(self.cache_dir) / f"{key}.safetensors"
+        if path.exists():
+            try:
+                return load_file(str(path))["out"]
+            except Exception:
+                pass  # a damaged entry is recomputed, never trusted
+        out = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"out": out.contiguous()}, str(tmp))
+        return out
 
     def teacher_features(self, names, split: str = "train") -> dict[str, torch.Tensor]:
         """Outputs of the teacher's named layers on a split, computed once (like ``teacher_logits``)."""
+        for n in names:
+            if (split, n) not in self._teacher_features and self.teacher_key is not None and self.cache_dir is not None:
+                self._teacher_features[(split, n)] = self._on_disk(split, f"layer:{n}",
+                                                                   lambda n=n: self._compute_features([n], split)[n])
         missing = [n for n in names if (split, n) not in self._teacher_features]
         if missing:
-            from compress.losses.base import FeatureTap
-
-            x = getattr(self.splits, split).x
-            with FeatureTap(self.teacher, missing) as tap:
-                parts: dict[str, list] = {n: [] for n in missing}
-                for i in range(0, len(x), 512):
-                    predict_logits(self.teacher, x[i:i + 512])
-                    for n in missing:
-                        parts[n].append(tap.outputs[n])
-            for n in missing:
-                self._teacher_features[(split, n)] = torch.cat(parts[n])
+            self._teacher_features.update({(split, n): v for n, v in self._compute_features(missing, split).items()})
         return {n: self._teacher_features[(split, n)] for n in names}
+
+    def _compute_features(self, names, split: str) -> dict[str, torch.Tensor]:
+        from compress.losses.base import FeatureTap
+
+        x = getattr(self.splits, split).x
+        parts: dict[str, list] = {n: [] for n in names}
+        with FeatureTap(self.teacher, names) as tap:
+            for i in range(0, len(x), 512):
+                predict_logits(self.teacher, x[i:i + 512])
+                for n in names:
+                    parts[n].append(tap.outputs[n])
+        return {n: torch.cat(parts[n]) for n in names}
 
     def stage_path(self, name: str, suffix: str) -> Path:
         folder = self.out_dir / "stages"

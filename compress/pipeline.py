@@ -19,6 +19,7 @@ from compress._progress import say
 from compress.artifact import Artifact
 from compress.bench import cpu_info
 from compress.cache import StageCache, cache_key, load_cached, load_json, save_cached, save_json
+from compress import distributed
 from compress.context import Context
 from compress.data import Splits, load_data
 from compress.errors import CompressError, DataError, ModelError
@@ -87,9 +88,46 @@ def _check_losses(recipe: Recipe, teacher: torch.nn.Module, student: torch.nn.Mo
     from compress.losses.combine import build_terms
 
     for i, st in enumerate(recipe.stages):
-        if getattr(st, "loss", None):
-            build_terms(st.loss, teacher, student, input_shape,
+        _check_teachers(recipe, i, st, teacher, input_shape)
+        if not getattr(st, "loss", None):
+            continue
+        # the student's teachers: the recipe's (or the last assistant), and itself for born-again generations
+        first = teacher
+        for spec in getattr(st, "assistants", None) or []:
+            torch.manual_seed(recipe.seed)
+            first = spec.build(input_shape, teacher(torch.zeros(2, *input_shape)).shape[1]).eval()
+        teachers = [first] + ([student] if getattr(st, "generations", 1) > 1 else [])
+        for t in teachers:
+            build_terms(st.loss, t, student, input_shape,
                         {"temperature": st.temperature, "alpha": st.alpha}, at=("stages", i, "loss"), recipe=recipe)
+
+
+def _check_teachers(recipe: Recipe, i: int, st, teacher: torch.nn.Module, input_shape) -> None:
+    """A ``teachers`` list: every member loads and gives one score per class; no layers asked of an ensemble."""
+    sources = getattr(st, "teachers", None)
+    if not sources or (len(sources) == 1 and sources[0].is_recipe):
+        return
+    from compress.teachers import member_logits
+
+    splits = load_data(recipe.data, recipe.seed)
+    ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=Path("."), quiet=True)
+    for j, src in enumerate(sources):
+        try:
+            out = member_logits(src, ctx, np.zeros((2, *input_shape), np.float32)) if not src.logits else member_logits(src, ctx)
+        except CompressError as exc:
+            raise recipe.error_at(str(exc), "stages", i, "teachers", j) from None
+        except Exception as exc:  # onnxruntime and factories raise their own types
+            raise recipe.error_at(f"{src.describe()}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                                  "stages", i, "teachers", j) from None
+        if out.ndim != 2 or out.shape[1] != splits.num_classes:
+            raise recipe.error_at(f"{src.describe()} gives outputs of shape {tuple(out.shape)}; expected "
+                                  f"{splits.num_classes} class scores per sample", "stages", i, "teachers", j)
+    for j, entry in enumerate(getattr(st, "loss", None) or []):
+        if getattr(entry, "pairs", None) or getattr(entry, "teacher", None):
+            kinds = ", ".join(s.describe() for s in sources)
+            raise recipe.error_at(f"loss '{entry.kind}' reads teacher layers, but this stage's teachers ({kinds}) give "
+                                  "only outputs (a black box or an ensemble has no layers to read); use hinton, kl, "
+                                  "mse, or rkd without layer names", "stages", i, "loss", j)
 
 
 def _model_for(recipe: Recipe, role: str, splits: Splits, seed: int) -> torch.nn.Module:
@@ -145,13 +183,16 @@ def _exclusive(out_dir: Path):
 def _train_cached(cache: Path, key: str, model: torch.nn.Module, splits: Splits, *, epochs: int, lr: float,
                   batch_size: int, weight_decay: float, seed: int, desc: str, quiet: bool,
                   force: bool = False) -> tuple[torch.nn.Module, dict]:
-    cached = None if force else load_cached(cache, key, model)
+    cached = None if force or not distributed.is_writer() else load_cached(cache, key, model)
+    if distributed.agree(cached is not None) and cached is None:  # rank 0 found it: the other ranks load it too
+        cached = load_cached(cache, key, model)
     if cached is not None:
         say(f"[dim]{desc}: reusing cached weights {key}[/dim]", quiet)
         return cached, {"cached": True}
     res = fit(model, splits, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
               loss_fn=cross_entropy, desc=desc, quiet=quiet)
-    save_cached(cache, key, res.model)
+    if distributed.is_writer():
+        save_cached(cache, key, res.model)
     return res.model, {"cached": False, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 2)}
 
 
@@ -191,8 +232,29 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, f
     prep = prepare(recipe)
     splits = prep.splits
     cache = out_dir.parent / ".cache"
-    with _exclusive(out_dir):
-        if (out_dir / "stages").exists():
+    distributed.init_from_env()
+    writer = distributed.is_writer()
+    quiet = quiet or not writer
+    try:
+        report = _run(recipe, prep, out_dir, cache, quiet, force, started, writer)
+    except BaseException:
+        distributed.shutdown(wait=False)  # never wait for ranks that may be blocked in a collective
+        raise
+    distributed.shutdown()
+    return report
+
+
+def _last_training_stage(recipe: Recipe) -> int:
+    return max((i for i, st in enumerate(recipe.stages) if STAGES[st.type].trains), default=-1)
+
+
+def _run(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, quiet: bool, force: bool, started: float,
+         writer: bool) -> dict:
+    from compress import report as reporting
+
+    splits = prep.splits
+    with _exclusive(out_dir) if writer else contextlib.nullcontext():
+        if writer and (out_dir / "stages").exists():
             shutil.rmtree(out_dir / "stages")  # files of an earlier run would be mistaken for this one's
         say(f"[bold]compress[/bold] {recipe.name}: {splits.describe()}", quiet)
         teacher, teacher_info = prep.teacher, {"weights": str(recipe.teacher.weights)} if prep.teacher_has_weights else {}
@@ -205,10 +267,13 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, f
             teacher_key = key
         else:
             teacher_key = cache_key("teacher-weights", file_digest(recipe.teacher.weights), splits.fingerprint)
-        ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=out_dir, quiet=quiet)
+        ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=out_dir, quiet=quiet,
+                      teacher_key=teacher_key, cache_dir=None if force else cache)  # teacher outputs kept on disk
         measured: list[dict] = []
 
         def measure(name: str, role: str, art: Artifact, path: Path, info: dict | None = None) -> None:
+            if not writer:  # other ranks only train
+                return
             if art.format == "torch":
                 export_onnx(art.model, splits.input_shape, path)
             measured.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
@@ -235,11 +300,15 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, f
         stage_cache = StageCache(cache, enabled=not force)
         stage_log = []
         for i, st in enumerate(recipe.stages):
+            if not writer and i > _last_training_stage(recipe):
+                return {}  # other ranks are done once the last training stage is
             ctx.stage_index = i
             config = st.model_dump(mode="json", by_alias=True)
             key = cache_key("stage", art.key, teacher_key, i, config, recipe.seed, splits.fingerprint)
             t0 = time.perf_counter()
-            cached = stage_cache.load(key, prep.student, out_dir / "stages")
+            # Collectives only while every rank is still here (the others leave after the last training stage).
+            hit = distributed.agree(stage_cache.has(key)) if i <= _last_training_stage(recipe) else stage_cache.has(key)
+            cached = stage_cache.load(key, prep.student, out_dir / "stages") if hit else None
             if cached is not None:
                 say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", quiet)
                 art = cached
@@ -249,7 +318,8 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, f
                     art = dataclasses.replace(STAGES[st.type].fn(art, st, ctx), key=key)
                 except CompressError as exc:
                     raise type(exc)(f"stage {i + 1} ({st.type}): {exc}") from None
-                stage_cache.save(key, art)
+                if writer:
+                    stage_cache.save(key, art)
             stage_log.append({"index": i + 1, "type": st.type, "config": config, "cached": cached is not None,
                               "seconds": round(time.perf_counter() - t0, 2)})
             measure(f"{i + 1:02d}_{st.type}", "stage", art, ctx.stage_path(st.type, ".onnx"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -83,9 +84,24 @@ class TeacherConfig(Strict):
     weights: Path | None = Field(None, description=".safetensors, or a .pt/.pth state dict (loaded with weights_only=True)")
 
 
+class FromTeacher(Strict):
+    """A student derived from a built-in teacher: fractions of its width and depth (DistilBERT-style)."""
+
+    width: float = Field(0.5, gt=0, le=1, description="fraction of the teacher's width (rounded, at least 1)")
+    depth: float = Field(1.0, gt=0, le=1, description="fraction of the teacher's depth (rounded, at least 1)")
+
+
 class StudentConfig(Strict):
-    model: ModelSpec
+    model: ModelSpec | None = Field(None, description="filled in from the teacher when from_teacher is given")
+    from_teacher: FromTeacher | None = Field(None, description="derive the architecture from the teacher; the first "
+                                                               "distill stage starts from the teacher's weights")
     weights: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_architecture(self):
+        if self.model is None:
+            raise ValueError("give the student a 'model' or 'from_teacher: {width: 0.25, depth: 0.5}'")
+        return self
 
 
 class BenchConfig(Strict):
@@ -117,6 +133,28 @@ class Recipe(Strict):
     # Set by load_recipe: where the recipe came from, for error messages and relative paths.
     source_file: str | None = Field(None, exclude=True)
     _lines: dict = PrivateAttr(default_factory=dict)  # key path -> line in source_file
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_student(cls, data):
+        """``student: {from_teacher: {...}}`` -> the student's ``model``, from a built-in teacher's spec."""
+        try:
+            derive, teacher_model = data["student"]["from_teacher"], data["teacher"]["model"]
+        except (KeyError, TypeError):
+            return data
+        if derive is None or not isinstance(teacher_model, dict) or not isinstance(derive, dict):
+            return data
+        if "model" in data["student"]:
+            raise ValueError("student: give either 'model' or 'from_teacher', not both")
+        if "arch" not in teacher_model:
+            raise ValueError("student.from_teacher needs a built-in teacher (teacher.model.arch: cnn or mlp)")
+        w, d = derive.get("width", 0.5), derive.get("depth", 1.0)
+        if not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in (w, d)):
+            return data  # FromTeacher reports the bad value at its key
+        width = max(1, round(teacher_model.get("width", 16) * w))
+        depth = max(1, round(teacher_model.get("depth", 2) * d))
+        student = {**data["student"], "model": {"arch": teacher_model["arch"], "width": width, "depth": depth}}
+        return {**data, "student": student}
 
     def error_at(self, message: str, *path) -> RecipeError:
         """A RecipeError at a key path, for problems found after parsing (missing files, data, shapes)."""
@@ -188,7 +226,7 @@ def _unwrap(tp):
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
         return _unwrap(typing.get_args(tp)[0])
-    if origin is Union or str(origin) == "types.UnionType":
+    if origin is Union or origin is types.UnionType:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _unwrap(args[0]) if len(args) == 1 else None
     return tp

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress import distributed
 from compress.data import Splits
 from compress.errors import StageError
 
@@ -67,7 +68,7 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
     detach = attach(model) if attach is not None else None
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x = torch.from_numpy(np.ascontiguousarray(splits.train.x))
+    train_x = splits.train.x  # an ndarray, or Rows of a memory-mapped file: batches are gathered on demand
     y = torch.from_numpy(splits.train.y)
     opt = torch.optim.Adam([*model.parameters(), *extra_params], lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(y) / batch_size)
@@ -75,23 +76,34 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
     best_key, best_acc, best_epoch, best_state = (-1.0, 0.0), -1.0, 0, copy.deepcopy(model.state_dict())
     history: list[dict] = []
     start = time.perf_counter()
-    with progress_bar(desc, epochs, quiet) as advance:
+    # Under torchrun every rank takes its slice of each global batch; DDP averages the gradients, so a
+    # step sees the same `batch_size` samples as in one process (BatchNorm statistics are per rank).
+    rank, world = distributed.rank(), distributed.world_size()
+    extra = list(extra_params)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    with progress_bar(desc, epochs, quiet or rank != 0) as advance:
         for epoch in range(1, epochs + 1):
             model.train()
             order = torch.randperm(len(y), generator=gen)
             total, seen = 0.0, 0
             for b in range(steps_per_epoch):
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                if len(idx) < 2 and seen:  # BatchNorm cannot train on a batch of one
+                if len(idx) < 2 * world and b > 0:  # BatchNorm cannot train on a batch of one (per rank)
                     continue
-                loss = loss_fn(model(x[idx]), y[idx], idx)
-                if not torch.isfinite(loss):
+                idx = idx[rank::world]
+                loss = loss_fn(net(torch.from_numpy(np.ascontiguousarray(train_x[idx.numpy()]))), y[idx], idx)
+                # every rank must take the same decision, or the others wait forever in the next all-reduce
+                check = distributed.all_reduce_(loss.detach().clone()) if world > 1 else loss
+                if not torch.isfinite(check):
                     model.load_state_dict(best_state)
                     raise StageError(f"{desc}: loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
                                      f"training stopped with the best weights so far (epoch {best_epoch}). "
                                      f"Hint: lower the learning rate (now {lr}).")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for p in extra:  # parameters outside the DDP module (KD projectors) are averaged by hand
+                    if p.grad is not None:
+                        distributed.all_reduce_(p.grad)
                 opt.step()
                 sched.step()
                 total += loss.item() * len(idx)
@@ -103,6 +115,7 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
                 best_key, best_acc, best_epoch, best_state = (val_acc, -val_loss), val_acc, epoch, copy.deepcopy(model.state_dict())
             advance(f"loss {total / max(seen, 1):.4f}  val {val_acc:.2%}")
     model.load_state_dict(best_state)
+    distributed.sync_module(model)  # ranks may pick different best epochs (per-rank BN stats): rank 0 wins
     model.eval()
     if detach is not None:
         detach()

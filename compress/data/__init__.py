@@ -15,12 +15,38 @@ import numpy as np
 
 from compress.errors import DataError
 
-__all__ = ["Dataset", "Splits", "load_data", "peek_data", "stratified_split"]
+__all__ = ["Dataset", "Rows", "Splits", "load_data", "peek_data", "stratified_split"]
+
+
+class Rows:
+    """Rows ``index`` of a (memory-mapped) array, read on demand: slicing or fancy indexing returns an
+    ndarray of just those rows, so a split of a large npz never sits in memory whole."""
+
+    def __init__(self, base: np.ndarray, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index)
+        self.shape = (len(self.index), *base.shape[1:])
+        self.dtype, self.ndim = base.dtype, base.ndim
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        idx = self.index[key] if isinstance(key, (slice, int, np.integer)) else self.index[np.asarray(key)]
+        if np.ndim(idx) == 0:
+            return np.asarray(self.base[int(idx)])
+        order = np.argsort(idx, kind="stable")  # read the file forwards, then restore the asked order
+        out = np.empty((len(idx), *self.base.shape[1:]), dtype=self.base.dtype)
+        out[order] = self.base[idx[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out.astype(dtype) if dtype is not None else out
 
 
 @dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray  # float32, N x C x H x W or N x F
+    x: np.ndarray | Rows  # float32, N x C x H x W or N x F (Rows when memory-mapped)
     y: np.ndarray  # int64 labels in [0, num_classes)
 
     def __len__(self) -> int:
@@ -57,6 +83,9 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a readable npz file (not a zip archive; write it with numpy.savez)")
+    mapped = _mmap_npz(path)
+    if mapped is not None and mapped[0].dtype == np.float32:  # other dtypes are converted in memory below
+        return mapped[0], _labels(np.asarray(mapped[1]), path)
     try:
         # allow_pickle=False: an npz with object arrays could run code on load.
         with np.load(path, allow_pickle=False) as z:
@@ -68,12 +97,46 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError (object arrays), OSError
         raise DataError(f"{path}: not a readable npz file ({exc})") from None
+    return x.astype(np.float32, copy=False), _labels(y, path)
+
+
+def _labels(y: np.ndarray, path: Path) -> np.ndarray:
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-            y = y.astype(np.int64)
-        else:
-            raise DataError(f"{path}: labels 'y' must be integers (got dtype {y.dtype})")
-    return x.astype(np.float32, copy=False), y.astype(np.int64)
+            return y.astype(np.int64)
+        raise DataError(f"{path}: labels 'y' must be integers (got dtype {y.dtype})")
+    return y.astype(np.int64)
+
+
+def _mmap_npz(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Memory-map ``x`` and ``y`` of an uncompressed npz (numpy.savez), or None when it is compressed.
+
+    An npz is a zip of .npy files; a stored (uncompressed) member is the .npy bytes at an offset, so
+    numpy.memmap can map it without reading it. np.load ignores mmap_mode for npz files.
+    """
+    import struct
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        names = set(zf.namelist())
+        for key in ("x", "y"):
+            if f"{key}.npy" not in names:
+                return None
+            info = zf.getinfo(f"{key}.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                return None
+            f.seek(info.header_offset)
+            local = f.read(30)
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            if dtype.hasobject:
+                raise DataError(f"{path}: {key} holds Python objects (pickles), which are refused")
+            out[key] = np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=f.tell())
+    return out["x"], out["y"]
 
 
 def _imagefolder(path: Path, size: int | None, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +187,8 @@ def _check(x: np.ndarray, y: np.ndarray, where: str) -> int:
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
     if x.ndim not in (2, 4):
         raise DataError(f"{where}: x must be N x F or N x C x H x W (got shape {x.shape})")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
+    bad = sum(int((~np.isfinite(c)).any(axis=tuple(range(1, x.ndim))).sum()) for c in _chunks(x))
+    if bad:
         raise DataError(f"{where}: x has NaN or inf values in {bad} samples")
     if y.min() < 0:
         raise DataError(f"{where}: labels must be >= 0 (found {int(y.min())})")
@@ -137,6 +200,12 @@ def _check(x: np.ndarray, y: np.ndarray, where: str) -> int:
         missing = sorted(set(range(num_classes)) - set(classes.tolist()))
         raise DataError(f"{where}: labels must be 0..{num_classes - 1} with every class present; missing {missing[:10]}")
     return num_classes
+
+
+def _chunks(x, rows: int = 4096):
+    """Blocks of rows: a memory-mapped array is checked and hashed without being read into memory whole."""
+    for i in range(0, len(x), rows):
+        yield np.asarray(x[i:i + rows])
 
 
 def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,7 +244,10 @@ def load_data(cfg, seed: int) -> Splits:
             raise DataError(f"{_where(cfg)}: the {part} split is empty ({len(y)} samples, split val={cfg.split.val}, "
                             f"test={cfg.split.test}); use more data or larger split fractions")
     h = hashlib.sha256()
-    for a in (x, y, tr, va, te):
+    for block in _chunks(x):
+        h.update(np.ascontiguousarray(block).tobytes())
+    for a in (y, tr, va, te):
         h.update(np.ascontiguousarray(a).tobytes())
-    return Splits(Dataset(x[tr], y[tr]), Dataset(x[va], y[va]), Dataset(x[te], y[te]),
+    rows = (lambda idx: Rows(x, idx)) if isinstance(x, np.memmap) else (lambda idx: x[idx])
+    return Splits(Dataset(rows(tr), y[tr]), Dataset(rows(va), y[va]), Dataset(rows(te), y[te]),
                   num_classes, tuple(x.shape[1:]), h.hexdigest()[:16])

@@ -132,10 +132,16 @@ def load(path: str | Path, runtime: str | None = None, threads: int = 1) -> Runn
 
 @contextlib.contextmanager
 def native_output_silenced():
-    """Silence stdout/stderr at the file-descriptor level: native runtimes log from C++ (cpuinfo probes)."""
+    """Silence stdout/stderr at the file-descriptor level: native runtimes log from C++ (cpuinfo probes).
+
+    ``COMPRESS_NATIVE_LOGS=1`` keeps them (to see why a native library aborted).
+    """
     import os
     import sys
 
+    if os.environ.get("COMPRESS_NATIVE_LOGS") == "1":
+        yield
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]

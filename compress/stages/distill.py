@@ -9,17 +9,33 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.artifact import Artifact
 from compress.losses import hinton_kd_loss
 from compress.losses.combine import Objective, build_terms, loss_union
+from compress.losses.mutual import Peers, mutual_loss
+from compress.teachers import TeacherSource, ensemble_logits
 from compress.stages.base import StageConfig, register_stage
 from compress.training import fit
 
 __all__ = ["DistillConfig", "distill", "kd_loss_fn", "LossList", "loss_fit_kwargs"]
 
 LossList = list[loss_union()]  # type: ignore[misc]
+
+
+class AssistantSpec(BaseModel):
+    """A built-in teacher assistant (Mirzadeh et al. 2020): usually between the teacher and student in size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    arch: Literal["cnn", "mlp"]
+    width: int = Field(ge=1, le=4096)
+    depth: int = Field(2, ge=1, le=16)
+
+    def build(self, input_shape, num_classes: int):
+        from compress.models.zoo import ZOO
+
+        return ZOO[self.arch](tuple(input_shape), num_classes, width=self.width, depth=self.depth)
 
 
 class DistillConfig(StageConfig):
@@ -32,8 +48,27 @@ class DistillConfig(StageConfig):
     weight_decay: float = Field(0.0, ge=0)
     generations: int = Field(1, ge=1, le=20, description="born-again: generation g + 1 is taught by generation g "
                                                         "(the first by the teacher); the last one is kept")
+    init_from_teacher: bool | None = Field(None, description="start from the teacher's weights where shapes allow; "
+                                                                 "default: yes for a student.from_teacher student "
+                                                                 "entering the chain")
+    peers: int = Field(1, ge=1, le=8, description="online/mutual learning: train this many peers that teach each "
+                                                  "other (no teacher); peer 0 (the incoming model) is kept")
     loss: LossList | None = Field(None, description="sum of losses by kind; default: Hinton with this stage's "
                                                     "temperature and alpha")
+    teachers: list[TeacherSource] | None = Field(None, description="ensemble / black-box teachers for this stage: "
+                                                 "the weighted mean of their logits replaces the recipe teacher's")
+    assistants: list[AssistantSpec] = Field(default_factory=list, description="teacher-assistant chain: each "
+                                            "distils from the one before (the first from the teacher), the "
+                                            "student from the last")
+
+    @model_validator(mode="after")
+    def _one_scheme(self):
+        if self.peers > 1 and (self.loss is not None or self.generations > 1 or self.assistants or self.teachers):
+            raise ValueError("'peers' (mutual learning, no teacher) cannot be combined with 'loss', 'generations', "
+                             "'assistants' or 'teachers'")
+        if self.teachers is not None and not self.teachers:
+            raise ValueError("'teachers' needs at least one entry (or leave it out for the recipe's teacher)")
+        return self
 
 
 def loss_fit_kwargs(ctx, model, cfg) -> dict:
@@ -59,7 +94,11 @@ def kd_loss_fn(ctx, temperature: float, alpha: float):
 
 @register_stage(DistillConfig, accepts={"torch"}, produces="torch", trains=True)
 def distill(art: Artifact, cfg: DistillConfig, ctx) -> Artifact:
-    teacher_ctx, generations = ctx, []
+    art, init_info = _maybe_init_from_teacher(art, cfg, ctx)
+    if cfg.peers > 1:
+        return _mutual(art, cfg, ctx)
+    teacher_ctx, chain = _assistant_chain(cfg, _ensemble_ctx(cfg, ctx))
+    generations = []
     for g in range(cfg.generations):
         # Born-again: every generation starts from the same student initialisation and learns from the one before.
         res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -68,8 +107,79 @@ def distill(art: Artifact, cfg: DistillConfig, ctx) -> Artifact:
                   quiet=ctx.quiet, **loss_fit_kwargs(teacher_ctx, art.model, cfg))
         generations.append({"generation": g + 1, "best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy,
                             "seconds": res.seconds})
-        teacher_ctx = dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={})
-    info = {k: v for k, v in generations[-1].items() if k != "generation"}
+        teacher_ctx = dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={},
+                                          teacher_key=None)  # never the recipe teacher's cached outputs
+    info = {k: v for k, v in generations[-1].items() if k != "generation"} | init_info
     if cfg.generations > 1:
         info["generations"] = generations
+    if chain:
+        info["assistants"] = chain
     return art.derive("distill", model=res.model, info=info)
+
+
+def _mutual(art: Artifact, cfg: DistillConfig, ctx) -> Artifact:
+    """Deep mutual learning: the student and ``peers - 1`` fresh copies train together on one loop."""
+    seed = ctx.recipe.seed + ctx.stage_index
+    peers = Peers(art.model, cfg.peers, seed)
+
+    def loss(_logits, targets, _idx):
+        return mutual_loss(peers_in_training.last, targets, cfg.temperature, cfg.alpha)
+
+    peers_in_training = peers
+
+    def attach(model):  # fit trains a copy of the wrapper: read the copy's logits
+        nonlocal peers_in_training
+        peers_in_training = model
+        return lambda: None
+
+    res = fit(peers, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+              weight_decay=cfg.weight_decay, seed=seed, loss_fn=loss, attach=attach,
+              desc=f"mutual x{cfg.peers}", quiet=ctx.quiet)
+    from compress.training import evaluate_split
+
+    peer_val = [evaluate_split(p, ctx.splits.val.x, ctx.splits.val.y)[0] for p in res.model.peers]
+    return art.derive("distill", model=res.model.peers[0].eval(),
+                      info={"best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy,
+                            "seconds": res.seconds, "peers": cfg.peers, "peer_val_accuracy": peer_val})
+
+
+def _maybe_init_from_teacher(art: Artifact, cfg: DistillConfig, ctx) -> tuple[Artifact, dict]:
+    from_teacher = getattr(ctx.recipe.student, "from_teacher", None) is not None
+    wanted = cfg.init_from_teacher if cfg.init_from_teacher is not None else (from_teacher and not art.lineage)
+    if not wanted:
+        return art, {}
+    import copy
+
+    from compress.models.derive import init_from_teacher
+
+    model = copy.deepcopy(art.model)
+    done = init_from_teacher(model, ctx.teacher)
+    return dataclasses.replace(art, model=model), {"init_from_teacher": {"copied": len(done["copied"]),
+                                                                         "kept": done["kept"]}}
+
+
+def _assistant_chain(cfg: DistillConfig, ctx):
+    """Train each assistant by Hinton KD from the one before; return the context whose teacher is the last."""
+    import torch
+
+    teacher_ctx, chain = ctx, []
+    for j, spec in enumerate(cfg.assistants):
+        torch.manual_seed(ctx.recipe.seed + ctx.stage_index + 500 + j)
+        model = spec.build(ctx.splits.input_shape, ctx.splits.num_classes)
+        res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                  weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index + 500 + j,
+                  loss_fn=kd_loss_fn(teacher_ctx, cfg.temperature, cfg.alpha),
+                  desc=f"assistant {j + 1}/{len(cfg.assistants)}", quiet=ctx.quiet)
+        chain.append({"model": f"{spec.arch}(width={spec.width}, depth={spec.depth})", "best_epoch": res.best_epoch,
+                      "val_accuracy": res.best_val_accuracy, "seconds": res.seconds})
+        teacher_ctx = dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={},
+                                          teacher_key=None)
+    return teacher_ctx, chain
+
+
+def _ensemble_ctx(cfg: DistillConfig, ctx):
+    """The context whose teacher logits are the ``teachers`` ensemble's (unchanged without ``teachers``)."""
+    if not cfg.teachers or (len(cfg.teachers) == 1 and cfg.teachers[0].is_recipe):
+        return ctx
+    return dataclasses.replace(ctx, _teacher_logits={"train": ensemble_logits(cfg.teachers, ctx)},
+                               _teacher_features={}, teacher_key=None)

@@ -65,7 +65,7 @@ def test_missing_extra_names_the_pip_command(name, monkeypatch, tmp_path):
 def test_unknown_suffix_and_duplicate_name(tmp_path):
     path = tmp_path / "model.bin"
     path.write_bytes(b"\0")
-    with pytest.raises(CompressError, match=r"no runtime loads '\.bin' files; known: \.onnx \(ort\)"):
+    with pytest.raises(CompressError, match=r"no runtime loads '\.bin' files; known: \.onnx \(ort\), \.ort \(ort-mobile\)"):
         load(path)
     with pytest.raises(CompressError, match="no such model file"):
         load(tmp_path / "absent.onnx")

@@ -172,3 +172,67 @@ def test_born_again_generations_are_each_reported_and_taught_by_the_previous(mak
 
 
 AT_PAIR = [{"teacher": "features.2", "student": "features.2"}]
+
+
+def test_mutual_learning_trains_peers_and_keeps_peer_zero(make_ctx):
+    out, student = run_stage(make_ctx, {"type": "distill", "epochs": 1, "peers": 2})
+    assert out.info["peers"] == 2 and len(out.info["peer_val_accuracy"]) == 2
+    assert out.model.state_dict().keys() == student.state_dict().keys()  # a plain student, not the wrapper
+    assert not any(m._forward_hooks for m in out.model.modules())
+
+
+def test_mutual_learning_excludes_loss_and_generations():
+    with pytest.raises(RecipeError, match="'peers'"):
+        parse_recipe(recipe({"type": "distill", "peers": 2, "loss": [{"kind": "hinton"}]}))
+
+
+def test_teacher_outputs_are_cached_on_disk_by_teacher_and_data(make_ctx, tmp_path, monkeypatch):
+    import dataclasses
+
+    import compress.context as context_mod
+
+    teacher = cnn((1, 8, 8), 10, width=8, depth=3).eval()
+    first = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t1", cache_dir=tmp_path / "cache")
+    logits = first.teacher_logits("train")
+    feats = first.teacher_features(["features.5"])["features.5"]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(context_mod, "predict_logits", boom)
+    second = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t1", cache_dir=tmp_path / "cache")
+    assert torch.equal(second.teacher_logits("train"), logits)
+    assert torch.equal(second.teacher_features(["features.5"])["features.5"], feats)
+    other = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t2", cache_dir=tmp_path / "cache")
+    with pytest.raises(AssertionError, match="recomputed"):  # another teacher: not reused
+        other.teacher_logits("train")
+
+
+def test_teacher_assistant_chain(make_ctx, monkeypatch):
+    import compress.stages.distill as d
+
+    seen = []
+    real = d.kd_loss_fn
+
+    def spy(ctx, temperature, alpha):
+        seen.append(ctx.teacher.features[0].out_channels)
+        return real(ctx, temperature, alpha)
+
+    monkeypatch.setattr(d, "kd_loss_fn", spy)
+    out, _ = run_stage(make_ctx, {"type": "distill", "epochs": 1,
+                                  "assistants": [{"arch": "cnn", "width": 6, "depth": 3}, {"arch": "cnn", "width": 5}]})
+    # teacher (8) -> assistant 1 (6) -> assistant 2 (5) -> student (4)
+    assert seen == [8, 6, 5]
+    assert [a["model"] for a in out.info["assistants"]] == ["cnn(width=6, depth=3)", "cnn(width=5, depth=2)"]
+
+
+def test_loss_layers_are_checked_against_every_teacher_of_the_student():
+    # born-again: generation 2's teacher is a student, which has no features.9
+    loss = [{"kind": "rkd_distance", "teacher": "features.9", "student": "pool"}]  # fine for the recipe's teacher
+    prepare(parse_recipe(recipe({"type": "distill", "loss": loss})))
+    with pytest.raises(RecipeError, match="the teacher has no layer 'features.9'"):
+        prepare(parse_recipe(recipe({"type": "distill", "generations": 2, "loss": loss})))
+    # assistant chain: the student's teacher is the (2-block) assistant
+    with pytest.raises(RecipeError, match="the teacher has no layer 'features.9'"):
+        prepare(parse_recipe(recipe({"type": "distill", "assistants": [{"arch": "cnn", "width": 6}], "loss": loss})))

@@ -1,0 +1,73 @@
+"""Data-parallel training under torchrun (gloo on CPU). Every rank runs the chain up to its last
+training stage; only rank 0 reads caches first, writes files and measures.
+
+    compress run recipe.yaml --nproc 2          # re-launches itself with torchrun on this machine
+    torchrun --nnodes 2 --nproc_per_node 2 ... -m compress run recipe.yaml   # a cluster (see README)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["init_from_env", "shutdown", "rank", "world_size", "is_writer", "agree", "sync_module", "all_reduce_"]
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes in the environment; False when running alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+        # Each process gets its share of the cores: oversubscribed threads make CPU DDP slower, not faster.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+    return True
+
+
+def shutdown(wait: bool = True) -> None:
+    if dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_writer() -> bool:
+    """Only rank 0 writes files (caches, models, reports)."""
+    return rank() == 0
+
+
+def agree(value: Any) -> Any:
+    """Rank 0's value on every rank (so that every rank takes the same branch, e.g. a cache hit)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_module(model: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (after best-epoch selection)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
+
+
+def all_reduce_(tensor: torch.Tensor, mean: bool = True) -> torch.Tensor:
+    if world_size() > 1:
+        dist.all_reduce(tensor)
+        if mean:
+            tensor /= world_size()
+    return tensor

@@ -317,7 +317,13 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, quiet: bool
                 try:
                     art = dataclasses.replace(STAGES[st.type].fn(art, st, ctx), key=key)
                 except CompressError as exc:
-                    raise type(exc)(f"stage {i + 1} ({st.type}): {exc}") from None
+                    message = f"stage {i + 1} ({st.type}): {exc}"
+                    if getattr(exc, "model", None) is not None and writer:
+                        from compress.models.checkpoint import save_model
+
+                        saved = save_model(exc.model, out_dir / "stages" / f"{i + 1:02d}_{st.type}.last_good.safetensors")
+                        message += f" The last good weights are in {saved}."
+                    raise type(exc)(message) from None
                 if writer:
                     stage_cache.save(key, art)
             stage_log.append({"index": i + 1, "type": st.type, "config": config, "cached": cached is not None,

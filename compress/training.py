@@ -27,6 +27,17 @@ __all__ = ["fit", "FitResult", "accuracy", "evaluate_split"]
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+DIVERGENCE = 100.0  # an epoch's mean loss this many times the first batch's means training has diverged
+
+
+def _diverged(what: str, model: nn.Module, best_epoch: int, lr: float) -> StageError:
+    kept = f"epoch {best_epoch}" if best_epoch else "the initial weights"
+    err = StageError(f"{what}; training stopped with the best weights so far ({kept}). "
+                     f"Hint: lower the learning rate (now {lr}).")
+    err.model = model.eval()  # the last good weights, for the caller to save
+    return err
+
+
 @dataclass(frozen=True)
 class FitResult:
     model: nn.Module
@@ -94,11 +105,12 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
                 loss = loss_fn(net(torch.from_numpy(np.ascontiguousarray(train_x[idx.numpy()]))), y[idx], idx)
                 # every rank must take the same decision, or the others wait forever in the next all-reduce
                 check = distributed.all_reduce_(loss.detach().clone()) if world > 1 else loss
+                if epoch == 1 and b == 0:
+                    first_loss = float(check.detach())
                 if not torch.isfinite(check):
                     model.load_state_dict(best_state)
-                    raise StageError(f"{desc}: loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
-                                     f"training stopped with the best weights so far (epoch {best_epoch}). "
-                                     f"Hint: lower the learning rate (now {lr}).")
+                    raise _diverged(f"{desc}: loss became {loss.item()} at epoch {epoch}, batch {b + 1}",
+                                    model, best_epoch, lr)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for p in extra:  # parameters outside the DDP module (KD projectors) are averaged by hand
@@ -108,8 +120,13 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
                 sched.step()
                 total += loss.item() * len(idx)
                 seen += len(idx)
+            epoch_loss = float(distributed.all_reduce_(torch.tensor(total / max(seen, 1))))
+            if epoch_loss > DIVERGENCE * first_loss:
+                model.load_state_dict(best_state)
+                raise _diverged(f"{desc}: training diverged at epoch {epoch} (mean loss {epoch_loss:.4g}, more than "
+                                f"{DIVERGENCE:g}x the first batch's {first_loss:.4g})", model, best_epoch, lr)
             val_acc, val_loss = evaluate_split(model, splits.val.x, splits.val.y)
-            history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "val_accuracy": val_acc, "val_loss": val_loss})
+            history.append({"epoch": epoch, "train_loss": epoch_loss, "val_accuracy": val_acc, "val_loss": val_loss})
             # Small val sets saturate: among equal accuracies prefer the lower val loss, not the earliest epoch.
             if (val_acc, -val_loss) > best_key:
                 best_key, best_acc, best_epoch, best_state = (val_acc, -val_loss), val_acc, epoch, copy.deepcopy(model.state_dict())

@@ -214,23 +214,31 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"teacher": "#d62728", "scratch": "#7f7f7f", "stage": "#1f77b4", "final": "#2ca02c"}
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     biggest = max(m["size_bytes"] for m in report["models"])
-    for m in report["models"]:
-        x, y = m["latency_ms"]["p50"] * 1000, m["accuracy"] * 100
+    points = [(m["latency_ms"]["p50"] * 1000, m["accuracy"] * 100, m) for m in report["models"]]
+    for x, y, m in points:
         area = 40 + 1500 * m["size_bytes"] / biggest
-        ax.scatter([x], [y], s=area, c=colors.get(m["role"], "#1f77b4"), alpha=0.6, edgecolors="black", linewidths=0.5)
-        ax.annotate(f"{m['name']}\n{_size(m['size_bytes'])}", (x, y), textcoords="offset points", xytext=(8, 4), fontsize=8)
-    markers = {"ort": "s", "ort-mobile": "P", "executorch": "D", "litert": "^"}
-    for r in report.get("runtimes") or []:
-        if r["model"] == "teacher":
-            continue
-        x, y = r["latency_ms"]["p50"] * 1000, r["accuracy"] * 100
-        ax.scatter([x], [y], s=40 + 1500 * r["size_bytes"] / biggest, marker=markers.get(r["runtime"], "o"),
-                   facecolors="none", edgecolors="#2ca02c", linewidths=1.2)
-        ax.annotate(f"{r['runtime']}\n{_size(r['size_bytes'])}", (x, y), textcoords="offset points", xytext=(6, -14), fontsize=7,
-                    color="#2ca02c")
+        final = m["role"] == "final"
+        ax.scatter([x], [y], s=area * (1.6 if final else 1), c=colors.get(m["role"], "#1f77b4"), alpha=0.6,
+                   edgecolors="black", linewidths=1.5 if final else 0.5, zorder=3 if final else 2)
     ax.set_xscale("log")
+    fig.canvas.draw()
+    placed: list[tuple[float, float]] = []  # label anchors in display pixels, to keep labels apart
+    for x, y, m in sorted(points, key=lambda p: (-p[1], p[0])):
+        px, py = ax.transData.transform((x, y))
+        dy = 4
+        while any(abs(px - qx) < 90 and abs(py + dy - qy) < 22 for qx, qy in placed):
+            dy -= 22
+        placed.append((px, py + dy))
+        ax.annotate(f"{m['name']} ({_size(m['size_bytes'])})", (x, y), textcoords="offset points",
+                    xytext=(9, dy * 72 / fig.dpi), fontsize=8, va="center",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if dy != 4 else None)
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="both", labelsize=8)
     ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{report['name']}: accuracy vs latency (marker area = file size)")

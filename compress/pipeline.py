@@ -205,6 +205,30 @@ def _scratch_budget(recipe: Recipe) -> dict | None:
             "weight_decay": trained[0].weight_decay}
 
 
+def _named_files(cfg) -> list:
+    """Digests of the files a stage config names (teachers' weights, ONNX files, logits): editing such a
+    file in place must invalidate the stage's cache entry, as editing the config does."""
+    from pydantic import BaseModel
+
+    found: list = []
+
+    def walk(value) -> None:
+        if isinstance(value, Path):
+            found.append((str(value), file_digest(value) if value.is_file() else None))
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+
+    walk(cfg)
+    return found
+
+
 def file_digest(path: Path | None) -> str | None:
     """sha256 of a file's bytes (weights given by path are part of every cache key downstream)."""
     if path is None:
@@ -304,7 +328,7 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, quiet: bool
                 return {}  # other ranks are done once the last training stage is
             ctx.stage_index = i
             config = st.model_dump(mode="json", by_alias=True)
-            key = cache_key("stage", art.key, teacher_key, i, config, recipe.seed, splits.fingerprint)
+            key = cache_key("stage", art.key, teacher_key, i, config, _named_files(st), recipe.seed, splits.fingerprint)
             t0 = time.perf_counter()
             # Collectives only while every rank is still here (the others leave after the last training stage).
             hit = distributed.agree(stage_cache.has(key)) if i <= _last_training_stage(recipe) else stage_cache.has(key)
@@ -353,13 +377,16 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, quiet: bool
 
         eval_key = cache_key("eval", [(m["name"], m["role"], m["key"]) for m in measured], recipe.bench.model_dump(),
                              recipe.seed, splits.fingerprint, cpu_info())
-        models = None if force else load_json(cache, "eval", eval_key)
-        if models is None:
+        # Only the measurements are cached; names, paths and stage facts come from this run.
+        measurements = None if force else load_json(cache, "eval", eval_key)
+        if measurements is None:
             say("[bold]measuring[/bold] accuracy on the test split and latency (interleaved)", quiet)
-            models = evaluate(measured, splits, recipe.bench, seed=recipe.seed)
-            save_json(cache, "eval", eval_key, models)
+            evaluated = evaluate(measured, splits, recipe.bench, seed=recipe.seed)
+            measurements = [{k: v for k, v in e.items() if k not in m} for e, m in zip(evaluated, measured)]
+            save_json(cache, "eval", eval_key, measurements)
         else:
             say(f"[dim]measurements: cached {eval_key} (--force to measure again)[/dim]", quiet)
+        models = [{**m, "path": str(m["path"]), **got} for m, got in zip(measured, measurements)]
         runtimes_key = cache_key("runtimes", eval_key, sorted(final_files.items()))
         runtimes = None if force else load_json(cache, "runtimes", runtimes_key)
         if runtimes is None:

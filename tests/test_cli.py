@@ -84,14 +84,15 @@ def test_shorthand_calls_run_with_the_same_arguments(runner, tmp_path, tiny_reci
     import compress.pipeline
 
     calls = []
-    monkeypatch.setattr(compress.pipeline, "run", lambda recipe, output=None, quiet=False: calls.append((recipe, output, quiet)))
+    monkeypatch.setattr(compress.pipeline, "run",
+                        lambda recipe, output=None, quiet=False, force=False: calls.append((recipe, output, quiet, force)))
     path = write_recipe(tmp_path / "tiny.yaml", tiny_recipe)
-    args = [str(path), "--output", str(tmp_path), "-q"]
+    args = [str(path), "--output", str(tmp_path), "-q", "--force"]
     assert runner.invoke(cli, ["run", *args]).exit_code == 0
     assert runner.invoke(cli, args).exit_code == 0
     assert len(calls) == 2 and calls[0] == calls[1]
-    recipe, output, quiet = calls[0]
-    assert recipe.name == "tiny" and output == str(tmp_path) and quiet is True
+    recipe, output, quiet, force = calls[0]
+    assert recipe.name == "tiny" and output == str(tmp_path) and quiet is True and force is True
 
 
 def test_shorthand_runs_the_recipe(runner, tmp_path, tiny_recipe):

@@ -174,6 +174,7 @@ def test_cached_scratch_baseline_does_not_leak_into_the_chain(first, root, tiny_
     """Regression: a scratch-cache hit must not load the scratch weights into the student that enters the chain."""
     d = copy.deepcopy(tiny_recipe_module)
     d["name"] = "tiny-again"  # same teacher, student and budget: both cache entries of the first run hit
+    d["stages"][0]["temperature"] = 3.0  # ... but the distill stage itself is new, so it runs (and is spied on)
     spy = DistillSpy()
     with pytest.MonkeyPatch.context() as mp:
         spy.install(mp)
@@ -216,11 +217,11 @@ def test_validate_refuses_bn_scale_for_a_student_without_batchnorm(tmp_path, mon
     tiny_recipe["student"] = {"model": {"factory": "nobn_factory:make", "kwargs": {"hidden": 12}}}
     tiny_recipe["stages"][1] = {"type": "prune", "ratio": 0.3, "importance": "bn_scale"}
     with pytest.raises(RecipeError, match=r"stages\[1\]\.importance: importance 'bn_scale' needs BatchNorm layers"):
-        validate(parse_recipe(tiny_recipe))
+        validate(parse_recipe(tiny_recipe), output=tmp_path)
     tiny_recipe["stages"][1]["importance"] = "l1"
-    lines = validate(parse_recipe(tiny_recipe))
+    lines = validate(parse_recipe(tiny_recipe), output=tmp_path)
     # 64*12 + 12 + 12*10 + 10 = 910 params
-    assert lines[2].startswith("student: nobn_factory:make(hidden=12), 910 params, ")
-    assert lines[3:] == ["stage 1: distill (torch -> torch)", "stage 2: prune (torch -> torch)",
+    assert lines[0].startswith("output: ") and lines[3].startswith("student: nobn_factory:make(hidden=12), 910 params, ")
+    assert lines[4:] == ["stage 1: distill (torch -> torch)", "stage 2: prune (torch -> torch)",
                          "stage 3: finetune (torch -> torch)", "stage 4: export (torch -> onnx)",
                          "stage 5: quantize (onnx -> onnx)"]

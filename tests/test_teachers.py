@@ -69,15 +69,13 @@ def test_a_whole_data_logits_file_is_indexed_by_the_training_split(make_ctx, tmp
     assert torch.equal(got.argmax(1), torch.from_numpy(ctx.splits.train.y))
 
 
-def test_distill_with_an_ensemble_runs(make_ctx, trained_cnn, tmp_path):
-    from tests.conftest import torch_artifact
-
+def test_distill_with_an_ensemble_runs(make_ctx, trained_cnn, tmp_path, as_artifact):
     from compress.stages import STAGES
 
     export_onnx(trained_cnn, (1, 8, 8), tmp_path / "t.onnx")
     stage = {"type": "distill", "epochs": 1, "teachers": [{}, {"onnx": str(tmp_path / "t.onnx"), "weight": 2}]}
     ctx = make_ctx(recipe=recipe(stage))
-    out = STAGES["distill"].fn(torch_artifact(cnn((1, 8, 8), 10, width=4, depth=2)), ctx.recipe.stages[0], ctx)
+    out = STAGES["distill"].fn(as_artifact(cnn((1, 8, 8), 10, width=4, depth=2)), ctx.recipe.stages[0], ctx)
     assert out.info["val_accuracy"] > 0
 
 

@@ -55,9 +55,7 @@ def test_init_copies_leading_slices_where_shapes_allow():
     assert torch.equal(wide.features[0].weight, w0)
 
 
-def test_first_distill_stage_starts_from_the_teacher(make_ctx):
-    from tests.conftest import torch_artifact
-
+def test_first_distill_stage_starts_from_the_teacher(make_ctx, as_artifact):
     from compress.stages import STAGES
 
     r = recipe({"from_teacher": {"width": 0.5, "depth": 0.67}}, {"arch": "cnn", "width": 8, "depth": 3})
@@ -65,8 +63,8 @@ def test_first_distill_stage_starts_from_the_teacher(make_ctx):
     teacher = cnn((1, 8, 8), 10, width=8, depth=3).eval()
     ctx = make_ctx(teacher=teacher, recipe=r)
     cfg = ctx.recipe.stages[0]
-    out = STAGES["distill"].fn(torch_artifact(cnn((1, 8, 8), 10, width=4, depth=2)), cfg, ctx)
+    out = STAGES["distill"].fn(as_artifact(cnn((1, 8, 8), 10, width=4, depth=2)), cfg, ctx)
     assert out.info["init_from_teacher"]["copied"] > 0
-    off = STAGES["distill"].fn(torch_artifact(cnn((1, 8, 8), 10, width=4, depth=2)),
+    off = STAGES["distill"].fn(as_artifact(cnn((1, 8, 8), 10, width=4, depth=2)),
                                cfg.model_copy(update={"init_from_teacher": False}), ctx)
     assert "init_from_teacher" not in off.info

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from compress.artifact import Artifact
 from compress.errors import RecipeError
 from compress.models.zoo import cnn
 from compress.pipeline import prepare
@@ -71,9 +72,7 @@ def run_stage(make_ctx, cfg_dict, teacher=None):
     ctx = make_ctx(teacher=teacher or cnn((1, 8, 8), 10, width=8, depth=3).eval(), recipe=r)
     torch.manual_seed(1)
     student = cnn((1, 8, 8), 10, width=4, depth=2)
-    from tests.conftest import torch_artifact
-
-    return STAGES[cfg.type].fn(torch_artifact(student), cfg, ctx), student
+    return STAGES[cfg.type].fn(Artifact("student", "torch", student), cfg, ctx), student
 
 
 def test_hinton_entry_equals_the_default_bit_for_bit(make_ctx):

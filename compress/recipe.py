@@ -207,13 +207,13 @@ def _data_path(data, loc) -> tuple:
     return tuple(out)
 
 
-def _model_at(path) -> type[BaseModel] | None:
-    """The pydantic model class that holds the keys at ``path`` (for listing valid keys)."""
-    cls: Any = Recipe
+def _model_at(path, cls: Any = None) -> type[BaseModel] | None:
+    """The pydantic model class that holds the keys at ``path`` below ``cls`` (default: Recipe)."""
+    cls = Recipe if cls is None else cls
     for part in path:
         if isinstance(part, int):
             continue
-        if cls is None or not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
             return None
         field = cls.model_fields.get(part)
         if field is None:
@@ -293,15 +293,7 @@ def _loss_entry_model(data, path) -> type[BaseModel] | None:
         spec = LOSSES.get(data["stages"][path[1]]["loss"][path[3]].get("kind"))
     except (KeyError, IndexError, AttributeError, TypeError):
         spec = None
-    cls: Any = spec.config if spec else None
-    for part in path[4:]:
-        if isinstance(part, int) or cls is None:
-            continue
-        field = cls.model_fields.get(part)
-        cls = _unwrap(field.annotation) if field else None
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            return None
-    return cls
+    return _model_at(path[4:], spec.config) if spec else None
 
 
 def _parent_model(data, path) -> type[BaseModel] | None:
@@ -313,17 +305,7 @@ def _parent_model(data, path) -> type[BaseModel] | None:
             spec = STAGES.get(data["stages"][path[1]].get("type"))
         except (KeyError, IndexError, AttributeError, TypeError):
             spec = None
-        if spec is None:
-            return None
-        cls: Any = spec.config
-        for part in path[2:]:
-            if isinstance(part, int):
-                continue
-            field = cls.model_fields.get(part)
-            cls = _unwrap(field.annotation) if field else None
-            if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-                return None
-        return cls
+        return _model_at(path[2:], spec.config) if spec else None
     return _model_at(path)
 
 

@@ -225,6 +225,14 @@ case("factory_module_missing", BASE.replace("{arch: mlp, width: 8, depth: 1}", "
      "(No module named 'no_such_pkg')")
 case("factory_malformed", BASE.replace("{arch: mlp, width: 8, depth: 1}", "{factory: 'make_model'}"),
      "{dir}/recipe.yaml:9: student.model: factory must look like 'package.module:function' (got 'make_model')")
+case("corrupt_onnx_teacher", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1, teachers: [{onnx: teacher.onnx}]}"),
+     "{dir}/recipe.yaml:11: stages[0].teachers[0]: onnx teacher.onnx: InvalidProtobuf: [ONNXRuntimeError] : 7 : "
+     "INVALID_PROTOBUF : Load model from {dir}/teacher.onnx failed:Protobuf parsing failed.", {"teacher.onnx": lambda p: p.write_bytes(b"\x08\x07garbage, not a protobuf")})
+case("missing_onnx_teacher", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1, teachers: [{onnx: gone.onnx}]}"),
+     "{dir}/recipe.yaml:11: stages[0].teachers[0]: teacher ONNX file not found: {dir}/gone.onnx")
+case("logits_file_wrong_rows", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1, teachers: [{logits: logits.npy}]}"),
+     "{dir}/recipe.yaml:11: stages[0].teachers[0]: {dir}/logits.npy: 5 rows, but the training split has 1079 samples "
+     "and the data 1797", {"logits.npy": lambda p: np.save(p, np.zeros((5, 10), dtype=np.float32))})
 case("output_is_a_file", BASE,
      "output path {dir}/not_a_folder is a file, not a folder; pass --output DIR",
      {"not_a_folder": lambda p: p.write_text("I am a file\n")}, args="--output {dir}/not_a_folder")

@@ -124,7 +124,7 @@ def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int
         rows.append({"name": name, "path": str(path), "runtime": runtime or runtime_for(path).name,
                      "size_bytes": runner.size_bytes, "static_batch": runner.static_batch,
                      "peak_rss_growth_bytes": None if before is None or after is None else after - before,
-                     "batch": batch, "threads": threads, "_runner": runner})
+                     "batch": batch, "threads": getattr(runner, "threads_used", threads), "_runner": runner})
     samples = time_rounds(runners, rounds=rounds, calls=calls, warmup=warmup, seed=seed)
     for row in rows:
         runner = row.pop("_runner")

@@ -9,10 +9,17 @@ compared on another CI runner. The statistics:
    the round's statistic is ``median(final calls) / median(teacher calls)``.
 2. The estimate is the geometric mean of the per-round ratios, and its 95 % confidence interval is a
    percentile bootstrap over rounds (``BOOTSTRAP`` resamples, seeded).
-3. Compared with the baseline ratio, the run **regressed** only when the *lower* CI bound of
-   ``ratio / baseline_ratio`` exceeds ``1 + tolerance``: the slowdown is larger than the tolerance even
-   at the optimistic end of the noise. A point estimate above the tolerance with a CI that still reaches
-   below it is reported as ``noisy`` (not a failure; rerun with more ``--rounds``).
+3. Compared with the baseline ratio, the run **regressed** only when the *lower* bound of the 95 %
+   interval of ``ratio / baseline_ratio`` exceeds ``1 + tolerance``: the slowdown is larger than the
+   tolerance even at the optimistic end of the noise. That interval is on the log scale, with the
+   run's and the baseline's standard errors (each from its bootstrap interval, (log hi - log lo) / 3.92)
+   added in quadrature: the baseline was measured with noise too. Rounds of one process share its
+   sessions and its moment, so they miss the run-to-run spread (fresh sessions, another minute of a
+   shared machine): ``--update-baseline`` therefore measures ``repeats`` independent times (fresh
+   sessions each) and stores the standard deviation of their log ratios (``run_sd_log``), which joins
+   the quadrature sum. The result is a prediction interval for one new run. A point estimate above the tolerance
+   with an interval that still reaches below it is reported as ``noisy`` (not a failure; rerun with
+   more ``--rounds``).
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ import numpy as np
 
 from compress.errors import CompressError
 
-__all__ = ["Tolerances", "Verdict", "latency_ratio", "load_run", "measure", "compare", "baseline_from",
-           "summary_markdown", "EXIT_REGRESSED", "BOOTSTRAP"]
+__all__ = ["Tolerances", "Verdict", "latency_ratio", "relative_interval", "load_run", "measure", "measure_files",
+           "compare", "baseline_from", "summary_markdown", "write_summary", "EXIT_REGRESSED", "BOOTSTRAP"]
 
 EXIT_REGRESSED = 3  # 0 pass, 1 crash, 2 bad input, 3 regression: CI can tell "regressed" from "crashed"
 BOOTSTRAP = 2000
@@ -139,12 +146,25 @@ def measure_files(final: str | Path, teacher: str | Path, **kw) -> dict:
     return measure(report, Path(final).parent, **kw)
 
 
-def baseline_from(current: dict, tol: Tolerances) -> dict:
-    """What ``--update-baseline`` writes: the measured values and the tolerances they are held to."""
-    return {"schema_version": SCHEMA_VERSION, "name": current.get("name"),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": current.get("cpu"),
-            "accuracy": current["accuracy"], "size_bytes": current["size_bytes"],
-            "latency_ratio": {k: v for k, v in current["latency_ratio"].items() if k != "per_round"},
+def baseline_from(current: dict | list[dict], tol: Tolerances) -> dict:
+    """What ``--update-baseline`` writes: the measured values and the tolerances they are held to.
+
+    ``current`` may be several independent measurements (fresh sessions each): their geometric mean is
+    the baseline ratio and the standard deviation of their log ratios is ``run_sd_log``.
+    """
+    runs = current if isinstance(current, list) else [current]
+    first = runs[0]
+    lat = {k: v for k, v in first["latency_ratio"].items() if k != "per_round"}
+    if len(runs) > 1:
+        logs = np.log([r["latency_ratio"]["ratio"] for r in runs])
+        sd = float(logs.std(ddof=1))
+        se = sd / np.sqrt(len(logs))
+        lat.update(ratio=float(np.exp(logs.mean())), ci95=[float(np.exp(logs.mean() - 1.96 * se)),
+                                                            float(np.exp(logs.mean() + 1.96 * se))],
+                   repeats=len(runs), run_sd_log=sd, ratios=[round(float(np.exp(v)), 5) for v in logs])
+    return {"schema_version": SCHEMA_VERSION, "name": first.get("name"),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": first.get("cpu"),
+            "accuracy": first["accuracy"], "size_bytes": first["size_bytes"], "latency_ratio": lat,
             "tolerance": {"accuracy": tol.accuracy, "size": tol.size, "latency": tol.latency}}
 
 
@@ -166,7 +186,7 @@ def compare(current: dict, baseline: dict, tol: Tolerances) -> CheckResult:
     lat_b, lat_c = baseline.get("latency_ratio"), current.get("latency_ratio")
     if lat_b and lat_c:
         rel = lat_c["ratio"] / lat_b["ratio"]
-        lo, hi = (c / lat_b["ratio"] for c in lat_c["ci95"])
+        lo, hi = relative_interval(lat_c, lat_b)
         if lo > 1 + tol.latency:
             status, why = "regressed", "slower beyond the tolerance, outside the noise"
         elif rel > 1 + tol.latency:
@@ -178,6 +198,19 @@ def compare(current: dict, baseline: dict, tol: Tolerances) -> CheckResult:
             status, f"{rel:.3f}x baseline (95 % CI {lo:.3f}-{hi:.3f}, {lat_c['rounds']} rounds, batch "
                     f"{lat_c.get('batch', 1)}, {lat_c.get('threads', 1)} thread(s)): {why}"))
     return res
+
+
+def _log_se(lat: dict) -> float:
+    lo, hi = lat.get("ci95") or (lat["ratio"], lat["ratio"])
+    return float(np.log(hi) - np.log(lo)) / (2 * 1.96)
+
+
+def relative_interval(current: dict, baseline: dict) -> tuple[float, float]:
+    """95 % interval of current ratio / baseline ratio: log-scale; the run's and the baseline's standard
+    errors and the baseline's run-to-run standard deviation, in quadrature."""
+    half = 1.96 * float(np.sqrt(_log_se(current) ** 2 + _log_se(baseline) ** 2 + baseline.get("run_sd_log", 0.0) ** 2))
+    log_rel = float(np.log(current["ratio"]) - np.log(baseline["ratio"]))
+    return float(np.exp(log_rel - half)), float(np.exp(log_rel + half))
 
 
 def summary_markdown(res: CheckResult, name: str | None = None) -> str:

@@ -191,7 +191,7 @@ def bench(models, runtime, threads, batch, data, rounds, calls, as_json) -> None
         if y is not None:
             cells.append(f"{r['accuracy']:.2%}")
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped or logged: don't wrap at 80 columns
 
 
 @cli.command()
@@ -209,13 +209,16 @@ def bench(models, runtime, threads, batch, data, rounds, calls, as_json) -> None
 @click.option("--calls", type=click.IntRange(min=1), default=20, show_default=True, help="Calls per model per round.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per timed call.")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="Threads (0 = all cores).")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="--update-baseline: independent latency measurements (fresh sessions) for the run-to-run spread.")
 def check(run, baseline, update_baseline, summary, output, accuracy_tol, size_tol, latency_tol, rounds, calls, batch,
-          threads) -> None:
+          threads, repeats) -> None:
     """The CI gate: compare RUN (a recipe, which is run first, a report.json or its folder) with a baseline.
 
     Fails (exit 3) when accuracy dropped, the file grew, or the final model's latency relative to the
     teacher's (timed interleaved in this process) grew beyond its tolerance and outside the noise
-    (95 % bootstrap interval over rounds). Exit 0: passed; 1: could not check; 2: bad input.
+    (95 % interval: bootstrap over rounds plus the baseline's run-to-run spread; README, "compress check").
+    Exit 0: passed; 1: could not check; 2: bad input.
     """
     import json
 
@@ -239,17 +242,21 @@ def check(run, baseline, update_baseline, summary, output, accuracy_tol, size_to
             size=size_tol if size_tol is not None else base_tol.get("size", gate.Tolerances.size),
             latency=latency_tol if latency_tol is not None else base_tol.get("latency", gate.Tolerances.latency))
         report, report_dir = gate.load_run(run, output=output)
-        current = gate.measure(report, report_dir, rounds=rounds, calls=calls, batch=batch, threads=threads)
+        runs = [gate.measure(report, report_dir, rounds=rounds, calls=calls, batch=batch, threads=threads, seed=i)
+                for i in range(repeats if update_baseline else 1)]
+        current = runs[0]
     except CompressError as exc:
         _fail(exc)
         return
     if update_baseline:
         from compress._io import write_json
 
-        write_json(baseline, gate.baseline_from(current, tol))
-        lat = current["latency_ratio"]
+        stored = gate.baseline_from(runs, tol)
+        write_json(baseline, stored)
+        lat = stored["latency_ratio"]
         click.echo(f"baseline written to {baseline}: accuracy {current['accuracy']:.4f}, {current['size_bytes']:,} bytes, "
-                   f"final/teacher latency {lat['ratio']:.3f} (95 % CI {lat['ci95'][0]:.3f}-{lat['ci95'][1]:.3f})")
+                   f"final/teacher latency {lat['ratio']:.3f} (95 % CI {lat['ci95'][0]:.3f}-{lat['ci95'][1]:.3f}, "
+                   f"{len(runs)} run(s), run-to-run sd {lat.get('run_sd_log', 0.0):.3f} on the log scale)")
         return
     result = gate.compare(current, stored, tol)
     text = gate.summary_markdown(result, report.get("name"))

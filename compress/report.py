@@ -222,6 +222,15 @@ def plot(report: dict, path: Path) -> None:
         final = m["role"] == "final"
         ax.scatter([x], [y], s=area * (1.6 if final else 1), c=colors.get(m["role"], "#1f77b4"), alpha=0.6,
                    edgecolors="black", linewidths=1.5 if final else 0.5, zorder=3 if final else 2)
+    # The final model on the other runtimes (report["runtimes"]; its ONNX file and the teacher are plotted above).
+    markers = {"ort-mobile": "P", "executorch": "D", "litert": "^"}
+    for r in report.get("runtimes") or []:
+        if r["model"] == "teacher" or r["runtime"] not in markers:
+            continue
+        x, y = r["latency_ms"]["p50"] * 1000, r["accuracy"] * 100
+        ax.scatter([x], [y], s=40 + 1500 * r["size_bytes"] / biggest, marker=markers[r["runtime"]], facecolors="none",
+                   edgecolors=colors["final"], linewidths=1.5, zorder=3)
+        points.append((x, y, {"name": f"final, {r['runtime']}", "size_bytes": r["size_bytes"]}))
     ax.set_xscale("log")
     fig.canvas.draw()
     placed: list[tuple[float, float]] = []  # label anchors in display pixels, to keep labels apart
@@ -245,6 +254,9 @@ def plot(report: dict, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     for role, c in colors.items():
         ax.scatter([], [], c=c, alpha=0.6, label=role)
+    for rt, mk in markers.items():
+        if any(r["runtime"] == rt for r in report.get("runtimes") or []):
+            ax.scatter([], [], marker=mk, facecolors="none", edgecolors=colors["final"], label=f"final on {rt}")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -42,8 +42,10 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def baseline(models):
-    current = gate.measure_files(models["final"], models["teacher"], rounds=30, calls=CALLS)
-    return gate.baseline_from(current, gate.Tolerances())
+    runs = [gate.measure_files(models["final"], models["teacher"], rounds=ROUNDS, calls=CALLS, seed=100 + i) for i in range(3)]
+    base = gate.baseline_from(runs, gate.Tolerances())
+    assert base["latency_ratio"]["repeats"] == 3 and base["latency_ratio"]["run_sd_log"] >= 0
+    return base
 
 
 def test_latency_ratio_statistic_by_hand():
@@ -89,15 +91,14 @@ def test_unchanged_model_never_alarms(models, baseline):
 
 def test_cli_update_then_pass_then_regress(models, tmp_path, monkeypatch):
     runner = CliRunner()
+    opts = ["--rounds", str(ROUNDS), "--calls", str(CALLS)]
     good = write_report(tmp_path / "good", models["final"], models["teacher"])
     base = tmp_path / "baseline.json"
-    opts = ["--rounds", str(ROUNDS), "--calls", str(CALLS)]
-    r = runner.invoke(cli, ["check", str(good), "--baseline", str(base), "--update-baseline", "--rounds", "30",
-                            "--calls", str(CALLS)])
+    r = runner.invoke(cli, ["check", str(good), "--baseline", str(base), "--update-baseline", "--repeats", "3", *opts])
     assert r.exit_code == 0, r.output
     stored = json.loads(base.read_text())
     assert stored["accuracy"] == 0.95 and stored["tolerance"] == {"accuracy": 0.01, "size": 0.05, "latency": 0.1}
-    assert "per_round" not in stored["latency_ratio"]
+    assert "per_round" not in stored["latency_ratio"] and stored["latency_ratio"]["repeats"] == 3
 
     step = tmp_path / "step_summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))

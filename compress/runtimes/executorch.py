@@ -2,7 +2,7 @@
 
 ``torch.export`` guards the example input's shape, so a ``.pte`` accepts exactly one batch size:
 files are exported at a static batch (1 by default, what a phone runs), and the runner splits larger
-inputs into calls of that batch. (A dynamic batch dimension exports, but its memory plan caps the
+inputs into calls of that batch. Thread count: see ``_set_threads``. (A dynamic batch dimension exports, but its memory plan caps the
 input size below the declared maximum: measured with executorch 1.5.1, a 1..1024 batch failed at 64.)
 """
 
@@ -19,11 +19,28 @@ __all__ = ["PteRunner", "load", "export_pte", "export_pte_int8"]
 
 
 def _set_threads(threads: int) -> None:
-    # XNNPACK's threadpool is one per process: the last loaded runner's thread count wins. compress times
-    # one thread setting at a time (batch 1 on 1 thread, then the large batch), so that is enough.
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    """Opt-in only: ``COMPRESS_EXECUTORCH_THREADS=1`` resizes XNNPACK's process-wide threadpool.
 
-    _unsafe_reset_threadpool(threads or os.cpu_count() or 1)
+    ExecuTorch's pybindings have one threadpool per process (as many threads as cores) and only an
+    ``_unsafe_reset_threadpool`` to resize it. Measured with executorch 1.5.1 and torch 2.13.0: after
+    torch had trained a model in the same process, a reset made the next ``execute`` hang (pytest) or
+    segfault (``compress run``). So by default the pool is left alone and every ``.pte`` timing uses
+    all cores; the report says so (``threads_used``).
+    """
+    if os.environ.get("COMPRESS_EXECUTORCH_THREADS") != "1":
+        return
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    want = threads or os.cpu_count() or 1
+    if _threadpool_get_thread_count() != want:
+        _unsafe_reset_threadpool(want)
+
+
+def threads_used() -> int:
+    """The threads XNNPACK's process-wide pool runs ``.pte`` files on."""
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+
+    return int(_threadpool_get_thread_count())
 
 
 class PteRunner(Runner):
@@ -38,6 +55,7 @@ class PteRunner(Runner):
         with native_output_silenced():
             self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
             _set_threads(threads)
+        self.threads_used = threads_used()
         sizes = tuple(int(d) for d in self.method.metadata.input_tensor_meta(0).sizes())
         self.static_batch, self._sample_shape = sizes[0], sizes[1:]
 

@@ -186,9 +186,9 @@ def _runtime_files(art: Artifact, cfg: QuantizeConfig, ctx, dst: Path, info: dic
     from compress.stages.export import SUFFIX, write_runtime_file
 
     prev = {k: v for k, v in (art.info.get("files") or {}).items() if k in ("executorch", "litert")}
-    files = {"ort": info["ort_path"]} if "ort_path" in info else {}
     if not prev:
-        return files
+        return {}
+    files = {"ort": info["ort_path"]} if "ort_path" in info else {}
     if cfg.mode != "int8_static" or art.model is None:
         why = (f"mode {cfg.mode} has no ExecuTorch/LiteRT counterpart" if cfg.mode != "int8_static"
                else "the torch model is not available (export output restored from the cache)")

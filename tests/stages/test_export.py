@@ -102,3 +102,28 @@ def test_parity_above_tolerance_is_a_stage_error(trained_cnn, as_artifact, make_
     monkeypatch.setattr(export_module, "parity", lambda *a, **k: float("nan"))
     with pytest.raises(StageError, match="differ from torch's by nan"):
         export(as_artifact(trained_cnn), ExportConfig(type="export"), make_ctx())
+
+
+def test_format_all_is_every_installed_format(monkeypatch):
+    import importlib.util
+
+    from compress.stages.export import ExportConfig, installed_formats
+
+    assert ExportConfig(type="export", format="all").formats == installed_formats()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m in ("executorch", "litert_torch") else real(m, *a))
+    assert ExportConfig(type="export", format="all").formats == ["onnx", "ort"]
+
+
+def test_missing_extra_is_a_validation_error_naming_pip(monkeypatch):
+    import importlib.util
+
+    from pydantic import ValidationError
+
+    from compress.stages.export import ExportConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "executorch" else real(m, *a))
+    with pytest.raises(ValidationError, match=r"format 'executorch' needs the optional package 'executorch': "
+                                              r"pip install 'compress\[executorch\]'"):
+        ExportConfig(type="export", format=["onnx", "executorch"])

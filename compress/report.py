@@ -73,9 +73,12 @@ def _notes(models: list[dict]) -> list[str]:
             continue
         for key, label in (("latency_ms", "batch 1, 1 thread"), ("latency_batch_ms", "large batch, all threads")):
             q, f = m[key]["p50"], src[key]["p50"]
-            if q > f:
+            if q > 1.05 * f:
                 notes.append(f"{m['name']} ({m['info'].get('mode')}) is SLOWER than its fp32 source {src['name']} at {label}: "
                              f"p50 {q * 1000:.1f} us vs {f * 1000:.1f} us ({f / q:.2f}x). On this CPU the fp32 model is the faster choice there.")
+            elif q > 0.95 * f:
+                notes.append(f"{m['name']} ({m['info'].get('mode')}) is no faster than its fp32 source {src['name']} at {label} "
+                             f"(p50 {q * 1000:.1f} us vs {f * 1000:.1f} us, {f / q:.2f}x): it is smaller, not quicker, on this CPU.")
     final, scratch = next((m for m in models if m["role"] == "final"), None), next((m for m in models if m["role"] == "scratch"), None)
     if final and scratch and final["errors"] > scratch["errors"]:
         notes.append(f"The final model makes more test errors ({final['errors']}) than the scratch student ({scratch['errors']}): "

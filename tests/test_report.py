@@ -1,0 +1,29 @@
+"""The report's plain-language notes: a quantized model that is not faster than its source is named."""
+
+from __future__ import annotations
+
+from compress.report import _notes
+
+
+def entry(name, role, p50, batch_p50, errors=5, mode=None):
+    return {"name": name, "role": role, "errors": errors, "info": {"mode": mode} if mode else {},
+            "latency_ms": {"p50": p50}, "latency_batch_ms": {"p50": batch_p50}}
+
+
+def test_quantized_model_slower_or_no_faster_than_its_source():
+    models = [entry("teacher", "teacher", 0.3, 9.0), entry("scratch", "scratch", 0.05, 1.0, errors=4),
+              entry("01_export", "stage", 0.0500, 1.00), entry("02_quantize", "stage", 0.0600, 0.99, mode="int8_static"),
+              entry("final", "final", 0.0600, 0.99, errors=6)]
+    notes = _notes(models)
+    assert notes[0] == ("02_quantize (int8_static) is SLOWER than its fp32 source 01_export at batch 1, 1 thread: "
+                        "p50 60.0 us vs 50.0 us (0.83x). On this CPU the fp32 model is the faster choice there.")
+    assert notes[1] == ("02_quantize (int8_static) is no faster than its fp32 source 01_export at large batch, all "
+                        "threads (p50 990.0 us vs 1000.0 us, 1.01x): it is smaller, not quicker, on this CPU.")
+    assert notes[2].startswith("The final model makes more test errors (6) than the scratch student (4)")
+    assert len(notes) == 3
+
+
+def test_no_notes_when_quantization_pays_off():
+    models = [entry("teacher", "teacher", 0.3, 9.0), entry("01_export", "stage", 0.05, 1.0),
+              entry("02_quantize", "stage", 0.03, 0.5, mode="int8_static")]
+    assert _notes(models) == []

@@ -85,19 +85,21 @@ def test_unchanged_model_never_alarms(models, baseline):
     statuses = []
     for seed in range(10):
         current = gate.measure_files(models["final"], models["teacher"], rounds=ROUNDS, calls=CALLS, seed=seed)
-        statuses.append(gate.compare(current, baseline, gate.Tolerances()).verdicts[-1].status)
+        # 50 %: a unit test on a shared machine checks the mechanism, not the machine's quietness (the
+        # false-alarm rate at the default 10 % is measured by benchmarks/runtimes.py); "slow" is ~3x.
+        statuses.append(gate.compare(current, baseline, gate.Tolerances(latency=0.5)).verdicts[-1].status)
     assert "regressed" not in statuses, statuses
 
 
 def test_cli_update_then_pass_then_regress(models, tmp_path, monkeypatch):
     runner = CliRunner()
-    opts = ["--rounds", str(ROUNDS), "--calls", str(CALLS)]
+    opts = ["--rounds", str(ROUNDS), "--calls", str(CALLS), "--latency-tol", "0.5"]  # see test_unchanged_model_never_alarms
     good = write_report(tmp_path / "good", models["final"], models["teacher"])
     base = tmp_path / "baseline.json"
     r = runner.invoke(cli, ["check", str(good), "--baseline", str(base), "--update-baseline", "--repeats", "3", *opts])
     assert r.exit_code == 0, r.output
     stored = json.loads(base.read_text())
-    assert stored["accuracy"] == 0.95 and stored["tolerance"] == {"accuracy": 0.01, "size": 0.05, "latency": 0.1}
+    assert stored["accuracy"] == 0.95 and stored["tolerance"] == {"accuracy": 0.01, "size": 0.05, "latency": 0.5}
     assert "per_round" not in stored["latency_ratio"] and stored["latency_ratio"]["repeats"] == 3
 
     step = tmp_path / "step_summary.md"

@@ -323,15 +323,16 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, quiet: bool
                        info={"spec": describe_spec(recipe.student.model)}, key=student_key)
         stage_cache = StageCache(cache, enabled=not force)
         stage_log = []
+        last_train = _last_training_stage(recipe)
         for i, st in enumerate(recipe.stages):
-            if not writer and i > _last_training_stage(recipe):
+            if not writer and i > last_train:
                 return {}  # other ranks are done once the last training stage is
             ctx.stage_index = i
             config = st.model_dump(mode="json", by_alias=True)
             key = cache_key("stage", art.key, teacher_key, i, config, _named_files(st), recipe.seed, splits.fingerprint)
             t0 = time.perf_counter()
             # Collectives only while every rank is still here (the others leave after the last training stage).
-            hit = distributed.agree(stage_cache.has(key)) if i <= _last_training_stage(recipe) else stage_cache.has(key)
+            hit = distributed.agree(stage_cache.has(key)) if i <= last_train else stage_cache.has(key)
             cached = stage_cache.load(key, prep.student, out_dir / "stages") if hit else None
             if cached is not None:
                 say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", quiet)

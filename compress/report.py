@@ -166,8 +166,20 @@ def markdown(report: dict) -> str:
                   "calibration_samples", "calibration_split", "block_size", "matmulnbits_nodes"):
             if k in i:
                 lines.append(f"- {k}: {i[k]}")
+        lines += stage_details(i)
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def stage_details(info: dict) -> list[str]:
+    """A stage's own findings, in its own words: ``info["notes"]`` (sentences) and ``info["tables"]``
+    (``{"title", "columns", "rows"}``), so a stage can explain itself without report.py knowing it."""
+    lines = [f"- {n}" for n in info.get("notes", [])]
+    for t in info.get("tables", []):
+        lines += ["", f"**{t['title']}**", "", "| " + " | ".join(map(str, t["columns"])) + " |",
+                  "|" + "---|" * len(t["columns"])]
+        lines += ["| " + " | ".join(map(str, r)) + " |" for r in t["rows"]]
+    return lines
 
 
 def _runtime_rows(report: dict) -> list[list[str]]:

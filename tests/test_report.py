@@ -27,3 +27,12 @@ def test_no_notes_when_quantization_pays_off():
     models = [entry("teacher", "teacher", 0.3, 9.0), entry("01_export", "stage", 0.05, 1.0),
               entry("02_quantize", "stage", 0.03, 0.5, mode="int8_static")]
     assert _notes(models) == []
+
+
+def test_stage_details_renders_notes_and_tables():
+    from compress.report import stage_details
+
+    lines = stage_details({"notes": ["kept conv1 in fp32"],
+                           "tables": [{"title": "sensitivity", "columns": ["layer", "drop"], "rows": [["conv1", 0.02]]}]})
+    assert lines == ["- kept conv1 in fp32", "", "**sensitivity**", "", "| layer | drop |", "|---|---|", "| conv1 | 0.02 |"]
+    assert stage_details({}) == []

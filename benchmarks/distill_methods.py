@@ -1,6 +1,6 @@
 """Every distillation loss on the built-in digits data: same teacher, student, epochs and seeds.
 
-    python benchmarks/distill_methods.py [--seeds 0 1 2] [--epochs 30] [--student 16 2] [--no-sweep]
+    python benchmarks/distill_methods.py [--seeds 0 1 2] [--epochs 30] [--student 16 3] [--no-sweep]
 
 For each seed (which changes the data split, the initialisation and the batch order) the teacher of
 recipes/digits.yaml is trained once or read from the cache that ``compress run`` fills
@@ -42,6 +42,14 @@ METHODS: dict[str, dict] = {
     "mutual, 2 peers (no teacher)": {"peers": 2},
     "born-again, 2 generations": {"generations": 2},
     "hinton, student init from teacher": {"init_from_teacher": True},
+    "chain: teacher -> cnn(32, 3) -> student": {"chain": [{"arch": "cnn", "width": 32, "depth": 3}]},
+}
+# Teachers that need files made per seed (see ``seed_files``); name -> distill stage keys with {placeholders}.
+FILE_METHODS: dict[str, dict] = {
+    "ensemble: teacher + cnn(32, 3) teacher": {"teachers": [{"recipe": True}, {"model": {"arch": "cnn", "width": 32, "depth": 3},
+                                                                              "weights": "{second}"}]},
+    "black box: teacher as ONNX": {"teachers": [{"onnx": "{onnx}"}]},
+    "black box: probabilities file": {"teachers": [{"logits": "{probs}", "probabilities": True}]},
 }
 SWEEP_T, SWEEP_ALPHA = (2.0, 4.0, 8.0), (0.1, 0.5, 0.9)
 
@@ -57,7 +65,8 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(Path(__file__).parents[1] / "recipes" / "digits.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--student", type=int, nargs=2, default=[16, 2], metavar=("WIDTH", "DEPTH"))
+    ap.add_argument("--student", type=int, nargs=2, default=[16, 3], metavar=("WIDTH", "DEPTH"),
+                    help="default: the default recipe's student")
     ap.add_argument("--output", default="exported", help="output root whose .cache holds the teachers")
     ap.add_argument("--methods", nargs="*", help="subset of method names (default: all)")
     ap.add_argument("--no-sweep", action="store_true")
@@ -77,7 +86,7 @@ def main() -> None:
 
     raw = yaml.safe_load(Path(args.recipe).read_text())
     raw["student"] = {"model": {"arch": "cnn", "width": args.student[0], "depth": args.student[1]}}
-    methods = {k: v for k, v in METHODS.items() if not args.methods or k in args.methods}
+    methods = {k: v for k, v in {**METHODS, **FILE_METHODS}.items() if not args.methods or k in args.methods}
     runs: dict[str, list[dict]] = {}
 
     def record(name, seed, model, splits, teacher_test, seconds):
@@ -114,7 +123,15 @@ def main() -> None:
         t0 = time.perf_counter()
         scratch = STAGES["train"].fn(student, stage_cfg({"type": "train", "epochs": args.epochs}), ctx)
         record("scratch", seed, scratch.model, splits, teacher_test, time.perf_counter() - t0)
+        # Born-again and mutual learning train two student-sized models: the baseline at equal compute.
+        t0 = time.perf_counter()
+        scratch2 = STAGES["train"].fn(student, stage_cfg({"type": "train", "epochs": 2 * args.epochs}), ctx)
+        record(f"scratch, {2 * args.epochs} epochs", seed, scratch2.model, splits, teacher_test, time.perf_counter() - t0)
+        files = seed_files(Path(args.output) / "bench-methods" / f"seed{seed}", teacher, splits, raw, seed, args.output)
         for name, stage in jobs:
+            if name in FILE_METHODS:
+                stage = json.loads(json.dumps(stage).replace("{second}", files["second"])
+                                   .replace("{onnx}", files["onnx"]).replace("{probs}", files["probs"]))
             t0 = time.perf_counter()
             out = STAGES["distill"].fn(student, stage_cfg(stage), ctx)
             record(name, seed, out.model, splits, teacher_test, time.perf_counter() - t0)
@@ -122,6 +139,34 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
     print_tables(runs, args)
+
+
+def seed_files(d: Path, teacher, splits, raw: dict, seed: int, output: str) -> dict[str, str]:
+    """A second teacher (cnn(32, 3), trained like the recipe's, other seed) as safetensors, the recipe's
+    teacher as an ONNX black box, and its training-split probabilities as a .npy black box."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from compress._onnx import export_onnx
+    from compress.cache import cache_key
+    from compress.context import predict_logits
+    from compress.models.zoo import cnn
+    from compress.pipeline import _train_cached
+
+    d.mkdir(parents=True, exist_ok=True)
+    t = raw["teacher"].get("train", {})
+    torch.manual_seed(seed + 100)
+    spec = {"arch": "cnn", "width": 32, "depth": 3}
+    key = cache_key("bench-second-teacher", spec, t, seed, splits.fingerprint)
+    second, _ = _train_cached(Path(output) / ".cache", key, cnn(splits.input_shape, splits.num_classes, 32, 3), splits,
+                              epochs=t.get("epochs", 30), lr=t.get("lr", 1e-3), batch_size=64, weight_decay=0.0,
+                              seed=seed + 100, desc="second teacher", quiet=True)
+    save_file(second.state_dict(), str(d / "second.safetensors"))
+    export_onnx(teacher, splits.input_shape, d / "teacher.onnx")
+    probs = torch.softmax(predict_logits(teacher, splits.train.x), 1).numpy().astype(np.float32)
+    np.save(d / "probs.npy", probs)
+    return {"second": str(d / "second.safetensors"), "onnx": str(d / "teacher.onnx"), "probs": str(d / "probs.npy")}
 
 
 def print_tables(runs: dict[str, list[dict]], args) -> None:

@@ -79,27 +79,38 @@ def prepare(recipe: Recipe) -> Prepared:
         if st.type == "prune" and st.importance == "bn_scale" and not has_bn:
             raise recipe.error_at("importance 'bn_scale' needs BatchNorm layers and the student has none; "
                                   "valid choices for this model: l1, l2, taylor", "stages", i, "importance")
-    _check_losses(recipe, teacher, student, splits.input_shape)
+    _check_losses(recipe, teacher, student, splits.input_shape, splits.num_classes)
     return Prepared(splits, teacher.eval(), recipe.teacher.weights is not None, student)
 
 
-def _check_losses(recipe: Recipe, teacher: torch.nn.Module, student: torch.nn.Module, input_shape) -> None:
+def _check_losses(recipe: Recipe, teacher: torch.nn.Module, student: torch.nn.Module, input_shape,
+                  num_classes: int) -> None:
     """Every stage's ``loss`` list: layer names exist, shapes can be projected (one forward pass each, no training)."""
     from compress.losses.combine import build_terms
 
     for i, st in enumerate(recipe.stages):
         _check_teachers(recipe, i, st, teacher, input_shape)
+        _check_chain_models(recipe, i, st, input_shape, num_classes)
         if not getattr(st, "loss", None):
             continue
         # the student's teachers: the recipe's (or the last assistant), and itself for born-again generations
         first = teacher
-        for spec in getattr(st, "assistants", None) or []:
+        for spec in getattr(st, "chain", None) or []:
             torch.manual_seed(recipe.seed)
-            first = spec.build(input_shape, teacher(torch.zeros(2, *input_shape)).shape[1]).eval()
+            first = spec.build(input_shape, num_classes).eval()
         teachers = [first] + ([student] if getattr(st, "generations", 1) > 1 else [])
         for t in teachers:
             build_terms(st.loss, t, student, input_shape,
                         {"temperature": st.temperature, "alpha": st.alpha}, at=("stages", i, "loss"), recipe=recipe)
+
+
+def _check_chain_models(recipe: Recipe, i: int, st, input_shape, num_classes: int) -> None:
+    """Every ``chain`` step builds and gives one score per class (a bad factory fails here, not mid-run)."""
+    for j, spec in enumerate(getattr(st, "chain", None) or []):
+        try:
+            spec.build(input_shape, num_classes)
+        except ModelError as exc:
+            raise recipe.error_at(str(exc), "stages", i, "chain", j) from None
 
 
 def _check_teachers(recipe: Recipe, i: int, st, teacher: torch.nn.Module, input_shape) -> None:
@@ -201,7 +212,8 @@ def _scratch_budget(recipe: Recipe) -> dict | None:
     trained = [st for st in recipe.stages if STAGES[st.type].trains]
     if recipe.baseline == "none" or not trained:
         return None
-    return {"epochs": sum(st.epochs for st in trained), "lr": trained[0].lr, "batch_size": trained[0].batch_size,
+    # Student-sized training epochs: born-again generations and mutual peers each count (equal compute).
+    return {"epochs": sum(st.student_epochs() if hasattr(st, "student_epochs") else st.epochs for st in trained), "lr": trained[0].lr, "batch_size": trained[0].batch_size,
             "weight_decay": trained[0].weight_decay}
 
 

@@ -7,68 +7,96 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from compress.artifact import Artifact
 from compress.losses import hinton_kd_loss
 from compress.losses.combine import Objective, build_terms, loss_union
 from compress.losses.mutual import Peers, mutual_loss
+from compress.models.zoo import ZOO
 from compress.teachers import TeacherSource, ensemble_logits
 from compress.stages.base import StageConfig, register_stage
 from compress.training import fit
 
-__all__ = ["DistillConfig", "distill", "kd_loss_fn", "LossList", "loss_fit_kwargs"]
+__all__ = ["DistillConfig", "KDOptions", "ChainModel", "distill", "kd_train", "kd_loss_fn", "LossList", "loss_fit_kwargs"]
 
 LossList = list[loss_union()]  # type: ignore[misc]
 
 
-class AssistantSpec(BaseModel):
-    """A built-in teacher assistant (Mirzadeh et al. 2020): usually between the teacher and student in size."""
+class ChainModel(BaseModel):
+    """One step of a progressive / teacher-assistant chain (Mirzadeh et al. 2020): a built-in or factory
+    model, usually between the teacher and the student in size, trained from scratch by KD from the step
+    before it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    arch: Literal["cnn", "mlp"]
-    width: int = Field(ge=1, le=4096)
+    arch: Literal[tuple(ZOO)] | None = Field(None, description="built-in architecture")  # type: ignore[valid-type]
+    width: int = Field(16, ge=1, le=4096)
     depth: int = Field(2, ge=1, le=16)
+    factory: str | None = Field(None, description="user model as 'package.module:function'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.arch is None) == (self.factory is None):
+            raise ValueError(f"a chain step needs exactly one of 'arch' (built-in: {', '.join(ZOO)}) or 'factory' "
+                             "('package.module:function')")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.arch}(width={self.width}, depth={self.depth})" if self.arch else f"{self.factory}({self.kwargs})"
 
     def build(self, input_shape, num_classes: int):
-        from compress.models.zoo import ZOO
+        from compress.models import build_model, check_io
 
-        return ZOO[self.arch](tuple(input_shape), num_classes, width=self.width, depth=self.depth)
+        model = build_model(self, tuple(input_shape), num_classes)
+        check_io(model, tuple(input_shape), num_classes, f"chain step {self.describe()}")
+        return model
 
 
-class DistillConfig(StageConfig):
-    type: Literal["distill"]
+class KDOptions(StageConfig):
+    """The distillation keys shared by ``distill`` and ``finetune`` (issue: every method in both stages)."""
+
     temperature: float = Field(4.0, gt=0, le=100, description="softens both distributions; 1 = plain softmax")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label loss; 1 - alpha goes to the soft loss")
-    epochs: int = Field(30, ge=1, le=10_000)
-    lr: float = Field(3e-3, gt=0, le=10, description="Adam; 3e-3 beat 1e-3 for small students on digits (measured)")
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
     generations: int = Field(1, ge=1, le=20, description="born-again: generation g + 1 is taught by generation g "
                                                         "(the first by the teacher); the last one is kept")
-    init_from_teacher: bool | None = Field(None, description="start from the teacher's weights where shapes allow; "
-                                                                 "default: yes for a student.from_teacher student "
-                                                                 "entering the chain")
     peers: int = Field(1, ge=1, le=8, description="online/mutual learning: train this many peers that teach each "
                                                   "other (no teacher); peer 0 (the incoming model) is kept")
     loss: LossList | None = Field(None, description="sum of losses by kind; default: Hinton with this stage's "
                                                     "temperature and alpha")
     teachers: list[TeacherSource] | None = Field(None, description="ensemble / black-box teachers for this stage: "
                                                  "the weighted mean of their logits replaces the recipe teacher's")
-    assistants: list[AssistantSpec] = Field(default_factory=list, description="teacher-assistant chain: each "
-                                            "distils from the one before (the first from the teacher), the "
-                                            "student from the last")
+    chain: list[ChainModel] = Field(default_factory=list, validation_alias=AliasChoices("chain", "assistants"),
+                                    description="progressive / teacher-assistant chain, largest first: the teacher "
+                                                "teaches chain[0], each step the next, the last the student "
+                                                "('assistants' is accepted too)")
 
     @model_validator(mode="after")
     def _one_scheme(self):
-        if self.peers > 1 and (self.loss is not None or self.generations > 1 or self.assistants or self.teachers):
+        if self.peers > 1 and (self.loss is not None or self.generations > 1 or self.chain or self.teachers):
             raise ValueError("'peers' (mutual learning, no teacher) cannot be combined with 'loss', 'generations', "
-                             "'assistants' or 'teachers'")
+                             "'chain' or 'teachers'")
         if self.teachers is not None and not self.teachers:
             raise ValueError("'teachers' needs at least one entry (or leave it out for the recipe's teacher)")
         return self
+
+    def student_epochs(self) -> int:
+        """Epochs of training spent on student-sized models (born-again generations and mutual peers each
+        train one): the scratch baseline gets the same, so that it is compared at equal compute."""
+        return self.epochs * self.generations * self.peers
+
+
+class DistillConfig(KDOptions):
+    type: Literal["distill"]
+    epochs: int = Field(30, ge=1, le=10_000)
+    lr: float = Field(3e-3, gt=0, le=10, description="Adam; 3e-3 beat 1e-3 for small students on digits (measured)")
+    batch_size: int = Field(64, ge=1, le=65_536)
+    weight_decay: float = Field(0.0, ge=0)
+    init_from_teacher: bool | None = Field(None, description="start from the teacher's weights where shapes allow; "
+                                                                 "default: yes for a student.from_teacher student "
+                                                                 "entering the chain")
 
 
 def loss_fit_kwargs(ctx, model, cfg) -> dict:
@@ -95,29 +123,36 @@ def kd_loss_fn(ctx, temperature: float, alpha: float):
 @register_stage(DistillConfig, accepts={"torch"}, produces="torch", trains=True)
 def distill(art: Artifact, cfg: DistillConfig, ctx) -> Artifact:
     art, init_info = _maybe_init_from_teacher(art, cfg, ctx)
+    out = kd_train(art, cfg, ctx, "distill")
+    return dataclasses.replace(out, info={**out.info, **init_info})
+
+
+def kd_train(art: Artifact, cfg: KDOptions, ctx, name: str) -> Artifact:
+    """Train ``art.model`` by the stage's distillation scheme: mutual peers, or a (chain of) teacher(s)
+    (the recipe's, an ensemble or a black box) teaching one or more born-again generations."""
     if cfg.peers > 1:
-        return _mutual(art, cfg, ctx)
+        return _mutual(art, cfg, ctx, name)
     teacher_ctx, chain = _assistant_chain(cfg, _ensemble_ctx(cfg, ctx))
     generations = []
     for g in range(cfg.generations):
         # Born-again: every generation starts from the same student initialisation and learns from the one before.
         res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index + 1000 * g,
-                  desc="distill" if cfg.generations == 1 else f"distill gen {g + 1}/{cfg.generations}",
+                  desc=name if cfg.generations == 1 else f"{name} gen {g + 1}/{cfg.generations}",
                   quiet=ctx.quiet, **loss_fit_kwargs(teacher_ctx, art.model, cfg))
         generations.append({"generation": g + 1, "best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy,
                             "seconds": res.seconds})
         teacher_ctx = dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={},
                                           teacher_key=None)  # never the recipe teacher's cached outputs
-    info = {k: v for k, v in generations[-1].items() if k != "generation"} | init_info
+    info = {k: v for k, v in generations[-1].items() if k != "generation"}
     if cfg.generations > 1:
         info["generations"] = generations
     if chain:
-        info["assistants"] = chain
-    return art.derive("distill", model=res.model, info=info)
+        info["chain"] = chain
+    return art.derive(name, model=res.model, info=info)
 
 
-def _mutual(art: Artifact, cfg: DistillConfig, ctx) -> Artifact:
+def _mutual(art: Artifact, cfg: KDOptions, ctx, name: str) -> Artifact:
     """Deep mutual learning: the student and ``peers - 1`` fresh copies train together on one loop."""
     seed = ctx.recipe.seed + ctx.stage_index
     peers = Peers(art.model, cfg.peers, seed)
@@ -138,7 +173,7 @@ def _mutual(art: Artifact, cfg: DistillConfig, ctx) -> Artifact:
     from compress.training import evaluate_split
 
     peer_val = [evaluate_split(p, ctx.splits.val.x, ctx.splits.val.y)[0] for p in res.model.peers]
-    return art.derive("distill", model=res.model.peers[0].eval(),
+    return art.derive(name, model=res.model.peers[0].eval(),
                       info={"best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy,
                             "seconds": res.seconds, "peers": cfg.peers, "peer_val_accuracy": peer_val})
 
@@ -158,26 +193,26 @@ def _maybe_init_from_teacher(art: Artifact, cfg: DistillConfig, ctx) -> tuple[Ar
                                                                          "kept": done["kept"]}}
 
 
-def _assistant_chain(cfg: DistillConfig, ctx):
-    """Train each assistant by Hinton KD from the one before; return the context whose teacher is the last."""
+def _assistant_chain(cfg: KDOptions, ctx):
+    """Train each chain step by Hinton KD from the one before; return the context whose teacher is the last."""
     import torch
 
     teacher_ctx, chain = ctx, []
-    for j, spec in enumerate(cfg.assistants):
+    for j, spec in enumerate(cfg.chain):
         torch.manual_seed(ctx.recipe.seed + ctx.stage_index + 500 + j)
         model = spec.build(ctx.splits.input_shape, ctx.splits.num_classes)
         res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index + 500 + j,
                   loss_fn=kd_loss_fn(teacher_ctx, cfg.temperature, cfg.alpha),
-                  desc=f"assistant {j + 1}/{len(cfg.assistants)}", quiet=ctx.quiet)
-        chain.append({"model": f"{spec.arch}(width={spec.width}, depth={spec.depth})", "best_epoch": res.best_epoch,
+                  desc=f"chain step {j + 1}/{len(cfg.chain)}", quiet=ctx.quiet)
+        chain.append({"model": spec.describe(), "best_epoch": res.best_epoch,
                       "val_accuracy": res.best_val_accuracy, "seconds": res.seconds})
         teacher_ctx = dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={},
                                           teacher_key=None)
     return teacher_ctx, chain
 
 
-def _ensemble_ctx(cfg: DistillConfig, ctx):
+def _ensemble_ctx(cfg: KDOptions, ctx):
     """The context whose teacher logits are the ``teachers`` ensemble's (unchanged without ``teachers``)."""
     if not cfg.teachers or (len(cfg.teachers) == 1 and cfg.teachers[0].is_recipe):
         return ctx

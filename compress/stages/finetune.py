@@ -1,4 +1,6 @@
-"""``finetune``: recovery training after pruning, optionally with KD from the teacher."""
+"""``finetune``: recovery training after pruning, with the hard labels alone or, with ``distill: true``,
+by any distillation scheme ``distill`` offers (loss list, ensemble / black-box teachers, a chain,
+born-again generations, mutual peers)."""
 
 from __future__ import annotations
 
@@ -7,38 +9,51 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from compress.artifact import Artifact
-from compress.stages.base import StageConfig, register_stage
-from compress.stages.distill import LossList, loss_fit_kwargs
+from compress.stages.base import register_stage
+from compress.stages.distill import KDOptions, kd_train
 from compress.stages.train import cross_entropy
 from compress.training import fit
 
 __all__ = ["FinetuneConfig", "finetune"]
 
+_KD_ONLY = ("loss", "teachers", "chain", "generations", "peers")
 
-class FinetuneConfig(StageConfig):
+
+class FinetuneConfig(KDOptions):
     type: Literal["finetune"]
     epochs: int = Field(10, ge=1, le=10_000)
     lr: float = Field(1e-3, gt=0, le=10, description="a third of the training default: the weights are already good")
     batch_size: int = Field(64, ge=1, le=65_536)
     weight_decay: float = Field(0.0, ge=0)
-    distill: bool = Field(False, description="add Hinton KD from the teacher to the hard-label loss")
-    temperature: float = Field(4.0, gt=0, le=100)
-    alpha: float = Field(0.5, ge=0, le=1)
-    loss: LossList | None = Field(None, description="with distill: true, a sum of losses by kind (as in distill)")
+    distill: bool = Field(False, description="distil from the teacher (Hinton KD by default) besides the hard labels")
 
     @model_validator(mode="after")
-    def _loss_needs_distill(self):
-        if self.loss is not None and not self.distill:
-            raise ValueError("'loss' is used only with 'distill: true'; set distill: true or drop 'loss'")
+    def _kd_keys_need_distill(self):
+        given = [k for k in _KD_ONLY if k in self.model_fields_set]
+        if given and not self.distill:
+            raise ValueError(f"{', '.join(repr(k) for k in given)} {'is' if len(given) == 1 else 'are'} used only "
+                             "with 'distill: true'; set distill: true or drop "
+                             f"{'it' if len(given) == 1 else 'them'}")
         return self
+
+    def student_epochs(self) -> int:
+        return super().student_epochs() if self.distill else self.epochs
 
 
 @register_stage(FinetuneConfig, accepts={"torch"}, produces="torch", trains=True)
 def finetune(art: Artifact, cfg: FinetuneConfig, ctx) -> Artifact:
-    loss = loss_fit_kwargs(ctx, art.model, cfg) if cfg.distill else {"loss_fn": cross_entropy}
+    if cfg.distill:
+        out = kd_train(art, cfg, ctx, "finetune")
+        return _with(out, distill=True)
     res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
               weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index,
-              desc="finetune", quiet=ctx.quiet, **loss)
+              desc="finetune", quiet=ctx.quiet, loss_fn=cross_entropy)
     return art.derive("finetune", model=res.model,
                       info={"best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy,
-                            "seconds": res.seconds, "distill": cfg.distill})
+                            "seconds": res.seconds, "distill": False})
+
+
+def _with(art: Artifact, **info) -> Artifact:
+    import dataclasses
+
+    return dataclasses.replace(art, info={**art.info, **info})

@@ -105,8 +105,8 @@ case("unknown_top_key", BASE.replace("teacher:", "teachr:"),
      "student, stages, baseline, bench, output\n  also: {dir}/recipe.yaml:1: teacher: required key is missing")
 case("misspelled_stage_key", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1, tempreature: 2}"),
      "{dir}/recipe.yaml:11: stages[0].tempreature: unknown key 'tempreature'; did you mean 'temperature'? valid keys: "
-     "type, temperature, alpha, epochs, lr, batch_size, weight_decay, generations, init_from_teacher, peers, loss, "
-     "teachers, assistants")
+     "type, temperature, alpha, generations, peers, loss, teachers, chain, epochs, lr, batch_size, weight_decay, "
+     "init_from_teacher")
 case("misspelled_nested_key", BASE.replace("{type: quantize, mode: int8_static}",
                                            "{type: quantize, mode: int8_static, calibration: {metod: entropy}}"),
      "{dir}/recipe.yaml:13: stages[2].calibration.metod: unknown key 'metod'; did you mean 'method'? valid keys: "

@@ -44,7 +44,7 @@ def test_bad_loss_entries_fail_at_parse(loss, expected):
 
 
 def test_finetune_loss_needs_distill():
-    with pytest.raises(RecipeError, match="'loss' is used only with 'distill: true'"):
+    with pytest.raises(RecipeError, match="'loss' is used only with 'distill: true'; set distill: true or drop it"):
         parse_recipe(recipe({"type": "finetune", "loss": [{"kind": "hinton"}]}))
 
 
@@ -220,10 +220,101 @@ def test_teacher_assistant_chain(make_ctx, monkeypatch):
 
     monkeypatch.setattr(d, "kd_loss_fn", spy)
     out, _ = run_stage(make_ctx, {"type": "distill", "epochs": 1,
-                                  "assistants": [{"arch": "cnn", "width": 6, "depth": 3}, {"arch": "cnn", "width": 5}]})
-    # teacher (8) -> assistant 1 (6) -> assistant 2 (5) -> student (4)
+                                  "chain": [{"arch": "cnn", "width": 6, "depth": 3}, {"arch": "cnn", "width": 5}]})
+    # teacher (8) -> chain step 1 (6) -> chain step 2 (5) -> student (4)
     assert seen == [8, 6, 5]
-    assert [a["model"] for a in out.info["assistants"]] == ["cnn(width=6, depth=3)", "cnn(width=5, depth=2)"]
+    assert [a["model"] for a in out.info["chain"]] == ["cnn(width=6, depth=3)", "cnn(width=5, depth=2)"]
+
+
+def test_assistants_is_another_name_for_chain():
+    chain = [{"arch": "cnn", "width": 6, "depth": 3}]
+    a = parse_recipe(recipe({"type": "distill", "assistants": chain})).stages[0]
+    b = parse_recipe(recipe({"type": "distill", "chain": chain})).stages[0]
+    assert a == b and a.chain[0].width == 6
+
+
+def test_chain_takes_a_user_factory_and_checks_it_before_training(tmp_path, monkeypatch, make_ctx):
+    (tmp_path / "chain_factory.py").write_text(
+        "import torch.nn as nn\n"
+        "def make(hidden=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n"
+        "def wrong():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    step = {"factory": "chain_factory:make", "kwargs": {"hidden": 12}}
+    prepare(parse_recipe(recipe({"type": "distill", "chain": [step]})))
+    out, _ = run_stage(make_ctx, {"type": "distill", "epochs": 1, "chain": [step]})
+    assert out.info["chain"][0]["model"] == "chain_factory:make({'hidden': 12})"
+    with pytest.raises(RecipeError) as info:
+        prepare(parse_recipe(recipe({"type": "distill", "chain": [step, {"factory": "chain_factory:wrong"}]})))
+    assert info.value.key == "stages[0].chain[1]"
+    assert "chain step chain_factory:wrong({})" in info.value.message and "10" in info.value.message
+
+
+def test_chain_step_needs_one_architecture():
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.chain\[0\]: a chain step needs exactly one of 'arch'"):
+        parse_recipe(recipe({"type": "distill", "chain": [{"width": 6}]}))
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.chain\[0\]\.arch: invalid value 'resnet'; valid choices: cnn, mlp"):
+        parse_recipe(recipe({"type": "distill", "chain": [{"arch": "resnet"}]}))
+
+
+# --- finetune offers every scheme distill does -------------------------------------------------------
+
+
+def test_finetune_with_distill_trains_exactly_as_distill_does(make_ctx):
+    a, _ = run_stage(make_ctx, {"type": "distill", "epochs": 2, "lr": 1e-3, "temperature": 3, "alpha": 0.3})
+    b, _ = run_stage(make_ctx, {"type": "finetune", "epochs": 2, "lr": 1e-3, "temperature": 3, "alpha": 0.3,
+                                "distill": True})
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert b.name == "finetune" and b.info["distill"] is True
+
+
+def test_finetune_chain_generations_and_peers(make_ctx, monkeypatch):
+    import compress.stages.distill as d
+
+    seen = []
+    real = d.kd_loss_fn
+    monkeypatch.setattr(d, "kd_loss_fn", lambda ctx, t, a: seen.append(ctx.teacher.features[0].out_channels) or real(ctx, t, a))
+    out, _ = run_stage(make_ctx, {"type": "finetune", "distill": True, "epochs": 1, "chain": [{"arch": "cnn", "width": 6}]})
+    assert seen == [8, 6] and out.info["chain"][0]["model"] == "cnn(width=6, depth=2)"
+    out, _ = run_stage(make_ctx, {"type": "finetune", "distill": True, "epochs": 1, "generations": 2})
+    assert [g["generation"] for g in out.info["generations"]] == [1, 2]
+    out, student = run_stage(make_ctx, {"type": "finetune", "distill": True, "epochs": 1, "peers": 2})
+    assert out.info["peers"] == 2 and out.model.state_dict().keys() == student.state_dict().keys()
+
+
+def test_finetune_with_an_ensemble_of_teachers(make_ctx, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    other = cnn((1, 8, 8), 10, width=6, depth=2)
+    save_file(other.state_dict(), tmp_path / "t2.safetensors")
+    teachers = [{"recipe": True}, {"model": {"arch": "cnn", "width": 6}, "weights": str(tmp_path / "t2.safetensors"),
+                                   "weight": 2.0}]
+    out, _ = run_stage(make_ctx, {"type": "finetune", "distill": True, "epochs": 1, "teachers": teachers})
+    plain, _ = run_stage(make_ctx, {"type": "finetune", "distill": True, "epochs": 1})
+    assert any(not torch.equal(v, plain.model.state_dict()[k]) for k, v in out.model.state_dict().items())
+
+
+@pytest.mark.parametrize("keys, words", [
+    ({"generations": 2}, "'generations' is used only with 'distill: true'; set distill: true or drop it"),
+    ({"loss": [{"kind": "ce"}], "chain": [{"arch": "cnn"}]},
+     "'loss', 'chain' are used only with 'distill: true'; set distill: true or drop them"),
+])
+def test_finetune_kd_keys_need_distill(keys, words):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(recipe({"type": "finetune", **keys}))
+    assert words in str(info.value)
+
+
+def test_scratch_budget_counts_every_student_sized_model_trained():
+    from compress.pipeline import _scratch_budget
+
+    r = parse_recipe(recipe({"type": "distill", "epochs": 5, "generations": 3}, {"type": "prune", "ratio": 0.3},
+                            {"type": "finetune", "epochs": 2, "distill": True, "peers": 2},
+                            {"type": "finetune", "epochs": 1, "chain": [{"arch": "cnn"}], "distill": True}))
+    assert _scratch_budget(r)["epochs"] == 5 * 3 + 2 * 2 + 1
 
 
 def test_loss_layers_are_checked_against_every_teacher_of_the_student():
@@ -234,4 +325,4 @@ def test_loss_layers_are_checked_against_every_teacher_of_the_student():
         prepare(parse_recipe(recipe({"type": "distill", "generations": 2, "loss": loss})))
     # assistant chain: the student's teacher is the (2-block) assistant
     with pytest.raises(RecipeError, match="the teacher has no layer 'features.9'"):
-        prepare(parse_recipe(recipe({"type": "distill", "assistants": [{"arch": "cnn", "width": 6}], "loss": loss})))
+        prepare(parse_recipe(recipe({"type": "distill", "chain": [{"arch": "cnn", "width": 6}], "loss": loss})))

@@ -198,10 +198,15 @@ def _search_int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
 
 
 def _search_int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
-    layers = backend.weighted_layers(art.path)
+    import onnx
+
+    # quantize_dynamic rewrites Gemm as MatMul + Add under new names; rewritten first, the names hold
+    src = wd / "dyn_src.onnx"
+    onnx.save(gemm_to_matmul(onnx.load(str(art.path))), str(src))
+    layers = backend.weighted_layers(src)
     path, info = _accuracy_aware(
-        layers, lambda layer, p: backend.int8_dynamic(art.path, p, per_channel=cfg.per_channel, only=[layer.name]),
-        lambda ex, p: backend.int8_dynamic(art.path, p, per_channel=cfg.per_channel, exclude=ex),
+        layers, lambda layer, p: backend.int8_dynamic(src, p, per_channel=cfg.per_channel, only=[layer.name]),
+        lambda ex, p: backend.int8_dynamic(src, p, per_channel=cfg.per_channel, exclude=ex),
         scorer, budget, wd, "dyn", "dynamic INT8")
     info.update(per_channel=cfg.per_channel)
     return path, info
@@ -422,4 +427,7 @@ def _runtime_files(art: Artifact, cfg: QuantizeConfig, ctx, dst: Path, info: dic
         write_runtime_file(fmt, art.model, ctx.splits.input_shape, out, art.info.get("static_batch", 1), calibration=calib)
         files[fmt] = str(out)
     info["runtime_calibration_samples"] = int(len(calib))
+    if info.get("fp32_layers"):
+        info["runtime_files_note"] = (f"{', '.join(prev)} files quantize every layer (pt2e); the layers kept fp32 "
+                                      "by max_accuracy_drop are kept so in the ONNX file only")
     return files

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from compress._io import atomic_path
 from compress._progress import say
@@ -68,14 +68,21 @@ class QuantizeConfig(StageConfig):
     int4_min_weights: int = Field(16384, ge=1, description="mixed: linear layers with at least this many weights "
                                                            "are INT4 candidates")
 
-    @model_validator(mode="after")
-    def _mode_keys(self):
-        if self.accuracy_level == "auto" and self.mode != "int4_weight_only":
+    @field_validator("accuracy_level")
+    @classmethod
+    def _level_auto_is_int4(cls, v, info: ValidationInfo):
+        mode = info.data.get("mode")
+        if v == "auto" and mode != "int4_weight_only":
             raise ValueError(f"accuracy_level 'auto' is for mode int4_weight_only (mode auto tries every level itself); "
-                             f"with mode {self.mode} use 0, 1, 2, 3 or 4")
-        if self.mode == "mixed" and self.format != "qdq":
+                             f"with mode {mode} use 0, 1, 2, 3 or 4")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _mixed_is_qdq(cls, v, info: ValidationInfo):
+        if v != "qdq" and info.data.get("mode") == "mixed":
             raise ValueError("mode mixed writes QDQ INT8 beside MatMulNBits; use format: qdq")
-        return self
+        return v
 
     @property
     def budget(self) -> float | None:
@@ -366,12 +373,25 @@ def _search_auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     return winner.path, info
 
 
+def _not_quantized_yet(path) -> None:
+    """A file that already has quantized operators (from ``qat`` or an earlier quantize) is refused."""
+    import onnx
+
+    done = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits", "QLinearConv", "QGemm",
+            "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+    found = sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node} & done)
+    if found:
+        raise StageError(f"quantize: {path} is already quantized ({', '.join(found)} nodes; a qat stage writes such a "
+                         "file); quantize takes an fp32 model: drop this stage, or put it after an export of an fp32 model")
+
+
 SEARCH = {"int8_static": _search_int8_static, "int8_dynamic": _search_int8_dynamic, "int4_weight_only": _search_int4,
           "mixed": _search_mixed, "auto": _search_auto}
 
 
 @register_stage(QuantizeConfig, accepts={"onnx"}, produces="onnx")
 def quantize(art: Artifact, cfg: QuantizeConfig, ctx) -> Artifact:
+    _not_quantized_yet(art.path)
     dst = ctx.stage_path(f"quantize_{cfg.mode}", ".onnx")
     info: dict = {"mode": cfg.mode}
     budget = cfg.budget

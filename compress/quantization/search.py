@@ -153,7 +153,8 @@ def choose(cands: list[Candidate], budget: float, tie: float = 0.03) -> tuple[Ca
         elif not c.score.within(budget):
             c.verdict = f"misses the budget (drop {c.score.drop:.2%} > {budget:.2%})"
         elif c.timing["p50"] <= winner.timing["p50"] * (1 + tie):
-            c.verdict = f"tied on speed (within {tie:.0%}), less accurate or larger"
+            why = "less accurate" if c.score.accuracy < winner.score.accuracy else "larger file"
+            c.verdict = f"tied on speed (within {tie:.0%}), {why}"
         else:
             c.verdict = f"slower ({c.timing['p50'] / winner.timing['p50']:.2f}x the winner's p50)"
     return winner, bool(within)

@@ -11,7 +11,7 @@ Prints markdown tables:
    a model timed in the same interleaved rounds (``compress.bench.time_interleaved``);
 2. calibration minmax / entropy / percentile x 64 / 256 / 1024 samples: test accuracy of our static INT8;
 3. INT4 (MatMulNBits) accuracy_level 0/1/2/4 x block size 32/128 on an MLP with 512-wide linear layers
-   trained here, beside its fp32 file, timed interleaved.
+   trained here, beside its fp32 file, our static INT8 and our mixed INT4/INT8 file, timed interleaved.
 Test accuracy is read off each file; no choice here looks at the test split.
 """
 
@@ -124,6 +124,14 @@ def int4(recipe, splits, work: Path, rounds: int, calls: int) -> str:
             p = work / f"mlp512_int4_b{bs}_l{level}.onnx"
             write_int4(src, p, block_size=bs, accuracy_level=level)
             files[f"INT4 block {bs}, accuracy_level {level}"] = p
+    ctx = Context(recipe=recipe, splits=splits, teacher=None, out_dir=work / "mlp512", quiet=True)
+    art = Artifact("export", "onnx", path=src, info={"formats": ["onnx"]})
+    with contextlib.redirect_stdout(io.StringIO()):
+        files["ours: static INT8"] = quantize(art, QuantizeConfig(type="quantize"), ctx).path
+        ctx.stage_index = 1
+        mixed = quantize(art, QuantizeConfig(type="quantize", mode="mixed", accuracy_level=4), ctx)
+    n4 = sum(p == "int4" for p in mixed.info["plan"].values())
+    files[f"ours: mixed ({n4} INT4 level 4, {len(mixed.info['plan']) - n4} INT8)"] = mixed.path
     t = timed(files, splits.test.x[:1], rounds, calls)
     rows = [[n, f"{acc(p, splits.test):.2%}", f"{t[n]['p50'] * 1e3:.1f} / {t[n]['p90'] * 1e3:.1f}",
              f"{t['fp32']['p50'] / t[n]['p50']:.2f}x", f"{Path(p).stat().st_size / 1024:.1f} kB"] for n, p in files.items()]

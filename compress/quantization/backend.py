@@ -136,7 +136,11 @@ class Int8Static:
             calibration.method, per_channel, activations, reduce_range)
         can_cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
         self._ranges = Path(workdir) / "ranges.json" if cache_ranges and can_cache else None
-        self.layers = weighted_layers(self.pre)
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The weighted layers of the pre-processed file (what a plan names)."""
+        return weighted_layers(self.pre)
 
     def write(self, dst: Path, *, exclude=(), only: list[str] | None = None, fmt: str = "qdq") -> Path:
         """Quantize every layer except ``exclude`` (or, with ``only``, just those nodes) into ``dst``."""

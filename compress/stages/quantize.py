@@ -172,6 +172,11 @@ def _accuracy_aware(layers, build_only, build_excl, scorer: ValScorer, budget: f
                              f"against the fp32 source, within the budget of {budget:.2%}; no layer needs to stay fp32.")
         info.update(fp32_layers=[], budget_met=True, val_accuracy=s0.accuracy, val_drop=s0.drop)
         return first, info
+    if not layers:
+        info["notes"].append(f"The file has no weighted layer (Conv, Gemm, MatMul with constant weights) to keep fp32; "
+                             f"it loses {s0.drop:.2%} of validation accuracy, above the budget of {budget:.2%}.")
+        info.update(fp32_layers=[], budget_met=False, val_accuracy=s0.accuracy, val_drop=s0.drop)
+        return first, info
     sens = sensitivity(layers, build_only, scorer, wd, tag)
     res = greedy_fp32(most_sensitive_first(layers, sens), build_excl, scorer, budget, wd, tag)
     kept = list(res.chosen.fp32)

@@ -75,7 +75,7 @@ def test_configs_are_frozen(tmp_path):
      "recipe.yaml:7: teacher.model.width: Input should be a valid integer, unable to parse string as an integer (got 'wide')"),
     (GOOD.replace("type: distill,", "type: distil,"),
      "recipe.yaml:12: stages[0].type: unknown stage type 'distil'; did you mean 'distill'? valid choices: "
-     "distill, export, finetune, prune, quantize, train"),
+     "distill, export, finetune, prune, qat, quantize, train"),
     (GOOD.replace("ratio: 0.3", "ratio: 1.5"),
      "recipe.yaml:13: stages[1].ratio: Input should be less than 1 (got 1.5)"),
     (GOOD.replace("temperature: 4", "temperature: 0"),

@@ -1,29 +1,44 @@
 """``quantize``: onnxruntime post-training quantization of an exported ONNX model.
 
-Modes: ``int8_static`` (QDQ, per-channel weights, activations calibrated on training samples),
-``int8_dynamic`` (weights INT8, activations quantized per call), ``int4_weight_only``
-(MatMulNBits for the linear layers; everything else stays fp32).
+Modes: ``int8_static`` (QDQ or QOperator, per-channel weights, activations calibrated on training samples),
+``int8_dynamic`` (weights INT8, activations quantized per call), ``int4_weight_only`` (MatMulNBits for the
+linear layers; everything else stays fp32), ``mixed`` (INT4 for the large linear layers, INT8 elsewhere,
+chosen per layer by sensitivity) and ``auto`` (fp32 and every mode measured on validation data and timed
+interleaved; the fastest file within the accuracy budget ships, fp32 included).
+
+With ``max_accuracy_drop``, the layers that hurt validation accuracy most stay fp32 until the drop against
+the fp32 source is within the budget (``compress.quantization.search``); when nothing meets it, the best
+file found is kept and the report says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from compress._io import atomic_path
+from compress._progress import say
 from compress.artifact import Artifact
 from compress.errors import StageError
+from compress.quantization import backend
+from compress.quantization.backend import Reader as _Reader
+from compress.quantization.backend import gemm_to_matmul, matmul_name
+from compress.quantization.search import (CANDIDATE_COLUMNS, Candidate, ValScorer, candidate_rows, choose, greedy_fp32,
+                                          most_sensitive_first, sensitivity, time_files)
 from compress.stages.base import StageConfig, register_stage
 
-__all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul"]
+__all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul", "reduce_range", "DEFAULT_BUDGET",
+           "INT4_LEVELS"]
+
+DEFAULT_BUDGET = 0.01  # auto, mixed and accuracy_level auto without max_accuracy_drop: one accuracy point
+INT4_LEVELS = (0, 1, 2, 4)  # MatMulNBits compute types on CPU: 0 default, 1 fp32, 2 fp16 (fp32 on x86), 4 INT8
 
 
 class CalibrationConfig(BaseModel):
@@ -35,7 +50,7 @@ class CalibrationConfig(BaseModel):
 
 class QuantizeConfig(StageConfig):
     type: Literal["quantize"]
-    mode: Literal["int8_static", "int8_dynamic", "int4_weight_only"] = "int8_static"
+    mode: Literal["int8_static", "int8_dynamic", "int4_weight_only", "mixed", "auto"] = "int8_static"
     calibration: CalibrationConfig = CalibrationConfig()
     per_channel: bool = Field(True, description="one scale per output channel of each weight")
     activations: Literal["uint8", "int8"] = Field("uint8", description="int8_static: activation type (U8S8 is fastest on x86)")
@@ -43,129 +58,365 @@ class QuantizeConfig(StageConfig):
     reduce_range: Literal["auto", True, False] = Field(
         "auto", description="7-bit weights; auto = on when the CPU lacks VNNI, where u8s8 int16 accumulation saturates")
     block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="int4_weight_only: weights per quantization block")
-    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
-        None, description="int4_weight_only: MatMulNBits compute type; 4 = INT8 compute (fastest on most CPUs), 0 = default")
+    accuracy_level: Literal[0, 1, 2, 3, 4, "auto"] | None = Field(
+        None, description="int4_weight_only, mixed: MatMulNBits compute type; 4 = INT8 compute (fastest on most CPUs), "
+                          "0 = default; auto (int4_weight_only) = the fastest of 0, 1, 2, 4 within the accuracy budget")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="validation accuracy the file may lose against its fp32 source, as a fraction "
+                                      "(0.005 = half a point); the most sensitive layers stay fp32 until it holds; "
+                                      "auto, mixed and accuracy_level auto default to 0.01")
+    int4_min_weights: int = Field(16384, ge=1, description="mixed: linear layers with at least this many weights "
+                                                           "are INT4 candidates")
 
+    @field_validator("accuracy_level")
+    @classmethod
+    def _level_auto_is_int4(cls, v, info: ValidationInfo):
+        mode = info.data.get("mode")
+        if v == "auto" and mode != "int4_weight_only":
+            raise ValueError(f"accuracy_level 'auto' is for mode int4_weight_only (mode auto tries every level itself); "
+                             f"with mode {mode} use 0, 1, 2, 3 or 4")
+        return v
 
-class _Reader:
-    """Streams calibration batches from the training split, capped at ``samples`` (memory stays flat)."""
+    @field_validator("format")
+    @classmethod
+    def _mixed_is_qdq(cls, v, info: ValidationInfo):
+        if v != "qdq" and info.data.get("mode") == "mixed":
+            raise ValueError("mode mixed writes QDQ INT8 beside MatMulNBits; use format: qdq")
+        return v
 
-    def __init__(self, x: np.ndarray, input_name: str, samples: int, batch_size: int, seed: int):
-        idx = np.random.default_rng(seed).permutation(len(x))[:samples]
-        if len(idx) > batch_size:  # histogram calibrators (entropy, percentile) need equal batch sizes
-            idx = idx[:len(idx) // batch_size * batch_size]
-        self.samples = len(idx)
-        self._x, self._idx, self._name, self._bs, self._pos = x, np.sort(idx), input_name, batch_size, 0
-
-    def get_next(self):
-        if self._pos >= len(self._idx):
-            return None
-        batch = self._idx[self._pos:self._pos + self._bs]
-        self._pos += self._bs
-        return {self._name: np.ascontiguousarray(self._x[batch])}
-
-    def rewind(self):
-        self._pos = 0
-
-
-def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rewrite Gemm(x, W, b) with constant W as MatMul(x, W') + b: MatMulNBits only replaces MatMul."""
-    inits = {i.name: i for i in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            nodes.append(node)
-            continue
-        w = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            w = w.T
-        w_name = node.input[1] + "_kn"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
-        if len(node.input) > 2 and node.input[2]:
-            mid = node.output[0] + "_matmul"
-            nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mid], name=node.name + "_MatMul"))
-            nodes.append(helper.make_node("Add", [mid, node.input[2]], list(node.output), name=node.name + "_Add"))
-        else:
-            nodes.append(helper.make_node("MatMul", [node.input[0], w_name], list(node.output), name=node.name + "_MatMul"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    return model
-
-
-def _int8_static(src: Path, dst: Path, cfg: QuantizeConfig, x_train: np.ndarray, seed: int) -> int:
-    """Quantize with calibration on training samples; returns the number of samples used."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # shape inference + fusions, as ORT advises
-        name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
-        reader = _Reader(x_train, name, cfg.calibration.samples, cfg.calibration.batch_size, seed)
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[cfg.calibration.method]
-        quantize_static(str(pre), str(dst), reader,
-                        quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
-                        per_channel=cfg.per_channel, calibrate_method=method,
-                        activation_type=QuantType.QUInt8 if cfg.activations == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, reduce_range=reduce_range(cfg))
-    return reader.samples
+    @property
+    def budget(self) -> float | None:
+        """The accuracy budget, with the default of the modes that always search."""
+        if self.max_accuracy_drop is not None:
+            return self.max_accuracy_drop
+        if self.mode in ("auto", "mixed") or self.accuracy_level == "auto":
+            return DEFAULT_BUDGET
+        return None
 
 
 def reduce_range(cfg: QuantizeConfig) -> bool:
-    """On x86 without VNNI, onnxruntime's u8s8 kernels add pairs of products in int16 (vpmaddubsw), which
-    saturates with full-range 8-bit weights: measured on digits, per-channel INT8 lost 2.2 accuracy points
-    with 8-bit weights and none with 7-bit ones. With VNNI (or on ARM) full range is safe."""
-    if cfg.reduce_range != "auto":
-        return bool(cfg.reduce_range)
+    """7-bit weights on x86 without VNNI (see ``compress.quantization.backend.reduce_range``)."""
+    return backend.reduce_range(cfg.reduce_range)
+
+
+def _static(src: Path, workdir: Path, cfg: QuantizeConfig, ctx, cache_ranges: bool = True) -> backend.Int8Static:
+    return backend.Int8Static(src, workdir, ctx.splits.train.x, cfg.calibration, per_channel=cfg.per_channel,
+                              activations=cfg.activations, reduce_range=reduce_range(cfg), seed=ctx.recipe.seed,
+                              cache_ranges=cache_ranges)
+
+
+def _static_info(st: backend.Int8Static, cfg: QuantizeConfig, fmt: str | None = None) -> dict:
+    return dict(calibration=cfg.calibration.method, calibration_samples=st.samples, calibration_split="train",
+                per_channel=cfg.per_channel, format=fmt or cfg.format, activations=cfg.activations,
+                reduce_range=st.reduce_range)
+
+
+def _level(cfg: QuantizeConfig) -> int | None:
+    return None if cfg.accuracy_level == "auto" else cfg.accuracy_level
+
+
+def _linear(layers):
+    return [layer for layer in layers if layer.linear]
+
+
+def _no_linear_error(mode: str) -> StageError:
+    return StageError(f"quantize: {mode} found no linear layer (MatMul/Gemm with constant weights) to quantize")
+
+
+def _plain(art: Artifact, cfg: QuantizeConfig, ctx, tmp: Path, wd: Path, info: dict) -> None:
+    """The modes without an accuracy budget: one file, exactly as the options say."""
+    if cfg.mode == "int8_static":
+        st = _static(art.path, wd, cfg, ctx, cache_ranges=False)
+        st.write(tmp, fmt=cfg.format)
+        info.update(_static_info(st, cfg))
+    elif cfg.mode == "int8_dynamic":
+        backend.int8_dynamic(art.path, tmp, per_channel=cfg.per_channel)
+        info.update(per_channel=cfg.per_channel)
+    else:
+        n = backend.int4(art.path, tmp, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level)
+        if n == 0:
+            raise _no_linear_error("int4_weight_only")
+        info.update(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level, matmulnbits_nodes=n)
+
+
+# --- accuracy-aware: keep the most sensitive layers fp32 ----------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.2%}"
+
+
+def _sensitivity_table(title: str, layers, sens: dict, decision: dict[str, str]) -> dict:
+    order = {layer.name: i + 1 for i, layer in enumerate(most_sensitive_first(layers, sens))}
+    rows = [[layer.name, layer.op, f"{layer.weights:,}", _pct(sens[layer.name].drop), f"{sens[layer.name].logit_error:.2e}",
+             order[layer.name], decision.get(layer.name, "")] for layer in layers]
+    return {"title": title, "columns": ["layer", "op", "weights", "val acc drop (this layer alone quantized)",
+                                        "logit error", "sensitivity rank", "decision"], "rows": rows}
+
+
+def _greedy_table(res, budget: float) -> dict:
+    rows = [[len(t.fp32), t.fp32[-1] if t.fp32 else "(none: all quantized)", f"{t.score.accuracy:.2%}",
+             _pct(t.score.drop), "yes" if t.score.within(budget) else "no"] for t in res.trials]
+    return {"title": "Greedy steps (validation)", "columns": ["layers fp32", "added", "val acc", "drop", "within budget"],
+            "rows": rows}
+
+
+def _accuracy_aware(layers, build_only, build_excl, scorer: ValScorer, budget: float, wd: Path, tag: str,
+                    what: str) -> tuple[Path, dict]:
+    """All layers quantized if that meets ``budget``; else sensitivity per layer and greedy fp32 exclusion."""
+    first = build_excl([], wd / f"{tag}_all.onnx")
+    s0 = scorer(first)
+    info: dict = {"notes": [], "tables": []}
+    if s0.within(budget):
+        info["notes"].append(f"All {len(layers)} layers {what}: validation accuracy {s0.accuracy:.2%}, drop {_pct(s0.drop)} "
+                             f"against the fp32 source, within the budget of {budget:.2%}; no layer needs to stay fp32.")
+        info.update(fp32_layers=[], budget_met=True, val_accuracy=s0.accuracy, val_drop=s0.drop)
+        return first, info
+    if not layers:
+        info["notes"].append(f"The file has no weighted layer (Conv, Gemm, MatMul with constant weights) to keep fp32; "
+                             f"it loses {s0.drop:.2%} of validation accuracy, above the budget of {budget:.2%}.")
+        info.update(fp32_layers=[], budget_met=False, val_accuracy=s0.accuracy, val_drop=s0.drop)
+        return first, info
+    sens = sensitivity(layers, build_only, scorer, wd, tag)
+    res = greedy_fp32(most_sensitive_first(layers, sens), build_excl, scorer, budget, wd, tag)
+    kept = list(res.chosen.fp32)
+    decision = {n: "kept fp32" for n in kept}
+    for layer in layers:
+        decision.setdefault(layer.name, what)
+    info["tables"] += [_sensitivity_table(f"Per-layer sensitivity on validation ({what})", layers, sens, decision),
+                       _greedy_table(res, budget)]
+    s = res.chosen.score
+    info.update(fp32_layers=kept, budget_met=res.met, val_accuracy=s.accuracy, val_drop=s.drop)
+    if res.met:
+        info["notes"].append(f"All layers {what} lost {s0.drop:.2%} of validation accuracy (budget {budget:.2%}); keeping "
+                             f"the {len(kept)} most sensitive layer(s) fp32 ({', '.join(kept)}) brings the drop to "
+                             f"{_pct(s.drop)}. Sensitivity: each layer quantized alone, ranked by its validation "
+                             "accuracy drop, then by its logit error.")
+    else:
+        info["notes"].append(f"No plan met the budget of {budget:.2%}: all layers {what} lost {s0.drop:.2%}, and keeping "
+                             f"up to {len(layers) - 1} of {len(layers)} layers fp32 did not bring the drop within it. "
+                             f"Kept the best file found ({len(kept)} layer(s) fp32, drop {_pct(s.drop)}); see the "
+                             "sensitivity table.")
+    return res.chosen.path, info
+
+
+def _search_int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    st = _static(art.path, wd, cfg, ctx)
+    path, info = _accuracy_aware(
+        st.layers, lambda layer, p: st.write(p, only=[layer.name], fmt=cfg.format),
+        lambda ex, p: st.write(p, exclude=ex, fmt=cfg.format), scorer, budget, wd, "int8", "INT8")
+    info.update(_static_info(st, cfg))
+    return path, info
+
+
+def _search_int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    import onnx
+
+    # quantize_dynamic rewrites Gemm as MatMul + Add under new names; rewritten first, the names hold
+    src = wd / "dyn_src.onnx"
+    onnx.save(gemm_to_matmul(onnx.load(str(art.path))), str(src))
+    layers = backend.weighted_layers(src)
+    path, info = _accuracy_aware(
+        layers, lambda layer, p: backend.int8_dynamic(src, p, per_channel=cfg.per_channel, only=[layer.name]),
+        lambda ex, p: backend.int8_dynamic(src, p, per_channel=cfg.per_channel, exclude=ex),
+        scorer, budget, wd, "dyn", "dynamic INT8")
+    info.update(per_channel=cfg.per_channel)
+    return path, info
+
+
+def _int4_builders(src: Path, layers, cfg: QuantizeConfig, level):
+    def only(layer, p):
+        backend.int4(src, p, block_size=cfg.block_size, accuracy_level=level, include=[matmul_name(layer)])
+        return p
+
+    def excl(ex, p):
+        backend.int4(src, p, block_size=cfg.block_size, accuracy_level=level,
+                     include=[matmul_name(x) for x in layers if x.name not in ex])
+        return p
+    return only, excl
+
+
+def _search_int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    layers = _linear(backend.weighted_layers(art.path))
+    if not layers:
+        raise _no_linear_error("int4_weight_only")
+    if cfg.accuracy_level == "auto":
+        return _int4_levels(art, cfg, ctx, wd, scorer, budget, layers)
+    only, excl = _int4_builders(art.path, layers, cfg, cfg.accuracy_level)
+    path, info = _accuracy_aware(layers, only, excl, scorer, budget, wd, "int4", "INT4")
+    info.update(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
+                matmulnbits_nodes=len(layers) - len(info["fp32_layers"]))
+    return path, info
+
+
+def _timed_choice(cands: list[Candidate], ctx, scorer: ValScorer, budget: float) -> tuple[Candidate, bool]:
+    for c in cands:
+        if c.path is not None:
+            c.score = scorer(c.path)
+    bench = ctx.recipe.bench
+    time_files(cands, ctx.splits.val.x[:1], rounds=bench.rounds, calls=bench.calls, seed=ctx.recipe.seed)
+    return choose(cands, budget)
+
+
+def _cpu_note() -> str:
     from compress.bench import cpu_info
 
-    feats = set(cpu_info()["features"])
-    return cpu_info()["machine"] in ("x86_64", "AMD64") and not feats & {"avx512_vnni", "avx_vnni"}
+    c = cpu_info()
+    return (f"Timed on {c['model']} ({c['machine']}, {c['cores']} cores, features: {', '.join(c['features']) or 'none'}); "
+            "batch 1, one thread, onnxruntime, all candidates in the same interleaved rounds after warm-up.")
 
 
-def _int8_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _int4_levels(art, cfg, ctx, wd, scorer, budget, layers) -> tuple[Path, dict]:
+    ref = Candidate("fp32 (source, reference)", Path(art.path), eligible=False)
+    cands = [ref]
+    for level in INT4_LEVELS:
+        p = wd / f"int4_level{level}.onnx"
+        backend.int4(art.path, p, block_size=cfg.block_size, accuracy_level=level)
+        cands.append(Candidate(f"INT4 accuracy_level {level}", p))
+    winner, met = _timed_choice(cands, ctx, scorer, budget)
+    level = int(winner.name.rsplit(" ", 1)[1])
+    info = {"block_size": cfg.block_size, "accuracy_level": level, "accuracy_level_choice": "auto",
+            "matmulnbits_nodes": len(layers), "budget_met": met, "val_accuracy": winner.score.accuracy,
+            "val_drop": winner.score.drop,
+            "notes": [f"accuracy_level auto: level {level} is the fastest within the budget of {budget:.2%}" if met else
+                      f"No accuracy_level met the budget of {budget:.2%}; kept the most accurate, level {level}.",
+                      _cpu_note()],
+            "tables": [{"title": f"INT4 accuracy levels (block size {cfg.block_size})", "columns": CANDIDATE_COLUMNS,
+                        "rows": candidate_rows(cands, ref)}]}
+    return winner.path, info
 
-    quantize_dynamic(str(src), str(dst), per_channel=cfg.per_channel, weight_type=QuantType.QInt8)
+
+def _mixed_build(st: backend.Int8Static, cfg: QuantizeConfig, plan: dict[str, str], layers, wd: Path, dst: Path) -> Path:
+    """INT8 QDQ for the plan's int8 layers, MatMulNBits for its int4 layers, fp32 for the rest: one file."""
+    excl = [n for n, p in plan.items() if p != "int8"]
+    mid = st.write(wd / (dst.stem + "_int8.onnx"), exclude=excl)
+    by_name = {layer.name: layer for layer in layers}
+    backend.int4(mid, dst, block_size=cfg.block_size, accuracy_level=_level(cfg),
+                 include=[matmul_name(by_name[n]) for n, p in plan.items() if p == "int4"])
+    return dst
 
 
-def _int4(src: Path, dst: Path, cfg: QuantizeConfig) -> int:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    st = _static(art.path, wd, cfg, ctx)
+    layers = st.layers
+    # INT8 first, accuracy-aware (the same greedy as int8_static with max_accuracy_drop)
+    p8, info = _accuracy_aware(layers, lambda layer, p: st.write(p, only=[layer.name]),
+                               lambda ex, p: st.write(p, exclude=ex), scorer, budget, wd, "int8", "INT8")
+    plan = {layer.name: "fp32" if layer.name in info["fp32_layers"] else "int8" for layer in layers}
+    big = [layer for layer in _linear(layers) if layer.weights >= cfg.int4_min_weights and plan[layer.name] == "int8"]
+    info.update(_static_info(st, cfg), block_size=cfg.block_size, accuracy_level=_level(cfg),
+                int4_min_weights=cfg.int4_min_weights)
+    path, score = p8, scorer(p8)
+    if not big:
+        info["notes"].append(f"No INT8 linear layer has {cfg.int4_min_weights:,} weights or more (int4_min_weights): "
+                             "no INT4 candidate, the file is INT8 only.")
+    else:
+        sens4 = {}
+        for i, layer in enumerate(big):
+            p = wd / f"sens_int4_{i}.onnx"
+            backend.int4(st.pre, p, block_size=cfg.block_size, accuracy_level=_level(cfg), include=[matmul_name(layer)])
+            sens4[layer.name] = scorer(p)
+        rows = []
+        for i, layer in enumerate(sorted(big, key=lambda la: (sens4[la.name].drop, sens4[la.name].logit_error))):
+            trial = {**plan, layer.name: "int4"}
+            p = _mixed_build(st, cfg, trial, layers, wd, wd / f"mixed_{i}.onnx")
+            s = scorer(p)
+            ok = s.within(budget)
+            if ok:
+                plan, path, score = trial, p, s
+            rows.append([layer.name, f"{layer.weights:,}", _pct(sens4[layer.name].drop),
+                         f"{sens4[layer.name].logit_error:.2e}", f"{s.accuracy:.2%}", _pct(s.drop),
+                         "INT4" if ok else "stays INT8 (budget)"])
+        info["tables"].append({"title": "INT4 candidates (large linear layers, least sensitive first)",
+                               "columns": ["layer", "weights", "val acc drop (INT4 alone)", "logit error",
+                                           "val acc with it INT4", "drop", "decision"], "rows": rows})
+    n4 = sum(p == "int4" for p in plan.values())
+    n8 = sum(p == "int8" for p in plan.values())
+    info["notes"].append(f"Mixed precision: {n4} layer(s) INT4 (MatMulNBits), {n8} INT8, {len(layers) - n4 - n8} fp32; "
+                         f"validation drop {_pct(score.drop)} (budget {budget:.2%}).")
+    info.update(plan=plan, matmulnbits_nodes=n4, budget_met=score.within(budget), val_accuracy=score.accuracy,
+                val_drop=score.drop)
+    return path, info
 
-    model = gemm_to_matmul(onnx.load(str(src)))
-    q = MatMulNBitsQuantizer(model, bits=4, block_size=cfg.block_size, is_symmetric=True,
-                             accuracy_level=cfg.accuracy_level)
-    q.process()
-    out = q.model.model
-    onnx.save(out, str(dst))
-    return sum(n.op_type == "MatMulNBits" for n in out.graph.node)
+
+def _search_auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    src = Path(art.path)
+    st = _static(src, wd, cfg, ctx)
+    fp32 = Candidate("fp32 (source)", src)
+    cands = [fp32]
+    for fmt in ("qdq", "qoperator"):
+        cands.append(Candidate(f"INT8 static {fmt.upper()}", st.write(wd / f"auto_int8_{fmt}.onnx", fmt=fmt)))
+    extra: dict = {"notes": [], "tables": []}
+    if not scorer(cands[1].path).within(budget):
+        path, extra = _accuracy_aware(st.layers, lambda layer, p: st.write(p, only=[layer.name]),
+                                      lambda ex, p: st.write(p, exclude=ex), scorer, budget, wd, "int8", "INT8")
+        cands.append(Candidate(f"INT8 static QDQ, {len(extra['fp32_layers'])} layer(s) fp32", path))
+    cands.append(Candidate("INT8 dynamic", backend.int8_dynamic(src, wd / "auto_dyn.onnx", per_channel=cfg.per_channel)))
+    if _linear(backend.weighted_layers(src)):
+        for level in INT4_LEVELS:
+            p = wd / f"auto_int4_{level}.onnx"
+            backend.int4(src, p, block_size=cfg.block_size, accuracy_level=level)
+            cands.append(Candidate(f"INT4 weight-only, accuracy_level {level}", p))
+    else:
+        cands.append(Candidate("INT4 weight-only", None, error="no linear layer (MatMul/Gemm with constant weights)"))
+    winner, met = _timed_choice(cands, ctx, scorer, budget)
+    from compress.bench import cpu_info
+
+    info = {"winner": winner.name, "budget": budget, "budget_met": met, "val_accuracy": winner.score.accuracy,
+            "val_drop": winner.score.drop, "cpu": cpu_info(), **_static_info(st, cfg, fmt="qdq")}
+    spd = fp32.timing["p50"] / winner.timing["p50"]
+    notes = [f"auto: {winner.name} ships, the fastest candidate within the accuracy budget of {budget:.2%} "
+             f"(validation drop {_pct(winner.score.drop)}, {spd:.2f}x the fp32 source's p50)" if met else
+             f"auto: no candidate met the budget of {budget:.2%}; kept the most accurate, {winner.name}.",
+             _cpu_note(), "Timings within 3 % of the fastest count as a tie, won by the more accurate (then smaller) file."]
+    info["notes"] = notes + extra["notes"]
+    info["tables"] = [{"title": "Candidates (validation accuracy, latency)", "columns": CANDIDATE_COLUMNS,
+                       "rows": candidate_rows(cands, fp32)}] + extra["tables"]
+    info["candidates"] = [{"name": c.name, "val_accuracy": c.score.accuracy if c.score else None,
+                           "val_drop": c.score.drop if c.score else None, "latency_ms": c.timing,
+                           "size_bytes": c.size_bytes, "verdict": c.verdict} for c in cands]
+    return winner.path, info
+
+
+def _not_quantized_yet(path) -> None:
+    """A file that already has quantized operators (from ``qat`` or an earlier quantize) is refused."""
+    import onnx
+
+    done = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits", "QLinearConv", "QGemm",
+            "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+    found = sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node} & done)
+    if found:
+        raise StageError(f"quantize: {path} is already quantized ({', '.join(found)} nodes; a qat stage writes such a "
+                         "file); quantize takes an fp32 model: drop this stage, or put it after an export of an fp32 model")
+
+
+SEARCH = {"int8_static": _search_int8_static, "int8_dynamic": _search_int8_dynamic, "int4_weight_only": _search_int4,
+          "mixed": _search_mixed, "auto": _search_auto}
 
 
 @register_stage(QuantizeConfig, accepts={"onnx"}, produces="onnx")
 def quantize(art: Artifact, cfg: QuantizeConfig, ctx) -> Artifact:
+    _not_quantized_yet(art.path)
     dst = ctx.stage_path(f"quantize_{cfg.mode}", ".onnx")
     info: dict = {"mode": cfg.mode}
+    budget = cfg.budget
     # onnxruntime's calibrators print progress to stdout; the report carries what matters.
-    with atomic_path(dst) as tmp, contextlib.redirect_stdout(io.StringIO()):
-        if cfg.mode == "int8_static":
-            samples = _int8_static(art.path, tmp, cfg, ctx.splits.train.x, ctx.recipe.seed)
-            info.update(calibration=cfg.calibration.method, calibration_samples=samples, calibration_split="train",
-                        per_channel=cfg.per_channel, format=cfg.format, activations=cfg.activations,
-                        reduce_range=reduce_range(cfg))
-        elif cfg.mode == "int8_dynamic":
-            _int8_dynamic(art.path, tmp, cfg)
-            info.update(per_channel=cfg.per_channel)
+    with tempfile.TemporaryDirectory(prefix="compress-quantize-") as wd, atomic_path(dst) as tmp, \
+            contextlib.redirect_stdout(io.StringIO()):
+        if budget is None:
+            _plain(art, cfg, ctx, tmp, Path(wd), info)
         else:
-            n = _int4(art.path, tmp, cfg)
-            if n == 0:
-                raise StageError("quantize: int4_weight_only found no linear layer (MatMul/Gemm with constant weights) to quantize")
-            info.update(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level, matmulnbits_nodes=n)
+            val = ctx.splits.val
+            scorer = ValScorer(art.path, val.x, val.y)
+            path, found = SEARCH[cfg.mode](art, cfg, ctx, Path(wd), scorer, budget)
+            shutil.copyfile(path, tmp)
+            final = scorer(tmp)  # re-measured on the file that ships
+            info.update(found, max_accuracy_drop=budget, source_val_accuracy=scorer.ref_accuracy,
+                        val_accuracy=final.accuracy, val_drop=final.drop, budget_met=final.within(budget),
+                        quantized_files_scored=scorer.calls)
+    if info.get("budget_met") is False:
+        say(f"[yellow]warning: quantize ({cfg.mode}): no file met max_accuracy_drop {budget:.2%} on validation; kept the "
+            f"best one found (drop {info['val_drop']:.2%}), see the report's quantize section[/yellow]", ctx.quiet)
     formats = art.info.get("formats") or []
     if "ort" in formats:
         from compress._onnx import convert_to_ort
@@ -201,4 +452,7 @@ def _runtime_files(art: Artifact, cfg: QuantizeConfig, ctx, dst: Path, info: dic
         write_runtime_file(fmt, art.model, ctx.splits.input_shape, out, art.info.get("static_batch", 1), calibration=calib)
         files[fmt] = str(out)
     info["runtime_calibration_samples"] = int(len(calib))
+    if info.get("fp32_layers"):
+        info["runtime_files_note"] = (f"{', '.join(prev)} files quantize every layer (pt2e); the layers kept fp32 "
+                                      "by max_accuracy_drop are kept so in the ONNX file only")
     return files

@@ -113,9 +113,9 @@ case("misspelled_nested_key", BASE.replace("{type: quantize, mode: int8_static}"
      "method, samples, batch_size")
 case("unknown_stage_type", BASE.replace("type: distill", "type: distil"),
      "{dir}/recipe.yaml:11: stages[0].type: unknown stage type 'distil'; did you mean 'distill'? valid choices: "
-     "distill, export, finetune, prune, quantize, train")
+     "distill, export, finetune, prune, qat, quantize, train")
 case("stage_without_type", BASE.replace("{type: distill, epochs: 1}", "{epochs: 1}"),
-     "{dir}/recipe.yaml:11: stages[0].type: stage needs a 'type'; valid choices: distill, export, finetune, prune, quantize, train")
+     "{dir}/recipe.yaml:11: stages[0].type: stage needs a 'type'; valid choices: distill, export, finetune, prune, qat, quantize, train")
 case("wrong_type_width", BASE.replace("width: 16", "width: wide"),
      "{dir}/recipe.yaml:6: teacher.model.width: Input should be a valid integer, unable to parse string as an integer (got 'wide')")
 case("fractional_epochs", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 2.5}"),
@@ -134,7 +134,14 @@ case("zero_epochs", BASE.replace("{type: distill, epochs: 1}", "{type: distill, 
 case("bad_importance", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1}\n  - {type: prune, ratio: 0.3, importance: l3}"),
      "{dir}/recipe.yaml:12: stages[1].importance: invalid value 'l3'; valid choices: l1, l2, taylor, bn_scale")
 case("bad_quantize_mode", BASE.replace("mode: int8_static", "mode: int3"),
-     "{dir}/recipe.yaml:13: stages[2].mode: invalid value 'int3'; valid choices: int8_static, int8_dynamic, int4_weight_only")
+     "{dir}/recipe.yaml:13: stages[2].mode: invalid value 'int3'; valid choices: int8_static, int8_dynamic, int4_weight_only, "
+     "mixed, auto")
+case("accuracy_level_auto_with_int8", BASE.replace("mode: int8_static", "mode: int8_static, accuracy_level: auto"),
+     "{dir}/recipe.yaml:13: stages[2].accuracy_level: accuracy_level 'auto' is for mode int4_weight_only (mode auto "
+     "tries every level itself); with mode int8_static use 0, 1, 2, 3 or 4 (got 'auto')")
+case("export_after_qat", BASE.replace("  - {type: export, format: onnx}", "  - {type: qat, epochs: 1}\n  - {type: export, format: onnx}"),
+     "{dir}/recipe.yaml:13: stages[2]: stage 'export' cannot follow stage 'qat' (stages[1]): 'export' takes torch "
+     "models but stage 'qat' (stages[1]) produces onnx models; put 'export' before it")
 case("split_leaves_no_training_data", BASE.replace("  source: digits", "  source: digits\n  split: {val: 0.6, test: 0.4}"),
      "{dir}/recipe.yaml:5: data.split: val + test must leave data for training (got 0.6 + 0.4 >= 1)")
 case("no_stages", BASE.split("stages:")[0],

@@ -196,3 +196,207 @@ def test_gemm_to_matmul_without_bias_and_without_transpose():
     assert [n.op_type for n in rewritten.graph.node] == ["MatMul"]
     x = rng.normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_allclose(logits(rewritten.SerializeToString(), x), x @ w, rtol=1e-5, atol=1e-5)
+
+
+# --- accuracy-aware quantization, mixed precision, auto ------------------------------------------------------
+
+DEAD = 0  # pixel 0 of the digits images is 0 in every split: a weight on it never changes the fp32 output
+
+
+def _mlp3(splits, train):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad():  # hidden unit 0 of both hidden layers dead from the start: -1 before ReLU, no gradient
+        for lin in (model[1], model[3]):
+            lin.weight[0] = 0.0
+            lin.bias[0] = -1.0
+    return train(model, splits, epochs=12, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def mlp3(splits, train):
+    """Flatten, Linear(64,32), ReLU, Linear(32,32), ReLU, Linear(32,10), trained for a few epochs."""
+    return _mlp3(splits, train)
+
+
+def with_outliers(model: nn.Module, layers: tuple[int, ...]) -> nn.Module:
+    """A copy whose linear layers ``layers`` (0, 1, 2) get weights of 500 on an input that is always 0
+    (pixel 0, or the dead hidden unit 0): the fp32 function is unchanged, but INT8 of such a layer rounds
+    every ordinary weight to 0, so that layer alone ruins accuracy."""
+    import copy
+
+    model = copy.deepcopy(model)
+    lin = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for i in sorted(layers, reverse=True):  # check a unit is dead before its own row gets an outlier
+            if i == 0:
+                lin[0].weight[:, DEAD] = 500.0
+            else:
+                assert float(lin[i - 1].bias[0]) == -1.0 and not lin[i - 1].weight[0].any()  # unit 0 still dead
+                lin[i].weight[:, 0] = 500.0
+    return model.eval()
+
+
+def onnx_art(model, splits, path) -> Artifact:
+    return Artifact("export", "onnx", path=export_onnx(model, splits.input_shape, path), info={"formats": ["onnx"]})
+
+
+@pytest.fixture
+def fast_ctx(make_ctx):
+    """A context whose recipe times candidates with few rounds (tests check choices, not speed)."""
+    from tests.conftest import MINIMAL_RECIPE
+
+    c = make_ctx(recipe={**MINIMAL_RECIPE, "bench": {"rounds": 3, "calls": 2}})
+    c.stage_index = 1
+    return c
+
+
+def val_accuracy(path, splits):
+    return accuracy(path, splits.val)
+
+
+def gemm_names(path):
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Gemm"]
+
+
+def test_accuracy_aware_int8_keeps_the_sensitive_layer_fp32(mlp3, splits, fast_ctx, tmp_path):
+    art = onnx_art(with_outliers(mlp3, (1,)), splits, tmp_path / "out1.onnx")
+    fp32 = val_accuracy(art.path, splits)
+    assert fp32 > 0.85 and fp32 == val_accuracy(onnx_art(mlp3, splits, tmp_path / "clean.onnx").path, splits)
+    plain = quantize(art, qcfg(mode="int8_static"), fast_ctx)
+    assert val_accuracy(plain.path, splits) < fp32 - 0.3  # the outlier layer ruins plain INT8
+    out = quantize(art, qcfg(mode="int8_static", max_accuracy_drop=0.005), fast_ctx)
+    info = out.info
+    assert info["fp32_layers"] == ["/3/Gemm"] and info["budget_met"] is True
+    # the reported numbers are those of the file that ships
+    assert info["val_accuracy"] == val_accuracy(out.path, splits) and info["source_val_accuracy"] == fp32
+    assert fp32 - info["val_accuracy"] <= 0.005 and info["val_drop"] == pytest.approx(fp32 - info["val_accuracy"])
+    assert abs(accuracy(out.path, splits.test) - accuracy(art.path, splits.test)) <= 0.02
+    # that layer is an fp32 Gemm; the other two take INT8 weights through DequantizeLinear
+    model = onnx.load(str(out.path))
+    fp32_gemm = next(n for n in model.graph.node if n.name == "/3/Gemm")
+    inits = {i.name: i for i in model.graph.initializer}
+    assert inits[fp32_gemm.input[1]].data_type == onnx.TensorProto.FLOAT
+    assert len([i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]) == 2
+    sens, steps = info["tables"]
+    rows = {r[0]: r for r in sens["rows"]}
+    assert rows["/3/Gemm"][5] == 1 and rows["/3/Gemm"][6] == "kept fp32"  # rank 1, kept
+    assert rows["/1/Gemm"][6] == rows["/5/Gemm"][6] == "INT8"
+    assert float(rows["/3/Gemm"][3].rstrip("%")) > 30  # alone it costs over 30 points
+    assert [r[0] for r in steps["rows"]] == [0, 1] and steps["rows"][-1][4] == "yes"
+    assert "/3/Gemm" in info["notes"][0]
+
+
+def test_accuracy_aware_int8_no_layer_needs_fp32(mlp3, splits, fast_ctx, tmp_path):
+    art = onnx_art(mlp3, splits, tmp_path / "clean.onnx")
+    out = quantize(art, qcfg(mode="int8_static", max_accuracy_drop=0.02), fast_ctx)
+    assert out.info["fp32_layers"] == [] and out.info["budget_met"] and out.info["tables"] == []
+    assert "no layer needs to stay fp32" in out.info["notes"][0]
+    assert out.info["quantized_files_scored"] == 2  # all-INT8 once, then the shipped file re-measured
+
+
+def test_nothing_meets_the_budget_keeps_the_best_file(mlp3, splits, fast_ctx, tmp_path, capsys):
+    art = onnx_art(with_outliers(mlp3, (0, 1, 2)), splits, tmp_path / "out3.onnx")
+    fast_ctx.quiet = False
+    out = quantize(art, qcfg(mode="int8_static", max_accuracy_drop=0.005), fast_ctx)
+    info = out.info
+    assert out.path.is_file() and info["budget_met"] is False
+    # every plan leaves one ruinous layer INT8 (at most all but one stays fp32): all are at chance level,
+    # and the tie goes to the plan with the fewest fp32 layers
+    steps = info["tables"][1]["rows"]
+    assert [r[0] for r in steps] == [0, 1, 2] and all(r[4] == "no" for r in steps)
+    assert info["fp32_layers"] == []
+    assert info["val_accuracy"] == val_accuracy(out.path, splits) and info["val_drop"] > 0.005
+    assert "No plan met the budget of 0.50%" in info["notes"][0]
+    assert len(info["tables"][0]["rows"]) == 3 and len(info["tables"][1]["rows"]) == 3
+    assert "no file met max_accuracy_drop 0.50%" in capsys.readouterr().err
+
+
+def test_accuracy_aware_int4_and_dynamic(mlp3, splits, fast_ctx, tmp_path):
+    # Linear(32, 32): one INT4 block of 32 spans all its inputs, so the outlier zeroes every other weight
+    art = onnx_art(with_outliers(mlp3, (1,)), splits, tmp_path / "out1.onnx")
+    out = quantize(art, qcfg(mode="int4_weight_only", max_accuracy_drop=0.005), fast_ctx)
+    assert out.info["fp32_layers"][0] == "/3/Gemm" and out.info["budget_met"]  # the ruinous layer goes first
+    assert ops(out.path).count("MatMulNBits") == out.info["matmulnbits_nodes"] == 3 - len(out.info["fp32_layers"])
+    dyn = quantize(art, qcfg(mode="int8_dynamic", max_accuracy_drop=0.005), fast_ctx)
+    assert dyn.info["budget_met"] and dyn.info["val_drop"] <= 0.005
+
+
+def test_mixed_int4_for_large_linear_layers_int8_elsewhere(mlp3, splits, fast_ctx, tmp_path):
+    art = onnx_art(mlp3, splits, tmp_path / "clean.onnx")
+    # 2048 and 1024 weights are INT4 candidates at this threshold; the classifier's 320 are not
+    out = quantize(art, qcfg(mode="mixed", int4_min_weights=1000, max_accuracy_drop=0.02), fast_ctx)
+    info = out.info
+    assert info["plan"]["/5/Gemm"] == "int8"
+    n4 = sum(p == "int4" for p in info["plan"].values())
+    assert n4 >= 1 and ops(out.path).count("MatMulNBits") == n4 == info["matmulnbits_nodes"]
+    assert "QuantizeLinear" in ops(out.path) and "DequantizeLinear" in ops(out.path)
+    assert info["budget_met"] and info["val_accuracy"] == val_accuracy(out.path, splits)
+    assert abs(accuracy(out.path, splits.test) - accuracy(art.path, splits.test)) <= 0.03
+    assert [r[0] for r in info["tables"][-1]["rows"]] and all(r[0] in ("/1/Gemm", "/3/Gemm") for r in info["tables"][-1]["rows"])
+
+
+def test_mixed_without_large_layers_is_int8(mlp3, splits, fast_ctx, tmp_path):
+    art = onnx_art(mlp3, splits, tmp_path / "clean.onnx")
+    out = quantize(art, qcfg(mode="mixed"), fast_ctx)  # default threshold 16384 > every layer here
+    assert set(out.info["plan"].values()) <= {"int8", "fp32"} and "MatMulNBits" not in ops(out.path)
+    assert out.info["max_accuracy_drop"] == 0.01
+    assert any("no INT4 candidate" in n for n in out.info["notes"])
+
+
+def test_auto_keeps_the_fastest_candidate_within_the_budget(mlp3, splits, fast_ctx, tmp_path):
+    art = onnx_art(with_outliers(mlp3, (1,)), splits, tmp_path / "out1.onnx")
+    out = quantize(art, qcfg(mode="auto", max_accuracy_drop=0.005), fast_ctx)
+    info = out.info
+    cands = {c["name"]: c for c in info["candidates"]}
+    assert list(cands)[:3] == ["fp32 (source)", "INT8 static QDQ", "INT8 static QOPERATOR"]
+    assert "INT8 static QDQ, 1 layer(s) fp32" in cands and "INT8 dynamic" in cands
+    assert sum(n.startswith("INT4 weight-only, accuracy_level") for n in cands) == 4
+    assert cands["INT8 static QDQ"]["verdict"].startswith("misses the budget")  # the outlier layer
+    winner = cands[info["winner"]]
+    assert winner["verdict"] == "winner" and winner["val_drop"] <= 0.005
+    eligible = [c for c in cands.values() if c["val_drop"] <= 0.005 + 1e-9]
+    fastest = min(c["latency_ms"]["p50"] for c in eligible)
+    assert winner["latency_ms"]["p50"] <= fastest * 1.03 + 1e-12
+    assert info["val_accuracy"] == val_accuracy(out.path, splits) == winner["val_accuracy"]
+    assert isinstance(info["cpu"]["features"], list) and any("features" in n for n in info["notes"])
+    assert len(info["tables"][0]["rows"]) == len(cands)
+
+
+def test_auto_without_linear_layers_has_no_int4_candidate(ctx, fast_ctx, tmp_path):
+    path = export_onnx(ConvOnly().eval(), (1, 8, 8), tmp_path / "convonly.onnx")
+    out = quantize(Artifact("export", "onnx", path=path, info={"formats": ["onnx"]}), qcfg(mode="auto"), fast_ctx)
+    int4 = next(c for c in out.info["candidates"] if c["name"].startswith("INT4"))
+    assert int4["verdict"].startswith("not made: no linear layer") and out.path.is_file()
+
+
+def test_int4_accuracy_level_auto(fp32_mlp, splits, fast_ctx):
+    out = quantize(fp32_mlp, qcfg(mode="int4_weight_only", accuracy_level="auto"), fast_ctx)
+    info = out.info
+    assert info["accuracy_level"] in (0, 1, 2, 4) and info["accuracy_level_choice"] == "auto"
+    rows = info["tables"][0]["rows"]
+    assert [r[0] for r in rows] == ["fp32 (source, reference)"] + [f"INT4 accuracy_level {lv}" for lv in (0, 1, 2, 4)]
+    assert rows[0][-1] == "reference only"
+    node = next(n for n in onnx.load(str(out.path)).graph.node if n.op_type == "MatMulNBits")
+    level = next((a.i for a in node.attribute if a.name == "accuracy_level"), 0)  # absent: the default, 0
+    assert level == info["accuracy_level"]
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"mode": "int8_static", "accuracy_level": "auto"}, "accuracy_level 'auto' is for mode int4_weight_only"),
+    ({"mode": "mixed", "format": "qoperator"}, "mode mixed writes QDQ INT8 beside MatMulNBits; use format: qdq"),
+    ({"mode": "int8_static", "max_accuracy_drop": 1.5}, "less than or equal to 1"),
+])
+def test_bad_keys_are_recipe_errors(keys, message):
+    from compress.errors import RecipeError
+    from compress.recipe import parse_recipe
+    from tests.conftest import MINIMAL_RECIPE
+
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe({**MINIMAL_RECIPE, "stages": [{"type": "export"}, {"type": "quantize", **keys}]})
+
+
+def test_budget_defaults():
+    assert qcfg().budget is None and qcfg(mode="auto").budget == 0.01 and qcfg(mode="mixed").budget == 0.01
+    assert qcfg(mode="int4_weight_only", accuracy_level="auto").budget == 0.01
+    assert qcfg(mode="auto", max_accuracy_drop=0.002).budget == 0.002

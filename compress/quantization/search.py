@@ -1,0 +1,179 @@
+"""What: score quantized files on the validation split, rank layers by sensitivity, choose plans and files.
+
+Every decision is taken on the validation split against the fp32 source file; the test split is left
+to the final evaluation. Scores are read off the quantized files themselves, run by onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from compress.quantization.backend import Layer
+
+__all__ = ["Score", "ValScorer", "sensitivity", "greedy_fp32", "Candidate", "time_files", "choose", "EPS"]
+
+EPS = 1e-9  # drops are multiples of 1/len(val); compare them to the budget without float noise
+
+
+@dataclass(frozen=True)
+class Score:
+    accuracy: float  # on the validation split
+    drop: float  # fp32 source's accuracy minus this one (negative: better than the source)
+    logit_error: float  # mean squared logit difference to the source, relative to the source's mean square
+
+    def within(self, budget: float) -> bool:
+        return self.drop <= budget + EPS
+
+
+class ValScorer:
+    """Accuracy and logit error of ONNX files on the validation split, relative to the fp32 ``ref`` file."""
+
+    def __init__(self, ref: Path, x: np.ndarray, y: np.ndarray):
+        self.x, self.y = np.ascontiguousarray(x, dtype=np.float32), np.asarray(y)
+        self.ref_logits = self._logits(ref)
+        self.ref_accuracy = float((self.ref_logits.argmax(1) == self.y).mean())
+        self._scale = float(np.mean(self.ref_logits ** 2)) or 1.0
+        self.calls = 0
+
+    def _logits(self, path: Path) -> np.ndarray:
+        from compress.runtimes.onnxruntime import predict, session
+
+        return predict(session(path, threads=1), self.x)
+
+    def __call__(self, path: Path) -> Score:
+        self.calls += 1
+        z = self._logits(path)
+        acc = float((z.argmax(1) == self.y).mean())
+        return Score(acc, self.ref_accuracy - acc, float(np.mean((z - self.ref_logits) ** 2)) / self._scale)
+
+
+def sensitivity(layers: list[Layer], build_only: Callable[[Layer, Path], Path], scorer: ValScorer,
+                workdir: Path, tag: str) -> dict[str, Score]:
+    """Each layer quantized alone (every other layer fp32): its own damage, free of interactions."""
+    out = {}
+    for i, layer in enumerate(layers):
+        out[layer.name] = scorer(build_only(layer, Path(workdir) / f"sens_{tag}_{i}.onnx"))
+    return out
+
+
+def most_sensitive_first(layers: list[Layer], sens: dict[str, Score]) -> list[Layer]:
+    """Accuracy drop first; the logit error (continuous) orders layers whose drops tie, as they often do."""
+    return sorted(layers, key=lambda layer: (-sens[layer.name].drop, -sens[layer.name].logit_error))
+
+
+@dataclass
+class Trial:
+    fp32: tuple[str, ...]  # layers kept fp32
+    path: Path
+    score: Score
+
+
+@dataclass
+class GreedyResult:
+    chosen: Trial
+    trials: list[Trial] = field(default_factory=list)
+    met: bool = False
+
+
+def greedy_fp32(order: list[Layer], build: Callable[[list[str], Path], Path], scorer: ValScorer, budget: float,
+                workdir: Path, tag: str) -> GreedyResult:
+    """Keep layers fp32 in ``order`` (most sensitive first) until the validation drop is within ``budget``.
+
+    At least one layer stays quantized (all fp32 is the source file itself). When no step meets the
+    budget, the chosen trial is the one with the smallest drop (then the fewest fp32 layers).
+    """
+    trials, fp32 = [], []
+    for step in range(len(order)):
+        if step:
+            fp32.append(order[step - 1].name)
+        path = build(list(fp32), Path(workdir) / f"greedy_{tag}_{step}.onnx")
+        trials.append(Trial(tuple(fp32), path, scorer(path)))
+        if trials[-1].score.within(budget):
+            return GreedyResult(trials[-1], trials, True)
+    best = min(trials, key=lambda t: (t.score.drop, len(t.fp32)))
+    return GreedyResult(best, trials, False)
+
+
+@dataclass
+class Candidate:
+    name: str
+    path: Path | None  # None: could not be made (``error`` says why)
+    score: Score | None = None
+    timing: dict | None = None  # Timing.as_dict() at batch 1, one thread
+    size_bytes: int | None = None
+    error: str = ""
+    eligible: bool = True  # False: shown for reference only
+    verdict: str = ""
+
+
+def time_files(cands: list[Candidate], x1: np.ndarray, *, rounds: int, calls: int, seed: int = 0) -> None:
+    """Batch 1 on one thread, every candidate in the same interleaved rounds after warm-up (``time_interleaved``)."""
+    from compress.bench import time_interleaved
+    from compress.runtimes.onnxruntime import session
+
+    runners = {}
+    for c in cands:
+        if c.path is None:
+            continue
+        s = session(c.path, threads=1)
+        runners[c.name] = (lambda s=s, feed={s.get_inputs()[0].name: np.ascontiguousarray(x1)}: s.run(None, feed))
+    timings = time_interleaved(runners, rounds=rounds, calls=calls, seed=seed)
+    for c in cands:
+        if c.name in timings:
+            c.timing = timings[c.name].as_dict()
+            c.size_bytes = Path(c.path).stat().st_size
+
+
+def choose(cands: list[Candidate], budget: float, tie: float = 0.03) -> tuple[Candidate, bool]:
+    """The fastest candidate (p50) within the accuracy budget; sets every candidate's verdict.
+
+    Candidates within ``tie`` (3 %) of the fastest p50 are a tie, which the more accurate one wins (then the
+    smaller file): a 1 % speed-up is inside the noise of a shared machine, an accuracy loss is not.
+    Returns ``(winner, met)``; when none meets the budget the winner is the most accurate candidate.
+    """
+    ok = [c for c in cands if c.path is not None and c.eligible and c.timing]
+    within = [c for c in ok if c.score.within(budget)]
+    if within:
+        fastest = min(c.timing["p50"] for c in within)
+        tied = [c for c in within if c.timing["p50"] <= fastest * (1 + tie)]
+        winner = max(tied, key=lambda c: (c.score.accuracy, -c.size_bytes))
+    else:
+        winner = max(ok, key=lambda c: (c.score.accuracy, -c.timing["p50"]))
+    for c in cands:
+        if c is winner:
+            c.verdict = "winner" if within else "kept: the most accurate, though above the budget"
+        elif c.path is None:
+            c.verdict = f"not made: {c.error}"
+        elif not c.eligible:
+            c.verdict = "reference only"
+        elif not c.score.within(budget):
+            c.verdict = f"misses the budget (drop {c.score.drop:.2%} > {budget:.2%})"
+        elif c.timing["p50"] <= winner.timing["p50"] * (1 + tie):
+            why = "less accurate" if c.score.accuracy < winner.score.accuracy else "larger file"
+            c.verdict = f"tied on speed (within {tie:.0%}), {why}"
+        else:
+            c.verdict = f"slower ({c.timing['p50'] / winner.timing['p50']:.2f}x the winner's p50)"
+    return winner, bool(within)
+
+
+def candidate_rows(cands: list[Candidate], ref: Candidate | None = None) -> list[list[str]]:
+    """Table rows: name, val accuracy, drop, p50/p90 (us), speed vs fp32, size, verdict."""
+    base = ref.timing["p50"] if ref is not None and ref.timing else None
+    rows = []
+    for c in cands:
+        if c.path is None or not c.timing:
+            rows.append([c.name, "-", "-", "-", "-", "-", c.verdict])
+            continue
+        t = c.timing
+        rows.append([c.name, f"{c.score.accuracy:.2%}", f"{c.score.drop:+.2%}",
+                     f"{t['p50'] * 1e3:.0f} / {t['p90'] * 1e3:.0f}",
+                     f"{base / t['p50']:.2f}x" if base else "-", f"{c.size_bytes / 1024:.1f} kB", c.verdict])
+    return rows
+
+
+CANDIDATE_COLUMNS = ["candidate", "val acc", "drop vs fp32", "p50 / p90 (us, batch 1, 1 thread)",
+                     "speed vs fp32", "size", "verdict"]

@@ -287,6 +287,7 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
     """
     from compress import pipeline
     from compress.bench import cpu_info
+    from compress.cache import load_json, save_json
 
     started = clock()
     if method not in METHODS:
@@ -378,9 +379,14 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
                                    quiet=quiet, force=False)
             c.seconds = clock() - t0
             c.stages = [{"type": s["type"], "cached": s["cached"], "seconds": s["seconds"]} for s in built.stage_log]
-            for i, s in enumerate(built.stage_log):
+            for i, (s, key) in enumerate(zip(built.stage_log, c.keys)):
+                # How long each stage took to compute, kept beside the cache: a later search whose stages
+                # are cached still knows what computing one more variant costs.
                 if not s["cached"]:
-                    stage_seconds[(i, s["type"])] = max(stage_seconds.get((i, s["type"]), 0.0), s["seconds"])
+                    save_json(cache, "search-seconds", key, {"type": s["type"], "seconds": s["seconds"]})
+                took = s["seconds"] if not s["cached"] else (load_json(cache, "search-seconds", key) or {}).get("seconds")
+                if took is not None:
+                    stage_seconds[(i, s["type"])] = max(stage_seconds.get((i, s["type"]), 0.0), took)
             final = built.measured[-1]
             c.entry = {**final, "name": c.name, "role": "candidate"}
             c.probe = _probe(final["path"], prep_for(c.recipe).splits, recipe.bench)
@@ -415,23 +421,30 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
         say(f"[bold]measuring[/bold] {len(done)} candidate(s), the teacher and the scratch student together "
             "(test accuracy; latency interleaved in one session, cached by the models' keys)", quiet)
         t0 = clock()
-        entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in done]
+        # Byte-identical files (two ratios that round to the same channel counts, say) are one model:
+        # measured once and listed under every name, so timing noise cannot make a model dominate itself.
+        first: dict[str, str] = {}
+        same_as = {c.name: first.setdefault(pipeline.file_digest(Path(c.entry["path"])), c.name) for c in done}
+        unique = [c for c in done if same_as[c.name] == c.name]
+        entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in unique]
         models, eval_key = pipeline.measure(recipe, prep_for(recipe).splits, entries, cache, quiet=True, force=False)
         measure_seconds = clock() - t0
 
         by_name = {m["name"]: m for m in models}
-        flags = pareto([_objectives(by_name[c.name]) for c in done])
+        objective = {c.name: _objectives(by_name[c.name]) for c in unique}
+        on_front = dict(zip(objective, pareto(list(objective.values()))))
         rows = []
-        for c, on in zip(done, flags):
-            m = by_name[c.name]
-            dominated_by = None if on else next(
-                (d.name for d in done if dominates(_objectives(by_name[d.name]), _objectives(m))), None)
+        for c in done:
+            src = same_as[c.name]
+            m, on = by_name[src], on_front[src]
+            dominated_by = None if on else next(n for n in objective if dominates(objective[n], objective[src]))
             rows.append({"name": c.name, **c.point.as_dict(), "recipe": c.is_recipe, "frontier": on,
-                         "dominated_by": dominated_by, "accuracy": m["accuracy"], "errors": m["errors"],
+                         "dominated_by": dominated_by, "same_as": None if src == c.name else src,
+                         "accuracy": m["accuracy"], "errors": m["errors"],
                          "val_accuracy": c.probe["val_accuracy"], "agreement": m["agreement"],
                          "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"],
                          "latency_batch_ms": m["latency_batch_ms"], "params": m["params"], "macs": m["macs"],
-                         "path": m["path"], "key": m["key"], "build_seconds": round(c.seconds, 2),
+                         "path": str(c.entry["path"]), "key": c.entry["key"], "build_seconds": round(c.seconds, 2),
                          "stages": c.stages})
         references = [{"name": m["name"], "role": m["role"], "accuracy": m["accuracy"], "errors": m["errors"],
                        "val_accuracy": r["probe"]["val_accuracy"], "size_bytes": m["size_bytes"],
@@ -446,7 +459,7 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
             "budget_seconds": budget, "variants_planned": n_planned, "variants_run": len(done),
             "stopped_by_budget": stopped, "skipped": skipped,
             "frontier": [r["name"] for r in rows if r["frontier"]],
-            "candidates": rows, "references": references,
+            "candidates": rows, "references": references, "measured_together": [m["name"] for m in models],
             "bench": recipe.bench.model_dump(), "cpu": cpu_info(), "eval_key": eval_key,
             "build_seconds": round(build_seconds, 2), "measure_seconds": round(measure_seconds, 2),
             "search_seconds": round(clock() - started, 2),
@@ -507,7 +520,8 @@ def _rows(result: dict) -> list[list[str]]:
     rows = []
     cands = sorted(result["candidates"], key=lambda r: (not r["frontier"], -r["accuracy"], r["latency_ms"]["p50"]))
     for r in cands:
-        note = "the recipe's own" if r["recipe"] else ""
+        note = "; ".join(n for n in ("the recipe's own" if r["recipe"] else "",
+                                     f"same file as {r['same_as']}" if r.get("same_as") else "") if n)
         if r["dominated_by"]:
             note = (note + "; " if note else "") + f"dominated by {r['dominated_by']}"
         cached = sum(s["cached"] for s in r["stages"])
@@ -527,6 +541,10 @@ def _summary(result: dict) -> list[str]:
     lines = [f"{result['method']} search: {result['variants_run']} of {result['variants_planned']} planned variant(s) "
              f"built in {result['build_seconds']:.1f} s, measured together in {result['measure_seconds']:.1f} s; "
              f"{len(result['frontier'])} on the Pareto frontier; {result['search_seconds']:.1f} s in all."]
+    same = [r for r in result["candidates"] if r.get("same_as")]
+    if same:
+        lines.append(f"{len(same)} candidate(s) gave a file byte-identical to another's (e.g. two ratios that round to "
+                     "the same channel counts): measured once, listed under each name.")
     if result["budget_seconds"]:
         if result["stopped_by_budget"]:
             lines.append(f"The budget of {result['budget_seconds']:g} s left out {len(result['skipped'])} variant(s) "

@@ -192,7 +192,7 @@ def test_grid_trains_distill_once_and_measures_in_one_session(grid):
     assert stages["r0.5-int8_static-w4"] == [True, False, False, False, False]  # prune onwards
     assert stages["r0.5-int8_dynamic-w4"] == [True, True, True, True, False]
     assert len(spy.sessions) == 1  # every candidate, the teacher and the scratch student timed together
-    assert sorted(spy.sessions[0]) == sorted(["teacher", "scratch", *stages])
+    assert sorted(spy.sessions[0]) == sorted(["teacher", "scratch", *stages]) == sorted(result["measured_together"])
 
 
 def test_warm_search_recomputes_and_remeasures_nothing(grid):
@@ -224,3 +224,15 @@ def test_tpe_samples_ratios_within_the_range(grid):
     assert result["candidates"][0]["recipe"]  # the recipe's own point is the first trial
     for c in result["candidates"]:
         assert 0.3 <= c["ratio"] <= 0.5 and c["mode"] in ("int8_static", "int8_dynamic")
+
+
+def test_identical_files_are_measured_once(grid):
+    # On the width-4 student, ratio 0.37 removes as many channels as 0.3 (torch-pruning floors the count),
+    # and training is deterministic: the same file, which must not "dominate" itself by timing noise.
+    root, _ = grid
+    result = search(parse_recipe(RECIPE), root, quiet=True, ratios=["0.3,0.37"], modes=["int8_static"])
+    rows = {c["name"]: c for c in result["candidates"]}
+    assert rows["r0.37-int8_static-w4"]["same_as"] == "r0.3-int8_static-w4"
+    assert rows["r0.3-int8_static-w4"]["same_as"] is None
+    assert rows["r0.37-int8_static-w4"]["frontier"] and rows["r0.3-int8_static-w4"]["frontier"]
+    assert result["measured_together"] == ["teacher", "scratch", "r0.3-int8_static-w4"]

@@ -484,8 +484,10 @@ def _tpe(optuna, recipe, axes: Axes, trials: int, base: _Candidate, candidate, d
     def values(c: _Candidate) -> list[float]:
         return [c.probe["val_accuracy"], c.probe["latency_ms"], float(Path(c.entry["path"]).stat().st_size)]
 
-    study.enqueue_trial({"ratio": base.point.ratio, "mode": base.point.mode, "width": base.point.width}
-                        if base.point.ratio >= lo and base.point.ratio <= hi else {})
+    own = {k: v for k, v, ok in (("ratio", base.point.ratio, lo <= base.point.ratio <= hi),
+                                 ("mode", base.point.mode, base.point.mode in axes.modes),
+                                 ("width", base.point.width, base.point.width in axes.widths)) if ok}
+    study.enqueue_trial(own)  # the first trial: the recipe's own point, where it lies in the search space
     for _ in range(trials):
         trial = study.ask()
         ratio = round(trial.suggest_float("ratio", lo, hi, step=0.01), 2) if hi > lo else lo

@@ -444,12 +444,17 @@ def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, *, quiet: 
     return Built(measured, stage_log, final_files)
 
 
+def measure_key(recipe: Recipe, splits: Splits, measured: list[dict]) -> str:
+    """The measurements' cache key: the models (names, roles, keys), the bench settings, the data and the CPU."""
+    return cache_key("eval", [(m["name"], m["role"], m["key"]) for m in measured], recipe.bench.model_dump(),
+                     recipe.seed, splits.fingerprint, cpu_info())
+
+
 def measure(recipe: Recipe, splits: Splits, measured: list[dict], cache: Path, *, quiet: bool,
             force: bool) -> tuple[list[dict], str]:
     """Test accuracy and interleaved latency of every model in ``measured``, in one session (cached by the
     models' keys, the bench settings and the CPU). Returns the report's model entries and the cache key."""
-    eval_key = cache_key("eval", [(m["name"], m["role"], m["key"]) for m in measured], recipe.bench.model_dump(),
-                         recipe.seed, splits.fingerprint, cpu_info())
+    eval_key = measure_key(recipe, splits, measured)
     # Only the measurements are cached; names, paths and stage facts come from this run.
     measurements = None if force else load_json(cache, "eval", eval_key)
     if measurements is None:

@@ -427,7 +427,9 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
         same_as = {c.name: first.setdefault(pipeline.file_digest(Path(c.entry["path"])), c.name) for c in done}
         unique = [c for c in done if same_as[c.name] == c.name]
         entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in unique]
-        models, eval_key = pipeline.measure(recipe, prep_for(recipe).splits, entries, cache, quiet=True, force=False)
+        splits = prep_for(recipe).splits
+        reused = load_json(cache, "eval", pipeline.measure_key(recipe, splits, entries)) is not None
+        models, eval_key = pipeline.measure(recipe, splits, entries, cache, quiet=True, force=False)
         measure_seconds = clock() - t0
 
         by_name = {m["name"]: m for m in models}
@@ -462,6 +464,7 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
             "candidates": rows, "references": references, "measured_together": [m["name"] for m in models],
             "bench": recipe.bench.model_dump(), "cpu": cpu_info(), "eval_key": eval_key,
             "build_seconds": round(build_seconds, 2), "measure_seconds": round(measure_seconds, 2),
+            "measurements_cached": reused,
             "search_seconds": round(clock() - started, 2),
             "files": {k: str(search_dir / f"search.{k}") for k in ("json", "md", "png")},
         }
@@ -541,8 +544,11 @@ def _rows(result: dict) -> list[list[str]]:
 
 def _summary(result: dict) -> list[str]:
     lines = [f"{result['method']} search: {result['variants_run']} of {result['variants_planned']} planned variant(s) "
-             f"built in {result['build_seconds']:.1f} s, measured together in {result['measure_seconds']:.1f} s; "
-             f"{len(result['frontier'])} on the Pareto frontier; {result['search_seconds']:.1f} s in all."]
+             f"built in {result['build_seconds']:.1f} s, "
+             + ("measurements reused from the cache (the same models, settings and CPU); "
+                if result.get("measurements_cached") else
+                f"measured together in {result['measure_seconds']:.1f} s; ")
+             + f"{len(result['frontier'])} on the Pareto frontier; {result['search_seconds']:.1f} s in all."]
     same = [r for r in result["candidates"] if r.get("same_as")]
     if same:
         lines.append(f"{len(same)} candidate(s) gave a file byte-identical to another's (e.g. two ratios that round to "
@@ -592,16 +598,17 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    every = result["candidates"] + result["references"]
-    biggest = max(m["size_bytes"] for m in every)
-    area = lambda m: 30 + 1200 * m["size_bytes"] / biggest  # noqa: E731
+    # Areas scale with the candidates' sizes (a teacher 50x bigger would shrink them all to dots); a
+    # larger reference is drawn at the largest area.
+    biggest = max(m["size_bytes"] for m in result["candidates"])
+    area = lambda m: 30 + 600 * min(m["size_bytes"] / biggest, 1.5)  # noqa: E731
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    labels = []
     for m in result["candidates"]:
         x, y = m["latency_ms"]["p50"] * 1e3, m["accuracy"] * 100
         ax.scatter([x], [y], s=area(m), c="#2ca02c" if m["frontier"] else "#1f77b4", alpha=0.55,
                    edgecolors="black", linewidths=1.8 if m["recipe"] else 0.5, zorder=3)
-        ax.annotate(m["name"] + (" (recipe)" if m["recipe"] else ""), (x, y), textcoords="offset points",
-                    xytext=(7, 4), fontsize=7)
+        labels.append((x, y, m["name"] + (" (recipe)" if m["recipe"] else ""), "black"))
     # The line: the accuracy-latency frontier (a staircase); the green points: the frontier with size counted too.
     two = [(m["accuracy"], m["latency_ms"]["p50"], 0.0) for m in result["candidates"]]
     front = sorted((m for m, on in zip(result["candidates"], pareto(two)) if on), key=lambda m: m["latency_ms"]["p50"])
@@ -613,8 +620,18 @@ def plot(result: dict, path: Path) -> None:
         mk, col = marks.get(m["role"], ("o", "black"))
         x, y = m["latency_ms"]["p50"] * 1e3, m["accuracy"] * 100
         ax.scatter([x], [y], s=area(m), marker=mk, c=col, alpha=0.7, edgecolors="black", linewidths=0.5, zorder=3)
-        ax.annotate(m["name"], (x, y), textcoords="offset points", xytext=(7, -10), fontsize=8, color=col)
+        labels.append((x, y, m["name"], col))
     ax.set_xscale("log")
+    fig.canvas.draw()
+    placed: list[tuple[float, float]] = []  # label anchors in display pixels, to keep labels apart
+    for x, y, text, col in sorted(labels, key=lambda t: (-t[1], t[0])):
+        px, py = ax.transData.transform((x, y))
+        dy = 4
+        while any(abs(px - qx) < 120 and abs(py + dy - qy) < 12 for qx, qy in placed):
+            dy -= 12
+        placed.append((px, py + dy))
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, dy * 72 / fig.dpi), fontsize=7, color=col,
+                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if dy != 4 else None)
     from matplotlib.ticker import ScalarFormatter
 
     ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -652,7 +669,8 @@ def print_table(result: dict) -> None:
 
     table = Table(title=f"compress search: {result['name']} (test split; latency interleaved in one session)")
     for h in HEADER:
-        table.add_column(h, justify="left" if h in ("candidate", "mode", "note") else "right")
+        table.add_column(h, justify="left" if h in ("candidate", "mode", "note") else "right",
+                         no_wrap=h in ("candidate", "mode"))
     for row in _rows(result):
         table.add_row(*row, style="bold green" if row[4] == "yes" else None)
     console = Console(width=None if sys.stdout.isatty() else 180)

@@ -9,13 +9,12 @@ import itertools
 import json
 import sys
 
-import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from compress.cli import cli
-from compress.errors import CompressError, RecipeError
+from compress.errors import CompressError
 from compress.pipeline import chain_keys, prepare
 from compress.recipe import parse_recipe
 from compress.search import Point, SearchError, dominates, pareto, parse_axes, search, variant

@@ -49,6 +49,7 @@ def cli() -> None:
     compress validate recipes/digits.yaml   check a recipe, compute nothing
     compress bench model.onnx model.pte     time model files with one protocol
     compress check RUN --baseline b.json    the CI gate: exit 3 on a regression
+    compress search recipes/digits.yaml     the Pareto frontier over ratio x quantization x width
     """
 
 
@@ -268,6 +269,46 @@ def check(run, baseline, update_baseline, summary, output, accuracy_tol, size_to
         click.secho("check: REGRESSED", fg="red", err=True)
         sys.exit(gate.EXIT_REGRESSED)
     click.secho("check: passed", fg="green")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(), default=None, help="Output root (default: the recipe's, else exported/).")
+@click.option("--ratios", multiple=True, metavar="R,R,...",
+              help="Pruning ratios (0 = no prune stage) [0.2,0.3,0.5 and the recipe's].")
+@click.option("--modes", multiple=True, metavar="M,M,...",
+              help="Quantization modes (fp32 = no quantize stage) [fp32,int8_static,int8_dynamic,int4_weight_only].")
+@click.option("--widths", multiple=True, metavar="W,W,...", help="Student widths [the recipe's].")
+@click.option("--method", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True,
+              help="grid: every combination; tpe: optuna's Bayesian sampler (pip install 'compress[search]').")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="--method tpe: variants to try [20].")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Wall time: variants whose estimated build + measurement would not fit are not started.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress or table; the search files are still written.")
+def search(recipe, output, ratios, modes, widths, method, trials, budget, quiet) -> None:
+    """Variants of RECIPE over pruning ratio x quantization mode x student width; the Pareto frontier.
+
+    Variants share the cache (<output>/.cache) with each other and with `compress run`: the teacher, the
+    scratch student and every stage before the first changed one are built once. All candidates, the
+    teacher and the scratch student are measured at the end in one interleaved session. Writes
+    <output>/<name>/search/search.{json,md,png}.
+
+    \b
+    compress search recipes/digits.yaml --ratios 0.2,0.3,0.5 --modes int8_static,int8_dynamic
+    compress search recipes/digits.yaml --method tpe --trials 12 --budget 600
+    """
+    from compress.errors import CompressError
+
+    try:
+        from compress.search import search as run_search
+
+        run_search(_load(recipe), output, ratios=ratios or None, modes=modes or None, widths=widths or None,
+                   method=method, budget=budget, trials=trials, quiet=quiet)
+    except CompressError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        click.secho("interrupted", fg="red", err=True)
+        sys.exit(130)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from compress.stages.prune import count_macs_params
 from compress.stages.train import cross_entropy
 from compress.training import fit
 
-__all__ = ["prepare", "validate", "run", "output_dir"]
+__all__ = ["prepare", "validate", "run", "output_dir", "build", "measure", "chain_keys"]
 
 
 @dataclass
@@ -290,116 +290,12 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, quiet: bool
 
     splits = prep.splits
     with _exclusive(out_dir) if writer else contextlib.nullcontext():
-        if writer and (out_dir / "stages").exists():
-            shutil.rmtree(out_dir / "stages")  # files of an earlier run would be mistaken for this one's
         say(f"[bold]compress[/bold] {recipe.name}: {splits.describe()}", quiet)
-        teacher, teacher_info = prep.teacher, {"weights": str(recipe.teacher.weights)} if prep.teacher_has_weights else {}
-        if not prep.teacher_has_weights:
-            t = recipe.teacher.train
-            key = cache_key("teacher", recipe.teacher.model.model_dump(), t.model_dump(), recipe.seed, splits.fingerprint)
-            teacher, teacher_info = _train_cached(cache, key, teacher, splits, epochs=t.epochs, lr=t.lr,
-                                                  batch_size=t.batch_size, weight_decay=t.weight_decay,
-                                                  seed=recipe.seed, desc="teacher", quiet=quiet, force=force)
-            teacher_key = key
-        else:
-            teacher_key = cache_key("teacher-weights", file_digest(recipe.teacher.weights), splits.fingerprint)
-        ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=out_dir, quiet=quiet,
-                      teacher_key=teacher_key, cache_dir=None if force else cache)  # teacher outputs kept on disk
-        measured: list[dict] = []
-
-        def measure(name: str, role: str, art: Artifact, path: Path, info: dict | None = None) -> None:
-            if not writer:  # other ranks only train
-                return
-            if art.format == "torch":
-                export_onnx(art.model, splits.input_shape, path)
-            measured.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
-                             "params": art.params, "macs": art.macs, "lineage": list(art.lineage),
-                             "info": {**(info or {}), **art.info}, "key": art.key})
-
-        t_macs, t_params = count_macs_params(teacher, splits.input_shape)
-        measure("teacher", "teacher", Artifact("teacher", "torch", teacher, params=t_params, macs=t_macs, key=teacher_key),
-                out_dir / "teacher.onnx", {"spec": describe_spec(recipe.teacher.model), **teacher_info})
-
-        s_macs, s_params = count_macs_params(prep.student, splits.input_shape)
-        budget = _scratch_budget(recipe)
-        if budget:
-            key = cache_key("scratch", recipe.student.model.model_dump(), budget, recipe.seed, splits.fingerprint)
-            scratch, info = _train_cached(cache, key, prep.student, splits, seed=recipe.seed, desc="scratch student",
-                                          quiet=quiet, force=force, **budget)
-            measure("scratch", "scratch", Artifact("scratch", "torch", scratch, params=s_params, macs=s_macs, key=key),
-                    out_dir / "scratch.onnx", {"spec": describe_spec(recipe.student.model), "budget": budget, **info})
-
-        student_key = cache_key("student", recipe.student.model.model_dump(), file_digest(recipe.student.weights),
-                                recipe.seed, splits.fingerprint)
-        art = Artifact("student", "torch", prep.student, params=s_params, macs=s_macs,
-                       info={"spec": describe_spec(recipe.student.model)}, key=student_key)
-        stage_cache = StageCache(cache, enabled=not force)
-        stage_log = []
-        last_train = _last_training_stage(recipe)
-        for i, st in enumerate(recipe.stages):
-            if not writer and i > last_train:
-                return {}  # other ranks are done once the last training stage is
-            ctx.stage_index = i
-            config = st.model_dump(mode="json", by_alias=True)
-            key = cache_key("stage", art.key, teacher_key, i, config, _named_files(st), recipe.seed, splits.fingerprint)
-            t0 = time.perf_counter()
-            # Collectives only while every rank is still here (the others leave after the last training stage).
-            hit = distributed.agree(stage_cache.has(key)) if i <= last_train else stage_cache.has(key)
-            cached = stage_cache.load(key, prep.student, out_dir / "stages") if hit else None
-            if cached is not None:
-                say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", quiet)
-                art = cached
-            else:
-                say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}", quiet)
-                try:
-                    art = dataclasses.replace(STAGES[st.type].fn(art, st, ctx), key=key)
-                except CompressError as exc:
-                    message = f"stage {i + 1} ({st.type}): {exc}"
-                    if getattr(exc, "model", None) is not None and writer:
-                        from compress.models.checkpoint import save_model
-
-                        saved = save_model(exc.model, out_dir / "stages" / f"{i + 1:02d}_{st.type}.last_good.safetensors")
-                        message += f" The last good weights are in {saved}."
-                    raise type(exc)(message) from None
-                if writer:
-                    stage_cache.save(key, art)
-            stage_log.append({"index": i + 1, "type": st.type, "config": config, "cached": cached is not None,
-                              "seconds": round(time.perf_counter() - t0, 2)})
-            measure(f"{i + 1:02d}_{st.type}", "stage", art, ctx.stage_path(st.type, ".onnx"))
-
-        final_src = measured[-1]["path"]
-        final_path = out_dir / "model.onnx"
-        with atomic_path(final_path) as tmp:
-            shutil.copyfile(final_src, tmp)
-        final_info = {"source": measured[-1]["name"]}
-        ort_src = art.info.get("ort_path")
-        if ort_src:
-            with atomic_path(out_dir / "model.ort") as tmp:
-                shutil.copyfile(ort_src, tmp)
-            final_info["ort_path"] = str(out_dir / "model.ort")
-        final_files = {"onnx": str(final_path)}
-        for fmt, src in (art.info.get("files") or {}).items():  # every runtime file: model.ort, model.pte, model.tflite
-            dst = out_dir / f"model{Path(src).suffix}"
-            if fmt != "ort":
-                with atomic_path(dst) as tmp:
-                    shutil.copyfile(src, tmp)
-            final_files[fmt] = str(dst)
-        final_info["files"] = final_files
-        measured.append({**measured[-1], "name": "final", "role": "final", "path": final_path,
-                         "info": {**measured[-1]["info"], **final_info}})
-
-        eval_key = cache_key("eval", [(m["name"], m["role"], m["key"]) for m in measured], recipe.bench.model_dump(),
-                             recipe.seed, splits.fingerprint, cpu_info())
-        # Only the measurements are cached; names, paths and stage facts come from this run.
-        measurements = None if force else load_json(cache, "eval", eval_key)
-        if measurements is None:
-            say("[bold]measuring[/bold] accuracy on the test split and latency (interleaved)", quiet)
-            evaluated = evaluate(measured, splits, recipe.bench, seed=recipe.seed)
-            measurements = [{k: v for k, v in e.items() if k not in m} for e, m in zip(evaluated, measured)]
-            save_json(cache, "eval", eval_key, measurements)
-        else:
-            say(f"[dim]measurements: cached {eval_key} (--force to measure again)[/dim]", quiet)
-        models = [{**m, "path": str(m["path"]), **got} for m, got in zip(measured, measurements)]
+        built = build(recipe, prep, out_dir, cache, quiet=quiet, force=force, writer=writer)
+        if built is None:
+            return {}  # other ranks are done once the last training stage is
+        measured, stage_log, final_files = built.measured, built.stage_log, built.final_files
+        models, eval_key = measure(recipe, splits, measured, cache, quiet=quiet, force=force)
         runtimes_key = cache_key("runtimes", eval_key, sorted(final_files.items()))
         runtimes = None if force else load_json(cache, "runtimes", runtimes_key)
         if runtimes is None:
@@ -411,12 +307,176 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, quiet: bool
         report = reporting.build(recipe, split_digest(splits), models, stage_log)
         report.update(runtimes)  # "runtimes": one row per (model, runtime); "mobile_usability" when .ort is made
         report["run_seconds"] = round(time.perf_counter() - started, 2)
+        final_path = out_dir / "model.onnx"
         report["files"] = {"dir": str(out_dir), "model": str(final_path), "report_json": str(out_dir / "report.json"),
                            "report_md": str(out_dir / "report.md"), "plot": str(out_dir / "report.png")}
         reporting.write(report, out_dir)
         if not quiet:
             reporting.print_table(report)
         return report
+
+
+@dataclass
+class Built:
+    """What ``build`` made: the models to measure (teacher, scratch, each stage, final; ``path`` is an ONNX
+    file, ``key`` its cache key), the stage log of the report, and the final model's files by format."""
+
+    measured: list[dict]
+    stage_log: list[dict]
+    final_files: dict[str, str]
+
+
+def teacher_key(recipe: Recipe, prep: Prepared) -> str:
+    """The teacher's cache key: its spec and training settings, or the digest of the weights it was given."""
+    if prep.teacher_has_weights:
+        return cache_key("teacher-weights", file_digest(recipe.teacher.weights), prep.splits.fingerprint)
+    return cache_key("teacher", recipe.teacher.model.model_dump(), recipe.teacher.train.model_dump(), recipe.seed,
+                     prep.splits.fingerprint)
+
+
+def student_key(recipe: Recipe, splits: Splits) -> str:
+    return cache_key("student", recipe.student.model.model_dump(), file_digest(recipe.student.weights),
+                     recipe.seed, splits.fingerprint)
+
+
+def stage_key(recipe: Recipe, splits: Splits, i: int, input_key: str, teacher: str) -> str:
+    """Stage ``i``'s cache key: the key of its input artifact, the teacher's, its position and config."""
+    st = recipe.stages[i]
+    return cache_key("stage", input_key, teacher, i, st.model_dump(mode="json", by_alias=True), _named_files(st),
+                     recipe.seed, splits.fingerprint)
+
+
+def chain_keys(recipe: Recipe, prep: Prepared) -> list[str]:
+    """Every stage's cache key, computed without running anything (a stage's output key is its key)."""
+    t_key, key, keys = teacher_key(recipe, prep), student_key(recipe, prep.splits), []
+    for i in range(len(recipe.stages)):
+        key = stage_key(recipe, prep.splits, i, key, t_key)
+        keys.append(key)
+    return keys
+
+
+def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, *, quiet: bool, force: bool,
+          writer: bool = True) -> Built | None:
+    """Train (or load from the cache) the teacher, the scratch baseline and every stage; write the model
+    files under ``out_dir``; measure nothing. None on a rank other than the writer (it only trains)."""
+    splits = prep.splits
+    if writer and (out_dir / "stages").exists():
+        shutil.rmtree(out_dir / "stages")  # files of an earlier run would be mistaken for this one's
+    teacher, teacher_info = prep.teacher, {"weights": str(recipe.teacher.weights)} if prep.teacher_has_weights else {}
+    t_key = teacher_key(recipe, prep)
+    if not prep.teacher_has_weights:
+        t = recipe.teacher.train
+        teacher, teacher_info = _train_cached(cache, t_key, teacher, splits, epochs=t.epochs, lr=t.lr,
+                                              batch_size=t.batch_size, weight_decay=t.weight_decay,
+                                              seed=recipe.seed, desc="teacher", quiet=quiet, force=force)
+    ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=out_dir, quiet=quiet,
+                  teacher_key=t_key, cache_dir=None if force else cache)  # teacher outputs kept on disk
+    measured: list[dict] = []
+
+    def add(name: str, role: str, art: Artifact, path: Path, info: dict | None = None) -> None:
+        if not writer:  # other ranks only train
+            return
+        if art.format == "torch":
+            export_onnx(art.model, splits.input_shape, path)
+        measured.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
+                         "params": art.params, "macs": art.macs, "lineage": list(art.lineage),
+                         "info": {**(info or {}), **art.info}, "key": art.key})
+
+    t_macs, t_params = count_macs_params(teacher, splits.input_shape)
+    add("teacher", "teacher", Artifact("teacher", "torch", teacher, params=t_params, macs=t_macs, key=t_key),
+        out_dir / "teacher.onnx", {"spec": describe_spec(recipe.teacher.model), **teacher_info})
+
+    s_macs, s_params = count_macs_params(prep.student, splits.input_shape)
+    budget = _scratch_budget(recipe)
+    if budget:
+        key = cache_key("scratch", recipe.student.model.model_dump(), budget, recipe.seed, splits.fingerprint)
+        scratch, info = _train_cached(cache, key, prep.student, splits, seed=recipe.seed, desc="scratch student",
+                                      quiet=quiet, force=force, **budget)
+        add("scratch", "scratch", Artifact("scratch", "torch", scratch, params=s_params, macs=s_macs, key=key),
+            out_dir / "scratch.onnx", {"spec": describe_spec(recipe.student.model), "budget": budget, **info})
+
+    art = Artifact("student", "torch", prep.student, params=s_params, macs=s_macs,
+                   info={"spec": describe_spec(recipe.student.model)}, key=student_key(recipe, splits))
+    stage_cache = StageCache(cache, enabled=not force)
+    stage_log = []
+    last_train = _last_training_stage(recipe)
+    for i, st in enumerate(recipe.stages):
+        if not writer and i > last_train:
+            return None
+        ctx.stage_index = i
+        config = st.model_dump(mode="json", by_alias=True)
+        key = stage_key(recipe, splits, i, art.key, t_key)
+        t0 = time.perf_counter()
+        # Collectives only while every rank is still here (the others leave after the last training stage).
+        hit = distributed.agree(stage_cache.has(key)) if i <= last_train else stage_cache.has(key)
+        cached = stage_cache.load(key, prep.student, out_dir / "stages") if hit else None
+        if cached is not None:
+            say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", quiet)
+            art = cached
+        else:
+            say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}", quiet)
+            try:
+                art = dataclasses.replace(STAGES[st.type].fn(art, st, ctx), key=key)
+            except CompressError as exc:
+                message = f"stage {i + 1} ({st.type}): {exc}"
+                if getattr(exc, "model", None) is not None and writer:
+                    from compress.models.checkpoint import save_model
+
+                    saved = save_model(exc.model, out_dir / "stages" / f"{i + 1:02d}_{st.type}.last_good.safetensors")
+                    message += f" The last good weights are in {saved}."
+                raise type(exc)(message) from None
+            if writer:
+                stage_cache.save(key, art)
+        stage_log.append({"index": i + 1, "type": st.type, "config": config, "cached": cached is not None,
+                          "seconds": round(time.perf_counter() - t0, 2)})
+        add(f"{i + 1:02d}_{st.type}", "stage", art, ctx.stage_path(st.type, ".onnx"))
+    if not writer:
+        return None
+
+    final_src = measured[-1]["path"]
+    final_path = out_dir / "model.onnx"
+    with atomic_path(final_path) as tmp:
+        shutil.copyfile(final_src, tmp)
+    final_info = {"source": measured[-1]["name"]}
+    ort_src = art.info.get("ort_path")
+    if ort_src:
+        with atomic_path(out_dir / "model.ort") as tmp:
+            shutil.copyfile(ort_src, tmp)
+        final_info["ort_path"] = str(out_dir / "model.ort")
+    final_files = {"onnx": str(final_path)}
+    for fmt, src in (art.info.get("files") or {}).items():  # every runtime file: model.ort, model.pte, model.tflite
+        dst = out_dir / f"model{Path(src).suffix}"
+        if fmt != "ort":
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        final_files[fmt] = str(dst)
+    final_info["files"] = final_files
+    measured.append({**measured[-1], "name": "final", "role": "final", "path": final_path,
+                     "info": {**measured[-1]["info"], **final_info}})
+    return Built(measured, stage_log, final_files)
+
+
+def measure_key(recipe: Recipe, splits: Splits, measured: list[dict]) -> str:
+    """The measurements' cache key: the models (names, roles, keys), the bench settings, the data and the CPU."""
+    return cache_key("eval", [(m["name"], m["role"], m["key"]) for m in measured], recipe.bench.model_dump(),
+                     recipe.seed, splits.fingerprint, cpu_info())
+
+
+def measure(recipe: Recipe, splits: Splits, measured: list[dict], cache: Path, *, quiet: bool,
+            force: bool) -> tuple[list[dict], str]:
+    """Test accuracy and interleaved latency of every model in ``measured``, in one session (cached by the
+    models' keys, the bench settings and the CPU). Returns the report's model entries and the cache key."""
+    eval_key = measure_key(recipe, splits, measured)
+    # Only the measurements are cached; names, paths and stage facts come from this run.
+    measurements = None if force else load_json(cache, "eval", eval_key)
+    if measurements is None:
+        say("[bold]measuring[/bold] accuracy on the test split and latency (interleaved)", quiet)
+        evaluated = evaluate(measured, splits, recipe.bench, seed=recipe.seed)
+        measurements = [{k: v for k, v in e.items() if k not in m} for e, m in zip(evaluated, measured)]
+        save_json(cache, "eval", eval_key, measurements)
+    else:
+        say(f"[dim]measurements: cached {eval_key} (--force to measure again)[/dim]", quiet)
+    return [{**m, "path": str(m["path"]), **got} for m, got in zip(measured, measurements)], eval_key
 
 
 def split_digest(splits: Splits) -> dict:

@@ -77,7 +77,7 @@ def test_unknown_mode_names_the_valid_choices():
     with pytest.raises(SearchError) as err:
         parse_axes(parse_recipe(RECIPE), modes=["int8_static,int9_static"])
     assert str(err.value) == ("--modes: unknown mode 'int9_static'; did you mean 'int8_static'? valid choices: "
-                              "fp32, int8_static, int8_dynamic, int4_weight_only")
+                              "fp32, int8_static, int8_dynamic, int4_weight_only, mixed, auto")
     assert err.value.exit_code == 2
 
 

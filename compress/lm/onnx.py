@@ -130,8 +130,13 @@ def quantize_decoder(src: Path, dst: Path, mode: str, *, block_size: int = 32, a
 
     cfg = QuantizeConfig(type="quantize", mode=mode, block_size=block_size, accuracy_level=accuracy_level,
                          per_channel=per_channel, reduce_range=reduce_range)
+    import logging
+
     info: dict = {"mode": mode}
-    with atomic_path(dst) as tmp, contextlib.redirect_stdout(io.StringIO()):
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # onnxruntime logs "consider pre-processing" on the root logger
+    with atomic_path(dst) as tmp, contextlib.redirect_stdout(io.StringIO()), contextlib.ExitStack() as stack:
+        stack.callback(root.setLevel, level)
         if mode == "int8_dynamic":
             _int8_dynamic(src, tmp, cfg)
             ops = [n.op_type for n in onnx.load(str(tmp), load_external_data=False).graph.node]

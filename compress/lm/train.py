@@ -111,7 +111,7 @@ def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teache
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress:
             progress(step, losses[-1])
     model.eval()

@@ -133,6 +133,7 @@ def quantize_decoder(src: Path, dst: Path, mode: str, *, block_size: int = 32, a
     import logging
 
     info: dict = {"mode": mode}
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # one line per node
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # onnxruntime logs "consider pre-processing" on the root logger
     with atomic_path(dst) as tmp, contextlib.redirect_stdout(io.StringIO()), contextlib.ExitStack() as stack:

@@ -129,7 +129,9 @@ def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 160)  # piped or logged: don't wrap at 80 columns
     for title, (cols, rows) in ((f"compress LM: {report['name']} (test split)", _model_rows(report)),
                                 ("generation (onnxruntime, KV cache, interleaved)", _bench_rows(report))):
         if not rows:

@@ -3,7 +3,7 @@
     python benchmarks/tiny_lm.py [recipes/tiny-lm.yaml] [--output exported] [--rounds 8]
 
 Runs the recipe (trained models come from the cache after the first run), prints its targets table,
-then quantizes the fp32 student ONNX file with MatMulNBits at every block size (32, 64, 128) and
+then quantizes the fp32 student and teacher ONNX files with MatMulNBits at every block size (32, 64, 128) and
 accuracy_level (0 = default, 1 = fp32 compute, 4 = INT8 compute), scores each on the test split
 (bits per byte, onnxruntime) and times decoding at 1 thread, all files interleaved in one process.
 """
@@ -45,32 +45,35 @@ def main() -> None:
     console.print(t)
 
     out = Path(args.output) / recipe.name
-    src = out / "student.onnx"
     splits = load_text(recipe.data, recipe.seed)
     windows = eval_windows(splits.test, recipe.teacher.model.context, recipe.eval.max_tokens)
-    files, quality = {"fp32": src}, {}
     grid = Path(args.output) / ".cache" / "lm" / "int4-grid"
-    for block in (32, 64, 128):
-        for level in (0, 1, 4):
-            dst = grid / f"{recipe.name}-b{block}-a{level}.onnx"
-            quantize_decoder(src, dst, "int4_weight_only", block_size=block, accuracy_level=level)
-            files[f"b{block}-a{level}"] = dst
-    for name, path in files.items():
-        quality[name] = evaluate_lm(OrtDecoder(path, threads=0).logits, windows).bits_per_byte
-    b = recipe.bench
-    rows = bench_generation(files, windows[:1, :b.prompt], b.new_tokens, threads=[1], rounds=args.rounds, calls=b.calls)
-    by = {r["model"]: r for r in rows}
-    g = Table(title=f"INT4 MatMulNBits on the student: block_size x accuracy_level, 1 thread, {args.rounds} interleaved rounds")
-    for c in ("file", "block", "accuracy_level", "size", "test bits/byte", "vs fp32", "decode tok/s", "vs fp32", "TTFT p50 ms"):
-        g.add_column(c, justify="left" if c == "file" else "right")
-    for name, path in files.items():
-        r = by[name]
-        block, level = ("-", "-") if name == "fp32" else (name.split("-")[0][1:], name.split("-")[1][1:])
-        g.add_row(name, block, level, f"{r['size_bytes'] / 1e3:.1f} kB", f"{quality[name]:.4f}",
-                  f"{quality[name] - quality['fp32']:+.4f}", f"{r['tokens_per_s']:.0f}",
-                  f"{r['tokens_per_s'] / by['fp32']['tokens_per_s']:.2f}x", f"{r['ttft_ms']['p50']:.2f}")
-    console.print(g)
-
+    for model in ("student", "teacher"):
+        src = out / f"{model}.onnx"
+        files, quality = {"fp32": src}, {}
+        for block in (32, 64, 128):
+            for level in (0, 1, 4):
+                dst = grid / f"{recipe.name}-{model}-b{block}-a{level}.onnx"
+                quantize_decoder(src, dst, "int4_weight_only", block_size=block, accuracy_level=level)
+                files[f"b{block}-a{level}"] = dst
+        for name, path in files.items():
+            quality[name] = evaluate_lm(OrtDecoder(path, threads=0).logits, windows).bits_per_byte
+        b = recipe.bench
+        rows = bench_generation(files, windows[:1, :b.prompt], b.new_tokens, threads=[1], rounds=args.rounds,
+                                calls=b.calls)
+        by = {r["model"]: r for r in rows}
+        g = Table(title=f"INT4 MatMulNBits on the {model}: block_size x accuracy_level, 1 thread, "
+                        f"{args.rounds} interleaved rounds")
+        for c in ("file", "block", "accuracy_level", "size", "test bits/byte", "vs fp32", "decode tok/s", "vs fp32",
+                  "TTFT p50 ms"):
+            g.add_column(c, justify="left" if c == "file" else "right")
+        for name in files:
+            r = by[name]
+            block, level = ("-", "-") if name == "fp32" else (name.split("-")[0][1:], name.split("-")[1][1:])
+            g.add_row(name, block, level, f"{r['size_bytes'] / 1e3:.1f} kB", f"{quality[name]:.4f}",
+                      f"{quality[name] - quality['fp32']:+.4f}", f"{r['tokens_per_s']:.0f}",
+                      f"{r['tokens_per_s'] / by['fp32']['tokens_per_s']:.2f}x", f"{r['ttft_ms']['p50']:.2f}")
+        console.print(g)
 
 if __name__ == "__main__":
     main()

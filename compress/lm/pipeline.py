@@ -237,6 +237,10 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
             info = lmonnx.quantize_decoder(files["student"], dst, st.mode, block_size=st.block_size,
                                            accuracy_level=st.accuracy_level, per_channel=st.per_channel)
             files[f"student-{tag}"] = dst
+            if st.mode == "int8_dynamic" and info.get("reduce_range_cpu_advice"):
+                info["notes"] = ["INT8 weights use the full 8-bit range: the shared int8_dynamic quantizer takes no "
+                                 "reduce_range, although this CPU lacks VNNI (where u8s8 kernels can saturate); compare "
+                                 "its test bits/byte with the fp32 student's in the table."]
             records.append({"stage": f"{i}:quantize", "model": f"student-{tag}", "info": info})
 
     # --- held-out evaluation ----------------------------------------------------------------------------

@@ -34,18 +34,9 @@ def _fail(exc: Exception) -> None:
 
 
 def _load(recipe_path: str):
-    from compress.recipe import load_recipe, read_yaml
+    from compress.recipe import load_recipe
 
-    if Path(recipe_path).suffix in (".yaml", ".yml") and Path(recipe_path).is_file():
-        from compress.lm.recipe import is_lm, load_lm_recipe
-
-        try:
-            data, _ = read_yaml(recipe_path)
-        except Exception:  # noqa: BLE001 - load_recipe reports the problem with its usual message
-            data = None
-        if is_lm(data):  # `task: lm`: the language-model pipeline (compress/lm/)
-            return load_lm_recipe(recipe_path)
-    return load_recipe(recipe_path)
+    return load_recipe(recipe_path)  # a `task: lm` recipe comes back as an LMRecipe (compress/lm/)
 
 
 def _pipeline(recipe):

@@ -380,9 +380,17 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read a YAML recipe with ``yaml.safe_load`` semantics and validate it (no compute, no file access but its own)."""
+    """Read a YAML recipe with ``yaml.safe_load`` semantics and validate it (no compute, no file access but its own).
+
+    A recipe with ``task: lm`` is a language-model recipe: an ``LMRecipe`` (compress/lm/recipe.py) is returned,
+    to be run by ``compress.lm.pipeline``.
+    """
     path = Path(path)
     data, lines = read_yaml(path)
+    if isinstance(data, dict) and data.get("task") == "lm":
+        from compress.lm.recipe import load_lm_recipe
+
+        return load_lm_recipe(path)
     recipe = parse_recipe(data, str(path), lines)
     return _resolve_paths(recipe, path.parent)
 

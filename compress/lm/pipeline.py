@@ -91,6 +91,9 @@ class _Run:
             info = train_lm(model, self.splits.train, budget, self.recipe.seed, what=what,
                             progress=lambda step, loss: advance(f"loss {loss:.3f}"), **kw)
         info["seconds"] = round(time.perf_counter() - t0, 1)
+        # The validation split: a held-out check of every trained model that never touches the test bytes.
+        val = eval_windows(self.splits.val, self.ctx, 8192)
+        info["val_bits_per_byte"] = round(evaluate_lm(torch_logits(model), val).bits_per_byte, 4)
         save_cached(self.cache, key, model)
         from compress._io import write_json
 

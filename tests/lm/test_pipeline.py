@@ -59,6 +59,7 @@ def test_lm_recipe_end_to_end(tmp_path):
     assert prune["info"]["params_after"] < prune["info"]["params_before"]
     scratch = next(s for s in report["stages"] if s["stage"] == "scratch")
     assert scratch["info"]["steps"] == 6  # distill 4 + finetune 2: the student's budget
+    assert 0 < scratch["info"]["val_bits_per_byte"] < 9
     md = (out / "report.md").read_text()
     assert "## Generated samples" in md and "**teacher**" in md and "student-int4-b32-a4.onnx" in md
     # a second run reuses the trained models from the cache

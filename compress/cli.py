@@ -36,7 +36,7 @@ def _fail(exc: Exception) -> None:
 def _load(recipe_path: str):
     from compress.recipe import load_recipe
 
-    return load_recipe(recipe_path)  # a `task: lm` recipe comes back as an LMRecipe (compress/lm/)
+    return load_recipe(recipe_path)
 
 
 def _pipeline(recipe):

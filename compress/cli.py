@@ -39,6 +39,15 @@ def _load(recipe_path: str):
     return load_recipe(recipe_path)
 
 
+def _pipeline(recipe):
+    """compress.pipeline, or compress.lm.pipeline for a `task: lm` recipe: both have run() and validate()."""
+    if getattr(recipe, "task", None) == "lm":
+        from compress.lm import pipeline
+    else:
+        from compress import pipeline
+    return pipeline
+
+
 @click.group(cls=_DefaultRun, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="compress")
 def cli() -> None:
@@ -74,6 +83,9 @@ def run(recipe: str, output: str | None, quiet: bool, force: bool, nproc: int) -
             from compress.pipeline import output_dir, prepare
 
             loaded = _load(recipe)
+            if getattr(loaded, "task", None) == "lm":
+                click.secho("error: --nproc is not supported for task: lm recipes", fg="red", err=True)
+                sys.exit(2)
             output_dir(loaded, output)
             prepare(loaded)
         except CompressError as exc:
@@ -83,9 +95,8 @@ def run(recipe: str, output: str | None, quiet: bool, force: bool, nproc: int) -
             + (["--quiet"] if quiet else []) + (["--force"] if force else [])
         sys.exit(subprocess.call(args))
     try:
-        from compress.pipeline import run as run_pipeline
-
-        run_pipeline(_load(recipe), output=output, quiet=quiet, force=force)
+        loaded = _load(recipe)
+        _pipeline(loaded).run(loaded, output=output, quiet=quiet, force=force)
     except CompressError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -101,9 +112,8 @@ def validate(recipe: str, output: str | None) -> None:
     from compress.errors import CompressError
 
     try:
-        from compress.pipeline import validate as validate_recipe
-
-        lines = validate_recipe(_load(recipe), output)
+        loaded = _load(recipe)
+        lines = _pipeline(loaded).validate(loaded, output)
     except CompressError as exc:
         _fail(exc)
         return

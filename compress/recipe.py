@@ -236,12 +236,13 @@ def _keys_of(cls: type[BaseModel]) -> list[str]:
     return [f.alias or n for n, f in cls.model_fields.items() if not f.exclude]
 
 
-def _message(err: dict, data, stage_types: list[str]) -> tuple[tuple, str]:
+def _message(err: dict, data, stage_types: list[str], root: type[BaseModel] | None = None,
+             stage_configs: dict | None = None) -> tuple[tuple, str]:
     loc = _data_path(data, err["loc"])
     kind, ctx = err["type"], err.get("ctx", {})
     if kind == "extra_forbidden":
         key = loc[-1]
-        parent = _parent_model(data, loc[:-1])
+        parent = _parent_model(data, loc[:-1], root, stage_configs)
         valid = _keys_of(parent) if parent else []
         close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -296,17 +297,19 @@ def _loss_entry_model(data, path) -> type[BaseModel] | None:
     return _model_at(path[4:], spec.config) if spec else None
 
 
-def _parent_model(data, path) -> type[BaseModel] | None:
-    """Like _model_at, but resolves a stage entry to its registered config class."""
-    if len(path) >= 4 and path[0] == "stages" and path[2] == "loss" and isinstance(path[3], int):
+def _parent_model(data, path, root: type[BaseModel] | None = None, stage_configs: dict | None = None) -> type[BaseModel] | None:
+    """Like _model_at, but resolves a stage entry to its config class (``stage_configs``: type -> class,
+    default the registered vision stages; ``root``: the schema, default Recipe)."""
+    configs = stage_configs if stage_configs is not None else {k: v.config for k, v in STAGES.items()}
+    if stage_configs is None and len(path) >= 4 and path[0] == "stages" and path[2] == "loss" and isinstance(path[3], int):
         return _loss_entry_model(data, path)
     if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
         try:
-            spec = STAGES.get(data["stages"][path[1]].get("type"))
+            config = configs.get(data["stages"][path[1]].get("type"))
         except (KeyError, IndexError, AttributeError, TypeError):
-            spec = None
-        return _model_at(path[2:], spec.config) if spec else None
-    return _model_at(path)
+            config = None
+        return _model_at(path[2:], config) if config else None
+    return _model_at(path, root)
 
 
 def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | None = None) -> Recipe:
@@ -318,14 +321,27 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
     for i, st in enumerate(stages if isinstance(stages, list) else []):
         if not isinstance(st, dict):
             raise RecipeError(f"a stage is a mapping with a 'type' (got {st!r})", file, lines.get(("stages", i)), f"stages[{i}]")
+    recipe = validate_schema(Recipe, data, file, lines)
+    check_chain(recipe, lines)
+    recipe._lines = dict(lines)
+    return recipe
+
+
+def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines: dict[tuple, int],
+                    stage_configs: dict | None = None):
+    """``schema.model_validate`` with every error turned into a RecipeError naming file:line:key and the choices.
+
+    ``stage_configs`` (stage type -> config class) resolves ``stages[i]`` keys; default: the registered stages.
+    """
     try:
-        recipe = Recipe.model_validate({**data, "source_file": file})
+        return schema.model_validate({**data, "source_file": file})
     except ValidationError as exc:
         # Unknown keys first: a typo usually explains the "missing" error that comes with it.
         errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+        types_ = sorted(stage_configs if stage_configs is not None else STAGES)
         found = []
         for err in errors[:5]:
-            loc, msg = _message(err, data, sorted(STAGES))
+            loc, msg = _message(err, data, types_, schema, stage_configs)
             line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
             found.append(RecipeError(msg, file, line, _fmt_path(loc) or None))
         first = found[0]
@@ -333,13 +349,10 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
             more = "".join(f"\n  also: {e}" for e in found[1:])
             raise RecipeError(first.message + more, file, first.line, first.key) from None
         raise first from None
-    check_chain(recipe, lines)
-    recipe._lines = dict(lines)
-    return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a YAML recipe with ``yaml.safe_load`` semantics and validate it (no compute, no file access but its own)."""
+def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
+    """A recipe file's data (``yaml.safe_load`` semantics) and its key-path -> line map; RecipeError if unreadable."""
     path = Path(path)
     file = str(path)
     try:
@@ -363,8 +376,22 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"invalid YAML: {exc}", file) from None
     if data is None:
         raise RecipeError("recipe is empty", file)
-    lines = _line_map(node) if node is not None else {}
-    recipe = parse_recipe(data, file, lines)
+    return data, (_line_map(node) if node is not None else {})
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a YAML recipe with ``yaml.safe_load`` semantics and validate it (no compute, no file access but its own).
+
+    A recipe with ``task: lm`` is a language-model recipe: an ``LMRecipe`` (compress/lm/recipe.py) is returned,
+    to be run by ``compress.lm.pipeline``.
+    """
+    path = Path(path)
+    data, lines = read_yaml(path)
+    if isinstance(data, dict) and data.get("task") == "lm":
+        from compress.lm.recipe import load_lm_recipe
+
+        return load_lm_recipe(path)
+    recipe = parse_recipe(data, str(path), lines)
     return _resolve_paths(recipe, path.parent)
 
 

@@ -1,0 +1,302 @@
+"""The language-model chain: data -> teacher -> (assistants) -> student stages -> export -> quantize -> measure -> report.
+
+Held-out numbers are on the test split's documents, never trained on: bits per byte, perplexity per
+byte and top-1 next-byte agreement with the teacher for every model (torch and onnxruntime files).
+The scratch student has the student's architecture and exactly the student's training steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress._io import atomic_path
+from compress._progress import progress_bar, say
+from compress.cache import cache_key, load_cached, save_cached
+from compress.errors import ModelError
+from compress.lm import onnx as lmonnx
+from compress.lm.data import eval_windows, load_text
+from compress.lm.model import GPT, GPTConfig, generate
+from compress.lm.recipe import LMRecipe
+from compress.lm.train import Budget, evaluate_lm, teacher_continuations, torch_logits, train_lm
+
+__all__ = ["run", "validate"]
+
+
+def _gpt_config(spec) -> GPTConfig:
+    return GPTConfig(width=spec.width, layers=spec.layers, heads=spec.heads, context=spec.context)
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _load_weights(model: GPT, path: Path, recipe: LMRecipe, *key) -> GPT:
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise recipe.error_at(f"weights file {path} not found", *key)
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - shape mismatch, bad file: one clear message
+        raise ModelError(f"{path}: weights do not fit {model.cfg}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def validate(recipe: LMRecipe, output=None) -> list[str]:
+    """Everything but training: the output folder, the data split, model shapes, weight files."""
+    from compress.pipeline import output_dir
+
+    out = output_dir(recipe, output)
+    splits = load_text(recipe.data, recipe.seed)
+    lines = [f"data: {recipe.data.source}, " + ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} bytes"
+                                                         for k, v in splits.describe().items() if k != "digest")]
+    for role, cfg in [("teacher", recipe.teacher), *[(f"assistant {i}", a) for i, a in enumerate(recipe.assistants)],
+                      ("student", recipe.student)]:
+        m = GPT(_gpt_config(cfg.model))
+        lines.append(f"{role}: gpt width {cfg.model.width}, {cfg.model.layers} layers, {cfg.model.heads} heads, "
+                     f"context {cfg.model.context}: {_params(m):,} parameters")
+        if getattr(cfg, "weights", None):
+            _load_weights(m, cfg.weights, recipe, role, "weights")
+    lines.append(f"output: {out}")
+    return lines
+
+
+class _Run:
+    def __init__(self, recipe: LMRecipe, out: Path, quiet: bool, force: bool):
+        self.recipe, self.out, self.quiet, self.force = recipe, out, quiet, force
+        self.cache = out.parent / ".cache" / "lm"
+        self.splits = load_text(recipe.data, recipe.seed)
+        self.ctx = recipe.teacher.model.context
+        self.timings: dict[str, float] = {}
+
+    def train(self, what: str, model: GPT, key_parts: list, **kw) -> tuple[GPT, dict]:
+        """Train (or reuse from the cache) ``model``; ``kw`` goes to ``train_lm``."""
+        key = cache_key("lm-train", what.split()[0], model.cfg.as_dict(), self.splits.digest, self.recipe.seed, *key_parts)
+        cached = None if self.force else load_cached(self.cache, key, model)
+        info_path = self.cache / f"{key}.json"
+        if cached is not None and info_path.exists():
+            import json
+
+            say(f"{what}: reused from the cache", self.quiet)
+            return cached.eval(), {**json.loads(info_path.read_text()), "cached": True}
+        t0 = time.perf_counter()
+        budget: Budget = kw.pop("budget")
+        with progress_bar(what, budget.steps, self.quiet) as advance:
+            info = train_lm(model, self.splits.train, budget, self.recipe.seed, what=what,
+                            progress=lambda step, loss: advance(f"loss {loss:.3f}"), **kw)
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+        # The validation split: a held-out check of every trained model that never touches the test bytes.
+        val = eval_windows(self.splits.val, self.ctx, 8192)
+        info["val_bits_per_byte"] = round(evaluate_lm(torch_logits(model), val).bits_per_byte, 4)
+        save_cached(self.cache, key, model)
+        from compress._io import write_json
+
+        write_json(info_path, info)
+        return model.eval(), info
+
+
+def _budget(st) -> Budget:
+    return Budget(steps=st.steps, lr=st.lr, batch_size=st.batch_size, weight_decay=st.weight_decay)
+
+
+def _sequences(r: _Run, teacher: GPT, teacher_key: str, st) -> tuple[np.ndarray, dict]:
+    """The teacher's continuations of training prompts, cached on disk keyed by teacher + settings."""
+    sc = st.sequence
+    key = cache_key("lm-seq", teacher_key, sc.model_dump(), r.recipe.seed)
+    path = r.cache / f"seq-{key}.npy"
+    if path.exists() and not r.force:
+        return np.load(path, allow_pickle=False), {"sequences": sc.samples, "cached": True, "file": str(path)}
+    t0 = time.perf_counter()
+    say(f"sequence-level KD: the teacher continues {sc.samples} training prompts of {sc.prompt} bytes "
+        f"({'greedy' if sc.temperature == 0 else f'sampled, T={sc.temperature}'})", r.quiet)
+    seq = teacher_continuations(teacher, r.splits.train, sc.samples, sc.prompt, sc.temperature, r.recipe.seed)
+    r.cache.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, seq, allow_pickle=False)
+    return seq, {"sequences": sc.samples, "cached": False, "seconds": round(time.perf_counter() - t0, 1), "file": str(path)}
+
+
+def _torch_stages(r: _Run, student: GPT, teacher: GPT, teacher_key: str, label: str) -> tuple[GPT, list[dict], int]:
+    """Run distill / prune / finetune on ``student``; returns it, stage records and the training steps spent."""
+    records, steps, key = [], 0, [teacher_key]
+    for i, st in enumerate(r.recipe.stages):
+        if st.type == "distill":
+            seq, seq_info = (None, None)
+            if st.level != "token":
+                seq, seq_info = _sequences(r, teacher, teacher_key, st)
+            key = key + [st.model_dump()]
+            student, info = r.train(f"{label} distill", student, key, budget=_budget(st), teacher=teacher,
+                                    temperature=st.temperature, alpha=st.alpha, sequences=seq,
+                                    prompt_len=st.sequence.prompt, level=st.level)
+            if seq_info:
+                info["sequence_data"] = seq_info
+            steps += st.steps
+        elif st.type == "prune":
+            from compress.lm.prune import prune_gpt
+
+            before = _params(student)
+            student, rows = prune_gpt(student, st.heads, st.mlp, st.importance)
+            key = key + [st.model_dump()]
+            info = {"params_before": before, "params_after": _params(student),
+                    "tables": [{"title": f"{label}: heads and MLP hidden units kept per layer",
+                                "columns": ["layer", "heads", "mlp hidden"], "rows": rows}]}
+        elif st.type == "finetune":
+            key = key + [st.model_dump()]
+            student, info = r.train(f"{label} finetune", student, key, budget=_budget(st),
+                                    teacher=teacher if st.distill else None, temperature=st.temperature, alpha=st.alpha)
+            steps += st.steps
+        else:
+            break
+        records.append({"stage": f"{i}:{st.type}", "model": label, "config": st.model_dump(), "info": info})
+    return student, records, steps
+
+
+def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False) -> dict:
+    from compress.lm import report as lmreport
+    from compress.pipeline import output_dir
+
+    t_start = time.perf_counter()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    out = output_dir(recipe, output)
+    out.mkdir(parents=True, exist_ok=True)
+    r = _Run(recipe, out, quiet, force)
+    split = r.splits.describe()
+    say(f"data: {recipe.data.source}: " + ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} B"
+                                                    for k, v in split.items() if k != "digest"), quiet)
+    test_w = eval_windows(r.splits.test, r.ctx, recipe.eval.max_tokens)
+    torch.manual_seed(recipe.seed)
+
+    # --- teacher -----------------------------------------------------------------------------------
+    teacher = GPT(_gpt_config(recipe.teacher.model))
+    if recipe.teacher.weights:
+        teacher = _load_weights(teacher, recipe.teacher.weights, recipe, "teacher", "weights")
+        t_info, t_key = {"weights": str(recipe.teacher.weights)}, str(recipe.teacher.weights)
+    else:
+        tb = recipe.teacher.train
+        t_key = ["teacher", tb.model_dump()]
+        teacher, t_info = r.train("teacher", teacher, t_key, budget=Budget(tb.steps, tb.lr, tb.batch_size, tb.weight_decay))
+    t_key = cache_key("teacher-id", t_key)
+
+    # --- progressive chain: teacher -> assistants -> student ------------------------------------------
+    records: list[dict] = [{"stage": "teacher", "model": "teacher", "info": t_info}]
+    chain_models: list[tuple[str, GPT]] = []
+    tutor, tutor_key = teacher, t_key
+    for i, a in enumerate(recipe.assistants):
+        torch.manual_seed(recipe.seed + 100 + i)
+        assistant, recs, _ = _torch_stages(r, GPT(_gpt_config(a.model)), tutor, tutor_key, f"assistant{i}")
+        records += recs
+        chain_models.append((f"assistant{i}", assistant))
+        tutor, tutor_key = assistant, cache_key("assistant-id", tutor_key, i, a.model.model_dump())
+
+    # --- student ------------------------------------------------------------------------------------
+    torch.manual_seed(recipe.seed + 1)
+    student = GPT(_gpt_config(recipe.student.model))
+    init_student = copy.deepcopy(student.state_dict())
+    if recipe.student.weights:
+        student = _load_weights(student, recipe.student.weights, recipe, "student", "weights")
+    student, recs, steps = _torch_stages(r, student, tutor, tutor_key, "student")
+    records += recs
+
+    # --- scratch: the student's architecture and initialisation, CE only, the same steps -----------------
+    scratch = None
+    first = next((st for st in recipe.stages if st.type in ("distill", "finetune")), None)
+    if recipe.baseline == "scratch" and steps and first is not None:
+        scratch = GPT(_gpt_config(recipe.student.model))
+        scratch.load_state_dict(init_student)
+        scratch, s_info = r.train("scratch", scratch, ["scratch", steps, first.lr, first.batch_size, first.weight_decay],
+                                  budget=Budget(steps, first.lr, first.batch_size, first.weight_decay))
+        records.append({"stage": "scratch", "model": "scratch", "info": {**s_info, "note": (
+            f"the student's architecture and initial weights, trained with CE only for the student's {steps} steps "
+            f"of {first.batch_size} windows at lr {first.lr}")}})
+
+    # --- export and quantize --------------------------------------------------------------------------
+    files: dict[str, Path] = {}
+    export = next((st for st in recipe.stages if st.type == "export"), None)
+    if export is not None:
+        for name, model in (("teacher", teacher), ("student", student)):
+            path = lmonnx.export_decoder(model, out / f"{name}.onnx", export.opset)
+            par = lmonnx.parity(model, path, test_w)
+            worst = max(par["max_abs_logits_full"], par["max_abs_logits_kv_cache"])
+            if worst > export.tolerance:
+                from compress.errors import StageError
+
+                raise StageError(f"export: onnxruntime logits of {name} differ from torch by {worst:.2e} "
+                                 f"(tolerance {export.tolerance})")
+            files[name] = path
+            records.append({"stage": "export", "model": name, "info": {**par, "file": str(path), "kv_cache": True}})
+        for i, st in enumerate(recipe.stages):
+            if st.type != "quantize":
+                continue
+            tag = "int8" if st.mode == "int8_dynamic" else f"int4-b{st.block_size}-a{st.accuracy_level}"
+            dst = out / f"student-{tag}.onnx"
+            info = lmonnx.quantize_decoder(files["student"], dst, st.mode, block_size=st.block_size,
+                                           accuracy_level=st.accuracy_level, per_channel=st.per_channel)
+            files[f"student-{tag}"] = dst
+            if st.mode == "int8_dynamic" and info.get("reduce_range_cpu_advice"):
+                info["notes"] = ["INT8 weights use the full 8-bit range: the shared int8_dynamic quantizer takes no "
+                                 "reduce_range, although this CPU lacks VNNI (where u8s8 kernels can saturate); compare "
+                                 "its test bits/byte with the fp32 student's in the table."]
+            records.append({"stage": f"{i}:quantize", "model": f"student-{tag}", "info": info})
+
+    # --- held-out evaluation ----------------------------------------------------------------------------
+    say(f"scoring every model on {test_w[:, 1:].size:,} test bytes", quiet)
+    t_score = evaluate_lm(torch_logits(teacher), test_w)
+    models: list[dict] = []
+
+    def add(name, role, score, params=None, file=None, fmt="torch"):
+        entry = {"name": name, "role": role, "format": fmt, **score.as_dict(), "params": params,
+                 "size_bytes": Path(file).stat().st_size if file else None, "file": str(file) if file else None}
+        models.append(entry)
+
+    add("teacher", "teacher", t_score, _params(teacher))
+    t_score.agreement = 1.0
+    models[0]["agreement"] = 1.0
+    for name, m in chain_models:
+        add(name, "assistant", evaluate_lm(torch_logits(m), test_w, t_score.top1), _params(m))
+    if scratch is not None:
+        add("scratch", "scratch", evaluate_lm(torch_logits(scratch), test_w, t_score.top1), _params(scratch))
+    add("student", "student", evaluate_lm(torch_logits(student), test_w, t_score.top1), _params(student))
+    for name, path in files.items():
+        dec = lmonnx.OrtDecoder(path, threads=0)
+        add(f"{name}.onnx", "onnx", evaluate_lm(dec.logits, test_w, t_score.top1),
+            _params(teacher if name == "teacher" else student), path, "onnx")
+
+    # --- generation benchmark ------------------------------------------------------------------------------
+    bench = []
+    if files:
+        b = recipe.bench
+        prompt = test_w[:1, :b.prompt]
+        say(f"generation benchmark: {len(files)} files x 1 and {lmonnx.all_threads()} threads, interleaved", quiet)
+        bench = lmonnx.bench_generation(files, prompt, b.new_tokens, threads=sorted({1, lmonnx.all_threads()}),
+                                        rounds=b.rounds, calls=b.calls, seed=recipe.seed)
+
+    # --- samples ---------------------------------------------------------------------------------------------
+    samples = []
+    s = recipe.samples
+    rows = np.linspace(0, len(test_w) - 1, s.count).astype(int) if s.count else []
+    gens = [("teacher", teacher), *chain_models, *([("scratch", scratch)] if scratch is not None else []), ("student", student)]
+    for j in rows:
+        prompt = test_w[j:j + 1, :s.prompt]
+        entry = {"prompt": bytes(prompt[0].astype(np.uint8)).decode("utf-8", "replace"), "continuations": {}}
+        for name, m in gens:
+            cont = generate(m, torch.from_numpy(prompt), s.new_tokens)[0].numpy()
+            entry["continuations"][name] = bytes(cont.astype(np.uint8)).decode("utf-8", "replace")
+        for name, path in files.items():
+            if name.startswith("student-"):
+                cont = lmonnx.OrtDecoder(path).generate(prompt, s.new_tokens)[0]
+                entry["continuations"][f"{name}.onnx"] = bytes(cont.astype(np.uint8)).decode("utf-8", "replace")
+        samples.append(entry)
+
+    report = lmreport.build(recipe, split, models, records, bench, samples, time.perf_counter() - t_start)
+    lmreport.write(report, out)
+    if not quiet:
+        lmreport.print_table(report)
+    return report

@@ -1,0 +1,67 @@
+"""compress/lm/pipeline.py end to end on a tiny text folder: every model scored, files, report, CLI dispatch."""
+
+import json
+
+from click.testing import CliRunner
+
+from compress.cli import cli
+
+RECIPE = """\
+task: lm
+name: tiny
+threads: 1
+data: {source: text, path: docs, max_bytes: 100000, split: {val: 0.2, test: 0.2}}
+teacher:
+  model: {arch: gpt, width: 32, layers: 2, heads: 2, context: 16}
+  train: {steps: 6, batch_size: 8}
+assistants:
+  - model: {arch: gpt, width: 24, layers: 1, heads: 2, context: 16}
+student:
+  model: {arch: gpt, width: 16, layers: 1, heads: 2, context: 16}
+stages:
+  - {type: distill, level: both, steps: 4, batch_size: 8, sequence: {samples: 8, prompt: 4}}
+  - {type: prune, heads: 0.5, mlp: 0.5}
+  - {type: finetune, steps: 2, batch_size: 8}
+  - {type: export}
+  - {type: quantize, mode: int8_dynamic}
+  - {type: quantize, mode: int4_weight_only, block_size: 32, accuracy_level: 4}
+eval: {max_tokens: 256}
+bench: {prompt: 4, new_tokens: 4, rounds: 3, calls: 1}
+samples: {count: 1, prompt: 6, new_tokens: 6}
+"""
+
+
+def test_lm_recipe_end_to_end(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(10):
+        (docs / f"{i:02d}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * 30)
+    recipe = tmp_path / "lm.yaml"
+    recipe.write_text(RECIPE)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["validate", str(recipe), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "train 6 docs" in res.output and "valid" in res.output
+    res = runner.invoke(cli, [str(recipe), "-o", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out" / "tiny"
+    report = json.loads((out / "report.json").read_text())
+    names = [m["name"] for m in report["models"]]
+    assert names == ["teacher", "assistant0", "scratch", "student", "teacher.onnx", "student.onnx",
+                     "student-int8.onnx", "student-int4-b32-a4.onnx"]
+    by = {m["name"]: m for m in report["models"]}
+    # the ONNX student scores like the torch student (same weights, fp32)
+    assert abs(by["student.onnx"]["bits_per_byte"] - by["student"]["bits_per_byte"]) < 1e-3
+    assert by["student"]["params"] < by["assistant0"]["params"] < by["teacher"]["params"]
+    assert {(r["model"], r["threads"]) for r in report["bench"]} >= {("teacher", 1), ("student-int4-b32-a4", 1)}
+    assert [t["target"].split(":")[0] for t in report["targets"]][0] == "distilled student"
+    prune = next(s for s in report["stages"] if s["stage"] == "1:prune")
+    assert prune["info"]["params_after"] < prune["info"]["params_before"]
+    scratch = next(s for s in report["stages"] if s["stage"] == "scratch")
+    assert scratch["info"]["steps"] == 6  # distill 4 + finetune 2: the student's budget
+    assert 0 < scratch["info"]["val_bits_per_byte"] < 9
+    md = (out / "report.md").read_text()
+    assert "## Generated samples" in md and "**teacher**" in md and "student-int4-b32-a4.onnx" in md
+    # a second run reuses the trained models from the cache
+    res = runner.invoke(cli, [str(recipe), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0 and "reused from the cache" in res.output

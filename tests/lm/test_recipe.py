@@ -1,0 +1,95 @@
+"""compress/lm/recipe.py: task: lm recipes parse; bad ones fail with file:line:key and the valid choices."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.errors import ChainError, RecipeError
+from compress.lm.recipe import LMRecipe, is_lm, load_lm_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+task: lm
+name: t
+teacher:
+  model: {arch: gpt, width: 64, layers: 2, heads: 2, context: 32}
+student:
+  model: {arch: gpt, width: 32, layers: 1, heads: 2, context: 32}
+stages:
+  - {type: distill, steps: 5}
+  - {type: export}
+  - {type: quantize, mode: int4_weight_only, block_size: 64}
+bench: {prompt: 8, new_tokens: 8}
+samples: {prompt: 8, new_tokens: 8}
+"""
+
+
+def _load(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return load_lm_recipe(p), str(p)
+
+
+def _error(tmp_path, text, exc=RecipeError):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(exc) as info:
+        load_lm_recipe(p)
+    return str(info.value).replace(str(p), "r.yaml")
+
+
+def test_good_recipe_and_the_shipped_one(tmp_path):
+    r, _ = _load(tmp_path, GOOD)
+    assert isinstance(r, LMRecipe) and r.stages[2].block_size == 64 and r.stages[0].level == "token"
+    shipped = load_lm_recipe(REPO / "recipes" / "tiny-lm.yaml")
+    assert shipped.task == "lm" and is_lm(yaml.safe_load((REPO / "recipes" / "tiny-lm.yaml").read_text()))
+
+
+def test_bad_quantize_mode_names_line_and_choices(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("mode: int4_weight_only", "mode: int4"))
+    assert msg == ("r.yaml:10: stages[2].mode: invalid value 'int4'; valid choices: int8_dynamic, int4_weight_only")
+
+
+def test_bad_block_size(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("block_size: 64", "block_size: 48"))
+    assert msg == "r.yaml:10: stages[2].block_size: invalid value 48; valid choices: 32, 64, 128"
+
+
+def test_unknown_stage_key_lists_the_stage_keys(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("{type: distill, steps: 5}", "{type: distill, epochs: 5}"))
+    assert msg.startswith("r.yaml:8: stages[0].epochs: unknown key 'epochs'; valid keys: type, level, temperature, alpha, steps")
+
+
+def test_unknown_stage_type(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("{type: export}", "{type: exprot}"))
+    assert msg == "r.yaml:9: stages[1].type: unknown stage type 'exprot'; did you mean 'export'? valid choices: distill, export, finetune, prune, quantize"
+
+
+def test_unknown_top_key(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("name: t", "name: t\nteachr: 1"))
+    assert msg.startswith("r.yaml:3: teachr: unknown key 'teachr'; did you mean 'teacher'? valid keys: task, name, seed")
+
+
+def test_quantize_before_export_is_a_chain_error(tmp_path):
+    text = GOOD.replace("  - {type: export}\n  - {type: quantize, mode: int4_weight_only, block_size: 64}\n",
+                        "  - {type: quantize}\n  - {type: export}\n")
+    msg = _error(tmp_path, text, ChainError)
+    assert msg == ("r.yaml:9: stages[1]: stage 'quantize' cannot follow stage 'distill' (stages[0]): 'quantize' takes onnx "
+                   "models but stage 'distill' (stages[0]) produces torch models; put 'quantize' after an export stage")
+
+
+def test_context_mismatch_and_bench_that_does_not_fit(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("heads: 2, context: 32}\nstages", "heads: 2, context: 16}\nstages"))
+    assert msg == ("r.yaml:6: student.model.context: context 16 differs from the teacher's (32); distillation "
+                   "compares them window by window, so they must match")
+    msg = _error(tmp_path, GOOD.replace("bench: {prompt: 8, new_tokens: 8}", "bench: {prompt: 20, new_tokens: 20}"))
+    assert msg == "r.yaml:11: bench: prompt + new_tokens (20 + 20) must fit the context (32) with one token to spare"
+
+
+def test_width_heads_and_text_source(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("width: 64, layers: 2, heads: 2", "width: 64, layers: 2, heads: 3"))
+    assert msg == "r.yaml:4: teacher.model: width (64) must be divisible by heads (3)"
+    msg = _error(tmp_path, GOOD.replace("name: t", "name: t\ndata: {source: text}"))
+    assert msg.startswith("r.yaml:3: data: source 'text' needs a path")

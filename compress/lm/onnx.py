@@ -125,11 +125,8 @@ def parity(model: GPT, path: Path, windows: np.ndarray, steps: int = 4) -> dict:
 def quantize_decoder(src: Path, dst: Path, mode: str, *, block_size: int = 32, accuracy_level: int | None = None,
                      per_channel: bool = True, reduce_range: str | bool = "auto") -> dict:
     """INT8 dynamic (linear layers) or INT4 weight-only (MatMulNBits) with the vision pipeline's own functions."""
-    from compress.stages.quantize import QuantizeConfig, _int4, _int8_dynamic
-    from compress.stages.quantize import reduce_range as _reduce_range
+    from compress.quantization import backend
 
-    cfg = QuantizeConfig(type="quantize", mode=mode, block_size=block_size, accuracy_level=accuracy_level,
-                         per_channel=per_channel, reduce_range=reduce_range)
     import logging
 
     info: dict = {"mode": mode}
@@ -139,12 +136,12 @@ def quantize_decoder(src: Path, dst: Path, mode: str, *, block_size: int = 32, a
     with atomic_path(dst) as tmp, contextlib.redirect_stdout(io.StringIO()), contextlib.ExitStack() as stack:
         stack.callback(root.setLevel, level)
         if mode == "int8_dynamic":
-            _int8_dynamic(src, tmp, cfg)
+            backend.int8_dynamic(src, tmp, per_channel=per_channel)
             ops = [n.op_type for n in onnx.load(str(tmp), load_external_data=False).graph.node]
             info.update(per_channel=per_channel, int8_matmuls=sum(o in ("MatMulInteger", "DynamicQuantizeMatMul") for o in ops),
-                        reduce_range_cpu_advice=_reduce_range(cfg))
+                        reduce_range_cpu_advice=backend.reduce_range(reduce_range))
         else:
-            n = _int4(src, tmp, cfg)
+            n = backend.int4(src, tmp, block_size=block_size, accuracy_level=accuracy_level)
             if n == 0:
                 raise StageError("quantize: int4_weight_only found no MatMul with constant weights in the decoder")
             info.update(block_size=block_size, accuracy_level=accuracy_level, matmulnbits_nodes=n)

@@ -145,7 +145,8 @@ def test_parse_recipe_without_a_file_has_no_line():
     with pytest.raises(RecipeError) as info:
         parse_recipe({"name": "x", "teacher": {"model": {"arch": "cnn"}}, "student": {"model": {"arch": "cnn"}},
                       "stages": [{"type": "prune"}]})
-    assert str(info.value) == "stages[0].ratio: required key is missing"
+    assert str(info.value) == ("stages[0]: give 'ratio' (fraction of channels to remove, e.g. 0.3) or "
+                               "'target' (e.g. {macs: 0.25} or {latency_ms: 0.05})")
 
 
 def test_global_is_accepted_as_prune_key(tmp_path):

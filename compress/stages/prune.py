@@ -186,6 +186,10 @@ def _pruner(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, ratio: fl
                     ratios[m] = 1 - (keep + 0.5) / width
         if not cfg.global_pruning and iterative_steps == 1:
             round_to = None  # already rounded, to the nearest multiple
+    if head_ratio > 0:
+        # torch-pruning removes heads only in a scope whose width ratio is > 0; with prune_head_dims off
+        # that ratio removes nothing else, so the attention layers get the head ratio as their own
+        ratios.update({m.qkv: head_ratio for m in attn})
     return tp.pruner.MetaPruner(model, example, importance=_importance(cfg.importance), pruning_ratio=ratio,
                                 pruning_ratio_dict=ratios or None, global_pruning=cfg.global_pruning,
                                 iterative_steps=iterative_steps, ignored_layers=ignored, round_to=round_to,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -246,3 +248,85 @@ def test_recovery_steps_distil_between_steps(art, make_ctx, trained_cnn, splits)
 def test_head_ratio_needs_attention(art, make_ctx):
     with pytest.raises(StageError, match="'head_ratio' removes attention heads of the built-in transformer"):
         prune(art, cfg(ratio=0.3, head_ratio=0.5), make_ctx())
+
+
+# --- transformer: heads and MLP hidden units ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_transformer(splits, train):
+    """transformer(width 16, depth 2, 4 heads of 4 dims, MLP hidden 32), 2 epochs."""
+    from compress.models.zoo import transformer
+
+    torch.manual_seed(0)
+    return train(transformer((1, 8, 8), 10, width=16, depth=2, heads=4), splits, epochs=2)
+
+
+def linear_widths(model):
+    return {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def test_transformer_heads_and_hidden_units_shrink(trained_transformer, as_artifact, make_ctx, splits, tmp_path):
+    import onnxruntime as ort
+
+    from compress._onnx import export_onnx
+    from compress.stages.prune import head_table
+
+    art = as_artifact(trained_transformer)
+    out = prune(art, cfg(ratio=0.5, head_ratio=0.5, round_to=None), make_ctx())
+    model = out.model
+    assert head_table(model) == {"features.1.attn": 2, "features.2.attn": 2}
+    w = linear_widths(model)
+    for b in (1, 2):
+        assert w[f"features.{b}.attn.qkv"] == (16, 24)  # 2 heads x 4 dims x (q, k, v)
+        assert w[f"features.{b}.attn.proj"] == (8, 16)
+        assert w[f"features.{b}.mlp.fc1"] == (16, 16)  # hidden 32 -> 16
+        assert w[f"features.{b}.mlp.fc2"] == (16, 16)
+    assert w["features.0.proj"] == (4, 16) and w["classifier"] == (16, 10)  # residual width and classes kept
+    rows = {r["layer"]: (r["before"], r["after"]) for r in out.info["layers"]}
+    assert rows["features.1.attn (heads)"] == (4, 2) and rows["features.2.mlp.fc1"] == (32, 16)
+    assert out.params < art.params and out.macs < art.macs
+    assert head_table(trained_transformer) == {"features.1.attn": 4, "features.2.attn": 4}  # input untouched
+
+    # the pruned model exports to ONNX and onnxruntime agrees with torch
+    path = export_onnx(model, splits.input_shape, tmp_path / "t.onnx")
+    x = splits.val.x[:64]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(x)).numpy()
+    assert abs(got - want).max() < 1e-4
+
+    # heads only: the MLP keeps its 32 hidden units
+    heads_only = prune(art, cfg(head_ratio=0.25), make_ctx()).model
+    assert head_table(heads_only) == {"features.1.attn": 3, "features.2.attn": 3}
+    assert linear_widths(heads_only)["features.1.mlp.fc1"] == (16, 32)
+
+
+def test_removing_a_dead_head_changes_nothing(trained_transformer, as_artifact, make_ctx, splits):
+    """Zero one head's q/k/v rows and its proj columns in every block: that head contributes nothing and
+    ranks lowest, so pruning one head of four must remove exactly it: the outputs stay the same."""
+    model = copy.deepcopy(trained_transformer)
+    with torch.no_grad():
+        for b in (1, 2):
+            attn = model.features[b].attn
+            for part in range(3):  # q, k, v blocks of the fused layer; head 1 holds dims 4..7 of each
+                attn.qkv.weight[part * 16 + 4: part * 16 + 8] = 0
+                attn.qkv.bias[part * 16 + 4: part * 16 + 8] = 0
+            attn.proj.weight[:, 4:8] = 0
+    out = prune(as_artifact(model), cfg(head_ratio=0.25), make_ctx()).model
+    x = torch.from_numpy(splits.val.x[:32])
+    with torch.no_grad():
+        torch.testing.assert_close(out.eval()(x), model.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_pruned_transformer_survives_the_checkpoint(trained_transformer, as_artifact, make_ctx, splits, tmp_path):
+    """The stage cache saves pruned models as safetensors and loads them into a fresh model: the head
+    count follows the qkv layer's width, so it comes back too."""
+    from compress.models.checkpoint import load_model, save_model
+    from compress.models.zoo import transformer
+
+    out = prune(as_artifact(trained_transformer), cfg(ratio=0.5, head_ratio=0.5), make_ctx()).model
+    back = load_model(transformer((1, 8, 8), 10, width=16, depth=2, heads=4), save_model(out, tmp_path / "m.safetensors"))
+    x = torch.from_numpy(splits.val.x[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), out.eval()(x))

@@ -21,10 +21,13 @@ Prints markdown tables; timings on a shared machine are noisy: compare ratios wi
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's compress, not an installed one
 
 VARIANTS: dict[str, dict] = {
     "ratio 0.3, unrounded": {"ratio": 0.3, "round_to": None},

@@ -227,10 +227,12 @@ def prune(art: Artifact, cfg: PruneConfig, ctx) -> Artifact:
     model.zero_grad(set_to_none=True)
     model.eval()
     after = channel_table(model)
-    if cfg.target is None and cfg.ratio and cfg.round_to:
-        classifier = {n for n, m in model.named_modules() if any(m is c for c in output_layers(model, example))}
-        whole = [k for k, v in after.items() if v == before.get(k) and k not in classifier
-                 and not any(k.startswith(f"{a}.") for a in heads_before)]
+    whole = [k for k, v in after.items() if v == before.get(k)]
+    if cfg.target is None and cfg.ratio and cfg.round_to and whole:
+        # the layers that rounding kept whole: those the same ratio prunes without rounding
+        exact = channel_table(_prune_once(art.model, cfg.model_copy(update={"round_to": None}), ctx, example,
+                                          cfg.ratio, 0.0, ctx.recipe.seed))
+        whole = [k for k in whole if exact.get(k) != before[k]]
         if whole:
             info.setdefault("notes", []).append(
                 f"round_to {cfg.round_to}: every layer keeps the multiple of {cfg.round_to} nearest to (1 - ratio) x its "

@@ -54,12 +54,18 @@ class PruneTarget(BaseModel):
     macs: float | None = Field(None, gt=0, lt=1, description="keep at most this fraction of the input model's MACs")
     params: float | None = Field(None, gt=0, lt=1, description="keep at most this fraction of the input model's parameters")
     latency_ms: float | None = Field(None, gt=0, description="onnxruntime p50 at batch 1, 1 thread, in milliseconds")
+    speedup: float | None = Field(None, gt=1, le=1000, description="p50 speed-up over the input model at batch 1, 1 thread, "
+                                                                   "timed interleaved (robust to a busy machine)")
 
     @model_validator(mode="after")
     def _some_goal(self):
-        if self.macs is None and self.params is None and self.latency_ms is None:
-            raise ValueError("a target needs at least one of macs, params, latency_ms")
+        if self.macs is None and self.params is None and self.latency_ms is None and self.speedup is None:
+            raise ValueError("a target needs at least one of macs, params, latency_ms, speedup")
         return self
+
+    @property
+    def timed(self) -> bool:
+        return self.latency_ms is not None or self.speedup is not None
 
 
 class PruneConfig(StageConfig):
@@ -299,17 +305,20 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
 
     rows, models = [], []
     with tempfile.TemporaryDirectory(prefix="compress-prune-") as tmp:
-        timer = _LatencyProbe(model, shape, Path(tmp), rounds=cfg.latency_rounds, seed=ctx.recipe.seed) if t.latency_ms else None
+        timer = _LatencyProbe(model, shape, Path(tmp), rounds=cfg.latency_rounds, seed=ctx.recipe.seed) if t.timed else None
+
+        def fast_enough(p50: float, speedup: float) -> bool:
+            return (t.latency_ms is None or p50 <= t.latency_ms) and (t.speedup is None or speedup >= t.speedup)
 
         def record(step: int, ratio: float, m: nn.Module) -> dict:
             macs, params = count_macs_params(m, shape)
             p50, speedup = (timer.measure(m, f"step{step}") if step else timer.measure_input()) if timer else (None, None)
-            if timer and p50 <= t.latency_ms:
+            if timer and fast_enough(p50, speedup):
                 # one lucky measurement on a busy machine must not end the search: confirm it with fresh
                 # rounds and keep the slower of the two
                 p50b, speedupb = timer.measure(m, f"step{step}b") if step else timer.measure_input()
                 p50, speedup = max(p50, p50b), min(speedup, speedupb)
-            met = cheap_ok(m) and (t.latency_ms is None or p50 <= t.latency_ms)
+            met = cheap_ok(m) and (timer is None or fast_enough(p50, speedup))
             row = {"step": step, "ratio": ratio, "channels": _prunable_channels(m, classifier),
                    "heads": sum(head_table(m).values()), "macs": macs, "params": params, "p50_ms": p50,
                    "speedup": speedup, "val_accuracy": evaluate_split(m, val.x, val.y)[0], "met": met}
@@ -335,7 +344,7 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
                 notes.append(f"step {step}: nothing left to prune (every layer is at its minimum"
                              + (f" of round_to={cfg.round_to} channels" if cfg.round_to else "") + ").")
                 break
-            if t.latency_ms is None and cheap_ok(cand):
+            if not t.timed and cheap_ok(cand):
                 # MACs/params are exact: cut the last step back to the smallest ratio that still meets them
                 lo, hi = 0.0, ratio
                 for _ in range(8):

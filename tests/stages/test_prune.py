@@ -152,9 +152,9 @@ def test_config_validation():
         cfg(ratio=0.3, target={"macs": 0.5})
     with pytest.raises(ValueError, match="'iterative_steps' is for 'ratio'"):
         cfg(target={"macs": 0.5}, iterative_steps=3)
-    with pytest.raises(ValueError, match="a target needs at least one of macs, params, latency_ms"):
+    with pytest.raises(ValueError, match="a target needs at least one of macs, params, latency_ms, speedup"):
         cfg(target={})
-    for bad in ({"macs": 1.0}, {"params": 0}, {"latency_ms": -1}, {"flops": 0.5}):
+    for bad in ({"macs": 1.0}, {"params": 0}, {"latency_ms": -1}, {"speedup": 1.0}, {"flops": 0.5}):
         with pytest.raises(ValueError):
             cfg(target=bad)
     assert cfg(head_ratio=0.5).ratio is None  # heads only
@@ -209,8 +209,9 @@ def test_rounded_target_keeps_multiples(art, make_ctx):
     assert all(c % 4 == 0 for c in conv_channels(out.model))
 
 
-def test_unreachable_latency_keeps_the_fastest_and_says_so(art, make_ctx):
-    out = prune(art, cfg(target={"latency_ms": 1e-6}, max_steps=3, patience=3, latency_rounds=3, round_to=None), make_ctx())
+@pytest.mark.parametrize("goal, text", [({"latency_ms": 1e-6}, "latency_ms 1e-06"), ({"speedup": 1000}, "speedup 1000.0")])
+def test_unreachable_latency_keeps_the_fastest_and_says_so(art, make_ctx, goal, text):
+    out = prune(art, cfg(target=goal, max_steps=3, patience=3, latency_rounds=3, round_to=None), make_ctx())
     steps = out.info["steps"]
     assert not out.info["target_met"] and len(steps) == 4  # step 0 (the input) + 3 steps
     fastest = max(s["speedup"] for s in steps)  # over the input, timed in the same rounds
@@ -218,7 +219,7 @@ def test_unreachable_latency_keeps_the_fastest_and_says_so(art, make_ctx):
     assert steps[kept]["speedup"] >= fastest * 0.97
     assert all(s["speedup"] < fastest * 0.97 for s in steps[:kept])  # the least-pruned of the fastest
     assert (out.macs, out.params) == (steps[kept]["macs"], steps[kept]["params"])
-    assert any(n.startswith(f"target not met (latency_ms 1e-06): kept step {kept}") for n in out.info["notes"])
+    assert any(n.startswith(f"target not met ({text}): kept step {kept}") for n in out.info["notes"])
 
 
 def test_latency_target_met_by_the_input_prunes_nothing(art, make_ctx):

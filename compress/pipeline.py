@@ -27,7 +27,7 @@ from compress.evaluate import evaluate
 from compress.models import build_model, check_io, describe_spec, load_weights
 from compress.recipe import Recipe, check_chain
 from compress.stages.base import STAGES
-from compress.stages.prune import count_macs_params
+from compress.stages.prune import count_macs_params, head_table
 from compress.stages.train import cross_entropy
 from compress.training import fit
 
@@ -79,6 +79,9 @@ def prepare(recipe: Recipe) -> Prepared:
         if st.type == "prune" and st.importance == "bn_scale" and not has_bn:
             raise recipe.error_at("importance 'bn_scale' needs BatchNorm layers and the student has none; "
                                   "valid choices for this model: l1, l2, taylor", "stages", i, "importance")
+        if st.type == "prune" and st.head_ratio > 0 and not head_table(student):
+            raise recipe.error_at("'head_ratio' removes attention heads of the built-in transformer (arch: transformer), "
+                                  "and the student has none; drop head_ratio", "stages", i, "head_ratio")
     _check_losses(recipe, teacher, student, splits.input_shape, splits.num_classes)
     return Prepared(splits, teacher.eval(), recipe.teacher.weights is not None, student)
 

@@ -56,16 +56,21 @@ class DataConfig(Strict):
 
 
 class ModelSpec(Strict):
-    arch: Literal["mlp", "cnn"] | None = Field(None, description="built-in architecture")
-    width: int = Field(16, ge=1, le=4096, description="channels (cnn) or hidden units (mlp) of the first layer")
-    depth: int = Field(2, ge=1, le=16, description="number of conv blocks (cnn) or hidden layers (mlp)")
+    arch: Literal["mlp", "cnn", "transformer"] | None = Field(None, description="built-in architecture")
+    width: int = Field(16, ge=1, le=4096, description="channels (cnn), hidden units (mlp) or token width (transformer)")
+    depth: int = Field(2, ge=1, le=16, description="number of conv blocks (cnn), hidden layers (mlp) or blocks (transformer)")
+    heads: int | None = Field(None, ge=1, le=64, description="transformer: attention heads (default 4; width must be a multiple)")
     factory: str | None = Field(None, description="user model as 'package.module:function'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.arch is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'arch' (built-in: mlp, cnn) or 'factory' ('package.module:function')")
+            raise ValueError("give exactly one of 'arch' (built-in: mlp, cnn, transformer) or 'factory' ('package.module:function')")
+        if self.heads is not None and self.arch != "transformer":
+            raise ValueError("'heads' is a key of arch 'transformer' only")
+        if self.arch == "transformer" and self.width % (self.heads or 4):
+            raise ValueError(f"arch 'transformer': width {self.width} must be a multiple of heads {self.heads or 4}")
         if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
             raise ValueError(f"factory must look like 'package.module:function' (got {self.factory!r})")
         return self

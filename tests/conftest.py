@@ -42,7 +42,7 @@ TINY_RECIPE = {
     "student": {"model": {"arch": "cnn", "width": 4, "depth": 2}},
     "stages": [
         {"type": "distill", "epochs": 2},
-        {"type": "prune", "ratio": 0.3},
+        {"type": "prune", "ratio": 0.3, "round_to": None},  # 4-8 channels: rounding to 8 would keep them all
         {"type": "finetune", "epochs": 1, "distill": True},
         {"type": "export", "format": ["onnx", "ort"]},
         {"type": "quantize", "mode": "int8_static"},

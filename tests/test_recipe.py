@@ -92,7 +92,7 @@ def test_configs_are_frozen(tmp_path):
     (GOOD.replace("{val: 0.2, test: 0.2}", "{val: 0.5, test: 0.5}"),
      "recipe.yaml:5: data.split: val + test must leave data for training (got 0.5 + 0.5 >= 1)"),
     (GOOD.replace("{arch: cnn, width: 16, depth: 2}", "{width: 16}"),
-     "recipe.yaml:10: student.model: give exactly one of 'arch' (built-in: mlp, cnn) or 'factory' ('package.module:function')"),
+     "recipe.yaml:10: student.model: give exactly one of 'arch' (built-in: mlp, cnn, transformer) or 'factory' ('package.module:function')"),
     (GOOD.replace("name: digits", "name: ../evil"),
      "recipe.yaml:1: name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]*$' (got '../evil')"),
     (GOOD.replace("  - {type: prune, ratio: 0.3, importance: l2}\n", "").replace(
@@ -145,7 +145,8 @@ def test_parse_recipe_without_a_file_has_no_line():
     with pytest.raises(RecipeError) as info:
         parse_recipe({"name": "x", "teacher": {"model": {"arch": "cnn"}}, "student": {"model": {"arch": "cnn"}},
                       "stages": [{"type": "prune"}]})
-    assert str(info.value) == "stages[0].ratio: required key is missing"
+    assert str(info.value) == ("stages[0]: give 'ratio' (fraction of channels to remove, e.g. 0.3) or "
+                               "'target' (e.g. {macs: 0.25} or {latency_ms: 0.05})")
 
 
 def test_global_is_accepted_as_prune_key(tmp_path):

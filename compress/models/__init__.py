@@ -16,7 +16,8 @@ __all__ = ["build_model", "load_weights", "read_state_dict", "check_io", "descri
 
 def describe_spec(spec) -> str:
     if spec.arch:
-        return f"{spec.arch}(width={spec.width}, depth={spec.depth})"
+        heads = f", heads={spec.heads or 4}" if spec.arch == "transformer" else ""
+        return f"{spec.arch}(width={spec.width}, depth={spec.depth}{heads})"
     return f"{spec.factory}({', '.join(f'{k}={v!r}' for k, v in spec.kwargs.items())})"
 
 
@@ -24,7 +25,8 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     """A fresh (randomly initialised) model for ``spec``; the caller seeds torch first."""
     if spec.arch:
         try:
-            return ZOO[spec.arch](tuple(input_shape), num_classes, width=spec.width, depth=spec.depth)
+            extra = {"heads": spec.heads or 4} if spec.arch == "transformer" else {}
+            return ZOO[spec.arch](tuple(input_shape), num_classes, width=spec.width, depth=spec.depth, **extra)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
     mod_name, fn_name = spec.factory.split(":")

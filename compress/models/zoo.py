@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
-__all__ = ["ZOO", "cnn", "mlp"]
+__all__ = ["ZOO", "cnn", "mlp", "transformer", "Attention", "Tokens"]
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: int = 2) -> nn.Module:
@@ -56,4 +57,103 @@ class _Net(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-ZOO = {"cnn": cnn, "mlp": mlp}
+def transformer(input_shape: tuple[int, ...], num_classes: int, width: int = 32, depth: int = 2, heads: int = 4,
+                patch: int | None = None, mlp_ratio: int = 2) -> nn.Module:
+    """A pre-norm ViT-style encoder: tokens, ``depth`` x (attention with ``heads`` heads + MLP of
+    ``mlp_ratio * width`` hidden units), LayerNorm, mean over tokens, linear classifier.
+
+    Image input C x H x W is cut into ``patch`` x ``patch`` patches (default 2 when H and W are even:
+    16 tokens of 4 values for 8x8 digits); flat input of F features is F tokens of one value each.
+    Layers: ``features.0`` embeds the tokens (``proj``, plus a learned position embedding),
+    ``features.1..depth`` are the blocks (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``),
+    ``features.{depth+1}`` the final LayerNorm, then ``classifier``. Attention uses explicit Linears and
+    matmuls (no fused kernels), so torch-pruning can remove whole heads and ONNX export is plain.
+
+    >>> transformer((1, 8, 8), 10, width=32, depth=2, heads=4)  # 18.2k params, 0.27M MACs
+    """
+    if width % heads:
+        raise ValueError(f"arch 'transformer': width {width} must be a multiple of heads {heads}")
+    embed = Tokens(input_shape, width, patch)
+    blocks = [_Block(width, heads, mlp_ratio * width) for _ in range(depth)]
+    return _Net(nn.Sequential(embed, *blocks, nn.LayerNorm(width)), _TokenMean(), nn.Linear(width, num_classes))
+
+
+class Tokens(nn.Module):
+    """Input -> (batch, tokens, width): image patches or one token per feature, plus a position embedding."""
+
+    def __init__(self, input_shape: tuple[int, ...], width: int, patch: int | None):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        if len(input_shape) == 3:
+            c, h, w = input_shape
+            self.patch = patch or (2 if h % 2 == 0 and w % 2 == 0 else 1)
+            if h % self.patch or w % self.patch:
+                raise ValueError(f"arch 'transformer': patch {self.patch} does not divide the image {h}x{w}")
+            tokens, dim = (h // self.patch) * (w // self.patch), c * self.patch ** 2
+        else:
+            self.patch = None
+            tokens, dim = math.prod(input_shape), 1
+        self.proj = nn.Linear(dim, width)
+        self.pos = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
+
+    def forward(self, x):
+        b = x.shape[0]
+        if self.patch is None:
+            x = x.reshape(b, -1, 1)
+        else:
+            c, h, w = self.input_shape
+            p = self.patch
+            x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
+        return self.proj(x) + self.pos
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` Linear (timm's layout, which torch-pruning's
+    head pruning understands). ``head_dim`` is fixed; the head count follows the layer's width, so a
+    model whose heads were pruned (or loaded from a pruned checkpoint) needs no extra bookkeeping."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.head_dim = width // heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    @property
+    def num_heads(self) -> int:
+        return self.qkv.out_features // (3 * self.head_dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class _MLP(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(width), Attention(width, heads)
+        self.norm2, self.mlp = nn.LayerNorm(width), _MLP(width, hidden)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _TokenMean(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=1)
+
+
+ZOO = {"cnn": cnn, "mlp": mlp, "transformer": transformer}

@@ -247,6 +247,16 @@ case("output_not_writable", BASE,
      "output folder /proc/compress-out/bad cannot be written (No such file or directory); pass --output DIR",
      args="--output /proc/compress-out")
 
+case("prune_ratio_and_target", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1}\n  - {type: prune, ratio: 0.3, target: {macs: 0.25}}"),
+     "{dir}/recipe.yaml:12: stages[1]: give either 'ratio' (fraction of channels to remove) or 'target' (what to reach), not both")
+case("prune_target_unknown_goal", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1}\n  - {type: prune, target: {flops: 0.25}}"),
+     "{dir}/recipe.yaml:12: stages[1].target.flops: unknown key 'flops'; valid keys: macs, params, latency_ms, speedup")
+case("head_ratio_without_attention", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1}\n  - {type: prune, ratio: 0.3, head_ratio: 0.5}"),
+     "{dir}/recipe.yaml:12: stages[1].head_ratio: 'head_ratio' removes attention heads of the built-in transformer "
+     "(arch: transformer), and the student has none; drop head_ratio")
+case("transformer_heads_do_not_divide_width", BASE.replace("{arch: mlp, width: 8, depth: 1}", "{arch: transformer, width: 30, heads: 4}"),
+     "{dir}/recipe.yaml:9: student.model: arch 'transformer': width 30 must be a multiple of heads 4")
+
 
 if __name__ == "__main__":
     print(f"{len(CASES)} cases written to {HERE}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from compress.errors import StageError
 from compress.stages.prune import PruneConfig, channel_table, count_macs_params, prune
+from compress.training import accuracy
 
 
 def cfg(**kw) -> PruneConfig:
@@ -30,7 +33,7 @@ def art(trained_cnn, as_artifact):
 @pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "bn_scale"])
 def test_prune_half_of_every_layer(importance, art, trained_cnn, make_ctx, splits):
     before_state, before_table = snapshot(trained_cnn), channel_table(trained_cnn)
-    out = prune(art, cfg(ratio=0.5, importance=importance), make_ctx())
+    out = prune(art, cfg(ratio=0.5, importance=importance, round_to=None), make_ctx())
 
     model = out.model
     assert model is not trained_cnn
@@ -65,7 +68,7 @@ def test_prune_half_of_every_layer(importance, art, trained_cnn, make_ctx, split
 
 def test_kept_channels_keep_their_weights(art, make_ctx, trained_cnn):
     """Every kept filter of the first conv is one of the original filters, unchanged (channels are removed, not re-fit)."""
-    out = prune(art, cfg(ratio=0.5, importance="l1"), make_ctx())
+    out = prune(art, cfg(ratio=0.5, importance="l1", round_to=None), make_ctx())
     orig = trained_cnn.features[0].weight.detach()
     kept = out.model.features[0].weight.detach()
     for f in kept:
@@ -75,16 +78,31 @@ def test_kept_channels_keep_their_weights(art, make_ctx, trained_cnn):
 
 
 def test_round_to_gives_multiples(art, make_ctx):
-    plain = prune(art, cfg(ratio=0.3), make_ctx())
+    plain = prune(art, cfg(ratio=0.3, round_to=None), make_ctx())
     assert conv_channels(plain.model) == [5, 11]  # 8 * 0.7 = 5.6, 16 * 0.7 = 11.2: not multiples of 4
     rounded = prune(art, cfg(ratio=0.3, round_to=4), make_ctx())
-    chans = conv_channels(rounded.model)
-    assert all(c % 4 == 0 and c > 0 for c in chans), chans
+    # the nearest multiples of 4 to 5.6 and 11.2 (torch-pruning's own round_to rounds down: 4 and 8)
+    assert conv_channels(rounded.model) == [4, 12]
     assert all(row["after"] % 4 == 0 for row in rounded.info["layers"] if row["layer"] != "classifier")
 
 
+def test_default_rounds_to_multiples_of_8(art, make_ctx):
+    assert cfg(ratio=0.3).round_to == 8
+    # 8 channels: at the minimum, not pruned; 16 * 0.7 = 11.2 -> 8
+    out = prune(art, cfg(ratio=0.3), make_ctx())
+    assert conv_channels(out.model) == [8, 8]
+    assert out.info["notes"] == ["round_to 8: every layer keeps the multiple of 8 nearest to (1 - ratio) x its channels; "
+                                 "features.0 kept all of theirs (at 8 or fewer, or too few to remove at this granularity); "
+                                 "round_to: null prunes exactly the ratio."]
+    # 16 * 0.75 = 12 is halfway between 8 and 16: ties prune (the stage was asked to remove channels)
+    assert conv_channels(prune(art, cfg(ratio=0.25), make_ctx()).model) == [8, 8]
+    # 16 * 0.9 = 14.4 -> 16: nothing to remove at this granularity
+    out = prune(art, cfg(ratio=0.1), make_ctx())
+    assert conv_channels(out.model) == [8, 16] and out.params == art.params
+
+
 def test_global_pruning(art, make_ctx):
-    out = prune(art, cfg(ratio=0.5, **{"global": True}), make_ctx())
+    out = prune(art, cfg(ratio=0.5, round_to=None, **{"global": True}), make_ctx())
     assert out.params < art.params
     chans = conv_channels(out.model)
     # global: half of all 8 + 16 = 24 prunable channels go, wherever they rank lowest
@@ -95,14 +113,14 @@ def test_global_pruning(art, make_ctx):
 
 @pytest.mark.parametrize("importance", ["l2", "taylor"])
 def test_iterative_steps_reach_the_ratio(art, make_ctx, importance, splits):
-    out = prune(art, cfg(ratio=0.5, iterative_steps=3, importance=importance), make_ctx())
+    out = prune(art, cfg(ratio=0.5, iterative_steps=3, importance=importance, round_to=None), make_ctx())
     assert conv_channels(out.model) == [4, 8]
     assert out.model.eval()(torch.from_numpy(splits.val.x[:4])).shape == (4, 10)
 
 
 def test_prune_mlp_keeps_classifier(trained_mlp, as_artifact, make_ctx):
     art = as_artifact(trained_mlp)
-    out = prune(art, cfg(ratio=0.25), make_ctx())
+    out = prune(art, cfg(ratio=0.25, round_to=None), make_ctx())
     linears = [m for m in out.model.modules() if isinstance(m, nn.Linear)]
     assert [m.out_features for m in linears] == [48, 48, 10]
     assert out.params < art.params
@@ -123,13 +141,23 @@ def test_bn_scale_without_batchnorm_is_a_stage_error(make_ctx, as_artifact):
     with pytest.raises(StageError, match="importance 'bn_scale' needs BatchNorm layers.*use l1, l2 or taylor"):
         prune(art, cfg(ratio=0.5, importance="bn_scale"), make_ctx())
     # the other importances work on it
-    out = prune(art, cfg(ratio=0.5, importance="l1"), make_ctx())
+    out = prune(art, cfg(ratio=0.5, importance="l1", round_to=None), make_ctx())
     assert conv_channels(out.model) == [3, 3]
 
 
 def test_config_validation():
-    with pytest.raises(ValueError):
-        cfg()  # ratio is required
+    with pytest.raises(ValueError, match=r"give 'ratio' \(fraction of channels to remove, e.g. 0.3\) or 'target'"):
+        cfg()
+    with pytest.raises(ValueError, match="give either 'ratio' .* or 'target' .*, not both"):
+        cfg(ratio=0.3, target={"macs": 0.5})
+    with pytest.raises(ValueError, match="'iterative_steps' is for 'ratio'"):
+        cfg(target={"macs": 0.5}, iterative_steps=3)
+    with pytest.raises(ValueError, match="a target needs at least one of macs, params, latency_ms, speedup"):
+        cfg(target={})
+    for bad in ({"macs": 1.0}, {"params": 0}, {"latency_ms": -1}, {"speedup": 1.0}, {"flops": 0.5}):
+        with pytest.raises(ValueError):
+            cfg(target=bad)
+    assert cfg(head_ratio=0.5).ratio is None  # heads only
     for bad in (0, 1, 1.5):
         with pytest.raises(ValueError):
             cfg(ratio=bad)
@@ -141,6 +169,170 @@ def test_hidden_layers_as_wide_as_the_class_count_are_pruned(make_ctx, as_artifa
 
     torch.manual_seed(0)
     art = as_artifact(mlp((1, 8, 8), 10, width=10, depth=2).eval())
-    out = prune(art, cfg(ratio=0.5), make_ctx())
+    out = prune(art, cfg(ratio=0.5, round_to=None), make_ctx())
     assert [row["after"] for row in out.info["layers"]] == [5, 5, 10]
     assert out.params < art.params
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+
+def test_macs_target_lands_on_the_target(art, make_ctx, splits):
+    out = prune(art, cfg(target={"macs": 0.5}, round_to=None), make_ctx())
+    steps = out.info["steps"]
+    assert out.info["target_met"] and out.info["kept_step"] == len(steps) - 1
+    assert out.macs <= 0.5 * art.macs
+    # the last step was cut back: one channel fewer removed would miss the target, so it is close to 50 %
+    assert out.macs > 0.4 * art.macs
+    assert [s["macs"] for s in steps] == sorted((s["macs"] for s in steps), reverse=True)
+    assert [s["met"] for s in steps] == [False] * (len(steps) - 1) + [True]
+    assert steps[0]["macs"] == art.macs and steps[-1]["macs"] == out.macs
+    assert (out.info["macs_before"], out.info["macs_after"]) == (art.macs, out.macs)
+    # every step is in the report table, with its val accuracy measured on the val split
+    table = out.info["tables"][0]
+    assert [r[0] for r in table["rows"]] == list(range(len(steps)))
+    assert table["rows"][-1][-1] == "kept"
+    assert steps[-1]["val_accuracy"] == pytest.approx(accuracy(out.model, splits.val.x, splits.val.y))
+    assert out.info["notes"][0].startswith(f"target met at step {len(steps) - 1}: ")
+    assert steps[0]["p50_ms"] is None  # no latency goal: nothing timed
+
+
+def test_params_and_macs_together(art, make_ctx):
+    out = prune(art, cfg(target={"macs": 0.6, "params": 0.4}, round_to=None), make_ctx())
+    assert out.info["target_met"]
+    assert out.macs <= 0.6 * art.macs and out.params <= 0.4 * art.params
+
+
+def test_rounded_target_keeps_multiples(art, make_ctx):
+    out = prune(art, cfg(target={"macs": 0.5}, round_to=4), make_ctx())
+    assert out.info["target_met"] and out.macs <= 0.5 * art.macs
+    assert all(c % 4 == 0 for c in conv_channels(out.model))
+
+
+@pytest.mark.parametrize("goal, text", [({"latency_ms": 1e-6}, "latency_ms 1e-06"), ({"speedup": 1000}, "speedup 1000.0")])
+def test_unreachable_latency_keeps_the_fastest_and_says_so(art, make_ctx, goal, text):
+    out = prune(art, cfg(target=goal, max_steps=3, patience=3, latency_rounds=3, round_to=None), make_ctx())
+    steps = out.info["steps"]
+    assert not out.info["target_met"] and len(steps) == 4  # step 0 (the input) + 3 steps
+    fastest = max(s["speedup"] for s in steps)  # over the input, timed in the same rounds
+    kept = out.info["kept_step"]
+    assert steps[kept]["speedup"] >= fastest * 0.97
+    assert all(s["speedup"] < fastest * 0.97 for s in steps[:kept])  # the least-pruned of the fastest
+    assert (out.macs, out.params) == (steps[kept]["macs"], steps[kept]["params"])
+    assert any(n.startswith(f"target not met ({text}): kept step {kept}") for n in out.info["notes"])
+
+
+def test_latency_target_met_by_the_input_prunes_nothing(art, make_ctx):
+    out = prune(art, cfg(target={"latency_ms": 1000.0}, latency_rounds=3), make_ctx())
+    assert out.info["target_met"] and out.info["kept_step"] == 0 and len(out.info["steps"]) == 1
+    assert out.params == art.params and out.macs == art.macs
+    assert out.info["notes"] == ["the input model already meets the target: nothing was pruned."]
+    assert out.info["steps"][0]["p50_ms"] > 0 and out.info["steps"][0]["speedup"] == 1.0
+
+
+def test_nothing_left_to_prune_stops(art, make_ctx):
+    # round_to 8 on an 8-16 CNN: 16 -> 8, then every layer is at its minimum; 1 % of the MACs is out of reach
+    out = prune(art, cfg(target={"macs": 0.01}), make_ctx())
+    assert not out.info["target_met"] and conv_channels(out.model) == [8, 8]
+    assert any("nothing left to prune" in n for n in out.info["notes"])
+
+
+def test_recovery_steps_distil_between_steps(art, make_ctx, trained_cnn, splits):
+    ctx = make_ctx(teacher=trained_cnn)
+    plain = prune(art, cfg(target={"macs": 0.3}, round_to=None), ctx)
+    rec = prune(art, cfg(target={"macs": 0.3}, round_to=None, recover_steps=30), ctx)
+    assert rec.info["target_met"] and rec.macs <= 0.3 * art.macs
+    # 30 KD steps after each pruning step win back accuracy lost by pruning alone (seeded: deterministic)
+    assert rec.info["steps"][-1]["val_accuracy"] > plain.info["steps"][-1]["val_accuracy"]
+    assert any(n.startswith("recovery: 30 optimizer steps of KD") for n in rec.info["notes"])
+    # ratio mode too: between torch-pruning's iterative steps
+    out = prune(art, cfg(ratio=0.5, iterative_steps=2, recover_steps=5, round_to=None), ctx)
+    assert conv_channels(out.model) == [4, 8]
+
+
+def test_head_ratio_needs_attention(art, make_ctx):
+    with pytest.raises(StageError, match="'head_ratio' removes attention heads of the built-in transformer"):
+        prune(art, cfg(ratio=0.3, head_ratio=0.5), make_ctx())
+
+
+# --- transformer: heads and MLP hidden units ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_transformer():
+    """transformer(width 16, depth 2, 4 heads of 4 dims, MLP hidden 32), seeded initial weights: the tests
+    check structure and exactness, which need no training (training it costs seconds per epoch)."""
+    from compress.models.zoo import transformer
+
+    torch.manual_seed(0)
+    return transformer((1, 8, 8), 10, width=16, depth=2, heads=4).eval()
+
+
+def linear_widths(model):
+    return {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def test_transformer_heads_and_hidden_units_shrink(trained_transformer, as_artifact, make_ctx, splits, tmp_path):
+    import onnxruntime as ort
+
+    from compress._onnx import export_onnx
+    from compress.stages.prune import head_table
+
+    art = as_artifact(trained_transformer)
+    out = prune(art, cfg(ratio=0.5, head_ratio=0.5, round_to=None), make_ctx())
+    model = out.model
+    assert head_table(model) == {"features.1.attn": 2, "features.2.attn": 2}
+    w = linear_widths(model)
+    for b in (1, 2):
+        assert w[f"features.{b}.attn.qkv"] == (16, 24)  # 2 heads x 4 dims x (q, k, v)
+        assert w[f"features.{b}.attn.proj"] == (8, 16)
+        assert w[f"features.{b}.mlp.fc1"] == (16, 16)  # hidden 32 -> 16
+        assert w[f"features.{b}.mlp.fc2"] == (16, 16)
+    assert w["features.0.proj"] == (4, 16) and w["classifier"] == (16, 10)  # residual width and classes kept
+    rows = {r["layer"]: (r["before"], r["after"]) for r in out.info["layers"]}
+    assert rows["features.1.attn (heads)"] == (4, 2) and rows["features.2.mlp.fc1"] == (32, 16)
+    assert out.params < art.params and out.macs < art.macs
+    assert head_table(trained_transformer) == {"features.1.attn": 4, "features.2.attn": 4}  # input untouched
+
+    # the pruned model exports to ONNX and onnxruntime agrees with torch
+    path = export_onnx(model, splits.input_shape, tmp_path / "t.onnx")
+    x = splits.val.x[:64]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(x)).numpy()
+    assert abs(got - want).max() < 1e-4
+
+    # heads only: the MLP keeps its 32 hidden units
+    heads_only = prune(art, cfg(head_ratio=0.25), make_ctx()).model
+    assert head_table(heads_only) == {"features.1.attn": 3, "features.2.attn": 3}
+    assert linear_widths(heads_only)["features.1.mlp.fc1"] == (16, 32)
+
+
+def test_removing_a_dead_head_changes_nothing(trained_transformer, as_artifact, make_ctx, splits):
+    """Zero one head's q/k/v rows and its proj columns in every block: that head contributes nothing and
+    ranks lowest, so pruning one head of four must remove exactly it: the outputs stay the same."""
+    model = copy.deepcopy(trained_transformer)
+    with torch.no_grad():
+        for b in (1, 2):
+            attn = model.features[b].attn
+            for part in range(3):  # q, k, v blocks of the fused layer; head 1 holds dims 4..7 of each
+                attn.qkv.weight[part * 16 + 4: part * 16 + 8] = 0
+                attn.qkv.bias[part * 16 + 4: part * 16 + 8] = 0
+            attn.proj.weight[:, 4:8] = 0
+    out = prune(as_artifact(model), cfg(head_ratio=0.25), make_ctx()).model
+    x = torch.from_numpy(splits.val.x[:32])
+    with torch.no_grad():
+        torch.testing.assert_close(out.eval()(x), model.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_pruned_transformer_survives_the_checkpoint(trained_transformer, as_artifact, make_ctx, splits, tmp_path):
+    """The stage cache saves pruned models as safetensors and loads them into a fresh model: the head
+    count follows the qkv layer's width, so it comes back too."""
+    from compress.models.checkpoint import load_model, save_model
+    from compress.models.zoo import transformer
+
+    out = prune(as_artifact(trained_transformer), cfg(ratio=0.5, head_ratio=0.5), make_ctx()).model
+    back = load_model(transformer((1, 8, 8), 10, width=16, depth=2, heads=4), save_model(out, tmp_path / "m.safetensors"))
+    x = torch.from_numpy(splits.val.x[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), out.eval()(x))

@@ -11,8 +11,8 @@ from compress.artifact import Artifact
 from compress.stages import STAGES
 from compress.stages.export import ExportConfig, export
 
-# Values for fields that have no default, by field name. A new stage with another required field
-# fails below with a message saying to add it here.
+# Values for fields that have no default (or one of which must be given, as prune's ratio or target),
+# by field name. A new stage with another required field fails below with a message saying to add it here.
 REQUIRED_VALUES = {"ratio": 0.5}
 # Keep training stages short.
 SMALL = {"epochs": 1}
@@ -26,7 +26,7 @@ def config_for(spec):
         key = field.alias or name
         if name in SMALL:
             data[key] = SMALL[name]
-        elif field.is_required():
+        elif field.is_required() or name in REQUIRED_VALUES:
             assert name in REQUIRED_VALUES, (f"stage {spec.name!r} has a required field {name!r}; "
                                              f"add a test value to REQUIRED_VALUES in {__file__}")
             data[key] = REQUIRED_VALUES[name]

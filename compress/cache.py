@@ -28,22 +28,22 @@ def load_cached(folder: Path, key: str, model: torch.nn.Module) -> torch.nn.Modu
     path = folder / f"{key}.safetensors"
     if not path.exists():
         return None
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     model = copy.deepcopy(model)
     try:
-        model.load_state_dict(load_file(str(path)))
+        load_model(model, str(path))  # strict; restores weights tied to a saved one (an HF model's head and embedding)
     except Exception:
         return None  # a stale or damaged entry is recomputed, never trusted
     return model.eval()
 
 
 def save_cached(folder: Path, key: str, model: torch.nn.Module) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     path = folder / f"{key}.safetensors"
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        save_model(model, str(tmp), force_contiguous=True)  # save_file refuses tied weights (shared storage); save_model keeps one copy
     return path
 
 

@@ -57,7 +57,9 @@ def export_decoder(model: GPT, path: Path, opset: int = 17) -> Path:
     with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(_Flat(model), (ids, *past), str(tmp), dynamo=False, input_names=inputs,
+            # _Flat(...).eval(): the exporter restores the wrapper's training flag afterwards, and a fresh Module is in
+            # training mode, which would leave dropout on in ``model`` (an HF model's) after the export.
+            torch.onnx.export(_Flat(model).eval(), (ids, *past), str(tmp), dynamo=False, input_names=inputs,
                               output_names=outputs, dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
         except Exception as exc:
             raise StageError(f"ONNX export of the decoder failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None

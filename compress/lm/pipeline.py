@@ -31,6 +31,23 @@ def _gpt_config(spec) -> GPTConfig:
     return GPTConfig(width=spec.width, layers=spec.layers, heads=spec.heads, context=spec.context)
 
 
+def _build(spec):
+    """The built-in GPT (fresh, from the global seed) or a Hugging Face folder's model (its weights)."""
+    if spec.hf is not None:
+        from compress.lm.hf import load_hf
+
+        return load_hf(spec.hf, spec.context)
+    return GPT(_gpt_config(spec))
+
+
+def _describe(spec, m) -> str:
+    if spec.hf is not None:
+        return (f"hf {spec.hf} ({m.cfg.model_type}), {m.cfg.layers} layers, context {spec.context}: "
+                f"{_params(m):,} parameters")
+    return (f"gpt width {spec.width}, {spec.layers} layers, {spec.heads} heads, context {spec.context}: "
+            f"{_params(m):,} parameters")
+
+
 def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -58,9 +75,8 @@ def validate(recipe: LMRecipe, output=None) -> list[str]:
                                                          for k, v in splits.describe().items() if k != "digest")]
     for role, cfg in [("teacher", recipe.teacher), *[(f"assistant {i}", a) for i, a in enumerate(recipe.assistants)],
                       ("student", recipe.student)]:
-        m = GPT(_gpt_config(cfg.model))
-        lines.append(f"{role}: gpt width {cfg.model.width}, {cfg.model.layers} layers, {cfg.model.heads} heads, "
-                     f"context {cfg.model.context}: {_params(m):,} parameters")
+        m = _build(cfg.model)
+        lines.append(f"{role}: {_describe(cfg.model, m)}")
         if getattr(cfg, "weights", None):
             _load_weights(m, cfg.weights, recipe, role, "weights")
     lines.append(f"output: {out}")
@@ -174,11 +190,19 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
     test_w = eval_windows(r.splits.test, r.ctx, recipe.eval.max_tokens)
     torch.manual_seed(recipe.seed)
 
+    # Hugging Face folders load before any training, so a bad one fails before compute.
+    hf = {role: _build(cfg.model) for role, cfg in [("teacher", recipe.teacher), ("student", recipe.student),
+                                                     *[(f"assistant{i}", a) for i, a in enumerate(recipe.assistants)]]
+          if cfg.model.hf is not None}
+
     # --- teacher -----------------------------------------------------------------------------------
-    teacher = GPT(_gpt_config(recipe.teacher.model))
+    teacher = hf.get("teacher") or GPT(_gpt_config(recipe.teacher.model))
     if recipe.teacher.weights:
         teacher = _load_weights(teacher, recipe.teacher.weights, recipe, "teacher", "weights")
         t_info, t_key = {"weights": str(recipe.teacher.weights)}, str(recipe.teacher.weights)
+    elif "teacher" in hf and "train" not in recipe.teacher.model_fields_set:
+        t_info = {"hf": str(recipe.teacher.model.hf), "note": "used as loaded (add teacher.train to fine-tune it first)"}
+        t_key = ["teacher", teacher.cfg.as_dict()]
     else:
         tb = recipe.teacher.train
         t_key = ["teacher", tb.model_dump()]
@@ -191,30 +215,45 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
     tutor, tutor_key = teacher, t_key
     for i, a in enumerate(recipe.assistants):
         torch.manual_seed(recipe.seed + 100 + i)
-        assistant, recs, _ = _torch_stages(r, GPT(_gpt_config(a.model)), tutor, tutor_key, f"assistant{i}")
+        assistant = hf.get(f"assistant{i}") or GPT(_gpt_config(a.model))
+        assistant, recs, _ = _torch_stages(r, assistant, tutor, tutor_key, f"assistant{i}")
         records += recs
         chain_models.append((f"assistant{i}", assistant))
         tutor, tutor_key = assistant, cache_key("assistant-id", tutor_key, i, a.model.model_dump())
 
     # --- student ------------------------------------------------------------------------------------
     torch.manual_seed(recipe.seed + 1)
-    student = GPT(_gpt_config(recipe.student.model))
+    student = hf.get("student") or GPT(_gpt_config(recipe.student.model))
     init_student = copy.deepcopy(student.state_dict())
     if recipe.student.weights:
         student = _load_weights(student, recipe.student.weights, recipe, "student", "weights")
     student, recs, steps = _torch_stages(r, student, tutor, tutor_key, "student")
     records += recs
+    if "student" in hf:
+        from compress.lm.hf import save_hf
+
+        folder = save_hf(student, out / "student-hf")
+        records.append({"stage": "save", "model": "student", "info": {
+            "folder": str(folder), "format": "Hugging Face save_pretrained (safetensors)",
+            "files": sorted(p.name for p in folder.iterdir())}})
 
     # --- scratch: the student's architecture and initialisation, CE only, the same steps -----------------
     scratch = None
     first = next((st for st in recipe.stages if st.type in ("distill", "finetune")), None)
     if recipe.baseline == "scratch" and steps and first is not None:
-        scratch = GPT(_gpt_config(recipe.student.model))
-        scratch.load_state_dict(init_student)
+        if "student" in hf:  # a folder's weights are pretrained: scratch is its config, freshly initialised
+            from compress.lm.hf import fresh_like
+
+            scratch = fresh_like(hf["student"], recipe.seed + 1)
+            init_note = f"the student's config ({recipe.student.model.hf}) freshly initialised with seed {recipe.seed + 1}"
+        else:
+            scratch = GPT(_gpt_config(recipe.student.model))
+            scratch.load_state_dict(init_student)
+            init_note = "the student's architecture and initial weights"
         scratch, s_info = r.train("scratch", scratch, ["scratch", steps, first.lr, first.batch_size, first.weight_decay],
                                   budget=Budget(steps, first.lr, first.batch_size, first.weight_decay))
         records.append({"stage": "scratch", "model": "scratch", "info": {**s_info, "note": (
-            f"the student's architecture and initial weights, trained with CE only for the student's {steps} steps "
+            f"{init_note}, trained with CE only for the student's {steps} steps "
             f"of {first.batch_size} windows at lr {first.lr}")}})
 
     # --- export and quantize --------------------------------------------------------------------------

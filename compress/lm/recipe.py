@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from compress.errors import ChainError, RecipeError
 from compress.recipe import SplitConfig, Strict, _fmt_path, read_yaml, validate_schema
 
-__all__ = ["LMRecipe", "load_lm_recipe", "parse_lm_recipe", "is_lm", "LM_STAGES"]
+__all__ = ["LMRecipe", "load_lm_recipe", "parse_lm_recipe", "is_lm", "LM_STAGES", "check_hf_folders"]
 
 
 class LMDataConfig(Strict):
@@ -40,12 +40,17 @@ class LMModelSpec(Strict):
     layers: int = Field(2, ge=1, le=64)
     heads: int = Field(4, ge=1, le=128)
     context: int = Field(128, ge=8, le=8192)
-    hf: Path | None = Field(None, description="a local Hugging Face model folder (compress[hf]); not built yet")
+    hf: Path | None = Field(None, description="a local Hugging Face causal-LM folder (save_pretrained, safetensors) "
+                                              "with a 256-byte vocabulary (compress[hf])")
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.arch is None) == (self.hf is None):
             raise ValueError("give exactly one of 'arch: gpt' (built in) or 'hf: path/to/folder'")
+        shape = sorted({"width", "layers", "heads"} & self.model_fields_set)
+        if self.hf is not None and shape:
+            raise ValueError(f"{', '.join(shape)} come from the folder's config.json with 'hf:'; keep only "
+                             "'hf' and 'context' (the window length)")
         if self.arch and self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
         return self
@@ -204,10 +209,22 @@ def _check(recipe: LMRecipe, lines: dict) -> None:
         raise RecipeError("only one export stage", recipe.source_file, lines.get(("stages", exports[1])), f"stages[{exports[1]}]")
     models = [("teacher",), *[("assistants", i) for i in range(len(recipe.assistants))], ("student",)]
     for path in models:
-        cfg = recipe.teacher if path == ("teacher",) else recipe.student if path == ("student",) else recipe.assistants[path[1]]
-        if cfg.model.hf is not None:
-            raise recipe.error_at("Hugging Face models (model: {hf: ...}) are not supported by the LM pipeline yet; "
-                                  "use arch: gpt", *path, "model", "hf")
+        cfg = _model_cfg(recipe, path)
+        if cfg.model.hf is None:
+            continue
+        from compress.lm.hf import INSTALL, have_transformers
+
+        if not have_transformers():
+            raise recipe.error_at(f"model: {{hf: ...}} needs the optional package 'transformers': {INSTALL}",
+                                  *path, "model", "hf")
+        if getattr(cfg, "weights", None) is not None:
+            raise recipe.error_at("'weights' is for arch: gpt; an hf model's weights are the *.safetensors in its "
+                                  "folder", *path, "weights")
+        prune = next((i for i, st in enumerate(recipe.stages) if st.type == "prune"), None)
+        if prune is not None and path != ("teacher",):
+            raise recipe.error_at(f"stage 'prune' slices heads and MLP units of the built-in GPT; {_fmt_path(path)} is "
+                                  "an hf model, which prune does not handle (use arch: gpt or drop the prune stage)",
+                                  "stages", prune)
     t = recipe.teacher.model
     for path in models[1:]:
         cfg = recipe.student if path == ("student",) else recipe.assistants[path[1]]
@@ -224,6 +241,40 @@ def _check(recipe: LMRecipe, lines: dict) -> None:
     if recipe.samples.prompt + recipe.samples.new_tokens > t.context:
         raise recipe.error_at(f"prompt + new_tokens ({recipe.samples.prompt} + {recipe.samples.new_tokens}) exceed the "
                               f"context ({t.context})", "samples")
+
+
+def _model_cfg(recipe: LMRecipe, path: tuple):
+    return recipe.teacher if path == ("teacher",) else recipe.student if path == ("student",) else recipe.assistants[path[1]]
+
+
+def check_hf_folders(recipe: LMRecipe) -> None:
+    """Every ``hf:`` folder: exists, config.json reads, safetensors are whole, vocabulary is the 256 bytes and
+    the position table covers the teacher's context. Reads configs and headers only, before any compute."""
+    from compress.errors import ModelError
+
+    ctx = recipe.teacher.model.context
+    for path in [("teacher",), *[("assistants", i) for i in range(len(recipe.assistants))], ("student",)]:
+        spec = _model_cfg(recipe, path).model
+        if spec.hf is None:
+            continue
+        from compress.lm.hf import BYTE_VOCAB, inspect_folder
+
+        key = (*path, "model", "hf")
+        try:
+            info = inspect_folder(spec.hf)
+        except ModelError as exc:
+            raise recipe.error_at(str(exc), *key) from None
+        if info.vocab_size != BYTE_VOCAB:
+            raise recipe.error_at(
+                f"{spec.hf} has vocab_size {info.vocab_size} ({info.model_type}); the LM pipeline is byte-level and "
+                f"needs exactly {BYTE_VOCAB} (id i = byte i): token-level distillation compares teacher and student "
+                "distributions token by token, so they must share one vocabulary, and the first 256 ids of a larger "
+                "vocabulary are not the bytes in order. Sequence-level distillation across tokenizers is not built.",
+                *key)
+        if info.max_positions is not None and info.max_positions < ctx:
+            raise recipe.error_at(f"{spec.hf} has {info.max_positions} positions ({info.model_type}), fewer than the "
+                                  f"teacher's context ({ctx}); lower 'context' or use a model with more positions",
+                                  *key)
 
 
 def parse_lm_recipe(data: Any, file: str | None = None, lines: dict | None = None) -> LMRecipe:
@@ -247,12 +298,23 @@ def load_lm_recipe(path: str | Path) -> LMRecipe:
     updates: dict = {}
     if recipe.data.path is not None and not recipe.data.path.is_absolute():
         updates["data"] = recipe.data.model_copy(update={"path": base / recipe.data.path})
+    def rebase(cfg):
+        upd = {}
+        if getattr(cfg, "weights", None) is not None and not cfg.weights.is_absolute():
+            upd["weights"] = base / cfg.weights
+        if cfg.model.hf is not None and not cfg.model.hf.is_absolute():
+            upd["model"] = cfg.model.model_copy(update={"hf": base / cfg.model.hf})
+        return cfg.model_copy(update=upd) if upd else cfg
+
     for role in ("teacher", "student"):
         cfg = getattr(recipe, role)
-        if cfg.weights is not None and not cfg.weights.is_absolute():
-            updates[role] = cfg.model_copy(update={"weights": base / cfg.weights})
+        if rebase(cfg) is not cfg:
+            updates[role] = rebase(cfg)
+    if any(a.model.hf is not None for a in recipe.assistants):
+        updates["assistants"] = [rebase(a) for a in recipe.assistants]
     if updates:
         lines_ = recipe._lines
         recipe = recipe.model_copy(update=updates)
         recipe._lines = lines_
+    check_hf_folders(recipe)
     return recipe

@@ -1,0 +1,239 @@
+"""Hugging Face causal LMs from a local folder, standing wherever the LM pipeline uses its built-in GPT (``compress[hf]``).
+
+The contract is byte-level: the pipeline's tokens are bytes 0..255, so a folder's ``config.vocab_size`` must be
+exactly 256, with id i = byte i. A larger vocabulary is refused rather than sliced: its first 256 ids are not the
+bytes in the same order (GPT-2's byte-level BPE permutes them, ByT5 shifts them by 3), so slicing would score and
+distill the wrong distribution without any error. Token-level KD compares the two models' distributions id by id,
+which needs a shared vocabulary; sequence-level distillation across different tokenizers is not built.
+
+``HFCausalLM`` keeps the GPT calling convention, ``forward(ids, past) -> (logits, present)`` with one (key, value)
+pair per layer, each (batch, kv_heads, positions, head_dim), by handing ``past`` to the model as a
+``DynamicCache`` and reading the updated cache back. It passes its own causal mask (an additive float mask,
+batch x 1 x seq x past + seq) and position ids, both computed with tensor ops, so a traced ONNX export stays
+correct for every prompt and past length instead of freezing the traced ones. Loading is
+``AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True)``: no network, no
+pickles, no remote code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import MissingExtraError, ModelError
+
+__all__ = ["have_transformers", "require_transformers", "inspect_folder", "FolderInfo", "HFCausalLM", "load_hf",
+           "fresh_like", "save_hf", "BYTE_VOCAB"]
+
+BYTE_VOCAB = 256
+INSTALL = "pip install 'compress[hf]'"
+
+
+def have_transformers() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
+def require_transformers(what: str = "model: {hf: ...}") -> None:
+    if not have_transformers():
+        raise MissingExtraError(what, "hf", "transformers")
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()  # "bos_token_id outside the vocabulary", load reports
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights: 100%" on every load
+    return transformers
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """What a folder's config.json and weight files say, read without building the model."""
+
+    path: Path
+    model_type: str
+    vocab_size: int | None
+    max_positions: int | None  # n_positions / max_position_embeddings; None when the config has neither
+    weight_files: tuple[Path, ...]
+
+
+def inspect_folder(path: Path) -> FolderInfo:
+    """Check a model folder without loading weights: config.json parses, safetensors headers are whole.
+
+    Raises ``ModelError`` (missing folder, no config.json, unknown model type, no/corrupt safetensors);
+    the caller adds the recipe key.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"Hugging Face model folder {path} not found" if not path.exists()
+                         else f"{path} is a file; hf: takes a folder written by save_pretrained (config.json + *.safetensors)")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json; hf: takes a folder written by save_pretrained")
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path / 'config.json'} is not valid JSON ({exc})") from None
+    require_transformers()
+    transformers = _quiet_transformers()
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - unknown model_type, custom code, bad fields: one clear message
+        raise ModelError(f"{path / 'config.json'}: transformers {transformers.__version__} cannot read it "
+                         f"(model_type {raw.get('model_type')!r}): {str(exc).splitlines()[0]}") from None
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        raise ModelError(f"{path} has no *.safetensors weights" + (
+            f" (found {', '.join(other)}: pickled weights are not loaded; convert them with save_pretrained("
+            "safe_serialization=True))" if other else ""))
+    from safetensors import safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as h:
+                h.keys()
+        except Exception as exc:  # noqa: BLE001 - SafetensorError: truncated, garbage
+            raise ModelError(f"{f}: corrupt or truncated safetensors file ({exc})") from None
+    positions = next((getattr(cfg, k) for k in ("n_positions", "max_position_embeddings")
+                      if isinstance(getattr(cfg, k, None), int)), None)
+    vocab = getattr(cfg, "vocab_size", None)
+    return FolderInfo(path, cfg.model_type, vocab if isinstance(vocab, int) else None, positions, tuple(files))
+
+
+def _digest(files) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """The part of a GPTConfig the pipeline reads (context, layers, cache shapes, cache-key identity)."""
+
+    context: int
+    layers: int
+    kv_heads: tuple[int, ...]
+    head_dim: int
+    model_type: str
+    config: dict
+    origin: str  # "folder sha256:<digest of the weights>" or "fresh init, seed N": part of the training cache key
+    vocab: int = BYTE_VOCAB
+
+    def heads_of(self, i: int) -> int:
+        return self.kv_heads[i]
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim
+
+    def as_dict(self) -> dict:
+        return {"hf": self.model_type, "context": self.context, "config": self.config, "origin": self.origin}
+
+
+class HFCausalLM(nn.Module):
+    """A Hugging Face causal LM with the built-in GPT's interface: ``forward(idx, past=None) -> (logits, present)``."""
+
+    def __init__(self, hf: nn.Module, context: int, origin: str):
+        super().__init__()
+        self.hf = hf
+        self._cache_kw = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+        with torch.no_grad():
+            was = hf.training
+            hf.eval()
+            _, present = self(torch.zeros(1, 1, dtype=torch.long))  # the cache's shapes, whatever the architecture
+            hf.train(was)
+        cfg = hf.config.to_dict()
+        cfg.pop("transformers_version", None)
+        self.cfg = HFConfig(context=context, layers=len(present), kv_heads=tuple(k.shape[1] for k, _ in present),
+                            head_dim=present[0][0].shape[3], model_type=hf.config.model_type, config=cfg, origin=origin)
+
+    def _cache(self, past):
+        from transformers import DynamicCache
+
+        pairs = [(k, v) for k, v in past]
+        try:
+            return DynamicCache(pairs, config=self.hf.config)
+        except TypeError:  # transformers < 4.56: no ddp_cache_data/config arguments
+            return DynamicCache.from_legacy_cache(tuple(pairs))
+
+    @staticmethod
+    def _present(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if hasattr(cache, "layers"):
+            return [(layer.keys, layer.values) for layer in cache.layers]
+        return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
+
+    def forward(self, idx, past=None):
+        b, t = idx.shape
+        p = 0 if past is None else past[0][0].shape[2]
+        # Causal mask over (query i, key j): key j is visible when j <= p + i; additive, 0 or the dtype's minimum.
+        qi = torch.arange(t, device=idx.device).unsqueeze(1) + p
+        kj = torch.arange(p + t, device=idx.device).unsqueeze(0)
+        dtype = next(self.hf.parameters()).dtype
+        mask = torch.zeros(b, 1, t, p + t, dtype=dtype, device=idx.device).masked_fill(
+            (kj > qi)[None, None], torch.finfo(dtype).min)
+        pos = (torch.arange(t, device=idx.device) + p).unsqueeze(0).expand(b, t)
+        kw = {self._cache_kw: self._cache(past)} if past is not None else {}
+        out = self.hf(input_ids=idx, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True, **kw)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        return out.logits, self._present(cache)
+
+    def empty_past(self, batch: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(batch, self.cfg.heads_of(i), 0, self.cfg.dim),) * 2 for i in range(self.cfg.layers)]
+
+
+def load_hf(path: Path, context: int) -> HFCausalLM:
+    """Load a checked folder (see ``inspect_folder``) on CPU in fp32; ``ModelError`` when the weights do not load."""
+    info = inspect_folder(path)
+    transformers = _quiet_transformers()
+    try:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    except Exception as exc:  # noqa: BLE001 - missing tensors, shape mismatch, not a causal LM
+        raise ModelError(f"{path}: AutoModelForCausalLM cannot load it: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return HFCausalLM(hf.float().eval(), context, f"folder sha256:{_digest(info.weight_files)}")
+
+
+def fresh_like(model: HFCausalLM, seed: int) -> HFCausalLM:
+    """The same architecture (config) with fresh weights, initialised by transformers under ``seed``."""
+    transformers = _quiet_transformers()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        hf = transformers.AutoModelForCausalLM.from_config(model.hf.config).float()
+    return HFCausalLM(hf, model.cfg.context, f"fresh init, seed {seed}")
+
+
+def save_hf(model: HFCausalLM, dst: Path) -> Path:
+    """``save_pretrained`` (safetensors) into a temporary folder beside ``dst``, then renamed into place."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    old = None
+    try:
+        model.hf.save_pretrained(str(tmp), safe_serialization=True)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not dst.exists():
+            os.replace(old, dst)
+        raise
+    if old is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(old)
+    return dst

@@ -40,13 +40,33 @@ BYTE_VOCAB = 256
 INSTALL = "pip install 'compress[hf]'"
 
 
+MIN_VERSION = (4, 56)  # DynamicCache(pairs, config=...) and cache.layers[i].keys/.values; tested: 4.56.0, 4.57.6, 5.24.0
+
+
 def have_transformers() -> bool:
     return importlib.util.find_spec("transformers") is not None
+
+
+def version_problem() -> str | None:
+    """None when a usable transformers is installed, else what is wrong and the pip command."""
+    if not have_transformers():
+        return f"needs the optional package 'transformers': {INSTALL}"
+    from importlib.metadata import version
+
+    found = version("transformers")
+    nums = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    if nums < MIN_VERSION:
+        return (f"needs transformers >= {'.'.join(map(str, MIN_VERSION))} (found {found}; its key/value cache API "
+                f"differs): {INSTALL}")
+    return None
 
 
 def require_transformers(what: str = "model: {hf: ...}") -> None:
     if not have_transformers():
         raise MissingExtraError(what, "hf", "transformers")
+    problem = version_problem()
+    if problem:
+        raise ModelError(f"{what} {problem}")
 
 
 def _quiet_transformers():
@@ -164,17 +184,15 @@ class HFCausalLM(nn.Module):
     def _cache(self, past):
         from transformers import DynamicCache
 
-        pairs = [(k, v) for k, v in past]
-        try:
-            return DynamicCache(pairs, config=self.hf.config)
-        except TypeError:  # transformers < 4.56: no ddp_cache_data/config arguments
-            return DynamicCache.from_legacy_cache(tuple(pairs))
+        return DynamicCache([(k, v) for k, v in past], config=self.hf.config)
 
     @staticmethod
     def _present(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if hasattr(cache, "layers"):
-            return [(layer.keys, layer.values) for layer in cache.layers]
-        return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
+        layers = getattr(cache, "layers", None)
+        if layers is None or any(not hasattr(layer, "keys") for layer in layers):
+            raise ModelError(f"{type(cache).__name__}: not a key/value cache per layer (recurrent or hybrid models "
+                             "are not supported by the LM pipeline)")
+        return [(layer.keys, layer.values) for layer in layers]
 
     def forward(self, idx, past=None):
         b, t = idx.shape
@@ -188,7 +206,7 @@ class HFCausalLM(nn.Module):
         pos = (torch.arange(t, device=idx.device) + p).unsqueeze(0).expand(b, t)
         kw = {self._cache_kw: self._cache(past)} if past is not None else {}
         out = self.hf(input_ids=idx, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True, **kw)
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = out["cache"] if "cache" in out else out.past_key_values  # 5.x renamed past_key_values to cache
         return out.logits, self._present(cache)
 
     def empty_past(self, batch: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -212,11 +212,11 @@ def _check(recipe: LMRecipe, lines: dict) -> None:
         cfg = _model_cfg(recipe, path)
         if cfg.model.hf is None:
             continue
-        from compress.lm.hf import INSTALL, have_transformers
+        from compress.lm.hf import version_problem
 
-        if not have_transformers():
-            raise recipe.error_at(f"model: {{hf: ...}} needs the optional package 'transformers': {INSTALL}",
-                                  *path, "model", "hf")
+        problem = version_problem()
+        if problem:
+            raise recipe.error_at(f"model: {{hf: ...}} {problem}", *path, "model", "hf")
         if getattr(cfg, "weights", None) is not None:
             raise recipe.error_at("'weights' is for arch: gpt; an hf model's weights are the *.safetensors in its "
                                   "folder", *path, "weights")

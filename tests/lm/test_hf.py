@@ -179,6 +179,10 @@ def test_hf_rules(tmp_path, monkeypatch):
     monkeypatch.setattr(lmhf, "have_transformers", lambda: False)
     assert _error(tmp_path) == ("r.yaml:4: teacher.model.hf: model: {hf: ...} needs the optional package "
                                 "'transformers': pip install 'compress[hf]'")
+    monkeypatch.setattr(lmhf, "have_transformers", lambda: True)
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "4.45.2")
+    assert _error(tmp_path) == ("r.yaml:4: teacher.model.hf: model: {hf: ...} needs transformers >= 4.56 (found "
+                                "4.45.2; its key/value cache API differs): pip install 'compress[hf]'")
 
 
 # ---- end to end -----------------------------------------------------------------------------------------------------

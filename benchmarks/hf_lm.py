@@ -1,0 +1,100 @@
+"""Hugging Face models in task: lm recipes: recipes/tiny-lm.yaml with an HF student, and with an HF teacher.
+
+    python benchmarks/hf_lm.py [--output exported] [--steps 400]
+
+Offline: the HF folders are written by this script (transformers configs, random init, save_pretrained) under
+``<output>/hf-models/``; nothing is downloaded. Three runs of the tiny-lm recipe, same data, seed and step budgets:
+
+* ``tiny-lm``: the recipe as shipped (built-in GPT teacher 128 wide x 6 layers, built-in GPT student 64 x 2);
+* ``tiny-lm-hf-student``: the same teacher (from the cache) -> a GPT-2 folder of the student's shape
+  (n_embd 64, 2 layers, 2 heads, 64 positions, dropout 0), token KD; scratch = the same config, fresh init;
+* ``tiny-lm-hf-teacher``: a Llama folder (hidden 128, 6 layers, 4 heads, 2 key/value heads, SwiGLU 256),
+  fine-tuned with ``teacher.train`` for the recipe's teacher steps -> the built-in GPT student.
+
+Prints each run's models (test bits/byte, agreement, sizes) and its ONNX generation rows at 1 thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_folders(root: Path) -> dict[str, Path]:
+    import torch
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    folders = {"gpt2-64x2": root / "gpt2-64x2", "llama-128x6": root / "llama-128x6"}
+    torch.manual_seed(0)
+    if not (folders["gpt2-64x2"] / "config.json").exists():
+        cfg = transformers.GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=2, resid_pdrop=0.0,
+                                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(str(folders["gpt2-64x2"]))
+    if not (folders["llama-128x6"] / "config.json").exists():
+        cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=6,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        transformers.LlamaForCausalLM(cfg).save_pretrained(str(folders["llama-128x6"]))
+    return folders
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--output", default="exported")
+    ap.add_argument("--steps", type=int, default=None, help="override every step budget (a quick look); default: the recipe's")
+    args = ap.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from compress.lm.pipeline import run
+    from compress.lm.recipe import load_lm_recipe
+
+    out = Path(args.output)
+    folders = make_folders(out / "hf-models")
+    base = yaml.safe_load((ROOT / "recipes" / "tiny-lm.yaml").read_text())
+    if args.steps:
+        base["teacher"]["train"]["steps"] = args.steps
+        for st in base["stages"]:
+            if "steps" in st:
+                st["steps"] = args.steps
+    ctx = base["teacher"]["model"]["context"]
+    variants = {
+        "tiny-lm": {},
+        "tiny-lm-hf-student": {"student": {"model": {"hf": str(folders["gpt2-64x2"]), "context": ctx}}},
+        "tiny-lm-hf-teacher": {"teacher": {"model": {"hf": str(folders["llama-128x6"]), "context": ctx},
+                                           "train": base["teacher"]["train"]}},
+    }
+    console = Console(width=170)
+    for name, change in variants.items():
+        data = {**base, **change, "name": name}
+        path = out / "hf-models" / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        report = run(load_lm_recipe(path), output=out, quiet=True)
+        t = Table(title=f"{name} ({report['seconds']:.0f} s): test split, {report['models'][0]['tokens']:,} bytes")
+        for c in ("model", "params", "file", "test bits/byte", "agreement", "tok/s @1 thread", "TTFT p50 ms"):
+            t.add_column(c, justify="left" if c == "model" else "right")
+        bench = {r["model"]: r for r in report["bench"] if r["threads"] == 1}
+        for m in report["models"]:
+            b = bench.get(m["name"].removesuffix(".onnx"))
+            t.add_row(m["name"], f"{m['params']:,}" if m["params"] else "", f"{m['size_bytes'] / 1e3:.0f} kB" if m["size_bytes"] else "",
+                      f"{m['bits_per_byte']:.4f}", f"{m['agreement']:.1%}",
+                      f"{b['tokens_per_s']:.0f}" if b and m["format"] == "onnx" else "",
+                      f"{b['ttft_ms']['p50']:.2f}" if b and m["format"] == "onnx" else "")
+        console.print(t)
+        exports = [s for s in report["stages"] if s["stage"] == "export"]
+        console.print("export parity (max |torch - onnxruntime| logits, full / KV cache): " + ", ".join(
+            f"{s['model']} {s['info']['max_abs_logits_full']:.1e} / {s['info']['max_abs_logits_kv_cache']:.1e}"
+            for s in exports))
+
+
+if __name__ == "__main__":
+    main()

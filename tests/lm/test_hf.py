@@ -194,7 +194,7 @@ threads: 1
 data: {{source: text, path: docs, max_bytes: 100000, split: {{val: 0.2, test: 0.2}}}}
 teacher:
   model: {{hf: teacher-hf, context: 16}}
-student:
+{teacher_train}student:
   model: {student}
 stages:
   - {{type: distill, level: both, steps: 3, batch_size: 8, sequence: {{samples: 8, prompt: 4}}}}
@@ -217,7 +217,9 @@ def test_lm_run_with_hf_models(tmp_path, student):
     gpt2_folder(tmp_path / "student-src", seed=1, n_layer=1)
     spec = "{arch: gpt, width: 16, layers: 1, heads: 2, context: 16}" if student == "gpt" else "{hf: student-src, context: 16}"
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RUN.format(name=f"hf-{student}", student=spec))
+    # with an HF student, the HF teacher is also fine-tuned first (teacher.train); else it is used as loaded
+    train = "  train: {steps: 2, batch_size: 8}\n" if student == "hf" else ""
+    recipe.write_text(RUN.format(name=f"hf-{student}", student=spec, teacher_train=train))
     runner = CliRunner()
     res = runner.invoke(cli, ["validate", str(recipe), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
@@ -235,7 +237,10 @@ def test_lm_run_with_hf_models(tmp_path, student):
     exports = [s["info"] for s in report["stages"] if s["stage"] == "export"]
     assert len(exports) == 2 and all(e["max_abs_logits_kv_cache"] < 1e-3 for e in exports)
     teacher_stage = report["stages"][0]["info"]
-    assert teacher_stage["note"].startswith("used as loaded")
+    if student == "gpt":
+        assert teacher_stage["note"].startswith("used as loaded") and "steps" not in teacher_stage
+    else:
+        assert teacher_stage["steps"] == 2 and "note" not in teacher_stage
     samples = report["samples"][0]["continuations"]
     assert set(samples) == {"teacher", "scratch", "student", "student-int4-b32-a4.onnx"}
     scratch = next(s for s in report["stages"] if s["stage"] == "scratch")["info"]
@@ -258,4 +263,4 @@ def test_lm_run_with_hf_models(tmp_path, student):
         assert np.abs(src(torch.from_numpy(x)).logits.numpy() - ref).max() > 1e-3  # it was trained
     # a second run reuses every trained model (tied embeddings go through the cache)
     res = runner.invoke(cli, [str(recipe), "-o", str(tmp_path / "out")])
-    assert res.exit_code == 0 and res.output.count("reused from the cache") == 3, res.output
+    assert res.exit_code == 0 and res.output.count("reused from the cache") == 4, res.output

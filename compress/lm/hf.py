@@ -111,6 +111,9 @@ def inspect_folder(path: Path) -> FolderInfo:
     except Exception as exc:  # noqa: BLE001 - unknown model_type, custom code, bad fields: one clear message
         raise ModelError(f"{path / 'config.json'}: transformers {transformers.__version__} cannot read it "
                          f"(model_type {raw.get('model_type')!r}): {str(exc).splitlines()[0]}") from None
+    if type(cfg) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ModelError(f"{path}: model_type {cfg.model_type!r} is not a causal LM (AutoModelForCausalLM has no class "
+                         "for it); the LM pipeline needs a decoder that predicts the next token")
     files = sorted(path.glob("*.safetensors"))
     if not files:
         other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))

@@ -160,6 +160,9 @@ def test_missing_folder_config_and_corrupt_weights(tmp_path):
                                 "file (Error while deserializing header: incomplete metadata, file not fully covered)")
     weights.unlink()
     assert _error(tmp_path) == "r.yaml:4: teacher.model.hf: m has no *.safetensors weights"
+    transformers.T5Config(vocab_size=256, d_model=16, num_layers=1, num_heads=2, d_ff=32).save_pretrained(str(tmp_path / "m"))
+    assert _error(tmp_path) == ("r.yaml:4: teacher.model.hf: m: model_type 't5' is not a causal LM (AutoModelForCausalLM "
+                                "has no class for it); the LM pipeline needs a decoder that predicts the next token")
 
 
 def test_context_longer_than_the_position_table(tmp_path):

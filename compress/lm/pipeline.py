@@ -206,6 +206,8 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
     else:
         tb = recipe.teacher.train
         t_key = ["teacher", tb.model_dump()]
+        if "teacher" in hf:  # a fine-tuned folder: its config and weights digest are part of the teacher's identity
+            t_key.append(teacher.cfg.as_dict())
         teacher, t_info = r.train("teacher", teacher, t_key, budget=Budget(tb.steps, tb.lr, tb.batch_size, tb.weight_decay))
     t_key = cache_key("teacher-id", t_key)
 
@@ -219,12 +221,13 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
         assistant, recs, _ = _torch_stages(r, assistant, tutor, tutor_key, f"assistant{i}")
         records += recs
         chain_models.append((f"assistant{i}", assistant))
-        tutor, tutor_key = assistant, cache_key("assistant-id", tutor_key, i, a.model.model_dump())
+        tutor, tutor_key = assistant, cache_key("assistant-id", tutor_key, i, a.model.model_dump(),
+                                                *([assistant.cfg.as_dict()] if a.model.hf else []))
 
     # --- student ------------------------------------------------------------------------------------
     torch.manual_seed(recipe.seed + 1)
     student = hf.get("student") or GPT(_gpt_config(recipe.student.model))
-    init_student = copy.deepcopy(student.state_dict())
+    init_student = None if "student" in hf else copy.deepcopy(student.state_dict())
     if recipe.student.weights:
         student = _load_weights(student, recipe.student.weights, recipe, "student", "weights")
     student, recs, steps = _torch_stages(r, student, tutor, tutor_key, "student")

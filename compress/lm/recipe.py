@@ -298,6 +298,7 @@ def load_lm_recipe(path: str | Path) -> LMRecipe:
     updates: dict = {}
     if recipe.data.path is not None and not recipe.data.path.is_absolute():
         updates["data"] = recipe.data.model_copy(update={"path": base / recipe.data.path})
+
     def rebase(cfg):
         upd = {}
         if getattr(cfg, "weights", None) is not None and not cfg.weights.is_absolute():

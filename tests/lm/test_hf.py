@@ -197,7 +197,7 @@ threads: 1
 data: {{source: text, path: docs, max_bytes: 100000, split: {{val: 0.2, test: 0.2}}}}
 teacher:
   model: {{hf: teacher-hf, context: 16}}
-{teacher_train}student:
+{teacher_train}{assistants}student:
   model: {student}
 stages:
   - {{type: distill, level: both, steps: 3, batch_size: 8, sequence: {{samples: 8, prompt: 4}}}}
@@ -222,7 +222,9 @@ def test_lm_run_with_hf_models(tmp_path, student):
     recipe = tmp_path / "r.yaml"
     # with an HF student, the HF teacher is also fine-tuned first (teacher.train); else it is used as loaded
     train = "  train: {steps: 2, batch_size: 8}\n" if student == "hf" else ""
-    recipe.write_text(RUN.format(name=f"hf-{student}", student=spec, teacher_train=train))
+    # with a GPT student, an HF assistant stands between teacher and student
+    assistants = "assistants:\n  - model: {hf: student-src, context: 16}\n" if student == "gpt" else ""
+    recipe.write_text(RUN.format(name=f"hf-{student}", student=spec, teacher_train=train, assistants=assistants))
     runner = CliRunner()
     res = runner.invoke(cli, ["validate", str(recipe), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
@@ -232,7 +234,8 @@ def test_lm_run_with_hf_models(tmp_path, student):
     out = tmp_path / "out" / f"hf-{student}"
     report = json.loads((out / "report.json").read_text())
     by = {m["name"]: m for m in report["models"]}
-    assert list(by) == ["teacher", "scratch", "student", "teacher.onnx", "student.onnx", "student-int4-b32-a4.onnx"]
+    chain = ["assistant0"] if student == "gpt" else []
+    assert list(by) == ["teacher", *chain, "scratch", "student", "teacher.onnx", "student.onnx", "student-int4-b32-a4.onnx"]
     for m in by.values():
         assert 0 < m["bits_per_byte"] < 12 and 0 <= m["agreement"] <= 1
     assert abs(by["teacher.onnx"]["bits_per_byte"] - by["teacher"]["bits_per_byte"]) < 1e-4
@@ -245,10 +248,11 @@ def test_lm_run_with_hf_models(tmp_path, student):
     else:
         assert teacher_stage["steps"] == 2 and "note" not in teacher_stage
     samples = report["samples"][0]["continuations"]
-    assert set(samples) == {"teacher", "scratch", "student", "student-int4-b32-a4.onnx"}
+    assert set(samples) == {"teacher", *chain, "scratch", "student", "student-int4-b32-a4.onnx"}
     scratch = next(s for s in report["stages"] if s["stage"] == "scratch")["info"]
     if student == "gpt":
         assert not (out / "student-hf").exists()
+        assert [s["model"] for s in report["stages"] if s["stage"] == "0:distill"] == ["assistant0", "student"]
         return
     assert scratch["note"].startswith("the student's config")
     assert scratch["note"].endswith("trained with CE only for the student's 5 steps of 8 windows at lr 0.003")

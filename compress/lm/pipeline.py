@@ -205,9 +205,9 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
         t_key = ["teacher", teacher.cfg.as_dict()]
     else:
         tb = recipe.teacher.train
-        t_key = ["teacher", tb.model_dump()]
-        if "teacher" in hf:  # a fine-tuned folder: its config and weights digest are part of the teacher's identity
-            t_key.append(teacher.cfg.as_dict())
+        # The architecture (and for a folder, its weights digest) is part of the teacher's identity: without it a
+        # student distilled from another teacher with the same train settings came back from the cache.
+        t_key = ["teacher", tb.model_dump(), teacher.cfg.as_dict()]
         teacher, t_info = r.train("teacher", teacher, t_key, budget=Budget(tb.steps, tb.lr, tb.batch_size, tb.weight_decay))
     t_key = cache_key("teacher-id", t_key)
 

@@ -65,3 +65,38 @@ def test_lm_recipe_end_to_end(tmp_path):
     # a second run reuses the trained models from the cache
     res = runner.invoke(cli, [str(recipe), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0 and "reused from the cache" in res.output
+
+
+def test_another_teacher_is_not_served_its_predecessors_student(tmp_path):
+    """The teacher's architecture is part of the distilled student's cache key (same train settings)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(10):
+        (docs / f"{i:02d}.txt").write_text(f"def g{i}(y):\n    return y * {i}\n" * 30)
+    text = """\
+task: lm
+name: t
+threads: 1
+data: {source: text, path: docs, max_bytes: 100000, split: {val: 0.2, test: 0.2}}
+teacher:
+  model: {arch: gpt, width: WIDTH, layers: 1, heads: 2, context: 16}
+  train: {steps: 2, batch_size: 4}
+student:
+  model: {arch: gpt, width: 16, layers: 1, heads: 2, context: 16}
+stages:
+  - {type: distill, steps: 2, batch_size: 4}
+baseline: none
+eval: {max_tokens: 64}
+bench: {prompt: 4, new_tokens: 4}
+samples: {count: 0, prompt: 4, new_tokens: 4}
+"""
+    recipe = tmp_path / "lm.yaml"
+    runner = CliRunner()
+    outputs = []
+    for width in (32, 24, 32):
+        recipe.write_text(text.replace("WIDTH", str(width)))
+        res = runner.invoke(cli, [str(recipe), "-o", str(tmp_path / "out")])
+        assert res.exit_code == 0, res.output
+        outputs.append(res.output)
+    assert "student distill: reused from the cache" not in outputs[1]
+    assert "student distill: reused from the cache" in outputs[2] and "teacher: reused from the cache" in outputs[2]

@@ -11,7 +11,8 @@ Offline: the HF folders are written by this script (transformers configs, random
 * ``tiny-lm-hf-teacher``: a Llama folder (hidden 128, 6 layers, 4 heads, 2 key/value heads, SwiGLU 256),
   fine-tuned with ``teacher.train`` for the recipe's teacher steps -> the built-in GPT student.
 
-Prints each run's models (test bits/byte, agreement, sizes) and its ONNX generation rows at 1 thread.
+Prints each run's models (test bits/byte, agreement, sizes) and its ONNX generation rows at 1 thread, then times the
+ONNX files of all three runs against each other (1 thread, interleaved in one process): the ratios to compare.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> None:
                                            "train": base["teacher"]["train"]}},
     }
     console = Console(width=170)
+    files = {}
     for name, change in variants.items():
         data = {**base, **change, "name": name}
         path = out / "hf-models" / f"{name}.yaml"
@@ -91,9 +93,27 @@ def main() -> None:
                       f"{b['ttft_ms']['p50']:.2f}" if b and m["format"] == "onnx" else "")
         console.print(t)
         exports = [s for s in report["stages"] if s["stage"] == "export"]
+        files |= {f"{name}/{m['name']}": Path(m["file"]) for m in report["models"] if m["format"] == "onnx"}
         console.print("export parity (max |torch - onnxruntime| logits, full / KV cache): " + ", ".join(
             f"{s['model']} {s['info']['max_abs_logits_full']:.1e} / {s['info']['max_abs_logits_kv_cache']:.1e}"
             for s in exports))
+
+    from compress.lm.data import eval_windows, load_text
+    from compress.lm.onnx import bench_generation
+
+    b = load_lm_recipe(path).bench
+    windows = eval_windows(load_text(load_lm_recipe(path).data, base["seed"]).test, ctx, 4096)
+    rows = bench_generation(dict(sorted(files.items(), key=lambda kv: kv[0].split("/")[1])), windows[:1, :b.prompt],
+                            b.new_tokens, threads=[1], rounds=b.rounds, calls=b.calls)
+    ref = next(r for r in rows if r["model"] == "tiny-lm/student.onnx")
+    t = Table(title=f"every ONNX file, 1 thread, {b.rounds} interleaved rounds, prompt {b.prompt}, {b.new_tokens} new tokens")
+    for c in ("file", "size", "decode tok/s", "vs tiny-lm student.onnx", "decode p50 / p90 ms", "TTFT p50 ms"):
+        t.add_column(c, justify="left" if c == "file" else "right")
+    for r in rows:
+        t.add_row(r["model"], f"{r['size_bytes'] / 1e3:.0f} kB", f"{r['tokens_per_s']:.0f}",
+                  f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x",
+                  f"{r['decode_ms']['p50']:.2f} / {r['decode_ms']['p90']:.2f}", f"{r['ttft_ms']['p50']:.2f}")
+    console.print(t)
 
 
 if __name__ == "__main__":

@@ -159,14 +159,25 @@ def _torch_stages(r: _Run, student: GPT, teacher: GPT, teacher_key: str, label: 
 
 
 def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False) -> dict:
+    """Run the LM recipe into ``<output>/<name>/``; one run per output folder at a time (as the vision pipeline).
+
+    Trained models (teacher, assistants, every distill / finetune, scratch) and the teacher's sequences
+    are cached under ``<output>/.cache/lm`` as each finishes, so a rerun after Ctrl-C retrains only the
+    model that was interrupted; ``force`` retrains everything.
+    """
+    from compress.pipeline import _exclusive, output_dir
+
+    out = output_dir(recipe, output)
+    with _exclusive(out):
+        return _run(recipe, out, quiet, force)
+
+
+def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
     from compress.lm import report as lmreport
-    from compress.pipeline import output_dir
 
     t_start = time.perf_counter()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    out = output_dir(recipe, output)
-    out.mkdir(parents=True, exist_ok=True)
     r = _Run(recipe, out, quiet, force)
     split = r.splits.describe()
     say(f"data: {recipe.data.source}: " + ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} B"

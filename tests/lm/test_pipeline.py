@@ -65,3 +65,78 @@ def test_lm_recipe_end_to_end(tmp_path):
     # a second run reuses the trained models from the cache
     res = runner.invoke(cli, [str(recipe), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0 and "reused from the cache" in res.output
+
+
+SMALL = """\
+task: lm
+name: small
+threads: 1
+data: {source: text, path: docs, max_bytes: 100000, split: {val: 0.2, test: 0.2}}
+teacher:
+  model: {arch: gpt, width: 16, layers: 1, heads: 2, context: 16}
+  train: {steps: 3, batch_size: 4}
+student:
+  model: {arch: gpt, width: 8, layers: 1, heads: 2, context: 16}
+stages:
+  - {type: distill, steps: 2, batch_size: 4}
+baseline: none
+eval: {max_tokens: 128}
+bench: {prompt: 4, new_tokens: 4, rounds: 3, calls: 1}
+samples: {count: 0, prompt: 4, new_tokens: 4}
+"""
+
+
+def _small(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(10):
+        (docs / f"{i:02d}.txt").write_text(f"def g{i}(y):\n    return y * {i}\n" * 20)
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+def test_second_run_into_a_locked_output_folder_fails_like_the_vision_pipeline(tmp_path):
+    import pytest
+
+    from compress.errors import CompressError
+    from compress.lm.pipeline import run
+    from compress.pipeline import _exclusive
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(_small(tmp_path))
+    out = tmp_path / "out" / "small"
+    with _exclusive(out):  # what a first run holds while it writes
+        with pytest.raises(CompressError) as err:
+            run(recipe, output=tmp_path / "out", quiet=True)
+    assert str(err.value) == f"another compress run is writing to {out}; wait for it or use --output"
+    assert not (tmp_path / "out" / ".cache").exists()  # it failed before any training
+    res = CliRunner().invoke(cli, [str(tmp_path / "small.yaml"), "-o", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, res.output  # the lock is released with the first run
+    assert (out / "report.json").exists()
+
+
+def test_rerun_after_an_interrupt_reuses_the_finished_models(tmp_path, monkeypatch):
+    from compress.lm import pipeline
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(_small(tmp_path))
+    real, calls = pipeline.train_lm, []
+
+    def interrupted(model, *a, what="", **kw):  # the teacher trains, Ctrl-C during the student's distillation
+        calls.append(what)
+        if what == "student distill" and calls.count(what) == 1:
+            raise KeyboardInterrupt
+        return real(model, *a, what=what, **kw)
+
+    monkeypatch.setattr(pipeline, "train_lm", interrupted)
+    try:  # not pytest.raises: pytest treats a KeyboardInterrupt as the user stopping the session
+        pipeline.run(recipe, output=tmp_path / "out", quiet=True)
+        raise AssertionError("the interrupt did not propagate")
+    except KeyboardInterrupt:
+        pass
+    assert calls == ["teacher", "student distill"]
+    report = pipeline.run(recipe, output=tmp_path / "out", quiet=True)
+    assert calls == ["teacher", "student distill", "student distill"]  # the teacher came from the cache; the lock was released by the interrupt
+    teacher = next(s for s in report["stages"] if s["stage"] == "teacher")
+    assert teacher["info"]["cached"] is True

@@ -131,6 +131,10 @@ class LMQuantizeConfig(Strict):
     block_size: Literal[32, 64, 128] = 32
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
         4, description="MatMulNBits compute type: 4 = INT8 compute, 0 = default (fp32)")
+    max_bpb_increase: float | None = Field(
+        None, ge=0, le=8, description="validation bits/byte the file may add over the fp32 student export (0.02 = "
+                                      "two hundredths of a bit per byte); the most sensitive MatMuls stay fp32 until it "
+                                      "holds. At most 8: a uniform guess over 256 bytes costs 8 bits/byte")
 
 
 LM_STAGES = {c.model_fields["type"].annotation.__args__[0]: c

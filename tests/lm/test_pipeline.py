@@ -140,3 +140,30 @@ def test_rerun_after_an_interrupt_reuses_the_finished_models(tmp_path, monkeypat
     assert calls == ["teacher", "student distill", "student distill"]  # the teacher came from the cache; the lock was released by the interrupt
     teacher = next(s for s in report["stages"] if s["stage"] == "teacher")
     assert teacher["info"]["cached"] is True
+
+
+def test_accuracy_aware_quantize_stage_ships_a_file_scored_on_test(tmp_path):
+    from compress.lm.pipeline import run
+    from compress.recipe import load_recipe
+
+    path = _small(tmp_path)
+    path.write_text(SMALL.replace("stages:\n  - {type: distill, steps: 2, batch_size: 4}\n",
+                                  "stages:\n  - {type: distill, steps: 2, batch_size: 4}\n  - {type: export}\n"
+                                  "  - {type: quantize, mode: int4_weight_only, max_bpb_increase: 8}\n"
+                                  "  - {type: quantize, mode: int8_dynamic, max_bpb_increase: 0}\n"))
+    report = run(load_recipe(path), output=tmp_path / "out", quiet=True)
+    by = {m["name"]: m for m in report["models"]}
+    assert {"student-int4-b32-a4-max8.onnx", "student-int8-max0.onnx"} <= set(by)
+    stages = {s["model"]: s["info"] for s in report["stages"] if s["stage"].endswith(":quantize")}
+    loose, strict = stages["student-int4-b32-a4-max8"], stages["student-int8-max0"]
+    assert loose["fp32_layers"] == [] and loose["budget_met"] and loose["matmulnbits_nodes"] == 7
+    # budget 0: the search ran (sensitivity of all 7 MatMuls, greedy steps) and its choice is reported either way
+    assert len(strict["tables"][0]["rows"]) == 7
+    shipped = [row for row in strict["tables"][1]["rows"] if row[5] == "shipped"]
+    assert len(shipped) == 1 and shipped[0][0] == len(strict["fp32_layers"])
+    assert strict["budget_met"] == (strict["val_bpb_increase"] <= 1e-6)
+    assert strict["quantized_layers"] == 7 - len(strict["fp32_layers"]) >= 1
+    # the shipped files are scored again on the test split, like every other model
+    assert abs(by["student-int8-max0.onnx"]["bits_per_byte"] - by["student.onnx"]["bits_per_byte"]) < 0.5
+    md = (tmp_path / "out" / "small" / "report.md").read_text()
+    assert "Per-layer sensitivity on validation (INT8, each layer quantized alone)" in md

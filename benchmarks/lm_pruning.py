@@ -47,6 +47,37 @@ def variant_recipe(recipe, name: str, prune, steps: int):
         "bench": recipe.bench.model_copy(update={"rounds": 3, "calls": 1})})
 
 
+def decode_ratios(files: dict[str, Path], prompt, new_tokens: int, *, rounds: int, calls: int,
+                  seed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Greedy decode of ``new_tokens`` with the KV cache at 1 thread, every file in every round (random order,
+    ``compress.bench.time_rounds``). Per round, each file's fastest call; tokens/s is the median over rounds,
+    and the ratio to the first file is the median of the per-round ratios: a round's files ran back to
+    back, so a busy neighbour slows them alike and the ratio keeps only what the files differ in."""
+    import numpy as np
+
+    from compress.bench import time_rounds
+    from compress.lm.onnx import OrtDecoder
+
+    runners = {}
+    for name, path in files.items():
+        dec = OrtDecoder(path, threads=1)
+        logits0, past0 = dec.step(prompt, dec.empty_past(len(prompt)))
+
+        def decode(dec=dec, past0=past0, first=logits0[:, -1].argmax(-1)[:, None]):
+            nxt, past = first, past0
+            for _ in range(new_tokens):
+                logits, past = dec.step(nxt, past)
+                nxt = logits[:, -1].argmax(-1)[:, None]
+            return nxt
+
+        runners[name] = decode
+    samples = time_rounds(runners, rounds=rounds, calls=calls, warmup=3, seed=seed)
+    best = {n: s.min(axis=1).astype(float) for n, s in samples.items()}  # (rounds,) ns
+    base = best[next(iter(files))]
+    tps = {n: float(new_tokens / (np.median(t) / 1e9)) for n, t in best.items()}
+    return tps, {n: float(np.median(base / t)) for n, t in best.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", nargs="?", default=str(ROOT / "recipes" / "tiny-lm.yaml"))
@@ -60,7 +91,6 @@ def main() -> None:
     from rich.table import Table
 
     from compress.lm.data import eval_windows, load_text
-    from compress.lm.onnx import bench_generation
     from compress.lm.pipeline import run
     from compress.lm.recipe import load_lm_recipe
 
@@ -77,10 +107,8 @@ def main() -> None:
     splits = load_text(recipe.data, recipe.seed)
     windows = eval_windows(splits.test, recipe.teacher.model.context, recipe.eval.max_tokens)
     b = recipe.bench
-    bench = bench_generation(files, windows[:1, :b.prompt], b.new_tokens, threads=[1], rounds=args.rounds,
-                             calls=args.calls, seed=recipe.seed)
-    tps = {r["model"]: r["tokens_per_s"] for r in bench}
-    base = next(iter(VARIANTS))
+    tps, ratio = decode_ratios(files, windows[:1, :b.prompt], b.new_tokens, rounds=args.rounds, calls=args.calls,
+                               seed=recipe.seed)
 
     t = Table(title=f"pruning the {recipe.name} student: prune + {args.steps} KD finetune steps; decode at 1 thread, "
                     f"{args.rounds} interleaved rounds")
@@ -90,7 +118,7 @@ def main() -> None:
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, (params, m) in rows.items():
         cells = [name, f"{params:,}", f"{m['bits_per_byte']:.4f}", f"{m['agreement']:.1%}",
-                 f"{m['size_bytes'] / 1e3:.1f} kB", f"{tps[name]:.0f}", f"{tps[name] / tps[base]:.2f}x"]
+                 f"{m['size_bytes'] / 1e3:.1f} kB", f"{tps[name]:.0f}", f"{ratio[name]:.2f}x"]
         t.add_row(*cells)
         md.append("| " + " | ".join(cells) + " |")
     console = Console(width=160)

@@ -166,10 +166,10 @@ def _quantize_within(r: _Run, src: Path, dst: Path, st, i: int) -> dict:
     say(f"quantize ({st.mode}, max_bpb_increase {st.max_bpb_increase:g}): scoring files on {val[:, 1:].size:,} "
         "validation bytes", r.quiet)
     info = quantize_within(src, dst, st.mode, st.max_bpb_increase, val, block_size=st.block_size,
-                           accuracy_level=st.accuracy_level, per_channel=st.per_channel)
+                           accuracy_level=st.accuracy_level, per_channel=st.per_channel, fallback=st.fallback)
     if not info["budget_met"]:
         say(f"[yellow]warning: quantize (stages[{i}], {st.mode}): no file met max_bpb_increase {st.max_bpb_increase:g} "
-            f"on validation; kept the best one found ({len(info['fp32_layers'])} layer(s) fp32, "
+            f"on validation; kept the best one found ({len(info[st.fallback + '_layers'])} layer(s) {st.fallback}, "
             f"{info['val_bpb_increase']:+.4f} bits/byte), see report.md[/yellow]", r.quiet)
     return info
 
@@ -264,7 +264,7 @@ def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
                 continue
             tag = "int8" if st.mode == "int8_dynamic" else f"int4-b{st.block_size}-a{st.accuracy_level}"
             if st.max_bpb_increase is not None:
-                tag += f"-max{st.max_bpb_increase:g}"
+                tag += f"-max{st.max_bpb_increase:g}" + ("-int8" if st.fallback == "int8" else "")
             dst = out / f"student-{tag}.onnx"
             if st.max_bpb_increase is None:
                 info = lmonnx.quantize_decoder(files["student"], dst, st.mode, block_size=st.block_size,

@@ -6,9 +6,10 @@ to the pipeline's final evaluation of the shipped file.
 
 1. All linear layers (MatMul with a constant weight) quantized: within the budget, that file ships.
 2. Otherwise each layer is quantized alone (every other layer fp32): its own bits/byte increase.
-3. Greedy: the most sensitive layers stay fp32, one more per step, until the increase is within the
-   budget. At least one layer stays quantized; if no step meets the budget, the file with the smallest
-   increase ships and the report says so (a warning, never an empty hand).
+3. Greedy: the most sensitive layers stay fp32 (or, with ``fallback: int8``, become INT8 dynamic inside
+   the INT4 file), one more per step, until the increase is within the budget. At least one layer keeps
+   the mode's precision; if no step meets the budget, the file with the smallest increase ships and the
+   report says so (a warning, never an empty hand).
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class BpbScorer:
         return BpbScore(bpb, bpb - self.ref_bits_per_byte, err, float((z.argmax(-1) == self._top1).mean()))
 
 
-def _builders(src: Path, mode: str, block_size: int, accuracy_level: int | None, per_channel: bool, names: list[str]):
-    """(build_only(layer, path), build_excl(fp32_names, path)) writing one quantized file per plan."""
+def _builders(src: Path, mode: str, block_size: int, accuracy_level: int | None, per_channel: bool, names: list[str],
+              fallback: str):
+    """(build_only(layer, path), build_excl(kept_names, path)) writing one quantized file per plan; the kept
+    layers are fp32, or INT8 dynamic inside the INT4 file with ``fallback='int8'``."""
     if mode == "int8_dynamic":
         def only(layer, p):
             return backend.int8_dynamic(src, p, per_channel=per_channel, only=[layer.name])
@@ -92,18 +95,25 @@ def _builders(src: Path, mode: str, block_size: int, accuracy_level: int | None,
             backend.int4(src, p, block_size=block_size, accuracy_level=accuracy_level, include=[layer.name])
             return p
 
-        def excl(fp32, p):
-            backend.int4(src, p, block_size=block_size, accuracy_level=accuracy_level,
-                         include=[n for n in names if n not in fp32])
+        def excl(kept, p):
+            int4 = p.with_name(p.stem + "-int4.onnx") if kept and fallback == "int8" else p
+            backend.int4(src, int4, block_size=block_size, accuracy_level=accuracy_level,
+                         include=[n for n in names if n not in kept])
+            if int4 != p:  # quantize_dynamic leaves MatMulNBits alone and quantizes just the kept MatMuls
+                backend.int8_dynamic(int4, p, per_channel=per_channel, only=list(kept))
             return p
     return only, excl
 
 
 def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows: np.ndarray, *, block_size: int = 32,
-                    accuracy_level: int | None = None, per_channel: bool = True) -> dict:
+                    accuracy_level: int | None = None, per_channel: bool = True, fallback: str = "fp32") -> dict:
     """Quantize ``src`` into ``dst`` (``int8_dynamic`` or ``int4_weight_only``), keeping the most sensitive linear
-    layers fp32 until the validation bits/byte increase is within ``budget``; returns the report's info."""
+    layers at ``fallback`` precision (fp32; int8 for int4_weight_only) until the validation bits/byte increase is
+    within ``budget``; returns the report's info (``<fallback>_layers`` lists the layers kept)."""
     what = "INT8" if mode == "int8_dynamic" else "INT4"
+    if fallback not in ("fp32", "int8") or (fallback == "int8" and mode == "int8_dynamic"):
+        raise ValueError(f"fallback {fallback!r} with mode {mode}: int8 is the fallback of int4_weight_only only")
+    kept_as = fallback.upper() if fallback == "int8" else "fp32"
     with tempfile.TemporaryDirectory(prefix="compress-lmq-") as wd:
         wd = Path(wd)
         # MatMulNBits and quantize_dynamic both rename a Gemm; as MatMul first, the names a plan uses hold
@@ -113,9 +123,9 @@ def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows:
         if not layers:
             raise StageError(f"quantize: {mode} found no MatMul with constant weights in the decoder")
         names = [layer.name for layer in layers]
-        only, excl = _builders(source, mode, block_size, accuracy_level, per_channel, names)
+        only, excl = _builders(source, mode, block_size, accuracy_level, per_channel, names, fallback)
         scorer = BpbScorer(src, val_windows)
-        info: dict = {"mode": mode, "max_bpb_increase": budget, "linear_layers": len(layers),
+        info: dict = {"mode": mode, "max_bpb_increase": budget, "fallback": fallback, "linear_layers": len(layers),
                       "source_val_bits_per_byte": round(scorer.ref_bits_per_byte, 5), "notes": [], "tables": []}
         if mode == "int8_dynamic":
             info["per_channel"] = per_channel
@@ -127,46 +137,48 @@ def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows:
             chosen, fp32, met = first, [], True
             info["notes"].append(f"All {len(layers)} linear layers {what}: validation bits/byte {s0.bits_per_byte:.4f}, "
                                  f"{s0.drop:+.4f} over the fp32 export, within the budget of {budget:g}; no layer "
-                                 "needs to stay fp32.")
+                                 f"needs to be kept {kept_as}.")
         else:
             sens = sensitivity(layers, only, scorer, wd, "lm")
             order = most_sensitive_first(layers, sens)
             res = greedy_fp32(order, excl, scorer, budget, wd, "lm")
             chosen, fp32, met = res.chosen.path, list(res.chosen.fp32), res.met
             rank = {layer.name: i + 1 for i, layer in enumerate(order)}
-            info["tables"] += [_sensitivity_table(layers, sens, rank, fp32, what),
-                               _greedy_table(res.trials, budget, res.chosen.path)]
+            info["tables"] += [_sensitivity_table(layers, sens, rank, fp32, what, kept_as),
+                               _greedy_table(res.trials, budget, res.chosen.path, kept_as)]
             s = res.chosen.score
             if met:
                 info["notes"].append(
                     f"All {len(layers)} linear layers {what} added {s0.drop:+.4f} bits/byte on validation (budget "
-                    f"{budget:g}); keeping the {len(fp32)} most sensitive fp32 ({', '.join(fp32)}) brings it to "
+                    f"{budget:g}); keeping the {len(fp32)} most sensitive {kept_as} ({', '.join(fp32)}) brings it to "
                     f"{s.drop:+.4f}. Sensitivity: each layer quantized alone, ranked by its validation bits/byte increase.")
             else:
                 info["notes"].append(
                     f"No plan met the budget of {budget:g} bits/byte: all {len(layers)} layers {what} added "
-                    f"{s0.drop:+.4f}, and keeping up to {len(layers) - 1} of them fp32 did not bring the increase within "
-                    f"it. Kept the best file found ({len(fp32)} layer(s) fp32, {s.drop:+.4f} bits/byte); see the "
+                    f"{s0.drop:+.4f}, and keeping up to {len(layers) - 1} of them {kept_as} did not bring the increase "
+                    f"within it. Kept the best file found ({len(fp32)} layer(s) {kept_as}, {s.drop:+.4f} bits/byte); "
+                    "see the "
                     "sensitivity table.")
         with atomic_path(dst) as tmp:
             shutil.copyfile(chosen, tmp)
         final = scorer(dst)  # re-measured on the file that ships
-    nbits = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(dst), load_external_data=False).graph.node)
-    info.update(fp32_layers=fp32, quantized_layers=len(layers) - len(fp32), budget_met=final.within(budget),
+    ops = [n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node]
+    info.update({f"{fallback}_layers": fp32}, quantized_layers=len(layers) - len(fp32), budget_met=final.within(budget),
                 val_bits_per_byte=round(final.bits_per_byte, 5), val_bpb_increase=round(final.drop, 5),
                 val_agreement_with_fp32=round(final.agreement, 4), files_scored=scorer.calls)
     if mode != "int8_dynamic":
-        info["matmulnbits_nodes"] = nbits
+        info["matmulnbits_nodes"] = ops.count("MatMulNBits")
+    info["int8_matmuls"] = ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul")
     if met != info["budget_met"]:  # the copy scores as the chosen file did; anything else is a bug worth seeing
         raise StageError(f"quantize: the shipped file scores {final.drop:+.6f} bits/byte, unlike the file chosen")
     return info
 
 
-def _sensitivity_table(layers, sens: dict, rank: dict, fp32: list[str], what: str) -> dict:
+def _sensitivity_table(layers, sens: dict, rank: dict, fp32: list[str], what: str, kept_as: str) -> dict:
     rows = []
     for layer in layers:
         s = sens[layer.name]
-        why = (f"kept fp32: rank {rank[layer.name]}, among the {len(fp32)} most sensitive" if layer.name in fp32
+        why = (f"kept {kept_as}: rank {rank[layer.name]}, among the {len(fp32)} most sensitive" if layer.name in fp32
                else what)
         rows.append([layer.name, f"{layer.weights:,}", f"{s.bits_per_byte:.4f}", f"{s.drop:+.4f}",
                      f"{s.logit_error:.2e}", rank[layer.name], why])
@@ -175,9 +187,9 @@ def _sensitivity_table(layers, sens: dict, rank: dict, fp32: list[str], what: st
                         "decision"], "rows": rows}
 
 
-def _greedy_table(trials, budget: float, chosen: Path) -> dict:
+def _greedy_table(trials, budget: float, chosen: Path, kept_as: str) -> dict:
     rows = [[len(t.fp32), t.fp32[-1] if t.fp32 else "(none: all quantized)", f"{t.score.bits_per_byte:.4f}",
              f"{t.score.drop:+.4f}", "yes" if t.score.within(budget) else "no", "shipped" if t.path == chosen else ""]
             for t in trials]
-    return {"title": "Greedy steps (validation)", "columns": ["layers fp32", "added", "val bits/byte", "increase",
+    return {"title": "Greedy steps (validation)", "columns": [f"layers {kept_as}", "added", "val bits/byte", "increase",
                                                                "within budget", ""], "rows": rows}

@@ -7,6 +7,8 @@ weights round to 0 (INT4) or nearly so (INT8 per channel). So o, quantized alone
 any other layer, and it is the layer the search must keep fp32.
 """
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -22,22 +24,38 @@ PLANTED = "/model/blocks.0/attn/o/MatMul"
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
+def trained():
     rng = np.random.default_rng(0)
     words = [b"def ", b"return ", b"self", b"(x)", b":\n    ", b" + ", b"1", b"\n"]
     stream = np.frombuffer(b"".join(words[i] for i in rng.integers(0, len(words), 6000)), np.uint8).copy()
     torch.manual_seed(0)
     model = GPT(GPTConfig(width=32, layers=1, heads=2, context=16))
     train_lm(model, stream[:-4000], Budget(steps=60, lr=3e-3, batch_size=16), seed=0)
+    return model.eval(), eval_windows(stream[-4000:-2000], 16, 4000), eval_windows(stream[-2000:], 16, 4000)
+
+
+def _plant(trained, outlier, d):
+    model, val, test = trained
+    model = copy.deepcopy(model)
     with torch.no_grad():
         attn = model.blocks[0].attn
         attn.v.weight[0] = 0
         attn.v.bias[0] = 0
-        attn.o.weight[:, 0] = 1e4
-    model.eval()
-    d = tmp_path_factory.mktemp("planted")
-    src = lmonnx.export_decoder(model, d / "student.onnx")
-    return src, eval_windows(stream[-4000:-2000], 16, 4000), eval_windows(stream[-2000:], 16, 4000), d
+        attn.o.weight[:, 0] = outlier(attn.o.weight)
+    return lmonnx.export_decoder(model, d / "student.onnx"), val, test, d
+
+
+@pytest.fixture(scope="module")
+def planted(trained, tmp_path_factory):
+    """Outliers of 1e4: o is broken by INT4 and by INT8 alike."""
+    return _plant(trained, lambda w: 1e4, tmp_path_factory.mktemp("planted"))
+
+
+@pytest.fixture(scope="module")
+def planted_int4_only(trained, tmp_path_factory):
+    """Outliers 20x the largest weight: half an INT4 step (20/7 x) rounds every other weight to 0, while an INT8
+    step (20/127 x) keeps them to within 8 % of the largest."""
+    return _plant(trained, lambda w: 20 * w.abs().max(), tmp_path_factory.mktemp("planted20"))
 
 
 def test_the_planted_layer_is_harmless_in_fp32_and_ranks_first(planted):
@@ -100,3 +118,29 @@ def test_scorer_reads_zero_increase_for_the_source_itself(planted):
     src, val, _, _ = planted
     s = BpbScorer(src, val)(src)
     assert abs(s.drop) < 1e-6 and s.logit_error == 0 and s.agreement == 1 and s.within(0)
+
+
+def test_int8_fallback_keeps_the_planted_layer_int8_inside_the_int4_file(planted_int4_only, planted):
+    src, val, _, d = planted_int4_only
+    dst = d / "q4.onnx"
+    info = quantize_within(src, dst, "int4_weight_only", 0.03, val, block_size=32, accuracy_level=0, fallback="int8")
+    assert info["int8_layers"] == [PLANTED] and "fp32_layers" not in info and info["budget_met"]
+    assert info["matmulnbits_nodes"] == 6 and info["int8_matmuls"] == 1
+    nodes = {n.name: n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert nodes.get(PLANTED) != "MatMul"  # no longer a float MatMul: quantize_dynamic replaced it
+    sens = {row[0]: row for row in info["tables"][0]["rows"]}
+    assert sens[PLANTED][6] == "kept INT8: rank 1, among the 1 most sensitive"
+    assert info["tables"][1]["columns"][0] == "layers INT8"
+    got = evaluate_lm(lmonnx.OrtDecoder(dst).logits, val).bits_per_byte
+    assert info["val_bits_per_byte"] == pytest.approx(got, abs=1e-4)
+    # with outliers that break INT8 too, an INT8 fallback of o cannot meet the budget: more layers are tried
+    src, val, _, d = planted
+    info = quantize_within(src, d / "q6.onnx", "int4_weight_only", 0.03, val, block_size=32, accuracy_level=0,
+                           fallback="int8")
+    assert info["int8_layers"][0] == PLANTED and len(info["int8_layers"]) > 1
+
+
+def test_int8_fallback_is_refused_for_int8_mode(planted):
+    src, val, _, d = planted
+    with pytest.raises(ValueError, match="int8 is the fallback of int4_weight_only only"):
+        quantize_within(src, d / "q5.onnx", "int8_dynamic", 0.03, val, fallback="int8")

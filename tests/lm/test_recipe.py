@@ -106,3 +106,13 @@ def test_max_bpb_increase_is_validated_with_line_and_key(tmp_path):
     msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, max_accuracy_drop: 0.01}"))
     assert msg.startswith("r.yaml:10: stages[2].max_accuracy_drop: unknown key 'max_accuracy_drop'; valid keys: ")
     assert "max_bpb_increase" in msg
+
+
+def test_int8_fallback_needs_int4_and_a_budget(tmp_path):
+    r, _ = _load(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, max_bpb_increase: 0.02, fallback: int8}"))
+    assert r.stages[2].fallback == "int8"
+    msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, fallback: int8}"))
+    assert msg == ("r.yaml:10: stages[2].fallback: fallback int8 is for mode int4_weight_only with max_bpb_increase "
+                   "(the layers the search keeps out of INT4 become INT8); use fallback: fp32")
+    msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, fallback: int4}"))
+    assert msg == "r.yaml:10: stages[2].fallback: invalid value 'int4'; valid choices: fp32, int8"

@@ -115,4 +115,4 @@ def test_int8_fallback_needs_int4_and_a_budget(tmp_path):
     assert msg == ("r.yaml:10: stages[2].fallback: fallback int8 is for mode int4_weight_only with max_bpb_increase "
                    "(the layers the search keeps out of INT4 become INT8); use fallback: fp32")
     msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, fallback: int4}"))
-    assert msg == "r.yaml:10: stages[2].fallback: invalid value 'int4'; valid choices: fp32, int8"
+    assert msg == "r.yaml:10: stages[2].fallback: invalid value 'int4'; did you mean 'int8'? valid choices: fp32, int8"

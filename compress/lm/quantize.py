@@ -136,8 +136,8 @@ def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows:
         if s0.within(budget):
             chosen, kept, met = first, [], True
             info["notes"].append(f"All {len(layers)} linear layers {what}: validation bits/byte "
-                                 f"{s0.bits_per_byte:.4f}, {s0.drop:+.4f} over the fp32 export, within the budget of {budget:g}; no layer "
-                                 f"needs to be kept {kept_as}.")
+                                 f"{s0.bits_per_byte:.4f}, {s0.drop:+.4f} over the fp32 export, within the budget of "
+                                 f"{budget:g}; no layer needs to be kept {kept_as}.")
         else:
             sens = sensitivity(layers, only, scorer, wd, "lm")
             order = most_sensitive_first(layers, sens)

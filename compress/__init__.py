@@ -2,6 +2,7 @@
 
     >>> from compress import load_recipe, run
     >>> report = run(load_recipe("recipes/digits.yaml"))  # doctest: +SKIP
+    >>> report = run("recipes/tiny-lm.yaml", output="/tmp/out")  # a path works too; task: lm runs the LM pipeline  # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
@@ -14,7 +15,7 @@ def __getattr__(name):  # lazy: `compress --help` must not import torch
 
         return load_recipe
     if name in ("run", "validate"):
-        from compress import pipeline
+        from compress import _api
 
-        return getattr(pipeline, name)
+        return getattr(_api, name)
     raise AttributeError(name)

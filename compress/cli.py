@@ -40,12 +40,10 @@ def _load(recipe_path: str):
 
 
 def _pipeline(recipe):
-    """compress.pipeline, or compress.lm.pipeline for a `task: lm` recipe: both have run() and validate()."""
-    if getattr(recipe, "task", None) == "lm":
-        from compress.lm import pipeline
-    else:
-        from compress import pipeline
-    return pipeline
+    """compress.pipeline, or compress.lm.pipeline for a `task: lm` recipe (the dispatch of compress.run too)."""
+    from compress._api import pipeline_for
+
+    return pipeline_for(recipe)
 
 
 @click.group(cls=_DefaultRun, context_settings={"help_option_names": ["-h", "--help"]})

@@ -174,15 +174,42 @@ def _torch_stages(r: _Run, student: GPT, teacher: GPT, teacher_key: str, label: 
     return student, records, steps
 
 
+def _quantize_within(r: _Run, src: Path, dst: Path, st, i: int) -> dict:
+    """``max_bpb_increase``: per-layer sensitivity and fp32 exclusion on the validation split (compress.lm.quantize)."""
+    from compress.lm.quantize import quantize_within
+
+    val = eval_windows(r.splits.val, r.ctx, r.recipe.eval.max_tokens)
+    say(f"quantize ({st.mode}, max_bpb_increase {st.max_bpb_increase:g}): scoring files on {val[:, 1:].size:,} "
+        "validation bytes", r.quiet)
+    info = quantize_within(src, dst, st.mode, st.max_bpb_increase, val, block_size=st.block_size,
+                           accuracy_level=st.accuracy_level, per_channel=st.per_channel, fallback=st.fallback)
+    if not info["budget_met"]:
+        say(f"[yellow]warning: quantize (stages[{i}], {st.mode}): no file met max_bpb_increase {st.max_bpb_increase:g} "
+            f"on validation; kept the best one found ({len(info[st.fallback + '_layers'])} layer(s) {st.fallback}, "
+            f"{info['val_bpb_increase']:+.4f} bits/byte), see report.md[/yellow]", r.quiet)
+    return info
+
+
 def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False) -> dict:
+    """Run the LM recipe into ``<output>/<name>/``; one run per output folder at a time (as the vision pipeline).
+
+    Trained models (teacher, assistants, every distill / finetune, scratch) and the teacher's sequences
+    are cached under ``<output>/.cache/lm`` as each finishes, so a rerun after Ctrl-C retrains only the
+    model that was interrupted; ``force`` retrains everything.
+    """
+    from compress.pipeline import _exclusive, output_dir
+
+    out = output_dir(recipe, output)
+    with _exclusive(out):
+        return _run(recipe, out, quiet, force)
+
+
+def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
     from compress.lm import report as lmreport
-    from compress.pipeline import output_dir
 
     t_start = time.perf_counter()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    out = output_dir(recipe, output)
-    out.mkdir(parents=True, exist_ok=True)
     r = _Run(recipe, out, quiet, force)
     split = r.splits.describe()
     say(f"data: {recipe.data.source}: " + ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} B"
@@ -278,9 +305,14 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
             if st.type != "quantize":
                 continue
             tag = "int8" if st.mode == "int8_dynamic" else f"int4-b{st.block_size}-a{st.accuracy_level}"
+            if st.max_bpb_increase is not None:
+                tag += f"-max{st.max_bpb_increase:g}" + ("-int8" if st.fallback == "int8" else "")
             dst = out / f"student-{tag}.onnx"
-            info = lmonnx.quantize_decoder(files["student"], dst, st.mode, block_size=st.block_size,
-                                           accuracy_level=st.accuracy_level, per_channel=st.per_channel)
+            if st.max_bpb_increase is None:
+                info = lmonnx.quantize_decoder(files["student"], dst, st.mode, block_size=st.block_size,
+                                               accuracy_level=st.accuracy_level, per_channel=st.per_channel)
+            else:
+                info = _quantize_within(r, files["student"], dst, st, i)
             files[f"student-{tag}"] = dst
             if st.mode == "int8_dynamic" and info.get("reduce_range_cpu_advice"):
                 info["notes"] = ["INT8 weights use the full 8-bit range: the shared int8_dynamic quantizer takes no "

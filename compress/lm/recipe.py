@@ -136,6 +136,13 @@ class LMQuantizeConfig(Strict):
     block_size: Literal[32, 64, 128] = 32
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
         4, description="MatMulNBits compute type: 4 = INT8 compute, 0 = default (fp32)")
+    max_bpb_increase: float | None = Field(
+        None, ge=0, le=8, description="validation bits/byte the file may add over the fp32 student export (0.02 = "
+                                      "two hundredths of a bit per byte); the most sensitive MatMuls stay fp32 until it "
+                                      "holds. At most 8: a uniform guess over 256 bytes costs 8 bits/byte")
+    fallback: Literal["fp32", "int8"] = Field(
+        "fp32", description="with max_bpb_increase: the precision of the layers kept out of the mode (int8: INT8 "
+                            "dynamic inside the INT4 file, for int4_weight_only)")
 
 
 LM_STAGES = {c.model_fields["type"].annotation.__args__[0]: c
@@ -232,6 +239,9 @@ def _check(recipe: LMRecipe, lines: dict) -> None:
             raise recipe.error_at(f"context {cfg.model.context} differs from the teacher's ({t.context}); distillation "
                                   "compares them window by window, so they must match", *path, "model", "context")
     for i, st in enumerate(recipe.stages):
+        if st.type == "quantize" and st.fallback == "int8" and (st.mode != "int4_weight_only" or st.max_bpb_increase is None):
+            raise recipe.error_at("fallback int8 is for mode int4_weight_only with max_bpb_increase (the layers the "
+                                  "search keeps out of INT4 become INT8); use fallback: fp32", "stages", i, "fallback")
         if st.type == "distill" and st.level != "token" and st.sequence.prompt >= t.context:
             raise recipe.error_at(f"prompt ({st.sequence.prompt}) must be shorter than the context ({t.context})",
                                   "stages", i, "sequence", "prompt")

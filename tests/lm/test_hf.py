@@ -204,7 +204,7 @@ stages:
   - {{type: finetune, steps: 2, batch_size: 8}}
   - {{type: export}}
   - {{type: quantize, mode: int4_weight_only, block_size: 32, accuracy_level: 4}}
-eval: {{max_tokens: 256}}
+{quantize_within}eval: {{max_tokens: 256}}
 bench: {{prompt: 4, new_tokens: 4, rounds: 3, calls: 1}}
 samples: {{count: 1, prompt: 6, new_tokens: 6}}
 """
@@ -224,7 +224,10 @@ def test_lm_run_with_hf_models(tmp_path, student):
     train = "  train: {steps: 2, batch_size: 8}\n" if student == "hf" else ""
     # with a GPT student, an HF assistant stands between teacher and student
     assistants = "assistants:\n  - model: {hf: student-src, context: 16}\n" if student == "gpt" else ""
-    recipe.write_text(RUN.format(name=f"hf-{student}", student=spec, teacher_train=train, assistants=assistants))
+    # with an HF student, also the accuracy-aware quantize stage (per-layer sensitivity on validation bits/byte)
+    within = "  - {type: quantize, mode: int8_dynamic, max_bpb_increase: 0}\n" if student == "hf" else ""
+    recipe.write_text(RUN.format(name=f"hf-{student}", student=spec, teacher_train=train, assistants=assistants,
+                                 quantize_within=within))
     runner = CliRunner()
     res = runner.invoke(cli, ["validate", str(recipe), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
@@ -235,7 +238,9 @@ def test_lm_run_with_hf_models(tmp_path, student):
     report = json.loads((out / "report.json").read_text())
     by = {m["name"]: m for m in report["models"]}
     chain = ["assistant0"] if student == "gpt" else []
-    assert list(by) == ["teacher", *chain, "scratch", "student", "teacher.onnx", "student.onnx", "student-int4-b32-a4.onnx"]
+    within = [] if student == "gpt" else ["student-int8-max0.onnx"]
+    assert list(by) == ["teacher", *chain, "scratch", "student", "teacher.onnx", "student.onnx", "student-int4-b32-a4.onnx",
+                        *within]
     for m in by.values():
         assert 0 < m["bits_per_byte"] < 12 and 0 <= m["agreement"] <= 1
     assert abs(by["teacher.onnx"]["bits_per_byte"] - by["teacher"]["bits_per_byte"]) < 1e-4
@@ -248,12 +253,15 @@ def test_lm_run_with_hf_models(tmp_path, student):
     else:
         assert teacher_stage["steps"] == 2 and "note" not in teacher_stage
     samples = report["samples"][0]["continuations"]
-    assert set(samples) == {"teacher", *chain, "scratch", "student", "student-int4-b32-a4.onnx"}
+    assert set(samples) == {"teacher", *chain, "scratch", "student", "student-int4-b32-a4.onnx", *within}
     scratch = next(s for s in report["stages"] if s["stage"] == "scratch")["info"]
     if student == "gpt":
         assert not (out / "student-hf").exists()
         assert [s["model"] for s in report["stages"] if s["stage"] == "0:distill"] == ["assistant0", "student"]
         return
+    q = next(s for s in report["stages"] if s["model"] == "student-int8-max0")["info"]
+    # budget 0 forces the per-layer search: every linear layer of the GPT-2 graph gets a sensitivity row
+    assert len(q["tables"][0]["rows"]) == q["quantized_layers"] + len(q["fp32_layers"]) >= 4
     assert scratch["note"].startswith("the student's config")
     assert scratch["note"].endswith("trained with CE only for the student's 5 steps of 8 windows at lr 0.003")
     # the trained student, saved as an HF folder, reloads to the exported student's logits

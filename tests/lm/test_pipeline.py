@@ -67,6 +67,108 @@ def test_lm_recipe_end_to_end(tmp_path):
     assert res.exit_code == 0 and "reused from the cache" in res.output
 
 
+SMALL = """\
+task: lm
+name: small
+threads: 1
+data: {source: text, path: docs, max_bytes: 100000, split: {val: 0.2, test: 0.2}}
+teacher:
+  model: {arch: gpt, width: 16, layers: 1, heads: 2, context: 16}
+  train: {steps: 3, batch_size: 4}
+student:
+  model: {arch: gpt, width: 8, layers: 1, heads: 2, context: 16}
+stages:
+  - {type: distill, steps: 2, batch_size: 4}
+baseline: none
+eval: {max_tokens: 128}
+bench: {prompt: 4, new_tokens: 4, rounds: 3, calls: 1}
+samples: {count: 0, prompt: 4, new_tokens: 4}
+"""
+
+
+def _small(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(10):
+        (docs / f"{i:02d}.txt").write_text(f"def g{i}(y):\n    return y * {i}\n" * 20)
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+def test_second_run_into_a_locked_output_folder_fails_like_the_vision_pipeline(tmp_path):
+    import pytest
+
+    from compress.errors import CompressError
+    from compress.lm.pipeline import run
+    from compress.pipeline import _exclusive
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(_small(tmp_path))
+    out = tmp_path / "out" / "small"
+    with _exclusive(out):  # what a first run holds while it writes
+        with pytest.raises(CompressError) as err:
+            run(recipe, output=tmp_path / "out", quiet=True)
+    assert str(err.value) == f"another compress run is writing to {out}; wait for it or use --output"
+    assert not (tmp_path / "out" / ".cache").exists()  # it failed before any training
+    res = CliRunner().invoke(cli, [str(tmp_path / "small.yaml"), "-o", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, res.output  # the lock is released with the first run
+    assert (out / "report.json").exists()
+
+
+def test_rerun_after_an_interrupt_reuses_the_finished_models(tmp_path, monkeypatch):
+    from compress.lm import pipeline
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(_small(tmp_path))
+    real, calls = pipeline.train_lm, []
+
+    def interrupted(model, *a, what="", **kw):  # the teacher trains, Ctrl-C during the student's distillation
+        calls.append(what)
+        if what == "student distill" and calls.count(what) == 1:
+            raise KeyboardInterrupt
+        return real(model, *a, what=what, **kw)
+
+    monkeypatch.setattr(pipeline, "train_lm", interrupted)
+    try:  # not pytest.raises: pytest treats a KeyboardInterrupt as the user stopping the session
+        pipeline.run(recipe, output=tmp_path / "out", quiet=True)
+        raise AssertionError("the interrupt did not propagate")
+    except KeyboardInterrupt:
+        pass
+    assert calls == ["teacher", "student distill"]
+    report = pipeline.run(recipe, output=tmp_path / "out", quiet=True)
+    assert calls == ["teacher", "student distill", "student distill"]  # the teacher came from the cache; the lock was released by the interrupt
+    teacher = next(s for s in report["stages"] if s["stage"] == "teacher")
+    assert teacher["info"]["cached"] is True
+
+
+def test_accuracy_aware_quantize_stage_ships_a_file_scored_on_test(tmp_path):
+    from compress.lm.pipeline import run
+    from compress.recipe import load_recipe
+
+    path = _small(tmp_path)
+    path.write_text(SMALL.replace("stages:\n  - {type: distill, steps: 2, batch_size: 4}\n",
+                                  "stages:\n  - {type: distill, steps: 2, batch_size: 4}\n  - {type: export}\n"
+                                  "  - {type: quantize, mode: int4_weight_only, max_bpb_increase: 8}\n"
+                                  "  - {type: quantize, mode: int8_dynamic, max_bpb_increase: 0}\n"))
+    report = run(load_recipe(path), output=tmp_path / "out", quiet=True)
+    by = {m["name"]: m for m in report["models"]}
+    assert {"student-int4-b32-a4-max8.onnx", "student-int8-max0.onnx"} <= set(by)
+    stages = {s["model"]: s["info"] for s in report["stages"] if s["stage"].endswith(":quantize")}
+    loose, strict = stages["student-int4-b32-a4-max8"], stages["student-int8-max0"]
+    assert loose["fp32_layers"] == [] and loose["budget_met"] and loose["matmulnbits_nodes"] == 7
+    # budget 0: the search ran (sensitivity of all 7 MatMuls, greedy steps) and its choice is reported either way
+    assert len(strict["tables"][0]["rows"]) == 7
+    shipped = [row for row in strict["tables"][1]["rows"] if row[5] == "shipped"]
+    assert len(shipped) == 1 and shipped[0][0] == len(strict["fp32_layers"])
+    assert strict["budget_met"] == (strict["val_bpb_increase"] <= 1e-6)
+    assert strict["quantized_layers"] == 7 - len(strict["fp32_layers"]) >= 1
+    # the shipped files are scored again on the test split, like every other model
+    assert abs(by["student-int8-max0.onnx"]["bits_per_byte"] - by["student.onnx"]["bits_per_byte"]) < 0.5
+    md = (tmp_path / "out" / "small" / "report.md").read_text()
+    assert "Per-layer sensitivity on validation (INT8, each layer quantized alone)" in md
+
+
 def test_another_teacher_is_not_served_its_predecessors_student(tmp_path):
     """The teacher's architecture is part of the distilled student's cache key (same train settings)."""
     docs = tmp_path / "docs"

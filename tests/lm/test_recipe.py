@@ -93,3 +93,26 @@ def test_width_heads_and_text_source(tmp_path):
     assert msg == "r.yaml:4: teacher.model: width (64) must be divisible by heads (3)"
     msg = _error(tmp_path, GOOD.replace("name: t", "name: t\ndata: {source: text}"))
     assert msg.startswith("r.yaml:3: data: source 'text' needs a path")
+
+
+def test_max_bpb_increase_is_validated_with_line_and_key(tmp_path):
+    r, _ = _load(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, max_bpb_increase: 0.02}"))
+    assert r.stages[2].max_bpb_increase == 0.02
+    msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, max_bpb_increase: -0.1}"))
+    assert msg.startswith("r.yaml:10: stages[2].max_bpb_increase: ")
+    assert "greater than or equal to 0" in msg
+    msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, max_bpb_increase: 20}"))
+    assert msg.startswith("r.yaml:10: stages[2].max_bpb_increase: ") and "less than or equal to 8" in msg
+    msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, max_accuracy_drop: 0.01}"))
+    assert msg.startswith("r.yaml:10: stages[2].max_accuracy_drop: unknown key 'max_accuracy_drop'; valid keys: ")
+    assert "max_bpb_increase" in msg
+
+
+def test_int8_fallback_needs_int4_and_a_budget(tmp_path):
+    r, _ = _load(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, max_bpb_increase: 0.02, fallback: int8}"))
+    assert r.stages[2].fallback == "int8"
+    msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, fallback: int8}"))
+    assert msg == ("r.yaml:10: stages[2].fallback: fallback int8 is for mode int4_weight_only with max_bpb_increase "
+                   "(the layers the search keeps out of INT4 become INT8); use fallback: fp32")
+    msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, fallback: int4}"))
+    assert msg == "r.yaml:10: stages[2].fallback: invalid value 'int4'; did you mean 'int8'? valid choices: fp32, int8"

@@ -1,0 +1,66 @@
+"""compress.run / compress.validate (compress/_api.py): a recipe or its path goes to the pipeline of its task."""
+
+import json
+
+import compress
+from compress.lm.recipe import LMRecipe
+
+LM = """\
+task: lm
+name: api
+threads: 1
+data: {source: text, path: docs, max_bytes: 100000, split: {val: 0.2, test: 0.2}}
+teacher:
+  model: {arch: gpt, width: 16, layers: 1, heads: 2, context: 16}
+  train: {steps: 2, batch_size: 4}
+student:
+  model: {arch: gpt, width: 8, layers: 1, heads: 2, context: 16}
+stages:
+  - {type: distill, steps: 2, batch_size: 4}
+  - {type: export}
+baseline: none
+eval: {max_tokens: 128}
+bench: {prompt: 4, new_tokens: 4, rounds: 3, calls: 1}
+samples: {count: 0, prompt: 4, new_tokens: 4}
+"""
+
+
+def _lm_recipe(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(10):
+        (docs / f"{i:02d}.txt").write_text(f"x{i} = {i} * 2\n" * 30)
+    path = tmp_path / "api.yaml"
+    path.write_text(LM)
+    return path
+
+
+def test_validate_dispatches_an_lm_recipe_path_and_object(tmp_path):
+    path = _lm_recipe(tmp_path)
+    lines = compress.validate(str(path), output=tmp_path / "out")
+    assert lines[0].startswith("data: text, train 6 docs")
+    assert lines[-1] == f"output: {tmp_path / 'out' / 'api'}"
+    recipe = compress.load_recipe(path)
+    assert isinstance(recipe, LMRecipe)
+    assert compress.validate(recipe, output=tmp_path / "out") == lines
+
+
+def test_run_dispatches_an_lm_recipe_path(tmp_path):
+    path = _lm_recipe(tmp_path)
+    report = compress.run(path, output=tmp_path / "out", quiet=True)
+    assert report["task"] == "lm"
+    assert [m["name"] for m in report["models"]] == ["teacher", "student", "teacher.onnx", "student.onnx"]
+    on_disk = json.loads((tmp_path / "out" / "api" / "report.json").read_text())
+    assert on_disk["models"] == report["models"]
+
+
+def test_validate_still_runs_the_vision_pipeline(tmp_path):
+    import yaml
+
+    from tests.conftest import MINIMAL_RECIPE
+
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL_RECIPE, "data": {"source": "digits"}}))
+    lines = compress.validate(path, output=tmp_path / "out")
+    assert lines[0] == f"output: {tmp_path / 'out' / 'unit'}"
+    assert any(line.startswith("teacher: ") and "MACs" in line for line in lines)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "cnn", "mlp", "transformer", "Attention", "Tokens"]
+__all__ = ["ZOO", "cnn", "mlp", "transformer", "text_transformer", "Attention", "Tokens", "ByteTokens"]
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: int = 2) -> nn.Module:
@@ -106,6 +106,54 @@ class Tokens(nn.Module):
             x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
         return self.proj(x) + self.pos
 
+    def residual(self) -> list:
+        """What sets the residual width: pruning keeps these whole (compress/stages/prune.py)."""
+        return [self.proj, self.pos]
+
+
+def text_transformer(input_shape: tuple[int, ...], num_classes: int, width: int = 64, depth: int = 2, heads: int = 4,
+                     mlp_ratio: int = 2) -> nn.Module:
+    """The ``transformer`` encoder over bytes: input N x L of byte values (0..255, float like every input
+    of the pipeline), one token per byte (an embedding of the 256 byte values plus a learned position
+    embedding), ``depth`` pre-norm blocks, LayerNorm, mean over tokens, linear classifier.
+
+    Layers are named as in ``transformer`` (``features.0`` the embedding, ``features.1..depth`` the blocks),
+    so the prune stage removes heads (``head_ratio``) and MLP hidden units (``ratio``) the same way.
+
+    >>> text_transformer((128,), 8, width=64, depth=2, heads=4)  # 92.2k params, 8.5M MACs
+    """
+    if len(input_shape) != 1:
+        raise ValueError(f"arch 'text_transformer' needs byte sequences N x L (got input shape {tuple(input_shape)}); "
+                         "use data source 'stdlib-text' or 'text'")
+    if width % heads:
+        raise ValueError(f"arch 'text_transformer': width {width} must be a multiple of heads {heads}")
+    blocks = [_Block(width, heads, mlp_ratio * width) for _ in range(depth)]
+    return _Net(nn.Sequential(ByteTokens(input_shape[0], width), *blocks, nn.LayerNorm(width)), _TokenMean(),
+                nn.Linear(width, num_classes))
+
+
+class ByteTokens(nn.Module):
+    """Byte values (float, N x L) -> (batch, L, width): ``embed`` (256 x width) plus a learned position embedding.
+
+    Values are rounded before the cast: an INT8 model sees its input through a quantize-dequantize pair
+    whose step is below 0.5 (at most 255 / 255), so rounding recovers the exact byte, where truncation
+    would turn 65.0 - 1e-6 into 64. Clamped to 0..255 so any float input is a valid index.
+    """
+
+    VOCAB = 256
+
+    def __init__(self, length: int, width: int):
+        super().__init__()
+        self.embed = nn.Embedding(self.VOCAB, width)
+        self.pos = nn.Parameter(torch.randn(1, length, width) * 0.02)
+
+    def forward(self, x):
+        ids = x.round().clamp(0, self.VOCAB - 1).long()
+        return self.embed(ids) + self.pos
+
+    def residual(self) -> list:
+        return [self.embed, self.pos]
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with one fused ``qkv`` Linear (timm's layout, which torch-pruning's
@@ -156,4 +204,4 @@ class _TokenMean(nn.Module):
         return x.mean(dim=1)
 
 
-ZOO = {"cnn": cnn, "mlp": mlp, "transformer": transformer}
+ZOO = {"cnn": cnn, "mlp": mlp, "transformer": transformer, "text_transformer": text_transformer}

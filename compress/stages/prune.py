@@ -153,12 +153,12 @@ def _layer_rows(before: dict, after: dict, heads_before: dict, heads_after: dict
 def _frozen(model: nn.Module, classifier: list[nn.Module]) -> list:
     """Layers and parameters whose outputs stay whole: the classifier, and in the built-in transformer
     the token embedding (freezing it keeps the residual width: blocks lose heads and hidden units only)."""
-    from compress.models.zoo import Tokens
+    from compress.models.zoo import ByteTokens, Tokens
 
     out: list = list(classifier)
     for m in model.modules():
-        if isinstance(m, Tokens):
-            out += [m.proj, m.pos]
+        if isinstance(m, Tokens | ByteTokens):
+            out += m.residual()
     return out
 
 

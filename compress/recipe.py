@@ -57,8 +57,8 @@ class DataConfig(Strict):
             raise ValueError(f"source '{self.source}' is built in and takes no path")
         text_keys = sorted({"length", "snippets_per_class"} & self.model_fields_set)
         if text_keys and self.source not in ("stdlib-text", "text"):
-            raise ValueError(f"{' and '.join(map(repr, text_keys))} are keys of the text sources (stdlib-text, text), "
-                             f"not of source '{self.source}'")
+            what = f"{' and '.join(map(repr, text_keys))} {'are keys' if len(text_keys) > 1 else 'is a key'}"
+            raise ValueError(f"{what} of the text sources (stdlib-text, text), not of source '{self.source}'")
         return self
 
 

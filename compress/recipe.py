@@ -70,6 +70,8 @@ class ModelSpec(Strict):
     width: int = Field(16, ge=1, le=4096, description="channels (cnn), hidden units (mlp) or token width (transformers)")
     depth: int = Field(2, ge=1, le=16, description="number of conv blocks (cnn), hidden layers (mlp) or blocks (transformers)")
     heads: int | None = Field(None, ge=1, le=64, description="transformers: attention heads (default 4; width must be a multiple)")
+    patch: int | None = Field(None, ge=1, le=64, description="transformers: patch side (transformer, default 2 on even images) "
+                                                            "or bytes per token (text_transformer, default 1)")
     factory: str | None = Field(None, description="user model as 'package.module:function'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
 
@@ -78,8 +80,9 @@ class ModelSpec(Strict):
         if (self.arch is None) == (self.factory is None):
             raise ValueError("give exactly one of 'arch' (built-in: mlp, cnn, transformer, text_transformer) or 'factory' "
                              "('package.module:function')")
-        if self.heads is not None and self.arch not in ATTENTION_ARCHS:
-            raise ValueError("'heads' is a key of arch 'transformer' and 'text_transformer' only")
+        for key in ("heads", "patch"):
+            if getattr(self, key) is not None and self.arch not in ATTENTION_ARCHS:
+                raise ValueError(f"'{key}' is a key of arch 'transformer' and 'text_transformer' only")
         if self.arch in ATTENTION_ARCHS and self.width % (self.heads or 4):
             raise ValueError(f"arch '{self.arch}': width {self.width} must be a multiple of heads {self.heads or 4}")
         if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
@@ -169,7 +172,10 @@ class Recipe(Strict):
             return data  # FromTeacher reports the bad value at its key
         width = max(1, round(teacher_model.get("width", 16) * w))
         depth = max(1, round(teacher_model.get("depth", 2) * d))
-        student = {**data["student"], "model": {"arch": teacher_model["arch"], "width": width, "depth": depth}}
+        model = {"arch": teacher_model["arch"], "width": width, "depth": depth}
+        if "patch" in teacher_model:  # the input's tokenisation, not a size: the student reads the data the same way
+            model["patch"] = teacher_model["patch"]
+        student = {**data["student"], "model": model}
         return {**data, "student": student}
 
     def error_at(self, message: str, *path) -> RecipeError:

@@ -19,8 +19,9 @@ Two ways to say how much:
   of the best) and says so in ``info["notes"]``.
 
 With ``recover_steps: N``, N optimizer steps of Hinton KD from the teacher follow every pruning step
-(both ways). In the built-in transformer, ``head_ratio`` removes whole attention heads and ``ratio``
-(or ``target``) the MLP hidden units; the residual width (token embedding) is kept.
+(both ways). In the built-in transformers (``transformer``, ``text_transformer``), ``head_ratio`` removes
+whole attention heads and ``ratio`` (or ``target``) the MLP hidden units; the residual width (token or
+byte embedding, positions) is kept.
 """
 
 from __future__ import annotations

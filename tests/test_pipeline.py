@@ -227,7 +227,6 @@ def test_validate_refuses_bn_scale_for_a_student_without_batchnorm(tmp_path, mon
                          "stage 5: quantize (onnx -> onnx)"]
 
 
-@pytest.mark.slow  # ~30 s on 2 busy cores
 def test_text_classifier_end_to_end(tmp_path):
     """stdlib-text through every stage with text_transformers: the report holds every model, heads were
     pruned, and the final file's accuracy is its accuracy on the split-by-file test set."""

@@ -41,7 +41,7 @@ class SplitConfig(Strict):
 
 class DataConfig(Strict):
     source: Literal["digits", "npz", "imagefolder", "stdlib-text", "text"] = "digits"
-    path: Path | None = Field(None, description="file (npz) or directory (imagefolder; text: one sub-folder of .txt files per class)")
+    path: Path | None = Field(None, description="file (npz) or directory (imagefolder; text: a sub-folder of .txt files per class)")
     split: SplitConfig = SplitConfig()
     image_size: int | None = Field(None, ge=4, le=1024, description="imagefolder: resize to this square size")
     channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")

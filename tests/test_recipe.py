@@ -163,3 +163,12 @@ def test_parse_recipe_without_a_file_has_no_line():
 def test_global_is_accepted_as_prune_key(tmp_path):
     r = load_recipe(write(tmp_path, GOOD.replace("importance: l2", "importance: l2, global: true")))
     assert r.stages[1].global_pruning is True
+
+
+def test_from_teacher_keeps_the_text_transformers_patch(tmp_path):
+    """A derived student reads its input as the teacher does (patch is tokenisation, not size); heads default."""
+    text = GOOD.replace("source: digits", "source: stdlib-text").replace(
+        "{arch: cnn, width: 64, depth: 3}", "{arch: text_transformer, width: 64, depth: 2, patch: 4}").replace(
+        "model: {arch: cnn, width: 16, depth: 2}", "from_teacher: {width: 0.5}")
+    student = load_recipe(write(tmp_path, text)).student.model
+    assert (student.arch, student.width, student.depth, student.patch, student.heads) == ("text_transformer", 32, 2, 4, None)

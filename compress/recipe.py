@@ -40,37 +40,51 @@ class SplitConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: Literal["digits", "npz", "imagefolder"] = "digits"
-    path: Path | None = Field(None, description="file (npz) or directory (imagefolder)")
+    source: Literal["digits", "npz", "imagefolder", "stdlib-text", "text"] = "digits"
+    path: Path | None = Field(None, description="file (npz) or directory (imagefolder; text: a sub-folder of .txt files per class)")
     split: SplitConfig = SplitConfig()
     image_size: int | None = Field(None, ge=4, le=1024, description="imagefolder: resize to this square size")
     channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
+    length: int = Field(128, ge=8, le=4096, description="stdlib-text, text: bytes per snippet (the model's input length)")
+    snippets_per_class: int = Field(400, ge=3, le=1_000_000, description="stdlib-text, text: about this many snippets per "
+                                                                         "class, spread evenly over its files")
 
     @model_validator(mode="after")
     def _path_when_needed(self):
-        if self.source in ("npz", "imagefolder") and self.path is None:
+        if self.source in ("npz", "imagefolder", "text") and self.path is None:
             raise ValueError(f"source '{self.source}' needs a path")
-        if self.source == "digits" and self.path is not None:
-            raise ValueError("source 'digits' is built in and takes no path")
+        if self.source in ("digits", "stdlib-text") and self.path is not None:
+            raise ValueError(f"source '{self.source}' is built in and takes no path")
+        text_keys = sorted({"length", "snippets_per_class"} & self.model_fields_set)
+        if text_keys and self.source not in ("stdlib-text", "text"):
+            what = f"{' and '.join(map(repr, text_keys))} {'are keys' if len(text_keys) > 1 else 'is a key'}"
+            raise ValueError(f"{what} of the text sources (stdlib-text, text), not of source '{self.source}'")
         return self
 
 
+ATTENTION_ARCHS = ("transformer", "text_transformer")  # built-in archs with a 'heads' key
+
+
 class ModelSpec(Strict):
-    arch: Literal["mlp", "cnn", "transformer"] | None = Field(None, description="built-in architecture")
-    width: int = Field(16, ge=1, le=4096, description="channels (cnn), hidden units (mlp) or token width (transformer)")
-    depth: int = Field(2, ge=1, le=16, description="number of conv blocks (cnn), hidden layers (mlp) or blocks (transformer)")
-    heads: int | None = Field(None, ge=1, le=64, description="transformer: attention heads (default 4; width must be a multiple)")
+    arch: Literal["mlp", "cnn", "transformer", "text_transformer"] | None = Field(None, description="built-in architecture")
+    width: int = Field(16, ge=1, le=4096, description="channels (cnn), hidden units (mlp) or token width (transformers)")
+    depth: int = Field(2, ge=1, le=16, description="number of conv blocks (cnn), hidden layers (mlp) or blocks (transformers)")
+    heads: int | None = Field(None, ge=1, le=64, description="transformers: attention heads (default 4; width must be a multiple)")
+    patch: int | None = Field(None, ge=1, le=64, description="transformers: patch side (transformer, default 2 on even images) "
+                                                            "or bytes per token (text_transformer, default 1)")
     factory: str | None = Field(None, description="user model as 'package.module:function'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.arch is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'arch' (built-in: mlp, cnn, transformer) or 'factory' ('package.module:function')")
-        if self.heads is not None and self.arch != "transformer":
-            raise ValueError("'heads' is a key of arch 'transformer' only")
-        if self.arch == "transformer" and self.width % (self.heads or 4):
-            raise ValueError(f"arch 'transformer': width {self.width} must be a multiple of heads {self.heads or 4}")
+            raise ValueError("give exactly one of 'arch' (built-in: mlp, cnn, transformer, text_transformer) or 'factory' "
+                             "('package.module:function')")
+        for key in ("heads", "patch"):
+            if getattr(self, key) is not None and self.arch not in ATTENTION_ARCHS:
+                raise ValueError(f"'{key}' is a key of arch 'transformer' and 'text_transformer' only")
+        if self.arch in ATTENTION_ARCHS and self.width % (self.heads or 4):
+            raise ValueError(f"arch '{self.arch}': width {self.width} must be a multiple of heads {self.heads or 4}")
         if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
             raise ValueError(f"factory must look like 'package.module:function' (got {self.factory!r})")
         return self
@@ -158,7 +172,10 @@ class Recipe(Strict):
             return data  # FromTeacher reports the bad value at its key
         width = max(1, round(teacher_model.get("width", 16) * w))
         depth = max(1, round(teacher_model.get("depth", 2) * d))
-        student = {**data["student"], "model": {"arch": teacher_model["arch"], "width": width, "depth": depth}}
+        model = {"arch": teacher_model["arch"], "width": width, "depth": depth}
+        if "patch" in teacher_model:  # the input's tokenisation, not a size: the student reads the data the same way
+            model["patch"] = teacher_model["patch"]
+        student = {**data["student"], "model": model}
         return {**data, "student": student}
 
     def error_at(self, message: str, *path) -> RecipeError:

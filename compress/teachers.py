@@ -83,12 +83,11 @@ def _train_rows(arr: np.ndarray, recipe, splits, where: str) -> np.ndarray:
         raise ModelError(f"{where}: expected rows of {splits.num_classes} class scores, got shape {arr.shape}")
     if len(arr) == n_train:
         return arr
-    from compress.data import _read, stratified_split
+    from compress.data import split_rows
 
-    _, y = _read(recipe.data)
+    _, y, train_idx, _, _ = split_rows(recipe.data, recipe.seed)
     if len(arr) != len(y):
         raise ModelError(f"{where}: {len(arr)} rows, but the training split has {n_train} samples and the data {len(y)}")
-    train_idx, _, _ = stratified_split(y, recipe.data.split.val, recipe.data.split.test, recipe.seed)
     return arr[train_idx]
 
 

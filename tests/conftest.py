@@ -62,6 +62,12 @@ def splits():
     return load_data(DataConfig(), seed=0)
 
 
+@pytest.fixture(scope="session")
+def text_splits():
+    """stdlib-text, 32-byte snippets, ~40 per class: 8 classes, input (32,), a few hundred samples."""
+    return load_data(DataConfig(source="stdlib-text", length=32, snippets_per_class=40), seed=0)
+
+
 def train_model(model: torch.nn.Module, splits, epochs: int = 5, lr: float = 3e-3, seed: int = 0) -> torch.nn.Module:
     return fit(model, splits, epochs=epochs, lr=lr, batch_size=64, seed=seed, loss_fn=cross_entropy,
                desc="test", quiet=True).model.eval()

@@ -225,3 +225,30 @@ def test_validate_refuses_bn_scale_for_a_student_without_batchnorm(tmp_path, mon
     assert lines[4:] == ["stage 1: distill (torch -> torch)", "stage 2: prune (torch -> torch)",
                          "stage 3: finetune (torch -> torch)", "stage 4: export (torch -> onnx)",
                          "stage 5: quantize (onnx -> onnx)"]
+
+
+def test_text_classifier_end_to_end(tmp_path):
+    """stdlib-text through every stage with text_transformers: the report holds every model, heads were
+    pruned, and the final file's accuracy is its accuracy on the split-by-file test set."""
+    spec = {"arch": "text_transformer", "depth": 1, "patch": 4}
+    recipe = parse_recipe({
+        "name": "text", "seed": 0,
+        "data": {"source": "stdlib-text", "length": 32, "snippets_per_class": 30},
+        "teacher": {"model": {**spec, "width": 16}, "train": {"epochs": 2, "lr": 0.003}},
+        "student": {"model": {**spec, "width": 8, "heads": 2}},
+        "stages": [{"type": "distill", "epochs": 1}, {"type": "prune", "ratio": 0.5, "head_ratio": 0.5, "round_to": None},
+                   {"type": "finetune", "epochs": 1, "distill": True}, {"type": "export", "format": "onnx"},
+                   {"type": "quantize", "mode": "int8_static", "calibration": {"samples": 64}}],
+        "bench": {"rounds": 3, "calls": 2, "batch": 8}})
+    report = run(recipe, output=tmp_path, quiet=True)
+    by = models_by_name(report)
+    assert list(by) == ["teacher", "scratch", *STAGE_NAMES, "final"]
+    assert all(0.0 <= m["accuracy"] <= 1.0 and m["size_bytes"] > 0 for m in report["models"])
+    assert report["data"]["input_shape"] == [32] and report["data"]["num_classes"] == 8
+    heads = {r["layer"]: (r["before"], r["after"]) for r in by["02_prune"]["info"]["layers"]}
+    assert heads["features.1.attn (heads)"] == (2, 1)
+    assert by["02_prune"]["params"] < by["01_distill"]["params"] == by["scratch"]["params"]
+    splits = load_data(recipe.data, recipe.seed)
+    assert splits.fingerprint == report["data"]["fingerprint"]
+    pred = ort_predict(tmp_path / "text" / "model.onnx", splits.test.x).argmax(1)
+    assert by["final"]["accuracy"] == pytest.approx(float((pred == splits.test.y).mean()), abs=1e-12)

@@ -86,13 +86,24 @@ def test_configs_are_frozen(tmp_path):
     (GOOD.replace("method: minmax", "method: kl"),
      "recipe.yaml:16: stages[4].calibration.method: invalid value 'kl'; valid choices: minmax, entropy, percentile"),
     (GOOD.replace("source: digits", "source: mnist"),
-     "recipe.yaml:4: data.source: invalid value 'mnist'; valid choices: digits, npz, imagefolder"),
+     "recipe.yaml:4: data.source: invalid value 'mnist'; valid choices: digits, npz, imagefolder, stdlib-text, text"),
+    (GOOD.replace("source: digits", "source: stdlib-text\n  path: code/"),
+     "recipe.yaml:3: data: source 'stdlib-text' is built in and takes no path"),
+    (GOOD.replace("source: digits", "source: text"),
+     "recipe.yaml:3: data: source 'text' needs a path"),
+    (GOOD.replace("source: digits", "source: digits\n  length: 64"),
+     "recipe.yaml:3: data: 'length' is a key of the text sources (stdlib-text, text), not of source 'digits'"),
+    (GOOD.replace("source: digits", "source: stdlib-text\n  length: 4"),
+     "recipe.yaml:5: data.length: Input should be greater than or equal to 8 (got 4)"),
+    (GOOD.replace("{arch: cnn, width: 16, depth: 2}", "{arch: text_transformer, width: 30}"),
+     "recipe.yaml:10: student.model: arch 'text_transformer': width 30 must be a multiple of heads 4"),
     (GOOD.replace("source: digits", "source: npz"),
      "recipe.yaml:3: data: source 'npz' needs a path"),
     (GOOD.replace("{val: 0.2, test: 0.2}", "{val: 0.5, test: 0.5}"),
      "recipe.yaml:5: data.split: val + test must leave data for training (got 0.5 + 0.5 >= 1)"),
     (GOOD.replace("{arch: cnn, width: 16, depth: 2}", "{width: 16}"),
-     "recipe.yaml:10: student.model: give exactly one of 'arch' (built-in: mlp, cnn, transformer) or 'factory' ('package.module:function')"),
+     "recipe.yaml:10: student.model: give exactly one of 'arch' (built-in: mlp, cnn, transformer, text_transformer) or "
+     "'factory' ('package.module:function')"),
     (GOOD.replace("name: digits", "name: ../evil"),
      "recipe.yaml:1: name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]*$' (got '../evil')"),
     (GOOD.replace("  - {type: prune, ratio: 0.3, importance: l2}\n", "").replace(
@@ -152,3 +163,12 @@ def test_parse_recipe_without_a_file_has_no_line():
 def test_global_is_accepted_as_prune_key(tmp_path):
     r = load_recipe(write(tmp_path, GOOD.replace("importance: l2", "importance: l2, global: true")))
     assert r.stages[1].global_pruning is True
+
+
+def test_from_teacher_keeps_the_text_transformers_patch(tmp_path):
+    """A derived student reads its input as the teacher does (patch is tokenisation, not size); heads default."""
+    text = GOOD.replace("source: digits", "source: stdlib-text").replace(
+        "{arch: cnn, width: 64, depth: 3}", "{arch: text_transformer, width: 64, depth: 2, patch: 4}").replace(
+        "model: {arch: cnn, width: 16, depth: 2}", "from_teacher: {width: 0.5}")
+    student = load_recipe(write(tmp_path, text)).student.model
+    assert (student.arch, student.width, student.depth, student.patch, student.heads) == ("text_transformer", 32, 2, 4, None)

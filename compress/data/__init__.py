@@ -1,7 +1,8 @@
-"""Datasets: built-in digits, npz arrays, image folders; a stratified, seeded train/val/test split.
+"""Datasets: built-in digits, npz arrays, image folders, byte snippets of text; a seeded train/val/test split.
 
-The test split is never trained, selected or calibrated on: stages see ``train`` (and ``val`` for
-model selection); only the report reads ``test``.
+Arrays are split per sample, stratified by class; text (``stdlib-text``, ``text``, see compress/data/text.py)
+is split by file, so no test snippet comes from a file seen in training. The test split is never trained,
+selected or calibrated on: stages see ``train`` (and ``val`` for model selection); only the report reads ``test``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 
 from compress.errors import DataError
 
-__all__ = ["Dataset", "Rows", "Splits", "load_data", "peek_data", "stratified_split"]
+__all__ = ["Dataset", "Rows", "Splits", "load_data", "peek_data", "split_rows", "stratified_split", "TEXT_SOURCES"]
+
+TEXT_SOURCES = ("stdlib-text", "text")  # byte snippets, split by file
 
 
 class Rows:
@@ -170,7 +173,17 @@ def _imagefolder(path: Path, size: int | None, channels: int) -> tuple[np.ndarra
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 
+def _text(cfg):
+    from compress.data.text import folder_files, read_text, stdlib_files
+
+    classes, files = stdlib_files() if cfg.source == "stdlib-text" else folder_files(Path(cfg.path))
+    return read_text(classes, files, cfg.length, cfg.snippets_per_class, _where(cfg))
+
+
 def _read(cfg) -> tuple[np.ndarray, np.ndarray]:
+    if cfg.source in TEXT_SOURCES:
+        corpus = _text(cfg)
+        return corpus.x, corpus.y
     if cfg.source == "digits":
         return _digits()
     if cfg.source == "npz":
@@ -226,19 +239,31 @@ def peek_data(cfg) -> tuple[tuple[int, ...], int]:
 
 
 def _where(cfg) -> str:
-    return "data (digits)" if cfg.source == "digits" else f"data ({cfg.path})"
+    return f"data ({cfg.source})" if cfg.path is None else f"data ({cfg.path})"
 
 
-def load_data(cfg, seed: int) -> Splits:
-    """Load and split; the split depends on the seed only, so every model of a run sees the same test set."""
-    x, y = _read(cfg)
+def split_rows(cfg, seed: int, x=None, y=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, train, val, test)``: the data and the row indices of each split (text by file, arrays stratified)."""
+    if cfg.source in TEXT_SOURCES:
+        from compress.data.text import split_files
+
+        corpus = _text(cfg)
+        _check(corpus.x, corpus.y, _where(cfg))
+        return (corpus.x, corpus.y, *split_files(corpus, cfg.split.val, cfg.split.test, seed, _where(cfg)))
+    x, y = _read(cfg) if x is None else (x, y)
     num_classes = _check(x, y, _where(cfg))
     counts = np.bincount(y, minlength=num_classes)
     need = max(3, int(np.ceil(1 / min(cfg.split.val, cfg.split.test))))
     if counts.min() < 3:
         raise DataError(f"{_where(cfg)}: class {int(counts.argmin())} has {int(counts.min())} samples; "
                         f"a train/val/test split needs at least 3 per class ({need} for this split)")
-    tr, va, te = stratified_split(y, cfg.split.val, cfg.split.test, seed)
+    return (x, y, *stratified_split(y, cfg.split.val, cfg.split.test, seed))
+
+
+def load_data(cfg, seed: int) -> Splits:
+    """Load and split; the split depends on the seed only, so every model of a run sees the same test set."""
+    x, y, tr, va, te = split_rows(cfg, seed)
+    num_classes = int(y.max()) + 1
     for part, idx in (("val", va), ("test", te), ("train", tr)):
         if len(idx) == 0:
             raise DataError(f"{_where(cfg)}: the {part} split is empty ({len(y)} samples, split val={cfg.split.val}, "

@@ -16,7 +16,8 @@ __all__ = ["build_model", "load_weights", "read_state_dict", "check_io", "descri
 
 def describe_spec(spec) -> str:
     if spec.arch:
-        heads = f", heads={spec.heads or 4}" if spec.arch == "transformer" else ""
+        heads = f", heads={spec.heads or 4}" if spec.arch in ("transformer", "text_transformer") else ""
+        heads += f", patch={spec.patch}" if spec.patch is not None else ""
         return f"{spec.arch}(width={spec.width}, depth={spec.depth}{heads})"
     return f"{spec.factory}({', '.join(f'{k}={v!r}' for k, v in spec.kwargs.items())})"
 
@@ -25,7 +26,9 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     """A fresh (randomly initialised) model for ``spec``; the caller seeds torch first."""
     if spec.arch:
         try:
-            extra = {"heads": spec.heads or 4} if spec.arch == "transformer" else {}
+            extra = {"heads": spec.heads or 4} if spec.arch in ("transformer", "text_transformer") else {}
+            if spec.patch is not None:
+                extra["patch"] = spec.patch
             return ZOO[spec.arch](tuple(input_shape), num_classes, width=spec.width, depth=spec.depth, **extra)
         except ValueError as exc:
             raise ModelError(str(exc)) from None

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "cnn", "mlp", "transformer", "Attention", "Tokens"]
+__all__ = ["ZOO", "cnn", "mlp", "transformer", "text_transformer", "Attention", "Tokens", "ByteTokens"]
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: int = 2) -> nn.Module:
@@ -106,6 +106,68 @@ class Tokens(nn.Module):
             x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
         return self.proj(x) + self.pos
 
+    def residual(self) -> list:
+        """What sets the residual width: pruning keeps these whole (compress/stages/prune.py)."""
+        return [self.proj, self.pos]
+
+
+def text_transformer(input_shape: tuple[int, ...], num_classes: int, width: int = 64, depth: int = 2, heads: int = 4,
+                     patch: int = 1, mlp_ratio: int = 2) -> nn.Module:
+    """The ``transformer`` encoder over bytes: input N x L of byte values (0..255, float like every input
+    of the pipeline), an embedding of the 256 byte values, ``patch`` consecutive bytes per token (their
+    embeddings concatenated and projected to ``width``; 1 = one token per byte), a learned position
+    embedding, ``depth`` pre-norm blocks, LayerNorm, mean over tokens, linear classifier.
+
+    Layers are named as in ``transformer`` (``features.0`` the embedding, ``features.1..depth`` the blocks),
+    so the prune stage removes heads (``head_ratio``) and MLP hidden units (``ratio``) the same way.
+    Patches of 4 bytes make a 128-byte snippet 32 tokens: attention and MLPs cost 4x less, and each
+    token sees a 4-gram (MEGABYTE, Yu et al. 2023, cuts byte sequences into patches the same way).
+
+    >>> text_transformer((128,), 8, width=64, depth=2, heads=4, patch=4)  # 77.9k params, 2.3M MACs
+    """
+    if len(input_shape) != 1:
+        raise ValueError(f"arch 'text_transformer' needs byte sequences N x L (got input shape {tuple(input_shape)}); "
+                         "use data source 'stdlib-text' or 'text'")
+    if width % heads:
+        raise ValueError(f"arch 'text_transformer': width {width} must be a multiple of heads {heads}")
+    if input_shape[0] % patch:
+        raise ValueError(f"arch 'text_transformer': patch {patch} does not divide the snippet length {input_shape[0]}")
+    blocks = [_Block(width, heads, mlp_ratio * width) for _ in range(depth)]
+    return _Net(nn.Sequential(ByteTokens(input_shape[0], width, patch), *blocks, nn.LayerNorm(width)), _TokenMean(),
+                nn.Linear(width, num_classes))
+
+
+class ByteTokens(nn.Module):
+    """Byte values (float, N x L) -> (batch, L / patch, width): ``embed`` (256 x dim) per byte, ``patch``
+    byte embeddings concatenated and projected by ``proj`` (patch > 1 only; dim = ceil(width / patch)),
+    plus a learned position embedding.
+
+    Values are rounded before the cast: an INT8 model sees its input through a quantize-dequantize pair
+    whose step is below 0.5 (at most 255 / 255), so rounding recovers the exact byte, where truncation
+    would turn 65.0 - 1e-6 into 64. Clamped to 0..255 so any float input is a valid index.
+    """
+
+    VOCAB = 256
+
+    def __init__(self, length: int, width: int, patch: int = 1):
+        super().__init__()
+        self.patch = patch
+        dim = width if patch == 1 else math.ceil(width / patch)
+        self.embed = nn.Embedding(self.VOCAB, dim)
+        self.proj = nn.Linear(patch * dim, width) if patch > 1 else None
+        self.pos = nn.Parameter(torch.randn(1, length // patch, width) * 0.02)
+
+    def forward(self, x):
+        ids = x.round().clamp(0, self.VOCAB - 1).long()
+        tokens = self.embed(ids)
+        if self.proj is not None:
+            tokens = self.proj(tokens.reshape(tokens.shape[0], self.pos.shape[1], -1))
+        return tokens + self.pos
+
+    def residual(self) -> list:
+        """What sets the residual width: pruning keeps these whole (compress/stages/prune.py)."""
+        return [self.embed, self.pos] + ([self.proj] if self.proj is not None else [])
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with one fused ``qkv`` Linear (timm's layout, which torch-pruning's
@@ -156,4 +218,4 @@ class _TokenMean(nn.Module):
         return x.mean(dim=1)
 
 
-ZOO = {"cnn": cnn, "mlp": mlp, "transformer": transformer}
+ZOO = {"cnn": cnn, "mlp": mlp, "transformer": transformer, "text_transformer": text_transformer}

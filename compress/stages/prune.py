@@ -19,8 +19,9 @@ Two ways to say how much:
   of the best) and says so in ``info["notes"]``.
 
 With ``recover_steps: N``, N optimizer steps of Hinton KD from the teacher follow every pruning step
-(both ways). In the built-in transformer, ``head_ratio`` removes whole attention heads and ``ratio``
-(or ``target``) the MLP hidden units; the residual width (token embedding) is kept.
+(both ways). In the built-in transformers (``transformer``, ``text_transformer``), ``head_ratio`` removes
+whole attention heads and ``ratio`` (or ``target``) the MLP hidden units; the residual width (token or
+byte embedding, positions) is kept.
 """
 
 from __future__ import annotations
@@ -153,12 +154,12 @@ def _layer_rows(before: dict, after: dict, heads_before: dict, heads_after: dict
 def _frozen(model: nn.Module, classifier: list[nn.Module]) -> list:
     """Layers and parameters whose outputs stay whole: the classifier, and in the built-in transformer
     the token embedding (freezing it keeps the residual width: blocks lose heads and hidden units only)."""
-    from compress.models.zoo import Tokens
+    from compress.models.zoo import ByteTokens, Tokens
 
     out: list = list(classifier)
     for m in model.modules():
-        if isinstance(m, Tokens):
-            out += [m.proj, m.pos]
+        if isinstance(m, Tokens | ByteTokens):
+            out += m.residual()
     return out
 
 

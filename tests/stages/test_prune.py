@@ -336,3 +336,46 @@ def test_pruned_transformer_survives_the_checkpoint(trained_transformer, as_arti
     x = torch.from_numpy(splits.val.x[:8])
     with torch.no_grad():
         torch.testing.assert_close(back(x), out.eval()(x))
+
+
+# --- text_transformer: the same pruning over byte tokens ------------------------------------------
+
+
+@pytest.mark.parametrize("patch", [1, 4])
+def test_text_transformer_heads_and_hidden_units_shrink(as_artifact, text_splits, tmp_path, patch):
+    """Heads and MLP hidden units go; the byte embedding (the residual width) and the classifier stay whole,
+    and the pruned model still exports to ONNX with torch's logits."""
+    import onnxruntime as ort
+
+    from compress._onnx import export_onnx
+    from compress.context import Context
+    from compress.models.zoo import text_transformer
+    from compress.recipe import parse_recipe
+    from compress.stages.prune import head_table
+
+    torch.manual_seed(0)
+    model = text_transformer(text_splits.input_shape, 8, width=16, depth=2, heads=4, patch=patch).eval()
+    recipe = parse_recipe({"name": "t", "data": {"source": "stdlib-text", "length": 32},
+                           "teacher": {"model": {"arch": "text_transformer", "width": 16}},
+                           "student": {"model": {"arch": "text_transformer", "width": 16}}, "stages": [{"type": "export"}]})
+    ctx = Context(recipe=recipe, splits=text_splits, teacher=model, out_dir=tmp_path, quiet=True)
+    art = as_artifact(model, text_splits.input_shape)
+    out = prune(art, cfg(ratio=0.5, head_ratio=0.5, round_to=None), ctx)
+    assert head_table(out.model) == {"features.1.attn": 2, "features.2.attn": 2}
+    w = linear_widths(out.model)
+    for b in (1, 2):
+        assert w[f"features.{b}.attn.qkv"] == (16, 24) and w[f"features.{b}.mlp.fc1"] == (16, 16)
+    assert w["classifier"] == (16, 8)
+    tokens = out.model.features[0]
+    assert tokens.embed.weight.shape == (256, 16 // patch) and tokens.pos.shape == (1, 32 // patch, 16)
+    if patch > 1:
+        assert w["features.0.proj"] == (16, 16)
+    assert out.params < art.params and out.macs < art.macs
+    assert head_table(model) == {"features.1.attn": 4, "features.2.attn": 4}  # input untouched
+
+    path = export_onnx(out.model, text_splits.input_shape, tmp_path / "p.onnx")
+    x = text_splits.val.x[:32]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        want = out.model.eval()(torch.from_numpy(x)).numpy()
+    assert abs(got - want).max() < 1e-4

@@ -400,3 +400,32 @@ def test_budget_defaults():
     assert qcfg().budget is None and qcfg(mode="auto").budget == 0.01 and qcfg(mode="mixed").budget == 0.01
     assert qcfg(mode="int4_weight_only", accuracy_level="auto").budget == 0.01
     assert qcfg(mode="auto", max_accuracy_drop=0.002).budget == 0.002
+
+
+def test_int8_static_text_transformer(text_splits, train, as_artifact, trained_cnn, tmp_path):
+    """The byte-level text_transformer goes through INT8 static quantization: the byte input stays
+    float (Round, Clip and Cast are not quantized), the embedding table and the linear layers are INT8,
+    and the predictions stay the fp32 model's."""
+    from compress.context import Context
+    from compress.recipe import parse_recipe
+
+    torch.manual_seed(0)
+    model = train(zoo.text_transformer(text_splits.input_shape, 8, width=16, depth=1, heads=4, patch=4), text_splits, epochs=8)
+    spec = {"arch": "text_transformer", "width": 16, "depth": 1, "patch": 4}
+    recipe = parse_recipe({"name": "q", "data": {"source": "stdlib-text", "length": 32},
+                           "teacher": {"model": spec}, "student": {"model": spec}, "stages": [{"type": "export"}]})
+    ctx = Context(recipe=recipe, splits=text_splits, teacher=model, out_dir=tmp_path, quiet=True)
+    fp32 = export(as_artifact(model, text_splits.input_shape), ExportConfig(type="export", format=["onnx"]), ctx)
+    ctx.stage_index = 1
+    out = quantize(fp32, qcfg(mode="int8_static", calibration={"samples": 128}), ctx)
+    graph = onnx.load(str(out.path)).graph
+    kinds = [n.op_type for n in graph.node]
+    assert kinds.count("Cast") == 1 and "QuantizeLinear" in kinds
+    eight_bit = {i.name for i in graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    assert {"features.0.embed.weight_quantized", "features.0.pos_quantized", "classifier.weight_quantized"} <= eight_bit
+    assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) > 100]
+    fp32_acc, int8_acc = accuracy(fp32.path, text_splits.test), accuracy(out.path, text_splits.test)
+    assert fp32_acc > 0.25  # 8 classes: chance is 0.125
+    assert abs(int8_acc - fp32_acc) <= 0.05, (fp32_acc, int8_acc)
+    agree = (logits(fp32.path, text_splits.test.x).argmax(1) == logits(out.path, text_splits.test.x).argmax(1)).mean()
+    assert agree >= 0.9

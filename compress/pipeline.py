@@ -80,7 +80,7 @@ def prepare(recipe: Recipe) -> Prepared:
             raise recipe.error_at("importance 'bn_scale' needs BatchNorm layers and the student has none; "
                                   "valid choices for this model: l1, l2, taylor", "stages", i, "importance")
         if st.type == "prune" and st.head_ratio > 0 and not head_table(student):
-            raise recipe.error_at("'head_ratio' removes attention heads of the built-in transformer (arch: transformer), "
+            raise recipe.error_at("'head_ratio' removes attention heads of the built-in transformers (arch: transformer or text_transformer), "
                                   "and the student has none; drop head_ratio", "stages", i, "head_ratio")
     _check_losses(recipe, teacher, student, splits.input_shape, splits.num_classes)
     return Prepared(splits, teacher.eval(), recipe.teacher.weights is not None, student)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from compress import stages as _stages  # registers every stage
 from compress.errors import ChainError, RecipeError
+from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "DataConfig", "ModelSpec", "TrainConfig", "check_chain"]
@@ -59,34 +60,6 @@ class DataConfig(Strict):
         if text_keys and self.source not in ("stdlib-text", "text"):
             what = f"{' and '.join(map(repr, text_keys))} {'are keys' if len(text_keys) > 1 else 'is a key'}"
             raise ValueError(f"{what} of the text sources (stdlib-text, text), not of source '{self.source}'")
-        return self
-
-
-ATTENTION_ARCHS = ("transformer", "text_transformer")  # built-in archs with a 'heads' key
-
-
-class ModelSpec(Strict):
-    arch: Literal["mlp", "cnn", "transformer", "text_transformer"] | None = Field(None, description="built-in architecture")
-    width: int = Field(16, ge=1, le=4096, description="channels (cnn), hidden units (mlp) or token width (transformers)")
-    depth: int = Field(2, ge=1, le=16, description="number of conv blocks (cnn), hidden layers (mlp) or blocks (transformers)")
-    heads: int | None = Field(None, ge=1, le=64, description="transformers: attention heads (default 4; width must be a multiple)")
-    patch: int | None = Field(None, ge=1, le=64, description="transformers: patch side (transformer, default 2 on even images) "
-                                                            "or bytes per token (text_transformer, default 1)")
-    factory: str | None = Field(None, description="user model as 'package.module:function'")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if (self.arch is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'arch' (built-in: mlp, cnn, transformer, text_transformer) or 'factory' "
-                             "('package.module:function')")
-        for key in ("heads", "patch"):
-            if getattr(self, key) is not None and self.arch not in ATTENTION_ARCHS:
-                raise ValueError(f"'{key}' is a key of arch 'transformer' and 'text_transformer' only")
-        if self.arch in ATTENTION_ARCHS and self.width % (self.heads or 4):
-            raise ValueError(f"arch '{self.arch}': width {self.width} must be a multiple of heads {self.heads or 4}")
-        if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
-            raise ValueError(f"factory must look like 'package.module:function' (got {self.factory!r})")
         return self
 
 

@@ -17,31 +17,22 @@ teacher has layers, so losses that read layers need the recipe's teacher (checke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.errors import ModelError
+from compress.models.spec import ModelSpec
 
 __all__ = ["TeacherSource", "ensemble_logits"]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    arch: str | None = None
-    width: int = Field(16, ge=1, le=4096)
-    depth: int = Field(2, ge=1, le=16)
-    factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TeacherSource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     weight: float = Field(1.0, gt=0, description="weight of this member in the mean of logits")
     recipe: bool = Field(False, description="the recipe's teacher (also when no other source is given)")
-    model: _Spec | None = Field(None, description="a built-in or factory model, with weights")
+    model: ModelSpec | None = Field(None, description="a built-in or factory model, with weights")
     weights: Path | None = None
     onnx: Path | None = Field(None, description="black box: an ONNX file run with onnxruntime")
     logits: Path | None = Field(None, description="black box: precomputed outputs (.npy, or .npz with 'logits')")

@@ -7,15 +7,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from compress.artifact import Artifact
 from compress.losses import hinton_kd_loss
 from compress.losses.combine import Objective, build_terms, loss_union
 from compress.losses.mutual import Peers, mutual_loss
-from compress.models.zoo import ZOO
+from compress.models.spec import ModelSpec
 from compress.teachers import TeacherSource, ensemble_logits
 from compress.stages.base import StageConfig, register_stage
 from compress.training import fit
@@ -25,27 +25,17 @@ __all__ = ["DistillConfig", "KDOptions", "ChainModel", "distill", "kd_train", "k
 LossList = list[loss_union()]  # type: ignore[misc]
 
 
-class ChainModel(BaseModel):
+class ChainModel(ModelSpec):
     """One step of a progressive / teacher-assistant chain (Mirzadeh et al. 2020): a built-in or factory
     model, usually between the teacher and the student in size, trained from scratch by KD from the step
     before it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    arch: Literal[tuple(ZOO)] | None = Field(None, description="built-in architecture")  # type: ignore[valid-type]
-    width: int = Field(16, ge=1, le=4096)
-    depth: int = Field(2, ge=1, le=16)
-    factory: str | None = Field(None, description="user model as 'package.module:function'")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if (self.arch is None) == (self.factory is None):
-            raise ValueError(f"a chain step needs exactly one of 'arch' (built-in: {', '.join(ZOO)}) or 'factory' "
-                             "('package.module:function')")
-        return self
+    _needs: ClassVar[str] = "a chain step needs"
 
     def describe(self) -> str:
-        return f"{self.arch}(width={self.width}, depth={self.depth})" if self.arch else f"{self.factory}({self.kwargs})"
+        from compress.models import describe_spec
+
+        return describe_spec(self)
 
     def build(self, input_shape, num_classes: int):
         from compress.models import build_model, check_io

@@ -218,7 +218,7 @@ def prune(art: Artifact, cfg: PruneConfig, ctx) -> Artifact:
     if cfg.importance == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise StageError("prune: importance 'bn_scale' needs BatchNorm layers, and this model has none; use l1, l2 or taylor")
     if cfg.head_ratio > 0 and not head_table(model):
-        raise StageError("prune: 'head_ratio' removes attention heads of the built-in transformer (arch: transformer), "
+        raise StageError("prune: 'head_ratio' removes attention heads of the built-in transformers (arch: transformer or text_transformer), "
                          "and this model has none; drop head_ratio")
     if cfg.recover_steps and ctx.teacher is None:
         raise StageError("prune: 'recover_steps' distils from the teacher, and there is none")

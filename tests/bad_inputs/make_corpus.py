@@ -252,8 +252,8 @@ case("prune_ratio_and_target", BASE.replace("{type: distill, epochs: 1}", "{type
 case("prune_target_unknown_goal", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1}\n  - {type: prune, target: {flops: 0.25}}"),
      "{dir}/recipe.yaml:12: stages[1].target.flops: unknown key 'flops'; valid keys: macs, params, latency_ms, speedup")
 case("head_ratio_without_attention", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1}\n  - {type: prune, ratio: 0.3, head_ratio: 0.5}"),
-     "{dir}/recipe.yaml:12: stages[1].head_ratio: 'head_ratio' removes attention heads of the built-in transformer "
-     "(arch: transformer), and the student has none; drop head_ratio")
+     "{dir}/recipe.yaml:12: stages[1].head_ratio: 'head_ratio' removes attention heads of the built-in transformers "
+     "(arch: transformer or text_transformer), and the student has none; drop head_ratio")
 case("transformer_heads_do_not_divide_width", BASE.replace("{arch: mlp, width: 8, depth: 1}", "{arch: transformer, width: 30, heads: 4}"),
      "{dir}/recipe.yaml:9: student.model: arch 'transformer': width 30 must be a multiple of heads 4")
 

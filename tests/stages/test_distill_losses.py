@@ -244,17 +244,17 @@ def test_chain_takes_a_user_factory_and_checks_it_before_training(tmp_path, monk
     step = {"factory": "chain_factory:make", "kwargs": {"hidden": 12}}
     prepare(parse_recipe(recipe({"type": "distill", "chain": [step]})))
     out, _ = run_stage(make_ctx, {"type": "distill", "epochs": 1, "chain": [step]})
-    assert out.info["chain"][0]["model"] == "chain_factory:make({'hidden': 12})"
+    assert out.info["chain"][0]["model"] == "chain_factory:make(hidden=12)"
     with pytest.raises(RecipeError) as info:
         prepare(parse_recipe(recipe({"type": "distill", "chain": [step, {"factory": "chain_factory:wrong"}]})))
     assert info.value.key == "stages[0].chain[1]"
-    assert "chain step chain_factory:wrong({})" in info.value.message and "10" in info.value.message
+    assert "chain step chain_factory:wrong() outputs (2, 3)" in info.value.message and "10" in info.value.message
 
 
 def test_chain_step_needs_one_architecture():
     with pytest.raises(RecipeError, match=r"stages\[0\]\.chain\[0\]: a chain step needs exactly one of 'arch'"):
         parse_recipe(recipe({"type": "distill", "chain": [{"width": 6}]}))
-    with pytest.raises(RecipeError, match=r"stages\[0\]\.chain\[0\]\.arch: invalid value 'resnet'; valid choices: cnn, mlp"):
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.chain\[0\]\.arch: invalid value 'resnet'; valid choices: mlp, cnn, transformer, text_transformer"):
         parse_recipe(recipe({"type": "distill", "chain": [{"arch": "resnet"}]}))
 
 
@@ -326,3 +326,12 @@ def test_loss_layers_are_checked_against_every_teacher_of_the_student():
     # assistant chain: the student's teacher is the (2-block) assistant
     with pytest.raises(RecipeError, match="the teacher has no layer 'features.9'"):
         prepare(parse_recipe(recipe({"type": "distill", "chain": [{"arch": "cnn", "width": 6}], "loss": loss})))
+
+
+def test_chain_step_takes_transformer_keys_and_refuses_them_elsewhere():
+    from compress.stages.distill import ChainModel
+
+    step = ChainModel(arch="text_transformer", width=16, depth=1, heads=2, patch=4)
+    assert step.describe() == "text_transformer(width=16, depth=1, heads=2, patch=4)"
+    with pytest.raises(ValueError, match="'patch' is a key of arch 'transformer' and 'text_transformer' only"):
+        ChainModel(arch="cnn", width=8, patch=2)

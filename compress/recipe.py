@@ -46,9 +46,18 @@ class DataConfig(Strict):
     split: SplitConfig = SplitConfig()
     image_size: int | None = Field(None, ge=4, le=1024, description="imagefolder: resize to this square size")
     channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
-    length: int = Field(128, ge=8, le=4096, description="stdlib-text, text: bytes per snippet (the model's input length)")
-    snippets_per_class: int = Field(400, ge=3, le=1_000_000, description="stdlib-text, text: about this many snippets per "
-                                                                         "class, spread evenly over its files")
+    length: int | None = Field(None, ge=8, le=4096, description="stdlib-text, text: bytes per snippet (the model's input "
+                                                                "length; default 128)")
+    snippets_per_class: int | None = Field(None, ge=3, le=1_000_000, description="stdlib-text, text: about this many "
+                                           "snippets per class, spread evenly over its files (default 400)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_defaults(cls, data):
+        """The text keys' defaults apply to the text sources only, so a dumped recipe of another source parses again."""
+        if isinstance(data, dict) and data.get("source") in ("stdlib-text", "text"):
+            data = {"length": 128, "snippets_per_class": 400, **{k: v for k, v in data.items() if v is not None}}
+        return data
 
     @model_validator(mode="after")
     def _path_when_needed(self):
@@ -56,7 +65,7 @@ class DataConfig(Strict):
             raise ValueError(f"source '{self.source}' needs a path")
         if self.source in ("digits", "stdlib-text") and self.path is not None:
             raise ValueError(f"source '{self.source}' is built in and takes no path")
-        text_keys = sorted({"length", "snippets_per_class"} & self.model_fields_set)
+        text_keys = [k for k in ("length", "snippets_per_class") if getattr(self, k) is not None]
         if text_keys and self.source not in ("stdlib-text", "text"):
             what = f"{' and '.join(map(repr, text_keys))} {'are keys' if len(text_keys) > 1 else 'is a key'}"
             raise ValueError(f"{what} of the text sources (stdlib-text, text), not of source '{self.source}'")

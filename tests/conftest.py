@@ -127,3 +127,19 @@ def tiny_recipe() -> dict:
 def tiny_recipe_template() -> dict:
     """The same recipe for module- and session-scoped fixtures: deep-copy before modifying."""
     return TINY_RECIPE
+
+
+@pytest.fixture
+def lm_docs(tmp_path):
+    """``lm_docs(line, repeat)``: ten small text documents in ``tmp_path / "docs"`` (a ``source: text`` LM corpus);
+    ``line`` is formatted with the document number ``i``."""
+
+    def write(line: str = "def f{i}(x):\n    return x + {i}\n", repeat: int = 30) -> Path:
+        docs = tmp_path / "docs"
+        docs.mkdir(exist_ok=True)
+        for i in range(10):
+            (docs / f"{i:02d}.txt").write_text(line.format(i=i) * repeat)
+        return docs
+
+    return write
+

@@ -25,18 +25,15 @@ samples: {count: 0, prompt: 4, new_tokens: 4}
 """
 
 
-def _lm_recipe(tmp_path):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(10):
-        (docs / f"{i:02d}.txt").write_text(f"x{i} = {i} * 2\n" * 30)
+def _lm_recipe(tmp_path, lm_docs):
+    lm_docs("x{i} = {i} * 2\n")
     path = tmp_path / "api.yaml"
     path.write_text(LM)
     return path
 
 
-def test_validate_dispatches_an_lm_recipe_path_and_object(tmp_path):
-    path = _lm_recipe(tmp_path)
+def test_validate_dispatches_an_lm_recipe_path_and_object(tmp_path, lm_docs):
+    path = _lm_recipe(tmp_path, lm_docs)
     lines = compress.validate(str(path), output=tmp_path / "out")
     assert lines[0].startswith("data: text, train 6 docs")
     assert lines[-1] == f"output: {tmp_path / 'out' / 'api'}"
@@ -45,8 +42,8 @@ def test_validate_dispatches_an_lm_recipe_path_and_object(tmp_path):
     assert compress.validate(recipe, output=tmp_path / "out") == lines
 
 
-def test_run_dispatches_an_lm_recipe_path(tmp_path):
-    path = _lm_recipe(tmp_path)
+def test_run_dispatches_an_lm_recipe_path(tmp_path, lm_docs):
+    path = _lm_recipe(tmp_path, lm_docs)
     report = compress.run(path, output=tmp_path / "out", quiet=True)
     assert report["task"] == "lm"
     assert [m["name"] for m in report["models"]] == ["teacher", "student", "teacher.onnx", "student.onnx"]

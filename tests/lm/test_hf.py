@@ -211,11 +211,8 @@ samples: {{count: 1, prompt: 6, new_tokens: 6}}
 
 
 @pytest.mark.parametrize("student", ["gpt", "hf"])
-def test_lm_run_with_hf_models(tmp_path, student):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(10):
-        (docs / f"{i:02d}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * 30)
+def test_lm_run_with_hf_models(tmp_path, student, lm_docs):
+    lm_docs()
     gpt2_folder(tmp_path / "teacher-hf", seed=0)
     gpt2_folder(tmp_path / "student-src", seed=1, n_layer=1)
     spec = "{arch: gpt, width: 16, layers: 1, heads: 2, context: 16}" if student == "gpt" else "{hf: student-src, context: 16}"

@@ -31,11 +31,8 @@ samples: {count: 1, prompt: 6, new_tokens: 6}
 """
 
 
-def test_lm_recipe_end_to_end(tmp_path):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(10):
-        (docs / f"{i:02d}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * 30)
+def test_lm_recipe_end_to_end(tmp_path, lm_docs):
+    lm_docs()
     recipe = tmp_path / "lm.yaml"
     recipe.write_text(RECIPE)
     runner = CliRunner()
@@ -86,17 +83,14 @@ samples: {count: 0, prompt: 4, new_tokens: 4}
 """
 
 
-def _small(tmp_path):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(10):
-        (docs / f"{i:02d}.txt").write_text(f"def g{i}(y):\n    return y * {i}\n" * 20)
+def _small(tmp_path, lm_docs):
+    lm_docs("def g{i}(y):\n    return y * {i}\n", 20)
     path = tmp_path / "small.yaml"
     path.write_text(SMALL)
     return path
 
 
-def test_second_run_into_a_locked_output_folder_fails_like_the_vision_pipeline(tmp_path):
+def test_second_run_into_a_locked_output_folder_fails_like_the_vision_pipeline(tmp_path, lm_docs):
     import pytest
 
     from compress.errors import CompressError
@@ -104,7 +98,7 @@ def test_second_run_into_a_locked_output_folder_fails_like_the_vision_pipeline(t
     from compress.pipeline import _exclusive
     from compress.recipe import load_recipe
 
-    recipe = load_recipe(_small(tmp_path))
+    recipe = load_recipe(_small(tmp_path, lm_docs))
     out = tmp_path / "out" / "small"
     with _exclusive(out):  # what a first run holds while it writes
         with pytest.raises(CompressError) as err:
@@ -116,11 +110,11 @@ def test_second_run_into_a_locked_output_folder_fails_like_the_vision_pipeline(t
     assert (out / "report.json").exists()
 
 
-def test_rerun_after_an_interrupt_reuses_the_finished_models(tmp_path, monkeypatch):
+def test_rerun_after_an_interrupt_reuses_the_finished_models(tmp_path, monkeypatch, lm_docs):
     from compress.lm import pipeline
     from compress.recipe import load_recipe
 
-    recipe = load_recipe(_small(tmp_path))
+    recipe = load_recipe(_small(tmp_path, lm_docs))
     real, calls = pipeline.train_lm, []
 
     def interrupted(model, *a, what="", **kw):  # the teacher trains, Ctrl-C during the student's distillation
@@ -142,11 +136,11 @@ def test_rerun_after_an_interrupt_reuses_the_finished_models(tmp_path, monkeypat
     assert teacher["info"]["cached"] is True
 
 
-def test_accuracy_aware_quantize_stage_ships_a_file_scored_on_test(tmp_path):
+def test_accuracy_aware_quantize_stage_ships_a_file_scored_on_test(tmp_path, lm_docs):
     from compress.lm.pipeline import run
     from compress.recipe import load_recipe
 
-    path = _small(tmp_path)
+    path = _small(tmp_path, lm_docs)
     path.write_text(SMALL.replace("stages:\n  - {type: distill, steps: 2, batch_size: 4}\n",
                                   "stages:\n  - {type: distill, steps: 2, batch_size: 4}\n  - {type: export}\n"
                                   "  - {type: quantize, mode: int4_weight_only, max_bpb_increase: 8}\n"
@@ -169,12 +163,9 @@ def test_accuracy_aware_quantize_stage_ships_a_file_scored_on_test(tmp_path):
     assert "Per-layer sensitivity on validation (INT8, each layer quantized alone)" in md
 
 
-def test_another_teacher_is_not_served_its_predecessors_student(tmp_path):
+def test_another_teacher_is_not_served_its_predecessors_student(tmp_path, lm_docs):
     """The teacher's architecture is part of the distilled student's cache key (same train settings)."""
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(10):
-        (docs / f"{i:02d}.txt").write_text(f"def g{i}(y):\n    return y * {i}\n" * 30)
+    lm_docs("def g{i}(y):\n    return y * {i}\n")
     text = """\
 task: lm
 name: t

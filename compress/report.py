@@ -6,7 +6,7 @@ import datetime as dt
 import platform
 from pathlib import Path
 
-from compress._io import atomic_path, write_json, write_text
+from compress._io import write_json, write_text
 from compress.bench import cpu_info
 
 __all__ = ["build", "write", "print_table", "SCHEMA_VERSION"]
@@ -223,13 +223,10 @@ def runtime_markdown(report: dict) -> list[str]:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from compress._plot import figure, label_points, plain_log_ticks, save
 
     colors = {"teacher": "#d62728", "scratch": "#7f7f7f", "stage": "#1f77b4", "final": "#2ca02c"}
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    fig, ax = figure()
     biggest = max(m["size_bytes"] for m in report["models"])
     points = [(m["latency_ms"]["p50"] * 1000, m["accuracy"] * 100, m) for m in report["models"]]
     for x, y, m in points:
@@ -247,22 +244,9 @@ def plot(report: dict, path: Path) -> None:
                    edgecolors=colors["final"], linewidths=1.5, zorder=3)
         points.append((x, y, {"name": f"final, {r['runtime']}", "size_bytes": r["size_bytes"]}))
     ax.set_xscale("log")
-    fig.canvas.draw()
-    placed: list[tuple[float, float]] = []  # label anchors in display pixels, to keep labels apart
-    for x, y, m in sorted(points, key=lambda p: (-p[1], p[0])):
-        px, py = ax.transData.transform((x, y))
-        dy = 4
-        while any(abs(px - qx) < 90 and abs(py + dy - qy) < 22 for qx, qy in placed):
-            dy -= 22
-        placed.append((px, py + dy))
-        ax.annotate(f"{m['name']} ({_size(m['size_bytes'])})", (x, y), textcoords="offset points",
-                    xytext=(9, dy * 72 / fig.dpi), fontsize=8, va="center",
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if dy != 4 else None)
-    from matplotlib.ticker import ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(axis="x", which="both", labelsize=8)
+    label_points(ax, fig, [(x, y, f"{m['name']} ({_size(m['size_bytes'])})", "black") for x, y, m in points],
+                 width=90, step=22, offset=9, fontsize=8)
+    plain_log_ticks(ax)
     ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{report['name']}: accuracy vs latency (marker area = file size)")
@@ -273,10 +257,7 @@ def plot(report: dict, path: Path) -> None:
         if any(r["runtime"] == rt for r in report.get("runtimes") or []):
             ax.scatter([], [], marker=mk, facecolors="none", edgecolors=colors["final"], label=f"final on {rt}")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save(fig, path)
 
 
 def write(report: dict, out_dir: Path) -> None:

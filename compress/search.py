@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from compress._io import atomic_path, write_json, write_text
+from compress._io import write_json, write_text
 from compress._progress import say
 from compress.errors import CompressError, MissingExtraError
 
@@ -593,16 +593,13 @@ def markdown(result: dict) -> str:
 def plot(result: dict, path: Path) -> None:
     """Test accuracy vs p50 latency (batch 1), marker area = file size, the frontier connected; the
     teacher, the scratch student and the recipe's own result marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from compress._plot import figure, label_points, plain_log_ticks, save
 
     # Areas scale with the candidates' sizes (a teacher 50x bigger would shrink them all to dots); a
     # larger reference is drawn at the largest area.
     biggest = max(m["size_bytes"] for m in result["candidates"])
     area = lambda m: 30 + 600 * min(m["size_bytes"] / biggest, 1.5)  # noqa: E731
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    fig, ax = figure()
     labels = []
     for m in result["candidates"]:
         x, y = m["latency_ms"]["p50"] * 1e3, m["accuracy"] * 100
@@ -622,21 +619,8 @@ def plot(result: dict, path: Path) -> None:
         ax.scatter([x], [y], s=area(m), marker=mk, c=col, alpha=0.7, edgecolors="black", linewidths=0.5, zorder=3)
         labels.append((x, y, m["name"], col))
     ax.set_xscale("log")
-    fig.canvas.draw()
-    placed: list[tuple[float, float]] = []  # label anchors in display pixels, to keep labels apart
-    for x, y, text, col in sorted(labels, key=lambda t: (-t[1], t[0])):
-        px, py = ax.transData.transform((x, y))
-        dy = 4
-        while any(abs(px - qx) < 120 and abs(py + dy - qy) < 12 for qx, qy in placed):
-            dy -= 12
-        placed.append((px, py + dy))
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, dy * 72 / fig.dpi), fontsize=7, color=col,
-                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if dy != 4 else None)
-    from matplotlib.ticker import ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(axis="x", which="both", labelsize=7)
+    label_points(ax, fig, labels, width=120, step=12, offset=7, fontsize=7)
+    plain_log_ticks(ax, labelsize=7)
     ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale; one interleaved session)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{result['name']}: {result['variants_run']} candidates, {len(result['frontier'])} on the frontier "
@@ -649,10 +633,7 @@ def plot(result: dict, path: Path) -> None:
         if any(m["role"] == role for m in result["references"]):
             ax.scatter([], [], marker=mk, c=col, label=role)
     ax.legend(loc="best", fontsize=7, framealpha=0.7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save(fig, path)
 
 
 def write(result: dict, out_dir: Path) -> None:

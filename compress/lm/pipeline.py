@@ -1,4 +1,4 @@
-"""The language-model chain: data -> teacher -> (assistants) -> student stages -> export -> quantize -> measure -> report.
+"""The language-model chain: data -> teacher -> (assistants or a distill stage's chain) -> student stages -> export -> quantize -> measure -> report.
 
 Held-out numbers are on the test split's documents, never trained on: bits per byte, perplexity per
 byte and top-1 next-byte agreement with the teacher for every model (torch and onnxruntime files).
@@ -21,7 +21,7 @@ from compress.errors import ModelError
 from compress.lm import onnx as lmonnx
 from compress.lm.data import eval_windows, load_text
 from compress.lm.model import GPT, GPTConfig, generate
-from compress.lm.recipe import LMRecipe
+from compress.lm.recipe import LMRecipe, model_specs
 from compress.lm.train import Budget, evaluate_lm, teacher_continuations, torch_logits, train_lm
 
 __all__ = ["run", "validate"]
@@ -73,12 +73,13 @@ def validate(recipe: LMRecipe, output=None) -> list[str]:
     splits = load_text(recipe.data, recipe.seed)
     lines = [f"data: {recipe.data.source}, " + ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} bytes"
                                                          for k, v in splits.describe().items() if k != "digest")]
-    for role, cfg in [("teacher", recipe.teacher), *[(f"assistant {i}", a) for i, a in enumerate(recipe.assistants)],
-                      ("student", recipe.student)]:
-        m = _build(cfg.model)
-        lines.append(f"{role}: {_describe(cfg.model, m)}")
+    for path, spec, cfg in model_specs(recipe):
+        m = _build(spec)
+        role = {"teacher": "teacher", "student": "student", "assistants": f"assistant {path[1]}"}.get(
+            path[0], f"chain step {path[-1]} (stages[{path[1]}])")
+        lines.append(f"{role}: {_describe(spec, m)}")
         if getattr(cfg, "weights", None):
-            _load_weights(m, cfg.weights, recipe, role, "weights")
+            _load_weights(m, cfg.weights, recipe, path[0], "weights")
     lines.append(f"output: {out}")
     return lines
 
@@ -139,20 +140,47 @@ def _sequences(r: _Run, teacher: GPT, teacher_key: str, st) -> tuple[np.ndarray,
     return seq, {"sequences": sc.samples, "cached": False, "seconds": round(time.perf_counter() - t0, 1), "file": str(path)}
 
 
-def _torch_stages(r: _Run, student: GPT, teacher: GPT, teacher_key: str, label: str) -> tuple[GPT, list[dict], int]:
-    """Run distill / prune / finetune on ``student``; returns it, stage records and the training steps spent."""
-    records, steps, key = [], 0, [teacher_key]
+def _distill(r: _Run, what: str, model, tutor, tutor_key: str, key: list, st) -> tuple[GPT, dict]:
+    """One distill stage's training of ``model`` from ``tutor`` (token KD, its sequences, or both)."""
+    seq, seq_info = (None, None)
+    if st.level != "token":
+        seq, seq_info = _sequences(r, tutor, tutor_key, st)
+    model, info = r.train(what, model, key, budget=_budget(st), teacher=tutor, temperature=st.temperature,
+                          alpha=st.alpha, sequences=seq, prompt_len=st.sequence.prompt, level=st.level)
+    if seq_info:
+        info["sequence_data"] = seq_info
+    return model, info
+
+
+def _chain(r: _Run, st, i: int, tutor, tutor_key: str) -> tuple[list[tuple[str, GPT]], list[dict], GPT, str]:
+    """A distill stage's ``chain``: the teacher teaches chain[0] by the stage's settings, each step the next;
+    returns the steps (for the report), their records and the last step with its cache identity."""
+    steps, records = [], []
+    for j, spec in enumerate(st.chain):
+        torch.manual_seed(r.recipe.seed + 100 + j)
+        name = f"assistant{j}"
+        model, info = _distill(r, f"{name} distill", _build(spec), tutor, tutor_key,
+                               [tutor_key, st.model_dump(), "chain", j], st)
+        records.append({"stage": f"{i}:distill", "model": name, "config": st.model_dump(), "info": info})
+        steps.append((name, model))
+        tutor, tutor_key = model, cache_key("chain-id", tutor_key, st.model_dump(), j,
+                                            *([model.cfg.as_dict()] if spec.hf else []))
+    return steps, records, tutor, tutor_key
+
+
+def _torch_stages(r: _Run, student: GPT, teacher: GPT, teacher_key: str, label: str
+                  ) -> tuple[GPT, list[dict], int, list[tuple[str, GPT]]]:
+    """Run distill / prune / finetune on ``student``; returns it, stage records, the training steps spent and the
+    chain steps a distill stage's ``chain`` trained on the way (teacher -> chain -> ``student``)."""
+    records, steps, key, chained = [], 0, [teacher_key], []
     for i, st in enumerate(r.recipe.stages):
         if st.type == "distill":
-            seq, seq_info = (None, None)
-            if st.level != "token":
-                seq, seq_info = _sequences(r, teacher, teacher_key, st)
+            tutor, tutor_key = teacher, teacher_key
+            if st.chain:
+                chained, recs, tutor, tutor_key = _chain(r, st, i, teacher, teacher_key)
+                records += recs
             key = key + [st.model_dump()]
-            student, info = r.train(f"{label} distill", student, key, budget=_budget(st), teacher=teacher,
-                                    temperature=st.temperature, alpha=st.alpha, sequences=seq,
-                                    prompt_len=st.sequence.prompt, level=st.level)
-            if seq_info:
-                info["sequence_data"] = seq_info
+            student, info = _distill(r, f"{label} distill", student, tutor, tutor_key, key, st)
             steps += st.steps
         elif st.type == "prune":
             from compress.lm.prune import prune_gpt
@@ -171,7 +199,7 @@ def _torch_stages(r: _Run, student: GPT, teacher: GPT, teacher_key: str, label: 
         else:
             break
         records.append({"stage": f"{i}:{st.type}", "model": label, "config": st.model_dump(), "info": info})
-    return student, records, steps
+    return student, records, steps, chained
 
 
 def _quantize_within(r: _Run, src: Path, dst: Path, st, i: int) -> dict:
@@ -187,6 +215,21 @@ def _quantize_within(r: _Run, src: Path, dst: Path, st, i: int) -> dict:
         say(f"[yellow]warning: quantize (stages[{i}], {st.mode}): no file met max_bpb_increase {st.max_bpb_increase:g} "
             f"on validation; kept the best one found ({len(info[st.fallback + '_layers'])} layer(s) {st.fallback}, "
             f"{info['val_bpb_increase']:+.4f} bits/byte), see report.md[/yellow]", r.quiet)
+    return info
+
+
+def _quantize_auto(r: _Run, src: Path, dst: Path, st) -> dict:
+    """``block_size`` / ``accuracy_level: auto``: every INT4 setting scored and timed on validation (compress.lm.quantize)."""
+    from compress.lm.quantize import INT4_BLOCKS, INT4_LEVELS, choose_int4
+
+    blocks = INT4_BLOCKS if st.block_size == "auto" else (st.block_size,)
+    levels = INT4_LEVELS if st.accuracy_level == "auto" else (st.accuracy_level,)
+    val, b = eval_windows(r.splits.val, r.ctx, r.recipe.eval.max_tokens), r.recipe.bench
+    say(f"quantize (int4_weight_only, {len(blocks) * len(levels)} settings): scoring and timing on validation", r.quiet)
+    info = choose_int4(src, dst, val, val[:1, :b.prompt], blocks=blocks, levels=levels, budget=st.budget,
+                       per_channel=st.per_channel, fallback=st.fallback, new_tokens=b.new_tokens, rounds=b.rounds,
+                       calls=b.calls, seed=r.recipe.seed)
+    say(f"quantize: INT4 block {info['block_size']}, accuracy_level {info['accuracy_level']} chosen", r.quiet)
     return info
 
 
@@ -245,7 +288,7 @@ def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
     for i, a in enumerate(recipe.assistants):
         torch.manual_seed(recipe.seed + 100 + i)
         assistant = hf.get(f"assistant{i}") or GPT(_gpt_config(a.model))
-        assistant, recs, _ = _torch_stages(r, assistant, tutor, tutor_key, f"assistant{i}")
+        assistant, recs, _, _ = _torch_stages(r, assistant, tutor, tutor_key, f"assistant{i}")
         records += recs
         chain_models.append((f"assistant{i}", assistant))
         tutor, tutor_key = assistant, cache_key("assistant-id", tutor_key, i, a.model.model_dump(),
@@ -257,8 +300,9 @@ def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
     init_student = None if "student" in hf else copy.deepcopy(student.state_dict())
     if recipe.student.weights:
         student = _load_weights(student, recipe.student.weights, recipe, "student", "weights")
-    student, recs, steps = _torch_stages(r, student, tutor, tutor_key, "student")
+    student, recs, steps, chained = _torch_stages(r, student, tutor, tutor_key, "student")
     records += recs
+    chain_models += chained
     if "student" in hf:
         from compress.lm.hf import save_hf
 
@@ -308,7 +352,9 @@ def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
             if st.max_bpb_increase is not None:
                 tag += f"-max{st.max_bpb_increase:g}" + ("-int8" if st.fallback == "int8" else "")
             dst = out / f"student-{tag}.onnx"
-            if st.max_bpb_increase is None:
+            if st.auto:
+                info = _quantize_auto(r, files["student"], dst, st)
+            elif st.max_bpb_increase is None:
                 info = lmonnx.quantize_decoder(files["student"], dst, st.mode, block_size=st.block_size,
                                                accuracy_level=st.accuracy_level, per_channel=st.per_channel)
             else:

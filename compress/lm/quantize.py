@@ -25,13 +25,16 @@ import onnx
 from compress._io import atomic_path
 from compress.errors import StageError
 from compress.quantization import backend
-from compress.quantization.search import greedy_fp32, most_sensitive_first, sensitivity
+from compress.quantization.search import Candidate, choose, greedy_fp32, most_sensitive_first, sensitivity
 
-__all__ = ["BpbScore", "BpbScorer", "quantize_within", "EPS_BPB"]
+__all__ = ["BpbScore", "BpbScorer", "quantize_within", "choose_int4", "EPS_BPB", "INT4_BLOCKS", "INT4_LEVELS"]
 
 # Scores of the same file differ by float summation order only (~1e-7 bits/byte over 32k bytes): an
 # increase this small is "no increase", so a budget of 0 is met by a lossless file.
 EPS_BPB = 1e-6
+
+INT4_BLOCKS = (32, 64, 128)
+INT4_LEVELS = (0, 1, 2, 4)  # MatMulNBits compute: 0 default, 1 fp32, 2 fp16, 4 int8 (3, bf16, has no x86 kernel)
 
 
 @dataclass(frozen=True)
@@ -194,3 +197,73 @@ def _greedy_table(trials, budget: float, chosen: Path, kept_as: str) -> dict:
             for t in trials]
     return {"title": "Greedy steps (validation)", "columns": [f"layers {kept_as}", "added", "val bits/byte", "increase",
                                                                "within budget", ""], "rows": rows}
+
+
+def _bpb(x: float) -> str:
+    return f"{x:+.4f} bits/byte"
+
+
+def choose_int4(src: Path, dst: Path, val_windows: np.ndarray, prompt: np.ndarray, *, blocks, levels, budget: float,
+                per_channel: bool = True, fallback: str = "fp32", new_tokens: int = 24, rounds: int = 8, calls: int = 2,
+                seed: int = 0) -> dict:
+    """``block_size`` / ``accuracy_level: auto``: INT4 with every (block, level) setting, each file scored on
+    validation bits/byte and timed decoding with the KV cache at 1 thread, all in the same interleaved rounds
+    beside the fp32 source. The fastest within ``budget`` ships (``compress.quantization.search.choose``: ties
+    within 3 % go to the more accurate, then the smaller file). When none is within it, the most accurate
+    setting goes through ``quantize_within`` (the most sensitive MatMuls kept at ``fallback``)."""
+    from compress.bench import cpu_info
+    from compress.lm.onnx import bench_generation, quantize_decoder
+
+    with tempfile.TemporaryDirectory(prefix="compress-lmq-auto-") as wd:
+        wd = Path(wd)
+        ref = Candidate("fp32 (source, reference)", Path(src), eligible=False)
+        settings, cands = {}, [ref]
+        for b in blocks:
+            for level in levels:
+                c = Candidate(f"INT4 block {b}, accuracy_level {level}", wd / f"int4_b{b}_a{level}.onnx")
+                quantize_decoder(src, c.path, "int4_weight_only", block_size=b, accuracy_level=level)
+                settings[c.name] = (b, level)
+                cands.append(c)
+        scorer = BpbScorer(src, val_windows)
+        for c in cands:
+            c.score = scorer(c.path)
+        rows = bench_generation({c.name: c.path for c in cands}, prompt, new_tokens, threads=[1], rounds=rounds,
+                                calls=calls, seed=seed)
+        speed = {r["model"]: r for r in rows}
+        for c in cands:
+            c.timing, c.size_bytes = speed[c.name]["decode_ms"], speed[c.name]["size_bytes"]
+        winner, met = choose(cands, budget, fmt=_bpb)
+        block, level = settings[winner.name]
+        cpu = cpu_info()
+        notes = [f"block_size / accuracy_level auto: {winner.name} "
+                 + (f"is the fastest decoder within {budget:g} bits/byte of the fp32 export on validation."
+                    if met else f"is the most accurate setting, but adds {winner.score.drop:+.4f} bits/byte, more than "
+                                f"{budget:g}: the per-layer search below keeps the most sensitive MatMuls {fallback}."),
+                 f"Timed on {cpu['model']} ({cpu['cores']} cores, features: {', '.join(cpu['features']) or 'none'}): "
+                 f"{new_tokens} greedy tokens with the KV cache after a {prompt.shape[1]}-byte validation prompt, 1 "
+                 f"thread, every file in the same {rounds} interleaved rounds after warm-up; the answer depends on the "
+                 "CPU (VNNI makes accuracy_level 4's INT8 compute cheap)."]
+        base = ref.timing["p50"]
+        table = {"title": "INT4 settings measured (validation bits/byte; decode at 1 thread)",
+                 "columns": ["candidate", "val bits/byte", "increase vs fp32", "decode p50 / p90 (ms)", "tokens/s",
+                             "speed vs fp32", "size", "verdict"],
+                 "rows": [[c.name, f"{c.score.bits_per_byte:.4f}", "-" if c is ref else f"{c.score.drop:+.4f}",
+                           f"{c.timing['p50']:.2f} / {c.timing['p90']:.2f}", f"{speed[c.name]['tokens_per_s']:.0f}",
+                           f"{base / c.timing['p50']:.2f}x", f"{c.size_bytes / 1e3:.1f} kB", c.verdict] for c in cands]}
+        if met:
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(winner.path, tmp)
+            ops = [n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node]
+            info = {"mode": "int4_weight_only", "fp32_layers": [], "budget_met": True,
+                    "val_bits_per_byte": round(winner.score.bits_per_byte, 5),
+                    "val_bpb_increase": round(winner.score.drop, 5), "matmulnbits_nodes": ops.count("MatMulNBits"),
+                    "notes": [], "tables": []}
+        else:
+            info = quantize_within(src, dst, "int4_weight_only", budget, val_windows, block_size=block,
+                                   accuracy_level=level, per_channel=per_channel, fallback=fallback)
+    info.update(block_size=block, accuracy_level=level, setting_choice="auto", max_bpb_increase=budget,
+                candidates=[{"name": c.name, "val_bits_per_byte": round(c.score.bits_per_byte, 5),
+                             "decode_ms": c.timing, "size_bytes": c.size_bytes, "verdict": c.verdict} for c in cands])
+    info["notes"] = notes + info["notes"]
+    info["tables"] = [table] + info["tables"]
+    return info

@@ -1,5 +1,6 @@
 """The language-model recipe (``task: lm``): same machinery and key names as vision recipes where the concept is
-the same (``teacher``, ``student``, ``assistants``, ``stages`` with ``distill``/``prune``/``export``/``quantize``).
+the same (``teacher``, ``student``, ``stages`` with ``distill``/``prune``/``export``/``quantize``, a distill stage's
+``chain``; top-level ``assistants`` is the LM-only chain whose steps run every torch stage).
 
 Budgets are in optimizer ``steps`` (each a batch of random context windows), not epochs: a step budget is
 exact, and it is what "the scratch student gets the same budget" compares.
@@ -10,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 
 from compress.errors import ChainError, RecipeError
 from compress.recipe import SplitConfig, Strict, _fmt_path, read_yaml, validate_schema
 
-__all__ = ["LMRecipe", "load_lm_recipe", "parse_lm_recipe", "is_lm", "LM_STAGES", "check_hf_folders"]
+__all__ = ["LMRecipe", "load_lm_recipe", "parse_lm_recipe", "is_lm", "LM_STAGES", "check_hf_folders", "model_specs"]
 
 
 class LMDataConfig(Strict):
@@ -97,6 +98,10 @@ class LMDistillConfig(Strict):
     batch_size: int = Field(32, ge=1, le=65_536)
     weight_decay: float = Field(0.0, ge=0)
     sequence: SequenceConfig = SequenceConfig()
+    chain: list[LMModelSpec] = Field(
+        default_factory=list, validation_alias=AliasChoices("chain", "assistants"),
+        description="progressive / teacher-assistant chain, largest first, as on the vision distill stage: the "
+                    "teacher teaches chain[0] by this stage's settings, each step the next, the last the student")
 
 
 class LMPruneConfig(Strict):
@@ -129,17 +134,33 @@ class LMExportConfig(Strict):
     tolerance: float = Field(1e-3, gt=0, description="max |torch - onnxruntime| logits, with and without the KV cache")
 
 
+# block_size / accuracy_level auto without max_bpb_increase: 0.02 bits/byte (under 1 % of a ~3 bits/byte student)
+AUTO_BPB_BUDGET = 0.02
+
+
 class LMQuantizeConfig(Strict):
     type: Literal["quantize"]
     mode: Literal["int8_dynamic", "int4_weight_only"] = "int4_weight_only"
     per_channel: bool = True
-    block_size: Literal[32, 64, 128] = 32
-    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
-        4, description="MatMulNBits compute type: 4 = INT8 compute, 0 = default (fp32)")
+    block_size: Literal[32, 64, 128, "auto"] = Field(
+        32, description="MatMulNBits block; auto = each of 32, 64, 128 measured, the fastest within the budget ships")
+    accuracy_level: Literal[0, 1, 2, 3, 4, "auto"] | None = Field(
+        4, description="MatMulNBits compute type: 4 = INT8 compute, 0 = default (fp32); auto = 0, 1, 2 and 4 measured "
+                       "(validation bits/byte and decode speed at 1 thread), the fastest within the budget ships")
     max_bpb_increase: float | None = Field(
         None, ge=0, le=8, description="validation bits/byte the file may add over the fp32 student export (0.02 = "
                                       "two hundredths of a bit per byte); the most sensitive MatMuls stay fp32 until it "
-                                      "holds. At most 8: a uniform guess over 256 bytes costs 8 bits/byte")
+                                      "holds. At most 8: a uniform guess over 256 bytes costs 8 bits/byte. "
+                                      f"block_size/accuracy_level auto default to {AUTO_BPB_BUDGET}")
+
+    @property
+    def auto(self) -> bool:
+        """INT4 settings chosen by measurement (block_size and/or accuracy_level ``auto``)."""
+        return "auto" in (self.block_size, self.accuracy_level)
+
+    @property
+    def budget(self) -> float | None:
+        return AUTO_BPB_BUDGET if self.max_bpb_increase is None and self.auto else self.max_bpb_increase
     fallback: Literal["fp32", "int8"] = Field(
         "fp32", description="with max_bpb_increase: the precision of the layers kept out of the mode (int8: INT8 "
                             "dynamic inside the INT4 file, for int4_weight_only)")
@@ -214,34 +235,42 @@ def _check(recipe: LMRecipe, lines: dict) -> None:
     exports = [i for i, st in enumerate(recipe.stages) if st.type == "export"]
     if len(exports) > 1:
         raise RecipeError("only one export stage", recipe.source_file, lines.get(("stages", exports[1])), f"stages[{exports[1]}]")
-    models = [("teacher",), *[("assistants", i) for i in range(len(recipe.assistants))], ("student",)]
-    for path in models:
-        cfg = _model_cfg(recipe, path)
-        if cfg.model.hf is None:
+    chains = [i for i, st in enumerate(recipe.stages) if st.type == "distill" and st.chain]
+    if chains and recipe.assistants:
+        raise recipe.error_at("give the progressive chain once: top-level 'assistants' (each runs every torch stage) or "
+                              "a distill stage's 'chain' (each step distilled by that stage), not both",
+                              "stages", chains[0], "chain")
+    if len(chains) > 1:
+        raise recipe.error_at("only one distill stage can carry a 'chain'", "stages", chains[1], "chain")
+    prune = next((i for i, st in enumerate(recipe.stages) if st.type == "prune"), None)
+    for path, spec, cfg in model_specs(recipe):
+        if spec.hf is None:
             continue
         from compress.lm.hf import version_problem
 
         problem = version_problem()
         if problem:
-            raise recipe.error_at(f"model: {{hf: ...}} {problem}", *path, "model", "hf")
+            raise recipe.error_at(f"model: {{hf: ...}} {problem}", *path, "hf")
         if getattr(cfg, "weights", None) is not None:
             raise recipe.error_at("'weights' is for arch: gpt; an hf model's weights are the *.safetensors in its "
-                                  "folder", *path, "weights")
-        prune = next((i for i, st in enumerate(recipe.stages) if st.type == "prune"), None)
-        if prune is not None and path != ("teacher",):
-            raise recipe.error_at(f"stage 'prune' slices heads and MLP units of the built-in GPT; {_fmt_path(path)} is "
-                                  "an hf model, which prune does not handle (use arch: gpt or drop the prune stage)",
-                                  "stages", prune)
+                                  "folder", *path[:-1], "weights")
+        if prune is not None and path[0] in ("assistants", "student"):  # chain steps are distilled, never pruned
+            raise recipe.error_at(f"stage 'prune' slices heads and MLP units of the built-in GPT; "
+                                  f"{_fmt_path(path[:-1])} is an hf model, which prune does not handle (use arch: gpt "
+                                  "or drop the prune stage)", "stages", prune)
     t = recipe.teacher.model
-    for path in models[1:]:
-        cfg = recipe.student if path == ("student",) else recipe.assistants[path[1]]
-        if cfg.model.context != t.context:
-            raise recipe.error_at(f"context {cfg.model.context} differs from the teacher's ({t.context}); distillation "
-                                  "compares them window by window, so they must match", *path, "model", "context")
+    for path, spec, _ in model_specs(recipe)[1:]:
+        if spec.context != t.context:
+            raise recipe.error_at(f"context {spec.context} differs from the teacher's ({t.context}); distillation "
+                                  "compares them window by window, so they must match", *path, "context")
     for i, st in enumerate(recipe.stages):
-        if st.type == "quantize" and st.fallback == "int8" and (st.mode != "int4_weight_only" or st.max_bpb_increase is None):
+        if st.type == "quantize" and st.fallback == "int8" and (st.mode != "int4_weight_only" or st.budget is None):
             raise recipe.error_at("fallback int8 is for mode int4_weight_only with max_bpb_increase (the layers the "
                                   "search keeps out of INT4 become INT8); use fallback: fp32", "stages", i, "fallback")
+        if st.type == "quantize" and st.mode != "int4_weight_only" and st.auto:
+            key = "block_size" if st.block_size == "auto" else "accuracy_level"
+            raise recipe.error_at(f"{key} auto chooses MatMulNBits settings, for mode int4_weight_only; "
+                                  f"mode {st.mode} has none", "stages", i, key)
         if st.type == "distill" and st.level != "token" and st.sequence.prompt >= t.context:
             raise recipe.error_at(f"prompt ({st.sequence.prompt}) must be shorter than the context ({t.context})",
                                   "stages", i, "sequence", "prompt")
@@ -253,8 +282,13 @@ def _check(recipe: LMRecipe, lines: dict) -> None:
                               f"context ({t.context})", "samples")
 
 
-def _model_cfg(recipe: LMRecipe, path: tuple):
-    return recipe.teacher if path == ("teacher",) else recipe.student if path == ("student",) else recipe.assistants[path[1]]
+def model_specs(recipe: LMRecipe) -> list[tuple[tuple, LMModelSpec, Any]]:
+    """Every model of the recipe, teacher first: (key path of its model spec, the spec, the config holding it)."""
+    out = [(("teacher", "model"), recipe.teacher.model, recipe.teacher)]
+    out += [(("assistants", i, "model"), a.model, a) for i, a in enumerate(recipe.assistants)]
+    out += [(("stages", i, "chain", j), spec, None) for i, st in enumerate(recipe.stages) if st.type == "distill"
+            for j, spec in enumerate(st.chain)]
+    return out + [(("student", "model"), recipe.student.model, recipe.student)]
 
 
 def check_hf_folders(recipe: LMRecipe) -> None:
@@ -263,13 +297,12 @@ def check_hf_folders(recipe: LMRecipe) -> None:
     from compress.errors import ModelError
 
     ctx = recipe.teacher.model.context
-    for path in [("teacher",), *[("assistants", i) for i in range(len(recipe.assistants))], ("student",)]:
-        spec = _model_cfg(recipe, path).model
+    for path, spec, _ in model_specs(recipe):
         if spec.hf is None:
             continue
         from compress.lm.hf import BYTE_VOCAB, inspect_folder
 
-        key = (*path, "model", "hf")
+        key = (*path, "hf")
         try:
             info = inspect_folder(spec.hf)
         except ModelError as exc:
@@ -323,6 +356,13 @@ def load_lm_recipe(path: str | Path) -> LMRecipe:
             updates[role] = rebase(cfg)
     if any(a.model.hf is not None for a in recipe.assistants):
         updates["assistants"] = [rebase(a) for a in recipe.assistants]
+
+    def rebase_spec(spec: LMModelSpec) -> LMModelSpec:
+        return spec.model_copy(update={"hf": base / spec.hf}) if spec.hf and not spec.hf.is_absolute() else spec
+
+    if any(st.type == "distill" and any(c.hf for c in st.chain) for st in recipe.stages):
+        updates["stages"] = [st.model_copy(update={"chain": [rebase_spec(c) for c in st.chain]})
+                             if st.type == "distill" else st for st in recipe.stages]
     if updates:
         lines_ = recipe._lines
         recipe = recipe.model_copy(update=updates)

@@ -1,4 +1,4 @@
-"""The LM report: report.json, report.md (tables, targets, generated samples) and a rich table in the terminal."""
+"""The LM report: report.json, report.md (tables, targets, generated samples), report.png and a rich table in the terminal."""
 
 from __future__ import annotations
 
@@ -103,6 +103,8 @@ def _markdown(report: dict) -> str:
                   f"Prompt {b['prompt_tokens']} bytes, {b['new_tokens']} decoded tokens; time to first token = prefill + "
                   "argmax; tokens/s = decoded tokens / p50 decode time. All files and thread counts timed interleaved "
                   "in one process after warm-up (`compress.bench.time_rounds`).", "", _md_table(*_bench_rows(report)), ""]
+        if "report_png" in report.get("files", {}):
+            lines += ["![bits per byte vs decode speed](report.png)", ""]
     lines += ["## Stages", ""]
     for st in report["stages"]:
         info = {k: v for k, v in st["info"].items() if k not in ("tables", "notes")}
@@ -119,8 +121,45 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict, path: Path) -> bool:
+    """Test bits/byte vs decode tokens/s at 1 thread of every ONNX file (marker area = file size); False when
+    nothing was timed (no export stage)."""
+    from compress._plot import figure, label_points, plain_log_ticks, save
+
+    speed = {r["model"]: r["tokens_per_s"] for r in report["bench"] if r["threads"] == 1}
+    files = [m for m in report["models"] if m["format"] == "onnx" and m["name"].removesuffix(".onnx") in speed]
+    if not files:
+        return False
+    fig, ax = figure()
+    biggest = max(m["size_bytes"] for m in files)
+    labels = []
+    for m in files:
+        x, y = speed[m["name"].removesuffix(".onnx")], m["bits_per_byte"]
+        teacher = m["name"] == "teacher.onnx"
+        ax.scatter([x], [y], s=40 + 1500 * m["size_bytes"] / biggest, c="#d62728" if teacher else "#2ca02c",
+                   alpha=0.6, edgecolors="black", linewidths=0.5, zorder=3)
+        labels.append((x, y, f"{m['name'].removesuffix('.onnx')} ({_size(m['size_bytes'])})", "black"))
+    # Torch models that have no file of their own (scratch, assistants) as lines: their quality, not their speed.
+    for m in report["models"]:
+        if m["role"] in ("scratch", "assistant"):
+            ax.axhline(m["bits_per_byte"], color="#7f7f7f", lw=0.8, ls="--", zorder=1)
+            ax.annotate(f"{m['name']} (torch)", (0.01, m["bits_per_byte"]), xycoords=("axes fraction", "data"),
+                        fontsize=7, color="#7f7f7f", va="bottom")
+    ax.set_xscale("log")
+    label_points(ax, fig, labels, width=110, step=14, offset=9, fontsize=8)
+    plain_log_ticks(ax)
+    ax.set_xlabel("decode tokens/s, greedy with the KV cache, 1 thread (log scale; one interleaved session)")
+    ax.set_ylabel("test bits per byte (lower is better)")
+    ax.set_title(f"{report['name']}: quality vs speed (marker area = file size)")
+    ax.grid(True, which="both", alpha=0.3)
+    save(fig, path)
+    return True
+
+
 def write(report: dict, out: Path) -> None:
     report["files"] = {"report_json": str(out / "report.json"), "report_md": str(out / "report.md")}
+    if plot(report, out / "report.png"):
+        report["files"]["report_png"] = str(out / "report.png")
     write_json(out / "report.json", report)
     write_text(out / "report.md", _markdown(report))
 

@@ -128,21 +128,23 @@ def time_files(cands: list[Candidate], x1: np.ndarray, *, rounds: int, calls: in
             c.size_bytes = Path(c.path).stat().st_size
 
 
-def choose(cands: list[Candidate], budget: float, tie: float = 0.03) -> tuple[Candidate, bool]:
-    """The fastest candidate (p50) within the accuracy budget; sets every candidate's verdict.
+def choose(cands: list[Candidate], budget: float, tie: float = 0.03,
+           fmt: Callable[[float], str] = "{:.2%}".format) -> tuple[Candidate, bool]:
+    """The fastest candidate (p50) within the budget on ``score.drop``; sets every candidate's verdict.
 
-    Candidates within ``tie`` (3 %) of the fastest p50 are a tie, which the more accurate one wins (then the
-    smaller file): a 1 % speed-up is inside the noise of a shared machine, an accuracy loss is not.
-    Returns ``(winner, met)``; when none meets the budget the winner is the most accurate candidate.
+    Candidates within ``tie`` (3 %) of the fastest p50 are a tie, which the more accurate one (smaller drop)
+    wins, then the smaller file: a 1 % speed-up is inside the noise of a shared machine, an accuracy loss is
+    not. Returns ``(winner, met)``; when none meets the budget the winner is the most accurate candidate.
+    ``fmt`` writes a drop and the budget in the verdicts (a percentage for accuracy; bits/byte for the LM).
     """
     ok = [c for c in cands if c.path is not None and c.eligible and c.timing]
     within = [c for c in ok if c.score.within(budget)]
     if within:
         fastest = min(c.timing["p50"] for c in within)
         tied = [c for c in within if c.timing["p50"] <= fastest * (1 + tie)]
-        winner = max(tied, key=lambda c: (c.score.accuracy, -c.size_bytes))
+        winner = min(tied, key=lambda c: (c.score.drop, c.size_bytes))
     else:
-        winner = max(ok, key=lambda c: (c.score.accuracy, -c.timing["p50"]))
+        winner = min(ok, key=lambda c: (c.score.drop, c.timing["p50"]))
     for c in cands:
         if c is winner:
             c.verdict = "winner" if within else "kept: the most accurate, though above the budget"
@@ -151,9 +153,9 @@ def choose(cands: list[Candidate], budget: float, tie: float = 0.03) -> tuple[Ca
         elif not c.eligible:
             c.verdict = "reference only"
         elif not c.score.within(budget):
-            c.verdict = f"misses the budget (drop {c.score.drop:.2%} > {budget:.2%})"
+            c.verdict = f"misses the budget (drop {fmt(c.score.drop)} > {fmt(budget)})"
         elif c.timing["p50"] <= winner.timing["p50"] * (1 + tie):
-            why = "less accurate" if c.score.accuracy < winner.score.accuracy else "larger file"
+            why = "less accurate" if c.score.drop > winner.score.drop else "larger file"
             c.verdict = f"tied on speed (within {tie:.0%}), {why}"
         else:
             c.verdict = f"slower ({c.timing['p50'] / winner.timing['p50']:.2f}x the winner's p50)"

@@ -59,6 +59,8 @@ def test_lm_recipe_end_to_end(tmp_path, lm_docs):
     assert 0 < scratch["info"]["val_bits_per_byte"] < 9
     md = (out / "report.md").read_text()
     assert "## Generated samples" in md and "**teacher**" in md and "student-int4-b32-a4.onnx" in md
+    assert "![bits per byte vs decode speed](report.png)" in md
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["files"]["report_png"]
     # a second run reuses the trained models from the cache
     res = runner.invoke(cli, [str(recipe), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0 and "reused from the cache" in res.output
@@ -193,3 +195,36 @@ samples: {count: 0, prompt: 4, new_tokens: 4}
         outputs.append(res.output)
     assert "student distill: reused from the cache" not in outputs[1]
     assert "student distill: reused from the cache" in outputs[2] and "teacher: reused from the cache" in outputs[2]
+
+
+def test_a_distill_stage_chain_trains_each_step_from_the_one_before(tmp_path, lm_docs, monkeypatch):
+    """teacher -> chain[0] -> chain[1] -> student, each by the stage's settings; every step scored on test."""
+    from compress.lm import pipeline
+    from compress.recipe import load_recipe
+
+    path = _small(tmp_path, lm_docs)
+    path.write_text(SMALL.replace(
+        "  - {type: distill, steps: 2, batch_size: 4}\nbaseline: none",
+        "  - {type: distill, steps: 2, batch_size: 4, chain: [{arch: gpt, width: 14, layers: 1, heads: 2, context: 16},"
+        " {arch: gpt, width: 12, layers: 1, heads: 2, context: 16}]}\nbaseline: scratch"))
+    real, tutors = pipeline.train_lm, []
+
+    def spy(model, *a, what="", teacher=None, **kw):
+        tutors.append((what, model.cfg.width, None if teacher is None else teacher.cfg.width))
+        return real(model, *a, what=what, teacher=teacher, **kw)
+
+    monkeypatch.setattr(pipeline, "train_lm", spy)
+    lines = pipeline.validate(load_recipe(path), tmp_path / "out")
+    assert [ln.split(":")[0] for ln in lines[1:5]] == ["teacher", "chain step 0 (stages[0])", "chain step 1 (stages[0])",
+                                                      "student"]
+    report = pipeline.run(load_recipe(path), output=tmp_path / "out", quiet=True)
+    assert tutors == [("teacher", 16, None), ("assistant0 distill", 14, 16), ("assistant1 distill", 12, 14),
+                      ("student distill", 8, 12), ("scratch", 8, None)]
+    by = {m["name"]: m for m in report["models"]}
+    assert by["assistant0"]["role"] == by["assistant1"]["role"] == "assistant"
+    assert 0 < by["assistant1"]["bits_per_byte"] < 9 and by["assistant1"]["agreement"] is not None
+    assert next(s for s in report["stages"] if s["stage"] == "scratch")["info"]["steps"] == 2  # the student's steps only
+    # a rerun takes every chain step from the cache
+    tutors.clear()
+    pipeline.run(load_recipe(path), output=tmp_path / "out", quiet=True)
+    assert tutors == []

@@ -144,3 +144,44 @@ def test_int8_fallback_is_refused_for_int8_mode(planted):
     src, val, _, d = planted
     with pytest.raises(ValueError, match="int8 is the fallback of int4_weight_only only"):
         quantize_within(src, d / "q5.onnx", "int8_dynamic", 0.03, val, fallback="int8")
+
+
+def _auto(src, val, dst, budget, **kw):
+    from compress.lm.quantize import choose_int4
+
+    return choose_int4(src, dst, val, val[:1, :4], blocks=(32, 64), levels=(0, 4), budget=budget, new_tokens=4,
+                       rounds=3, calls=1, **kw)
+
+
+def test_auto_ships_the_fastest_setting_within_the_budget(trained, tmp_path):
+    from compress.lm.onnx import quantize_decoder
+
+    model, val, _ = trained
+    src = lmonnx.export_decoder(model, tmp_path / "student.onnx")
+    info = _auto(src, val, tmp_path / "auto.onnx", 8.0)
+    cands = info["candidates"]
+    assert [c["name"] for c in cands] == ["fp32 (source, reference)"] + [
+        f"INT4 block {b}, accuracy_level {a}" for b in (32, 64) for a in (0, 4)]
+    winner = next(c for c in cands if c["verdict"] == "winner")
+    assert winner["name"] == f"INT4 block {info['block_size']}, accuracy_level {info['accuracy_level']}"
+    for c in cands[1:]:  # the rule, read off the recorded numbers: nothing within the budget is >3 % faster
+        assert c["decode_ms"]["p50"] >= winner["decode_ms"]["p50"] / 1.03
+    assert info["budget_met"] and info["fp32_layers"] == [] and info["matmulnbits_nodes"] == 7
+    # the shipped file is the winning setting's file, byte for byte
+    quantize_decoder(src, tmp_path / "same.onnx", "int4_weight_only", block_size=info["block_size"],
+                     accuracy_level=info["accuracy_level"])
+    assert (tmp_path / "auto.onnx").read_bytes() == (tmp_path / "same.onnx").read_bytes()
+    assert info["tables"][0]["rows"][0][-1] == "reference only" and len(info["tables"][0]["rows"]) == 5
+
+
+def test_auto_falls_back_to_the_layer_search_when_no_setting_meets_the_budget(planted):
+    src, val, _, d = planted
+    info = _auto(src, val, d / "auto2.onnx", 0.03)
+    assert all(c["verdict"].startswith(("misses the budget", "kept: the most accurate", "reference"))
+               for c in info["candidates"])
+    best = min(info["candidates"][1:], key=lambda c: c["val_bits_per_byte"])
+    assert best["name"] == f"INT4 block {info['block_size']}, accuracy_level {info['accuracy_level']}"
+    assert info["fp32_layers"] == [PLANTED] and info["budget_met"]  # the planted layer kept fp32 meets it
+    assert "the per-layer search below keeps the most sensitive MatMuls fp32" in info["notes"][0]
+    titles = [t["title"] for t in info["tables"]]
+    assert titles[0].startswith("INT4 settings measured") and titles[1].startswith("Per-layer sensitivity")

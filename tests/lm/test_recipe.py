@@ -54,7 +54,7 @@ def test_bad_quantize_mode_names_line_and_choices(tmp_path):
 
 def test_bad_block_size(tmp_path):
     msg = _error(tmp_path, GOOD.replace("block_size: 64", "block_size: 48"))
-    assert msg == "r.yaml:10: stages[2].block_size: invalid value 48; valid choices: 32, 64, 128"
+    assert msg == "r.yaml:10: stages[2].block_size: invalid value 48; valid choices: 32, 64, 128, auto"
 
 
 def test_unknown_stage_key_lists_the_stage_keys(tmp_path):
@@ -116,3 +116,32 @@ def test_int8_fallback_needs_int4_and_a_budget(tmp_path):
                    "(the layers the search keeps out of INT4 become INT8); use fallback: fp32")
     msg = _error(tmp_path, GOOD.replace("block_size: 64}", "block_size: 64, fallback: int4}"))
     assert msg == "r.yaml:10: stages[2].fallback: invalid value 'int4'; did you mean 'int8'? valid choices: fp32, int8"
+
+
+def test_a_distill_stage_chain_is_checked_like_the_other_models(tmp_path):
+    chain = "chain: [{arch: gpt, width: 48, layers: 1, heads: 2, context: 32}]"
+    r, _ = _load(tmp_path, GOOD.replace("{type: distill, steps: 5}", "{type: distill, steps: 5, " + chain + "}"))
+    assert [c.width for c in r.stages[0].chain] == [48]
+    r, _ = _load(tmp_path, GOOD.replace("{type: distill, steps: 5}",
+                                        "{type: distill, steps: 5, " + chain.replace("chain", "assistants") + "}"))
+    assert [c.width for c in r.stages[0].chain] == [48]  # the vision stage's alias
+    msg = _error(tmp_path, GOOD.replace("{type: distill, steps: 5}",
+                                        "{type: distill, steps: 5, " + chain.replace("32}]", "16}]") + "}"))
+    assert msg == ("r.yaml:8: stages[0].chain[0].context: context 16 differs from the teacher's (32); distillation "
+                   "compares them window by window, so they must match")
+    both = GOOD.replace("student:", "assistants:\n  - model: {arch: gpt, width: 48, layers: 1, heads: 2, context: 32}\n"
+                                    "student:").replace("{type: distill, steps: 5}", "{type: distill, steps: 5, " + chain + "}")
+    msg = _error(tmp_path, both)
+    assert msg == ("r.yaml:10: stages[0].chain: give the progressive chain once: top-level 'assistants' (each runs "
+                   "every torch stage) or a distill stage's 'chain' (each step distilled by that stage), not both")
+
+
+def test_int4_settings_auto_has_a_default_budget_and_is_int4_only(tmp_path):
+    r, _ = _load(tmp_path, GOOD.replace("block_size: 64}", "block_size: auto, accuracy_level: auto}"))
+    q = r.stages[2]
+    assert q.auto and q.budget == 0.02 and q.max_bpb_increase is None
+    r, _ = _load(tmp_path, GOOD.replace("block_size: 64}", "accuracy_level: auto, max_bpb_increase: 0.1}"))
+    assert r.stages[2].budget == 0.1 and r.stages[2].block_size == 32
+    msg = _error(tmp_path, GOOD.replace("mode: int4_weight_only, block_size: 64}", "mode: int8_dynamic, accuracy_level: auto}"))
+    assert msg == ("r.yaml:10: stages[2].accuracy_level: accuracy_level auto chooses MatMulNBits settings, for mode "
+                   "int4_weight_only; mode int8_dynamic has none")

@@ -146,6 +146,8 @@ def plot(report: dict, path: Path) -> bool:
             ax.annotate(f"{m['name']} (torch)", (0.01, m["bits_per_byte"]), xycoords=("axes fraction", "data"),
                         fontsize=7, color="#7f7f7f", va="bottom")
     ax.set_xscale("log")
+    xs = [x for x, _, _, _ in labels]
+    ax.set_xlim(min(xs) / 1.25, max(xs) * 2.2)  # room on the right for the labels of the fastest files
     label_points(ax, fig, labels, width=110, step=14, offset=9, fontsize=8)
     plain_log_ticks(ax)
     ax.set_xlabel("decode tokens/s, greedy with the KV cache, 1 thread (log scale; one interleaved session)")

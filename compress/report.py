@@ -275,7 +275,9 @@ def print_table(report: dict) -> None:
         table.add_column(h, justify="left" if h in ("model", "role") else "right")
     for r in _rows(report):
         table.add_row(*r)
-    console = Console()
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 200)  # piped or logged: don't crush 13 columns into 80
     console.print(table)
     if report.get("runtimes"):
         rt = Table(title="final model on every runtime (teacher: onnxruntime), interleaved")

@@ -8,7 +8,8 @@ Prints markdown tables:
    plain static INT8 (the recipe's settings), our accuracy-aware INT8 (max_accuracy_drop 0.005), and
    onnxruntime's ``quantize_static`` with default settings on the same 256 calibration samples: test
    accuracy, p50/p90 at batch 1 on one thread, size, and the p50 ratio to ORT's default file, all files of
-   a model timed in the same interleaved rounds (``compress.bench.time_interleaved``);
+   a model timed in the same interleaved rounds (``compress.bench.time_interleaved``), each file through 3
+   sessions (the median of their p50s);
 2. calibration minmax / entropy / percentile x 64 / 256 / 1024 samples: test accuracy of our static INT8;
 3. INT4 (MatMulNBits) accuracy_level 0/1/2/4 x block size 32/128 on an MLP with 512-wide linear layers
    trained here, beside its fp32 file, our static INT8 and our mixed INT4/INT8 file, timed interleaved.
@@ -43,12 +44,21 @@ def acc(path, data) -> float:
     return float((predict(session(path, threads=1), data.x).argmax(1) == data.y).mean())
 
 
+SESSIONS = 3  # sessions per file: two sessions of one file have timed up to 12 % apart in the same rounds here
+
+
 def timed(files: dict[str, Path], x1: np.ndarray, rounds: int, calls: int) -> dict:
+    """p50/p90 per file: the median over ``SESSIONS`` onnxruntime sessions of the file, all sessions of all files
+    in the same interleaved rounds (a session's memory placement shifts its speed; one session per file is not
+    enough to call a few per cent)."""
     runners = {}
     for name, p in files.items():
-        s = session(p, threads=1)
-        runners[name] = (lambda s=s, feed={s.get_inputs()[0].name: np.ascontiguousarray(x1)}: s.run(None, feed))
-    return {n: t.as_dict() for n, t in time_interleaved(runners, rounds=rounds, calls=calls).items()}
+        for k in range(SESSIONS):
+            s = session(p, threads=1)
+            runners[(name, k)] = (lambda s=s, feed={s.get_inputs()[0].name: np.ascontiguousarray(x1)}: s.run(None, feed))
+    t = time_interleaved(runners, rounds=rounds, calls=calls)
+    return {n: {q: float(np.median([t[(n, k)].as_dict()[q] for k in range(SESSIONS)])) for q in ("p50", "p90")}
+            for n in files}
 
 
 def table(columns, rows) -> str:

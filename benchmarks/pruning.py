@@ -13,7 +13,7 @@ with the recipe's own distill stage (the teacher comes from the cache ``compress
    target is ``--latency-factor`` x the unpruned student's p50 measured here first (an absolute number
    would mean something else on another machine); the speed-up target is ``--speedup`` over the unpruned
    student, timed interleaved at every step.
-2. Rounded vs unrounded channels: ratios 0.2..0.6 with ``round_to`` null, 4 and 8 (no fine-tuning,
+2. Rounded vs unrounded channels: ratios 0.2..0.6 with ``round_to`` null, 4, 8 and 16 (no fine-tuning,
    latency only), timed interleaved with the unpruned student.
 
 Prints markdown tables; timings on a shared machine are noisy: compare ratios within one run.
@@ -148,7 +148,7 @@ def main() -> None:
     grid = {ref: student}
     rows = []
     for ratio in (0.2, 0.3, 0.4, 0.5, 0.6):
-        for rt in (None, 4, 8):
+        for rt in (None, 4, 8, 16):
             cfg = STAGES["prune"].config.model_validate({"type": "prune", "ratio": ratio, "round_to": rt})
             out = STAGES["prune"].fn(art, cfg, ctx)
             name = f"ratio {ratio} round_to {rt}"

@@ -152,6 +152,9 @@ class LMQuantizeConfig(Strict):
                                       "two hundredths of a bit per byte); the most sensitive MatMuls stay fp32 until it "
                                       "holds. At most 8: a uniform guess over 256 bytes costs 8 bits/byte. "
                                       f"block_size/accuracy_level auto default to {AUTO_BPB_BUDGET}")
+    fallback: Literal["fp32", "int8"] = Field(
+        "fp32", description="with max_bpb_increase: the precision of the layers kept out of the mode (int8: INT8 "
+                            "dynamic inside the INT4 file, for int4_weight_only)")
 
     @property
     def auto(self) -> bool:
@@ -161,9 +164,6 @@ class LMQuantizeConfig(Strict):
     @property
     def budget(self) -> float | None:
         return AUTO_BPB_BUDGET if self.max_bpb_increase is None and self.auto else self.max_bpb_increase
-    fallback: Literal["fp32", "int8"] = Field(
-        "fp32", description="with max_bpb_increase: the precision of the layers kept out of the mode (int8: INT8 "
-                            "dynamic inside the INT4 file, for int4_weight_only)")
 
 
 LM_STAGES = {c.model_fields["type"].annotation.__args__[0]: c

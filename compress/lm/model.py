@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GPTConfig", "GPT", "generate"]
+__all__ = ["GPTConfig", "GPT", "generate", "causal_mask"]
 
 
 @dataclass(frozen=True)
@@ -56,20 +56,24 @@ class Attention(nn.Module):
         self.v = nn.Linear(width, heads * dim)
         self.o = nn.Linear(heads * dim, width)
 
-    def forward(self, x, past_k=None, past_v=None):
-        b, t, _ = x.shape
+    def forward(self, x, mask, past_k=None, past_v=None, shape=None):
+        """``mask``: (t, past + t) bool, True where a key is hidden (``causal_mask``); ``shape``: (batch, t)."""
+        b, t = shape if shape is not None else x.shape[:2]
         split = lambda y: y.view(b, t, self.heads, self.dim).transpose(1, 2)  # noqa: E731 - (b, heads, t, dim)
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
         if past_k is not None:
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        p = k.shape[2] - t  # cached positions
-        # Causal mask over (query i, key j): key j is visible when j <= p + i.
-        qi = torch.arange(t, device=x.device).unsqueeze(1) + p
-        kj = torch.arange(k.shape[2], device=x.device).unsqueeze(0)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.dim)
-        scores = scores.masked_fill(kj > qi, float("-inf"))
-        y = F.softmax(scores, dim=-1) @ v
+        y = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
         return self.o(y.transpose(1, 2).reshape(b, t, self.heads * self.dim)), k, v
+
+
+def causal_mask(t: int, p: int, device=None) -> torch.Tensor:
+    """(t, p + t) bool: query i (at position p + i) must not see key j when j > p + i. Built once per forward and
+    shared by every layer: in the exported decoder that is one Range/Greater instead of one per layer."""
+    qi = torch.arange(t, device=device).unsqueeze(1) + p
+    kj = torch.arange(p + t, device=device).unsqueeze(0)
+    return kj > qi
 
 
 class MLP(nn.Module):
@@ -89,8 +93,8 @@ class Block(nn.Module):
         self.attn = Attention(width, heads, dim)
         self.mlp = MLP(width, hidden)
 
-    def forward(self, x, past_k=None, past_v=None):
-        a, k, v = self.attn(self.ln1(x), past_k, past_v)
+    def forward(self, x, mask, past_k=None, past_v=None, shape=None):
+        a, k, v = self.attn(self.ln1(x), mask, past_k, past_v, shape)
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
@@ -124,14 +128,17 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
     def forward(self, idx, past=None):
-        t = idx.shape[1]
+        b, t = idx.shape
         p = 0 if past is None else past[0][0].shape[2]
         pos = torch.arange(t, device=idx.device) + p
         x = self.tok(idx) + self.pos(pos)
+        # The mask and the (batch, t) of every head split come from the inputs once, not from each layer's tensors:
+        # at 64 wide, per-layer shape bookkeeping was most of an exported decode step's nodes.
+        mask = causal_mask(t, p, idx.device)
         present = []
         for i, block in enumerate(self.blocks):
             pk, pv = (None, None) if past is None else past[i]
-            x, k, v = block(x, pk, pv)
+            x, k, v = block(x, mask, pk, pv, (b, t))
             present.append((k, v))
         return self.head(self.ln_f(x)), present
 

@@ -5,7 +5,7 @@
 Offline: the HF folders are written by this script (transformers configs, random init, save_pretrained) under
 ``<output>/hf-models/``; nothing is downloaded. Three runs of the tiny-lm recipe, same data, seed and step budgets:
 
-* ``tiny-lm``: the recipe as shipped (built-in GPT teacher 128 wide x 6 layers, built-in GPT student 64 x 2);
+* ``tiny-lm``: the recipe as shipped (built-in GPT teacher 160 wide x 6 layers, built-in GPT student 64 x 2);
 * ``tiny-lm-hf-student``: the same teacher (from the cache) -> a GPT-2 folder of the student's shape
   (n_embd 64, 2 layers, 2 heads, 64 positions, dropout 0), token KD; scratch = the same config, fresh init;
 * ``tiny-lm-hf-teacher``: a Llama folder (hidden 128, 6 layers, 4 heads, 2 key/value heads, SwiGLU 256),

@@ -133,7 +133,7 @@ class GPT(nn.Module):
         pos = torch.arange(t, device=idx.device) + p
         x = self.tok(idx) + self.pos(pos)
         # The mask and the (batch, t) of every head split come from the inputs once, not from each layer's tensors:
-        # at 64 wide, per-layer shape bookkeeping was most of an exported decode step's nodes.
+        # per-layer shape and mask bookkeeping was a fifth of an exported (optimized) decode step's nodes.
         mask = causal_mask(t, p, idx.device)
         present = []
         for i, block in enumerate(self.blocks):

@@ -56,9 +56,9 @@ class Attention(nn.Module):
         self.v = nn.Linear(width, heads * dim)
         self.o = nn.Linear(heads * dim, width)
 
-    def forward(self, x, mask, past_k=None, past_v=None, shape=None):
+    def forward(self, x, mask, shape, past_k=None, past_v=None):
         """``mask``: (t, past + t) bool, True where a key is hidden (``causal_mask``); ``shape``: (batch, t)."""
-        b, t = shape if shape is not None else x.shape[:2]
+        b, t = shape
         split = lambda y: y.view(b, t, self.heads, self.dim).transpose(1, 2)  # noqa: E731 - (b, heads, t, dim)
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
         if past_k is not None:
@@ -93,8 +93,8 @@ class Block(nn.Module):
         self.attn = Attention(width, heads, dim)
         self.mlp = MLP(width, hidden)
 
-    def forward(self, x, mask, past_k=None, past_v=None, shape=None):
-        a, k, v = self.attn(self.ln1(x), mask, past_k, past_v, shape)
+    def forward(self, x, mask, shape, past_k=None, past_v=None):
+        a, k, v = self.attn(self.ln1(x), mask, shape, past_k, past_v)
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
@@ -138,7 +138,7 @@ class GPT(nn.Module):
         present = []
         for i, block in enumerate(self.blocks):
             pk, pv = (None, None) if past is None else past[i]
-            x, k, v = block(x, mask, pk, pv, (b, t))
+            x, k, v = block(x, mask, (b, t), pk, pv)
             present.append((k, v))
         return self.head(self.ln_f(x)), present
 

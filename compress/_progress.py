@@ -27,3 +27,10 @@ def progress_bar(desc: str, total: int, quiet: bool = False) -> Iterator[Callabl
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
         console.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, even when quiet: quiet silences progress, never a problem."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}")

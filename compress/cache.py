@@ -1,18 +1,59 @@
-"""Content-addressed cache of trained weights: a key is the hash of everything that decides the result."""
+"""The on-disk cache: content-keyed entries, verified every time they are served.
+
+A cache is shared between runs, CI jobs and machines, so nothing read back from it is believed
+unchecked. Layout under ``<output>/.cache``::
+
+    <kind>/<key>/                 one entry: its files and manifest.json
+    <kind>/<key>/manifest.json    {"format", "version", "kind", "key", "files": {name: {"sha256", "size"}},
+                                   "meta", "meta_sha256"}
+    locks/<kind>.<key>.lock       claim(): one computation of a key at a time, across processes
+    quarantine/<kind>.<key>.<utc>.<n>/   entries that failed verification, moved aside by rename
+
+Rules (issue "Trust nothing on disk"):
+
+- An entry is written into a temporary folder beside its final place and renamed into place whole;
+  an existing entry is never overwritten or deleted in place (a second writer of the same key keeps
+  the first one, after verifying it).
+- ``get`` verifies the manifest and the sha256 of every file before it returns anything. A missing
+  file, a mismatch or an unreadable manifest is a warning naming the entry; the entry is moved to
+  ``quarantine/`` and the caller recomputes (never a traceback, never a file that failed verification).
+- File names come from this code, never from a manifest: a manifest naming ``../x`` or ``/etc/x`` is
+  a damaged entry. Symlinks inside the cache are refused.
+- Readers verify what they read (``Entry.read_bytes``, ``Entry.copy_to`` hash the bytes they use).
+"""
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import datetime as dt
 import hashlib
 import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
-from compress._io import atomic_path
+from compress._io import claim_file, inside
+from compress._progress import warn
+from compress.errors import CompressError
 
-__all__ = ["cache_key", "load_cached", "save_cached"]
+__all__ = ["cache_key", "sha256_file", "Cache", "Entry", "CorruptEntry", "StageCache", "runtime_files", "MANIFEST", "load_weights_bytes"]
+
+MANIFEST = "manifest.json"
+FORMAT, VERSION = "compress-cache-entry", 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a file name this code chose: no '/', no '..', no dot-files
+_KEY = re.compile(r"^[0-9a-f]{8,64}$")
+_MAX_MANIFEST = 1 << 20  # bytes: a manifest lists a handful of files; a bigger one is not ours
+
+
+class CorruptEntry(CompressError):
+    """A cache entry failed verification (the cache moves it aside; callers recompute)."""
 
 
 def cache_key(*parts: Any) -> str:
@@ -23,122 +64,397 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def load_cached(folder: Path, key: str, model: torch.nn.Module) -> torch.nn.Module | None:
-    """A copy of ``model`` (never ``model`` itself) with the weights saved under ``key``, or None."""
-    path = folder / f"{key}.safetensors"
-    if not path.exists():
-        return None
-    from safetensors.torch import load_model
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    model = copy.deepcopy(model)
+
+def _canonical(meta: Any) -> bytes:
+    return json.dumps(meta, sort_keys=True, default=str, allow_nan=False).encode()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A verified cache entry: ``files`` maps each file name to its recorded sha256 and size."""
+
+    kind: str
+    key: str
+    dir: Path
+    files: dict[str, dict]
+    meta: dict
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def path(self, name: str) -> Path:
+        if name not in self.files:
+            raise CorruptEntry(f"cache entry {self.kind}/{self.key} has no file {name!r}")
+        return self.dir / name
+
+    def read_bytes(self, name: str) -> bytes:
+        """The file's bytes, checked against the manifest as they are read."""
+        data = _read_regular(self.path(name))
+        if hashlib.sha256(data).hexdigest() != self.files[name]["sha256"]:
+            raise CorruptEntry(f"cache entry {self.kind}/{self.key}: {name} changed on disk (sha256 mismatch)")
+        return data
+
+    def copy_to(self, name: str, dest: Path) -> Path:
+        """Copy a file out (atomically), hashing the bytes copied; a mismatch leaves nothing at ``dest``."""
+        from compress._io import atomic_path
+
+        with atomic_path(dest) as tmp:
+            h = hashlib.sha256()
+            with open(self.path(name), "rb") as src, open(tmp, "wb") as out:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    h.update(block)
+                    out.write(block)
+            if h.hexdigest() != self.files[name]["sha256"]:
+                raise CorruptEntry(f"cache entry {self.kind}/{self.key}: {name} changed on disk (sha256 mismatch)")
+        return dest
+
+
+def _read_regular(path: Path) -> bytes:
+    """A regular file's bytes, refusing symlinks, FIFOs and devices (opened with O_NOFOLLOW, never blocking)."""
     try:
-        load_model(model, str(path))  # strict; restores weights tied to a saved one (an HF model's head and embedding)
-    except Exception:
-        return None  # a stale or damaged entry is recomputed, never trusted
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise CorruptEntry(f"{path}: cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CorruptEntry(f"{path}: not a regular file")
+        return f.read()
+
+
+class Cache:
+    """Content-keyed, verified entries under ``root`` (``<output>/.cache``).
+
+    Args:
+        root: the cache folder, ``inside(output_root, ".cache")`` (so not a symlink made inside the root).
+        enabled: False (``--force``): ``get`` misses, ``put`` still stores (healing a bad entry).
+        read_only: a reader that must not move entries (a training rank other than 0): a damaged
+            entry raises CorruptEntry instead.
+
+    Warnings (a damaged entry moved aside) go to stderr and to ``warnings``, which the report lists.
+    """
+
+    def __init__(self, root: Path, *, enabled: bool = True, read_only: bool = False):
+        self.root, self.enabled, self.read_only = Path(root), enabled, read_only
+        self.warnings: list[str] = []
+
+    # --- paths ------------------------------------------------------------------------------------
+
+    def _dir(self, kind: str, key: str) -> Path:
+        if not _NAME.match(kind) or not _KEY.match(key):
+            raise CompressError(f"cache: invalid entry name {kind!r}/{key!r}")
+        return inside(self.root, kind, key)
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def has(self, kind: str, key: str) -> bool:
+        """Whether an entry is there (NOT verified: for estimates only; use ``get`` to use it)."""
+        return self.enabled and os.path.isfile(self._dir(kind, key) / MANIFEST)
+
+    def get(self, kind: str, key: str) -> Entry | None:
+        """The verified entry, or None (absent, disabled, or damaged: then it is moved aside with a warning)."""
+        if not self.enabled:
+            return None
+        folder = self._dir(kind, key)
+        if not os.path.lexists(folder):
+            return None
+        try:
+            return self._verify(kind, key, folder)
+        except CorruptEntry as exc:
+            self.discard(kind, key, str(exc))
+            return None
+
+    def _verify(self, kind: str, key: str, folder: Path) -> Entry:
+        where = f"cache entry {kind}/{key}"
+        if folder.is_symlink() or not folder.is_dir():
+            raise CorruptEntry(f"{where} is not a folder")
+        try:
+            raw = _read_regular(folder / MANIFEST)
+        except CorruptEntry:
+            raise CorruptEntry(f"{where}: {MANIFEST} is missing or unreadable") from None
+        if len(raw) > _MAX_MANIFEST:
+            raise CorruptEntry(f"{where}: {MANIFEST} is {len(raw):,} bytes, not a manifest")
+        try:
+            man = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptEntry(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
+        if not (isinstance(man, dict) and man.get("format") == FORMAT and man.get("version") == VERSION
+                and man.get("kind") == kind and man.get("key") == key and isinstance(man.get("files"), dict)
+                and isinstance(man.get("meta"), dict)):
+            raise CorruptEntry(f"{where}: {MANIFEST} is not a {FORMAT} v{VERSION} manifest for this key")
+        if hashlib.sha256(_canonical(man["meta"])).hexdigest() != man.get("meta_sha256"):
+            raise CorruptEntry(f"{where}: its metadata changed on disk (meta_sha256 mismatch)")
+        files = man["files"]
+        on_disk = {p.name for p in folder.iterdir()} - {MANIFEST}
+        for name, rec in files.items():
+            if not (isinstance(name, str) and _NAME.match(name) and name != MANIFEST and isinstance(rec, dict)
+                    and isinstance(rec.get("sha256"), str) and isinstance(rec.get("size"), int)):
+                raise CorruptEntry(f"{where}: {MANIFEST} lists an invalid file name or record ({name!r})")
+            path = folder / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                raise CorruptEntry(f"{where}: {name} is missing") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptEntry(f"{where}: {name} is not a regular file")
+            if st.st_size != rec["size"]:
+                raise CorruptEntry(f"{where}: {name} is {st.st_size:,} bytes, the manifest says {rec['size']:,}")
+            if sha256_file(path) != rec["sha256"]:
+                raise CorruptEntry(f"{where}: {name} changed on disk (sha256 mismatch)")
+        extra = sorted(on_disk - set(files))
+        if extra:
+            raise CorruptEntry(f"{where}: files not in its manifest: {', '.join(extra[:5])}")
+        return Entry(kind, key, folder, dict(files), man["meta"])
+
+    def discard(self, kind: str, key: str, why: str) -> Path | None:
+        """Move a damaged entry aside (``quarantine/``), with a warning naming it; returns where it went."""
+        if self.read_only:
+            raise CorruptEntry(why)
+        folder = self._dir(kind, key)
+        target = None
+        if os.path.lexists(folder):
+            qroot = inside(self.root, "quarantine")
+            qroot.mkdir(parents=True, exist_ok=True)
+            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+            for n in range(1000):
+                candidate = qroot / f"{kind}.{key}.{stamp}.{n}"
+                try:
+                    os.rename(folder, candidate)  # rename, never delete: the bad entry stays for inspection
+                    target = candidate
+                    break
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in (39, 17):  # ENOTEMPTY / EEXIST: that quarantine name is taken
+                        continue
+                    if not os.path.lexists(folder):  # another process moved it first
+                        break
+                    raise
+        message = (f"{why}; recomputing it" + (f" (the damaged entry was moved to {target})" if target else ""))
+        self.warnings.append(message)
+        warn(message)
+        return target
+
+    # --- writing ----------------------------------------------------------------------------------
+
+    def put(self, kind: str, key: str, files: dict[str, Path | bytes | Callable[[Path], Any]],
+            meta: dict | None = None) -> Entry:
+        """Store an entry whole: ``files`` maps a name to a source file, bytes, or a writer ``fn(path)``.
+
+        An existing valid entry is kept as it is (entries are never overwritten in place); an existing
+        damaged one is moved aside first.
+        """
+        if self.read_only:
+            raise CompressError(f"cache entry {kind}/{key}: this process only reads the cache")
+        folder = self._dir(kind, key)
+        parent = folder.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        meta = meta or {}
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
+        try:
+            records = {}
+            for name, src in files.items():
+                if not _NAME.match(name) or name == MANIFEST:
+                    raise CompressError(f"cache: invalid file name {name!r}")
+                dest = tmp / name
+                if isinstance(src, bytes):
+                    dest.write_bytes(src)
+                elif callable(src):
+                    src(dest)
+                else:
+                    shutil.copyfile(src, dest)
+                records[name] = {"sha256": sha256_file(dest), "size": dest.stat().st_size}
+            manifest = {"format": FORMAT, "version": VERSION, "kind": kind, "key": key, "files": records,
+                        "meta": meta, "meta_sha256": hashlib.sha256(_canonical(meta)).hexdigest()}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+            for attempt in range(2):
+                try:
+                    os.rename(tmp, folder)  # atomic; fails if the entry exists: never replaced in place
+                    return Entry(kind, key, folder, records, json.loads(json.dumps(meta, default=str)))
+                except OSError as exc:
+                    if not os.path.lexists(folder):
+                        raise
+                    try:  # another writer stored this key first: keep theirs if it is sound
+                        return self._verify(kind, key, folder)
+                    except CorruptEntry as bad:
+                        if attempt:
+                            raise CompressError(f"cache entry {kind}/{key} could not be stored ({exc})") from None
+                        self.discard(kind, key, str(bad))
+            raise AssertionError("unreachable")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def claim(self, kind: str, key: str, *, blocking: bool = True) -> Iterator[bool]:
+        """Hold the key's lock while computing it, so concurrent workers compute each key once.
+
+        The lock file is opened without following symlinks and without truncating (an attacker's
+        symlink cannot make us clobber its target). Yields True once held; with ``blocking=False``
+        yields False at once when another process holds it. Look the entry up again after the claim:
+        the other worker may have stored it meanwhile.
+        """
+        self._dir(kind, key)  # validates the names
+        folder = inside(self.root, "locks")
+        folder.mkdir(parents=True, exist_ok=True)
+        with claim_file(folder / f"{kind}.{key}.lock", blocking=blocking) as held:
+            yield held
+
+    # --- conveniences -----------------------------------------------------------------------------
+
+    def get_json(self, kind: str, key: str) -> Any | None:
+        entry = self.get(kind, key)
+        if entry is None:
+            return None
+        try:
+            return json.loads(entry.read_bytes("data.json"), parse_constant=_refuse_constant)
+        except (CorruptEntry, ValueError) as exc:
+            self.discard(kind, key, f"cache entry {kind}/{key}: data.json unreadable ({exc})")
+            return None
+
+    def put_json(self, kind: str, key: str, obj: Any) -> None:
+        self.put(kind, key, {"data.json": json.dumps(obj, default=str).encode()})
+
+    def get_weights(self, kind: str, key: str, template: torch.nn.Module) -> torch.nn.Module | None:
+        """A copy of ``template`` (never ``template`` itself) with the entry's weights, or None."""
+        entry = self.get(kind, key)
+        if entry is None:
+            return None
+        try:
+            return load_weights_bytes(template, entry.read_bytes("model.safetensors"), f"cache entry {kind}/{key}")
+        except CompressError as exc:
+            self.discard(kind, key, str(exc))
+            return None
+
+    def put_weights(self, kind: str, key: str, model: torch.nn.Module, files: dict | None = None,
+                    meta: dict | None = None) -> Entry:
+        from safetensors.torch import save_model
+
+        # save_model (not save_file) keeps one copy of tied weights (an HF model's head and embedding)
+        return self.put(kind, key, {"model.safetensors": lambda p: save_model(model, str(p), force_contiguous=True),
+                                    **(files or {})}, meta)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_weights_bytes(template: torch.nn.Module, data: bytes, where: str) -> torch.nn.Module:
+    """A copy of ``template`` with the weights of safetensors ``data`` (strict; tied weights restored)."""
+    import copy
+
+    from safetensors.torch import load
+
+    model = copy.deepcopy(template)
+    try:
+        state = load(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
+        raise CorruptEntry(f"{where}: unreadable weights ({exc})") from None
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if unexpected or wrong:
+        raise CorruptEntry(f"{where}: weights do not fit the model (unexpected {unexpected[:3]}, wrong shapes {wrong[:3]})")
+    missing = set(own) - set(state)
+    # A key missing from the file must be a tied alias of a key it has (save_model stores shared tensors once).
+    ptrs = {own[k].data_ptr() for k in state}
+    if any(own[k].data_ptr() not in ptrs for k in missing):
+        raise CorruptEntry(f"{where}: weights lack {sorted(missing)[:3]}")
+    model.load_state_dict(state, strict=False)
     return model.eval()
 
 
-def save_cached(folder: Path, key: str, model: torch.nn.Module) -> Path:
-    from safetensors.torch import save_model
+# --- stage outputs ---------------------------------------------------------------------------------
 
-    path = folder / f"{key}.safetensors"
-    with atomic_path(path) as tmp:
-        save_model(model, str(tmp), force_contiguous=True)  # save_file refuses tied weights (shared storage); save_model keeps one copy
-    return path
+_RUNTIME_FILE = {"ort": "model.ort", "executorch": "model.pte", "litert": "model.tflite"}  # format -> entry file
+_STEM = re.compile(r"^[0-9]{2}_[a-z0-9_]{1,64}$")
+
+
+def runtime_files(info: dict) -> dict[str, str]:
+    """A stage's runtime files by format (``ort``, ``executorch``, ``litert``): ``info["files"]`` and ``ort_path``."""
+    return {**({"ort": info["ort_path"]} if info.get("ort_path") else {}), **(info.get("files") or {})}
 
 
 class StageCache:
-    """Stage outputs stored under ``<root>/stages/<key>/``, where the key hashes the input artifact's
-    key, the stage type and resolved config, its position (it seeds the stage), the data and the
-    versions. An entry is written to a temporary folder and renamed into place, so a run killed at
-    any point leaves either a whole entry or none.
+    """A stage's output artifact as a cache entry (kind ``stages``).
+
+    torch artifacts: ``model.safetensors`` (pruned shapes kept, compress.models.checkpoint). ONNX artifacts:
+    ``model.onnx``, the runtime files by format (``model.ort``, ``model.pte``, ``model.tflite``) and, when the
+    stage kept it, ``model.safetensors``. Loaded files are copied (verified) into the run's ``stages/``
+    folder under the stage's own file stem, which must be this stage's (``NN_<type>...``).
     """
 
-    def __init__(self, root: Path, enabled: bool = True):
-        self.root, self.enabled = root / "stages", enabled
+    KIND = "stages"
 
-    def has(self, key: str) -> bool:
-        return self.enabled and (self.root / key / "artifact.json").exists()
+    def __init__(self, cache: Cache):
+        self.cache = cache
 
-    def load(self, key: str, template: torch.nn.Module, dest: Path):
-        """The cached artifact for ``key`` (torch: loaded into a copy of ``template``; onnx: files
-        copied into the folder ``dest`` under their original names), or None."""
-        import shutil
-
-        from compress.artifact import Artifact
-        from compress.models.checkpoint import load_model
-
-        entry = self.root / key
-        meta_path = entry / "artifact.json"
-        if not self.enabled or not meta_path.exists():
-            return None
-        meta = json.loads(meta_path.read_text())
-        info = dict(meta["info"])
-        model, path = None, None
-        if meta["format"] == "torch":
-            model = load_model(template, entry / "model.safetensors")
-        else:
-            path = dest / meta["onnx_name"]
-            with atomic_path(path) as tmp:
-                shutil.copyfile(entry / "model.onnx", tmp)
-            if (entry / "model.ort").exists():
-                ort = path.with_suffix(".ort")
-                with atomic_path(ort) as tmp:
-                    shutil.copyfile(entry / "model.ort", tmp)
-                info["ort_path"] = str(ort)
-            if (entry / "model.safetensors").exists():  # an export that keeps its torch model (for 8-bit .pte/.tflite)
-                model = load_model(template, entry / "model.safetensors")
-            files = {}
-            for fmt, name in (info.get("files") or {}).items():  # runtime files (.ort, .pte, .tflite), by format
-                src = entry / f"file{Path(name).suffix}"
-                if src.exists():
-                    with atomic_path(dest / Path(name).name) as tmp:
-                        shutil.copyfile(src, tmp)
-                    files[fmt] = str(dest / Path(name).name)
-            if files:
-                info["files"] = files
-        return Artifact(meta["name"], meta["format"], model, path, meta["params"], meta["macs"], info,
-                        tuple(meta["lineage"]), key)
-
-    def save(self, key: str, art) -> None:
-        import os
-        import shutil
-        import tempfile
-
+    def save(self, key: str, art) -> Entry:
         from compress.models.checkpoint import save_model
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / key
-        if final.exists():
-            shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        files: dict = {}
+        stems: dict[str, str] = {}
+        if art.model is not None:
+            files["model.safetensors"] = lambda p: save_model(art.model, p)
+        if art.format == "onnx":
+            files["model.onnx"] = Path(art.path)
+            stems["onnx"] = Path(art.path).stem
+            for fmt, p in runtime_files(art.info).items():
+                files[_RUNTIME_FILE[fmt]] = Path(p)
+                stems[fmt] = Path(p).stem
+        info = {k: v for k, v in art.info.items() if k not in ("files", "ort_path")}  # paths: rebuilt on load
+        meta = {"name": art.name, "format": art.format, "params": art.params, "macs": art.macs, "info": info,
+                "lineage": list(art.lineage), "stems": stems}
+        return self.cache.put(self.KIND, key, files, meta)
+
+    def load(self, key: str, template: torch.nn.Module, dest: Path, prefix: str):
+        """The cached artifact (torch: weights loaded into a copy of ``template``; onnx: files copied into
+        ``dest``), or None when absent or damaged (a damaged entry is moved aside with a warning)."""
+        from compress.artifact import Artifact
+        from compress.models.checkpoint import load_model_bytes
+
+        entry = self.cache.get(self.KIND, key)
+        if entry is None:
+            return None
         try:
-            if art.format == "torch":
-                save_model(art.model, tmp / "model.safetensors")
-            else:
-                shutil.copyfile(art.path, tmp / "model.onnx")
-                if art.info.get("ort_path"):
-                    shutil.copyfile(art.info["ort_path"], tmp / "model.ort")
-                if art.model is not None:
-                    save_model(art.model, tmp / "model.safetensors")
-                for name in (art.info.get("files") or {}).values():
-                    shutil.copyfile(name, tmp / f"file{Path(name).suffix}")
-            meta = {"name": art.name, "format": art.format, "params": art.params, "macs": art.macs,
-                    "info": art.info, "lineage": list(art.lineage),
-                    "onnx_name": Path(art.path).name if art.path else None}
-            (tmp / "artifact.json").write_text(json.dumps(meta, default=str))
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            meta = entry.meta
+            fmt = meta["format"]
+            if fmt not in ("torch", "onnx") or not isinstance(meta["info"], dict) or not isinstance(meta["stems"], dict):
+                raise CorruptEntry(f"cache entry stages/{key}: unreadable metadata")
+            model = None
+            if "model.safetensors" in entry:
+                model = load_model_bytes(template, entry.read_bytes("model.safetensors"), f"cache entry stages/{key}")
+            elif fmt == "torch":
+                raise CorruptEntry(f"cache entry stages/{key}: model.safetensors is missing")
+            info, path = dict(meta["info"]), None
+            if fmt == "onnx":
+                path = entry.copy_to("model.onnx", inside(dest, self._stem(meta, "onnx", prefix, key) + ".onnx"))
+                files = {}
+                for rfmt, fname in _RUNTIME_FILE.items():
+                    if fname in entry:
+                        out = inside(dest, self._stem(meta, rfmt, prefix, key) + Path(fname).suffix)
+                        files[rfmt] = str(entry.copy_to(fname, out))
+                if files:
+                    info["files"] = files
+                if "ort" in files:
+                    info["ort_path"] = files["ort"]
+            return Artifact(str(meta["name"]), fmt, model, path, meta["params"], meta["macs"], info,
+                            tuple(meta["lineage"]), key)
+        except (CorruptEntry, CompressError, KeyError, TypeError, ValueError) as exc:
+            self.cache.discard(self.KIND, key, str(exc) if isinstance(exc, CompressError)
+                               else f"cache entry stages/{key}: unreadable metadata ({type(exc).__name__}: {exc})")
+            return None
 
-
-def load_json(root: Path, kind: str, key: str):
-    path = root / kind / f"{key}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def save_json(root: Path, kind: str, key: str, obj) -> None:
-    from compress._io import write_json
-
-    write_json(root / kind / f"{key}.json", obj)
+    @staticmethod
+    def _stem(meta: dict, fmt: str, prefix: str, key: str) -> str:
+        stem = meta["stems"].get(fmt)
+        if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
+            raise CorruptEntry(f"cache entry stages/{key}: file name {stem!r} is not this stage's ({prefix}...)")
+        return stem

@@ -24,10 +24,10 @@ class Context:
     stage_index: int = 0
     _teacher_logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _teacher_features: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, repr=False)
-    # Set by the pipeline: teacher outputs are also kept on disk under <cache>/<hash of teacher_key, split, layer>,
-    # so a second recipe with the same teacher and data does not recompute them.
+    # Set by the pipeline: teacher outputs are also kept in the verified cache (kind "teacher-outputs", keyed by
+    # teacher_key, split contents and layer), so a second recipe with the same teacher and data does not recompute them.
     teacher_key: str | None = None
-    cache_dir: Path | None = None
+    cache: Any = None  # compress.cache.Cache
 
     def teacher_logits(self, split: str = "train") -> torch.Tensor:
         """Teacher logits on a split, computed once and reused by every epoch and stage.
@@ -41,33 +41,32 @@ class Context:
 
     def _on_disk(self, split: str, what: str, compute) -> torch.Tensor:
         """``compute()``, or its result saved earlier for the same teacher, split contents and layer."""
-        if self.teacher_key is None or self.cache_dir is None:
+        if self.teacher_key is None or self.cache is None:
             return compute()
         import hashlib
 
-        from safetensors.torch import load_file, save_file
+        from safetensors import SafetensorError
+        from safetensors.torch import load, save
 
-        from compress._io import atomic_path
-        from compress.cache import cache_key
+        from compress.cache import CorruptEntry, cache_key
 
         x = np.ascontiguousarray(getattr(self.splits, split).x)
         key = cache_key("teacher-outputs", self.teacher_key, split, what, hashlib.sha256(x.tobytes()).hexdigest())
-        path = Path(self.cache_dir) / f"{key}.safetensors"
-        if path.exists():
+        entry = self.cache.get("teacher-outputs", key)
+        if entry is not None:
             try:
-                return load_file(str(path))["out"]
-            except Exception:
-                pass  # a damaged entry is recomputed, never trusted
+                return load(entry.read_bytes("out.safetensors"))["out"]
+            except (CorruptEntry, SafetensorError, KeyError) as exc:
+                self.cache.discard("teacher-outputs", key, f"cache entry teacher-outputs/{key}: unreadable ({exc})")
         out = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file({"out": out.contiguous()}, str(tmp))
+        if not self.cache.read_only:
+            self.cache.put("teacher-outputs", key, {"out.safetensors": save({"out": out.contiguous()})})
         return out
 
     def teacher_features(self, names, split: str = "train") -> dict[str, torch.Tensor]:
         """Outputs of the teacher's named layers on a split, computed once (like ``teacher_logits``)."""
         for n in names:
-            if (split, n) not in self._teacher_features and self.teacher_key is not None and self.cache_dir is not None:
+            if (split, n) not in self._teacher_features and self.teacher_key is not None and self.cache is not None:
                 self._teacher_features[(split, n)] = self._on_disk(split, f"layer:{n}",
                                                                    lambda n=n: self._compute_features([n], split)[n])
         missing = [n for n in names if (split, n) not in self._teacher_features]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["CompressError", "RecipeError", "ChainError", "DataError", "ModelError", "StageError", "MissingExtraError"]
+__all__ = ["CompressError", "RecipeError", "ChainError", "DataError", "ModelError", "StageError", "MissingExtraError",
+           "UnsafePathError"]
 
 
 class CompressError(Exception):
@@ -46,3 +47,9 @@ class MissingExtraError(CompressError):
 
     def __init__(self, what: str, extra: str, module: str):
         super().__init__(f"{what} needs the optional package '{module}': pip install 'compress[{extra}]'")
+
+
+class UnsafePathError(CompressError):
+    """A path that would leave the output folder (absolute, ``..``, or through a symlink inside it)."""
+
+    exit_code = 2

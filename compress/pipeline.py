@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress._io import atomic_path
+from compress._io import atomic_path, claim_file, inside, publish, staging
 from compress._onnx import export_onnx
 from compress._progress import say
 from compress.artifact import Artifact
 from compress.bench import cpu_info
-from compress.cache import StageCache, cache_key, load_cached, load_json, save_cached, save_json
+from compress.cache import Cache, StageCache, cache_key, runtime_files, sha256_file
 from compress import distributed
 from compress.context import Context
 from compress.data import Splits, load_data
@@ -31,7 +31,11 @@ from compress.stages.prune import count_macs_params, head_table
 from compress.stages.train import cross_entropy
 from compress.training import fit
 
-__all__ = ["prepare", "validate", "run", "output_dir", "build", "measure", "chain_keys"]
+__all__ = ["prepare", "validate", "run", "output_dir", "output_cache", "exclusive", "build", "measure", "chain_keys",
+           "file_digest", "relocate", "OWNED"]
+
+# Names a vision run writes in its folder: replaced as a whole when a run is published (compress._io.publish).
+OWNED = ("teacher.onnx", "scratch.onnx", "model.*", "report.json", "report.md", "report.png", "stages", "last_good")
 
 
 @dataclass
@@ -43,9 +47,12 @@ class Prepared:
 
 
 def output_dir(recipe: Recipe, output: str | Path | None = None) -> Path:
-    """``<root>/<name>``, after checking (without leaving anything behind) that it can be written."""
+    """``<root>/<name>``, after checking (without leaving anything behind) that it can be written.
+
+    The root is ``--output`` (or the recipe's ``output``, else ``exported``); it may be a symlink the user
+    made, but nothing below it may be (compress._io.inside)."""
     root = Path(output or recipe.output or "exported")
-    target = root / recipe.name
+    target = inside(root, recipe.name)
     for p in (root, target):
         if p.exists() and not p.is_dir():
             raise CompressError(f"output path {p} is a file, not a folder; pass --output DIR")
@@ -60,6 +67,12 @@ def output_dir(recipe: Recipe, output: str | Path | None = None) -> Path:
     except OSError as exc:
         raise CompressError(f"output folder {target} cannot be written ({exc.strerror or exc}); pass --output DIR") from None
     return target
+
+
+def output_cache(out_dir: Path, force: bool = False) -> Cache:
+    """The verified cache of an output root: ``<root>/.cache`` (never through a symlink made inside the root).
+    Only the writing rank may move damaged entries aside; the other training ranks read it only."""
+    return Cache(inside(out_dir.parent, ".cache"), enabled=not force, read_only=not distributed.is_writer())
 
 
 def prepare(recipe: Recipe) -> Prepared:
@@ -179,34 +192,39 @@ def validate(recipe: Recipe, output: str | Path | None = None) -> list[str]:
 
 
 @contextlib.contextmanager
-def _exclusive(out_dir: Path):
-    """One run per output folder at a time: a second run fails at once instead of interleaving writes."""
-    import fcntl
+def exclusive(out_dir: Path):
+    """One run per output folder at a time: a second run fails at once instead of interleaving writes.
 
+    The lock file ``<out_dir>/.lock`` is opened without following symlinks and never truncated."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise CompressError(f"output folder {out_dir} is not writable")
-    with open(out_dir / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CompressError(f"another compress run is writing to {out_dir}; wait for it or use --output") from None
+    with claim_file(inside(out_dir, ".lock"), blocking=False) as held:
+        if not held:
+            raise CompressError(f"another compress run is writing to {out_dir}; wait for it or use --output")
         yield
 
 
-def _train_cached(cache: Path, key: str, model: torch.nn.Module, splits: Splits, *, epochs: int, lr: float,
-                  batch_size: int, weight_decay: float, seed: int, desc: str, quiet: bool,
-                  force: bool = False) -> tuple[torch.nn.Module, dict]:
-    cached = None if force or not distributed.is_writer() else load_cached(cache, key, model)
+def train_cached(cache: Cache, key: str, model: torch.nn.Module, splits: Splits, *, epochs: int, lr: float,
+                 batch_size: int, weight_decay: float, seed: int, desc: str, quiet: bool) -> tuple[torch.nn.Module, dict]:
+    """Train ``model`` with cross-entropy, or reuse the verified weights cached under ``key`` (kind ``weights``)."""
+    writer = distributed.is_writer()
+    cached = cache.get_weights("weights", key, model) if writer else None
     if distributed.agree(cached is not None) and cached is None:  # rank 0 found it: the other ranks load it too
-        cached = load_cached(cache, key, model)
+        cached = cache.get_weights("weights", key, model)  # a read-only cache there: a damaged entry raises
     if cached is not None:
         say(f"[dim]{desc}: reusing cached weights {key}[/dim]", quiet)
         return cached, {"cached": True}
-    res = fit(model, splits, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
-              loss_fn=cross_entropy, desc=desc, quiet=quiet)
-    if distributed.is_writer():
-        save_cached(cache, key, res.model)
+    alone = distributed.world_size() == 1
+    with cache.claim("weights", key) if writer else contextlib.nullcontext():
+        again = cache.get_weights("weights", key, model) if alone else None  # another worker may have trained it
+        if again is not None:
+            say(f"[dim]{desc}: reusing cached weights {key} (trained by another process)[/dim]", quiet)
+            return again, {"cached": True}
+        res = fit(model, splits, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                  loss_fn=cross_entropy, desc=desc, quiet=quiet)
+        if writer:
+            cache.put_weights("weights", key, res.model)
     return res.model, {"cached": False, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 2)}
 
 
@@ -246,36 +264,25 @@ def _named_files(cfg) -> list:
 
 def file_digest(path: Path | None) -> str | None:
     """sha256 of a file's bytes (weights given by path are part of every cache key downstream)."""
-    if path is None:
-        return None
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return None if path is None else sha256_file(path)
 
 
 def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, force: bool = False) -> dict:
     """Run the recipe; write model files, report.json, report.md and report.png; return the report.
 
     Every trained model, stage output and measurement is cached under ``<output>/.cache`` by a
-    content hash, so a rerun (or a run after a crash or a kill) redoes only what changed;
-    ``force`` recomputes everything.
+    content hash and verified when reused, so a rerun (or a run after a crash or a kill) redoes only
+    what changed; ``force`` recomputes everything. The run is built in a staging folder and published
+    into ``<output>/<name>/`` only once complete: a failing run leaves the previous outputs as they were.
     """
-    from compress import report as reporting
-
     started = time.perf_counter()
     out_dir = output_dir(recipe, output)
     prep = prepare(recipe)
-    splits = prep.splits
-    cache = out_dir.parent / ".cache"
     distributed.init_from_env()
     writer = distributed.is_writer()
     quiet = quiet or not writer
     try:
-        report = _run(recipe, prep, out_dir, cache, quiet, force, started, writer)
+        report = _run(recipe, prep, out_dir, quiet, force, started, writer)
     except BaseException:
         distributed.shutdown(wait=False)  # never wait for ranks that may be blocked in a collective
         raise
@@ -287,36 +294,61 @@ def _last_training_stage(recipe: Recipe) -> int:
     return max((i for i, st in enumerate(recipe.stages) if STAGES[st.type].trains), default=-1)
 
 
-def _run(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, quiet: bool, force: bool, started: float,
+def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool, started: float,
          writer: bool) -> dict:
     from compress import report as reporting
 
     splits = prep.splits
-    with _exclusive(out_dir) if writer else contextlib.nullcontext():
+    cache = output_cache(out_dir, force)
+    if not writer:  # the other ranks train with rank 0 and write nothing of the run (a private scratch folder)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="compress-rank-") as scratch_dir:
+            build(recipe, prep, Path(scratch_dir), cache, quiet=True, writer=False)
+        return {}
+    with exclusive(out_dir), staging(out_dir) as stage_dir:
         say(f"[bold]compress[/bold] {recipe.name}: {splits.describe()}", quiet)
-        built = build(recipe, prep, out_dir, cache, quiet=quiet, force=force, writer=writer)
-        if built is None:
-            return {}  # other ranks are done once the last training stage is
-        measured, stage_log, final_files = built.measured, built.stage_log, built.final_files
-        models, eval_key = measure(recipe, splits, measured, cache, quiet=quiet, force=force)
-        runtimes_key = cache_key("runtimes", eval_key, sorted(final_files.items()))
-        runtimes = None if force else load_json(cache, "runtimes", runtimes_key)
+        built = build(recipe, prep, stage_dir, cache, quiet=quiet, last_good_dir=inside(out_dir, "last_good"))
+        models, eval_key = measure(recipe, splits, built.measured, cache, quiet=quiet)
+        runtimes_key = cache_key("runtimes", eval_key, {fmt: file_digest(Path(p)) for fmt, p in built.final_files.items()})
+        runtimes = cache.get_json("runtimes", runtimes_key)
         if runtimes is None:
             from compress.evaluate import evaluate_runtimes
 
-            say(f"[bold]measuring[/bold] the final model on every runtime: {', '.join(final_files)}", quiet)
-            runtimes = evaluate_runtimes(final_files, measured[0]["path"], splits, recipe.bench, seed=recipe.seed)
-            save_json(cache, "runtimes", runtimes_key, runtimes)
-        report = reporting.build(recipe, split_digest(splits), models, stage_log)
+            say(f"[bold]measuring[/bold] the final model on every runtime: {', '.join(built.final_files)}", quiet)
+            runtimes = evaluate_runtimes(built.final_files, built.measured[0]["path"], splits, recipe.bench,
+                                         seed=recipe.seed)
+            cache.put_json("runtimes", runtimes_key, runtimes)
+        report = reporting.build(recipe, split_digest(splits), models, built.stage_log, stage_dir)
         report.update(runtimes)  # "runtimes": one row per (model, runtime); "mobile_usability" when .ort is made
+        report["warnings"] = list(cache.warnings)
         report["run_seconds"] = round(time.perf_counter() - started, 2)
-        final_path = out_dir / "model.onnx"
-        report["files"] = {"dir": str(out_dir), "model": str(final_path), "report_json": str(out_dir / "report.json"),
-                           "report_md": str(out_dir / "report.md"), "plot": str(out_dir / "report.png")}
-        reporting.write(report, out_dir)
-        if not quiet:
-            reporting.print_table(report)
-        return report
+        report["files"] = {"dir": str(out_dir), "model": str(out_dir / "model.onnx"),
+                           "report_json": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md"),
+                           "plot": str(out_dir / "report.png")}
+        report = relocate(report, stage_dir, out_dir)
+        report["digests"] = reporting.digests(stage_dir)
+        reporting.write(report, stage_dir)
+        publish(stage_dir, out_dir, OWNED)
+    if not quiet:
+        reporting.print_table(report)
+    return report
+
+
+def relocate(obj, old: Path, new: Path):
+    """``obj`` (a report) with every path string under ``old`` (the staging folder) moved under ``new``."""
+    prefix = str(old)
+    if isinstance(obj, str):
+        return str(new) + obj[len(prefix):] if obj == prefix or obj.startswith(prefix + os.sep) else obj
+    if isinstance(obj, Path):
+        return Path(relocate(str(obj), old, new))
+    if isinstance(obj, dict):
+        return {k: relocate(v, old, new) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: relocate(getattr(obj, f.name), old, new) for f in dataclasses.fields(obj)})
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(relocate(v, old, new) for v in obj)
+    return obj
 
 
 @dataclass
@@ -358,22 +390,22 @@ def chain_keys(recipe: Recipe, prep: Prepared) -> list[str]:
     return keys
 
 
-def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, *, quiet: bool, force: bool,
-          writer: bool = True) -> Built | None:
-    """Train (or load from the cache) the teacher, the scratch baseline and every stage; write the model
-    files under ``out_dir``; measure nothing. None on a rank other than the writer (it only trains)."""
+def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Cache, *, quiet: bool, writer: bool = True,
+          last_good_dir: Path | None = None) -> Built | None:
+    """Train (or load from the verified cache) the teacher, the scratch baseline and every stage; write the
+    model files under ``out_dir`` (a fresh folder: the run's staging folder, or a search variant's); measure
+    nothing. None on a rank other than the writer (it only trains). A stage that fails with a model to keep
+    saves its last good weights in ``last_good_dir`` (default ``out_dir/last_good``)."""
     splits = prep.splits
-    if writer and (out_dir / "stages").exists():
-        shutil.rmtree(out_dir / "stages")  # files of an earlier run would be mistaken for this one's
     teacher, teacher_info = prep.teacher, {"weights": str(recipe.teacher.weights)} if prep.teacher_has_weights else {}
     t_key = teacher_key(recipe, prep)
     if not prep.teacher_has_weights:
         t = recipe.teacher.train
-        teacher, teacher_info = _train_cached(cache, t_key, teacher, splits, epochs=t.epochs, lr=t.lr,
-                                              batch_size=t.batch_size, weight_decay=t.weight_decay,
-                                              seed=recipe.seed, desc="teacher", quiet=quiet, force=force)
+        teacher, teacher_info = train_cached(cache, t_key, teacher, splits, epochs=t.epochs, lr=t.lr,
+                                             batch_size=t.batch_size, weight_decay=t.weight_decay,
+                                             seed=recipe.seed, desc="teacher", quiet=quiet)
     ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=out_dir, quiet=quiet,
-                  teacher_key=t_key, cache_dir=None if force else cache)  # teacher outputs kept on disk
+                  teacher_key=t_key, cache=cache)  # teacher outputs kept on disk
     measured: list[dict] = []
 
     def add(name: str, role: str, art: Artifact, path: Path, info: dict | None = None) -> None:
@@ -393,46 +425,45 @@ def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, *, quiet: 
     budget = _scratch_budget(recipe)
     if budget:
         key = cache_key("scratch", recipe.student.model.model_dump(), budget, recipe.seed, splits.fingerprint)
-        scratch, info = _train_cached(cache, key, prep.student, splits, seed=recipe.seed, desc="scratch student",
-                                      quiet=quiet, force=force, **budget)
+        scratch, info = train_cached(cache, key, prep.student, splits, seed=recipe.seed, desc="scratch student",
+                                     quiet=quiet, **budget)
         add("scratch", "scratch", Artifact("scratch", "torch", scratch, params=s_params, macs=s_macs, key=key),
             out_dir / "scratch.onnx", {"spec": describe_spec(recipe.student.model), "budget": budget, **info})
 
     art = Artifact("student", "torch", prep.student, params=s_params, macs=s_macs,
                    info={"spec": describe_spec(recipe.student.model)}, key=student_key(recipe, splits))
-    stage_cache = StageCache(cache, enabled=not force)
+    stage_cache = StageCache(cache)
     stage_log = []
     last_train = _last_training_stage(recipe)
+    alone = distributed.world_size() == 1
     for i, st in enumerate(recipe.stages):
         if not writer and i > last_train:
             return None
         ctx.stage_index = i
         config = st.model_dump(mode="json", by_alias=True)
         key = stage_key(recipe, splits, i, art.key, t_key)
+        prefix = f"{i + 1:02d}_{st.type}"
         t0 = time.perf_counter()
+        stages_dir = out_dir / "stages"
+        cached = stage_cache.load(key, prep.student, stages_dir, prefix) if writer else None
         # Collectives only while every rank is still here (the others leave after the last training stage).
-        hit = distributed.agree(stage_cache.has(key)) if i <= last_train else stage_cache.has(key)
-        cached = stage_cache.load(key, prep.student, out_dir / "stages") if hit else None
+        if i <= last_train and distributed.agree(cached is not None) and cached is None:
+            cached = stage_cache.load(key, prep.student, stages_dir, prefix)  # read-only there: a bad entry raises
+        if cached is None:
+            with cache.claim(StageCache.KIND, key) if writer else contextlib.nullcontext():
+                if alone:  # another process may have computed it while this one waited for the claim
+                    cached = stage_cache.load(key, prep.student, stages_dir, prefix)
+                if cached is None:
+                    say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}", quiet)
+                    art = _run_stage(recipe, st, i, art, ctx, key, writer, last_good_dir or inside(out_dir, "last_good"))
+                    if writer:
+                        stage_cache.save(key, art)
         if cached is not None:
             say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", quiet)
             art = cached
-        else:
-            say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}", quiet)
-            try:
-                art = dataclasses.replace(STAGES[st.type].fn(art, st, ctx), key=key)
-            except CompressError as exc:
-                message = f"stage {i + 1} ({st.type}): {exc}"
-                if getattr(exc, "model", None) is not None and writer:
-                    from compress.models.checkpoint import save_model
-
-                    saved = save_model(exc.model, out_dir / "stages" / f"{i + 1:02d}_{st.type}.last_good.safetensors")
-                    message += f" The last good weights are in {saved}."
-                raise type(exc)(message) from None
-            if writer:
-                stage_cache.save(key, art)
         stage_log.append({"index": i + 1, "type": st.type, "config": config, "cached": cached is not None,
                           "seconds": round(time.perf_counter() - t0, 2)})
-        add(f"{i + 1:02d}_{st.type}", "stage", art, ctx.stage_path(st.type, ".onnx"))
+        add(prefix, "stage", art, ctx.stage_path(st.type, ".onnx"))
     if not writer:
         return None
 
@@ -441,45 +472,60 @@ def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Path, *, quiet: 
     with atomic_path(final_path) as tmp:
         shutil.copyfile(final_src, tmp)
     final_info = {"source": measured[-1]["name"]}
-    ort_src = art.info.get("ort_path")
-    if ort_src:
-        with atomic_path(out_dir / "model.ort") as tmp:
-            shutil.copyfile(ort_src, tmp)
-        final_info["ort_path"] = str(out_dir / "model.ort")
     final_files = {"onnx": str(final_path)}
-    for fmt, src in (art.info.get("files") or {}).items():  # every runtime file: model.ort, model.pte, model.tflite
+    for fmt, src in runtime_files(art.info).items():  # every runtime file: model.ort, model.pte, model.tflite
         dst = out_dir / f"model{Path(src).suffix}"
-        if fmt != "ort":
-            with atomic_path(dst) as tmp:
-                shutil.copyfile(src, tmp)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
         final_files[fmt] = str(dst)
+    if "ort" in final_files:
+        final_info["ort_path"] = final_files["ort"]
     final_info["files"] = final_files
     measured.append({**measured[-1], "name": "final", "role": "final", "path": final_path,
                      "info": {**measured[-1]["info"], **final_info}})
     return Built(measured, stage_log, final_files)
 
 
+def _run_stage(recipe: Recipe, st, i: int, art: Artifact, ctx: Context, key: str, writer: bool,
+               last_good_dir: Path) -> Artifact:
+    """Stage ``i`` on ``art``; a failure names the stage, and keeps the last good weights when it has them."""
+    try:
+        return dataclasses.replace(STAGES[st.type].fn(art, st, ctx), key=key)
+    except CompressError as exc:
+        message = f"stage {i + 1} ({st.type}): {exc}"
+        if getattr(exc, "model", None) is not None and writer:
+            from compress.models.checkpoint import save_model
+
+            last_good_dir.mkdir(parents=True, exist_ok=True)
+            saved = save_model(exc.model, inside(last_good_dir, f"{i + 1:02d}_{st.type}.safetensors"))
+            message += f" The last good weights are in {saved}."
+        raise type(exc)(message) from None
+
+
 def measure_key(recipe: Recipe, splits: Splits, measured: list[dict]) -> str:
-    """The measurements' cache key: the models (names, roles, keys), the bench settings, the data and the CPU."""
-    return cache_key("eval", [(m["name"], m["role"], m["key"]) for m in measured], recipe.bench.model_dump(),
-                     recipe.seed, splits.fingerprint, cpu_info())
+    """The measurements' cache key: the files measured (by their sha256, with their names and roles), the
+    bench settings, the data and the CPU. Keyed by the bytes measured, not by how they were made: a file
+    that changes is measured again, whatever its stage key says."""
+    return cache_key("eval", [(m["name"], m["role"], file_digest(Path(m["path"]))) for m in measured],
+                     recipe.bench.model_dump(), recipe.seed, splits.fingerprint, cpu_info())
 
 
-def measure(recipe: Recipe, splits: Splits, measured: list[dict], cache: Path, *, quiet: bool,
-            force: bool) -> tuple[list[dict], str]:
+def measure(recipe: Recipe, splits: Splits, measured: list[dict], cache: Cache, *, quiet: bool) -> tuple[list[dict], str]:
     """Test accuracy and interleaved latency of every model in ``measured``, in one session (cached by the
-    models' keys, the bench settings and the CPU). Returns the report's model entries and the cache key."""
+    files' digests, the bench settings and the CPU). Returns the report's model entries and the cache key."""
     eval_key = measure_key(recipe, splits, measured)
     # Only the measurements are cached; names, paths and stage facts come from this run.
-    measurements = None if force else load_json(cache, "eval", eval_key)
-    if measurements is None:
+    measurements = cache.get_json("eval", eval_key)
+    if not (isinstance(measurements, list) and len(measurements) == len(measured)
+            and all(isinstance(e, dict) for e in measurements)):
         say("[bold]measuring[/bold] accuracy on the test split and latency (interleaved)", quiet)
         evaluated = evaluate(measured, splits, recipe.bench, seed=recipe.seed)
         measurements = [{k: v for k, v in e.items() if k not in m} for e, m in zip(evaluated, measured)]
-        save_json(cache, "eval", eval_key, measurements)
+        cache.put_json("eval", eval_key, measurements)
     else:
         say(f"[dim]measurements: cached {eval_key} (--force to measure again)[/dim]", quiet)
-    return [{**m, "path": str(m["path"]), **got} for m, got in zip(measured, measurements)], eval_key
+    return [{**m, "path": str(m["path"]), "sha256": file_digest(Path(m["path"])), **got}
+            for m, got in zip(measured, measurements)], eval_key
 
 
 def split_digest(splits: Splits) -> dict:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from compress._io import write_json, write_text
 from compress.bench import cpu_info
+from compress.schema import REPORT_VERSION as SCHEMA_VERSION
+from compress.schema import validate_report
 
-__all__ = ["build", "write", "print_table", "SCHEMA_VERSION"]
+__all__ = ["build", "write", "print_table", "digests", "SCHEMA_VERSION", "MODEL_SUFFIXES"]
 
-SCHEMA_VERSION = 1
+MODEL_SUFFIXES = (".onnx", ".ort", ".pte", ".tflite")
 
 
 def _versions() -> dict:
@@ -30,7 +32,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if not a or not b else a / b
 
 
-def build(recipe, data: dict, models: list[dict], stages: list[dict]) -> dict:
+def digests(folder: Path) -> dict[str, dict]:
+    """``{path relative to folder: {sha256, size_bytes}}`` of every model file under ``folder``."""
+    from compress.cache import sha256_file
+
+    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
+            for p in sorted(Path(folder).rglob("*")) if p.suffix in MODEL_SUFFIXES and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+
+
+def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: Path) -> dict:
+    """The report (schema: compress/schema.py); ``models`` carry ``path`` and ``sha256`` of their files under ``run_dir``."""
+    models = [{**m, "file": Path(m["path"]).relative_to(run_dir).as_posix(),
+               "metric": {"name": "accuracy", "value": m["accuracy"], "higher_is_better": True}} for m in models]
     by_role = {m["role"]: m for m in models}
     teacher, final, scratch = by_role.get("teacher"), by_role.get("final"), by_role.get("scratch")
     summary: dict = {}
@@ -44,9 +58,12 @@ def build(recipe, data: dict, models: list[dict], stages: list[dict]) -> dict:
     if scratch and final:
         summary["final_vs_scratch"] = {"accuracy_delta": final["accuracy"] - scratch["accuracy"],
                                        "errors": final["errors"], "scratch_errors": scratch["errors"]}
+    source = getattr(recipe, "source_file", None)
     return {
         "schema_version": SCHEMA_VERSION,
+        "task": "classify",
         "name": recipe.name,
+        "recipe_file": str(Path(source).absolute()) if source else None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "cpu": cpu_info(),
@@ -261,6 +278,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write(report: dict, out_dir: Path) -> None:
+    validate_report(report, str(out_dir / "report.json"))  # what is written is what compress check will accept
     write_json(out_dir / "report.json", report)
     write_text(out_dir / "report.md", markdown(report))
     plot(report, out_dir / "report.png")

@@ -14,7 +14,6 @@ Ratio 0 means "no prune stage"; mode ``fp32`` means "no quantize stage" (the exp
 from __future__ import annotations
 
 import math
-import shutil
 import time
 import typing
 from dataclasses import dataclass, field
@@ -286,8 +285,8 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
     would have to compute (cached stages cost nothing) and from the measurement session it would add to.
     """
     from compress import pipeline
+    from compress._io import inside, publish, staging
     from compress.bench import cpu_info
-    from compress.cache import load_json, save_json
 
     started = clock()
     if method not in METHODS:
@@ -299,7 +298,7 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
     axes = parse_axes(recipe, ratios, modes, widths)
     optuna = _optuna() if method == "tpe" else None  # a missing extra fails before any compute
     out_dir = pipeline.output_dir(recipe, output)
-    search_dir, cache = out_dir / "search", out_dir.parent / ".cache"
+    search_dir, cache = inside(out_dir, "search"), pipeline.output_cache(out_dir)
 
     # Everything that can fail without compute fails here: every grid variant is built and checked,
     # and the data and models are prepared once per student width.
@@ -338,9 +337,7 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
         for w in axes.widths:  # every width is checked before any compute, as the grid's are
             candidate(Point(axes.ratios[0], axes.modes[0], w))
 
-    with pipeline._exclusive(search_dir):
-        if (search_dir / "variants").exists():
-            shutil.rmtree(search_dir / "variants")  # files of an earlier search would be mistaken for this one's
+    with pipeline.exclusive(search_dir):
         say(f"[bold]compress search[/bold] {recipe.name}: {method}, {n_planned} variant(s) planned over "
             f"ratios {', '.join(f'{r:g}' for r in axes.ratios)} x modes {', '.join(axes.modes)}"
             + (f" x widths {', '.join(str(w) for w in axes.widths)}" if len(axes.widths) > 1 else "")
@@ -354,10 +351,9 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
             """Seconds to build ``c`` and to measure it in the final session; None when nothing is known yet."""
             from compress.cache import StageCache
 
-            sc = StageCache(cache)
             total = 0.0
             for i, (st, key) in enumerate(zip(c.recipe.stages, c.keys)):
-                if sc.has(key):
+                if cache.has(StageCache.KIND, key):
                     continue
                 if (i, st.type) in stage_seconds:
                     total += stage_seconds[(i, st.type)]
@@ -375,16 +371,22 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
             say(f"[bold magenta]variant {index}[/bold magenta] {c.name}" + (" (the recipe's own)" if c.is_recipe else ""),
                 quiet)
             t0 = clock()
-            built = pipeline.build(c.recipe, prep_for(c.recipe), search_dir / "variants" / c.name, cache,
-                                   quiet=quiet, force=False)
+            # Built in a staging folder and published whole: an earlier search's files for this variant are
+            # replaced only by a complete new set.
+            vdir = inside(search_dir, "variants", c.name)
+            with staging(vdir) as sdir:
+                built = pipeline.build(c.recipe, prep_for(c.recipe), sdir, cache, quiet=quiet)
+                publish(sdir, vdir, pipeline.OWNED)
+                built = pipeline.relocate(built, sdir, vdir)
             c.seconds = clock() - t0
             c.stages = [{"type": s["type"], "cached": s["cached"], "seconds": s["seconds"]} for s in built.stage_log]
             for i, (s, key) in enumerate(zip(built.stage_log, c.keys)):
                 # How long each stage took to compute, kept beside the cache: a later search whose stages
                 # are cached still knows what computing one more variant costs.
                 if not s["cached"]:
-                    save_json(cache, "search-seconds", key, {"type": s["type"], "seconds": s["seconds"]})
-                took = s["seconds"] if not s["cached"] else (load_json(cache, "search-seconds", key) or {}).get("seconds")
+                    cache.put_json("search-seconds", key, {"type": s["type"], "seconds": s["seconds"]})
+                took = s["seconds"] if not s["cached"] else (cache.get_json("search-seconds", key) or {}).get("seconds")
+                took = took if isinstance(took, (int, float)) else None
                 if took is not None:
                     stage_seconds[(i, s["type"])] = max(stage_seconds.get((i, s["type"]), 0.0), took)
             final = built.measured[-1]
@@ -428,8 +430,8 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
         unique = [c for c in done if same_as[c.name] == c.name]
         entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in unique]
         splits = prep_for(recipe).splits
-        reused = load_json(cache, "eval", pipeline.measure_key(recipe, splits, entries)) is not None
-        models, eval_key = pipeline.measure(recipe, splits, entries, cache, quiet=True, force=False)
+        reused = cache.get_json("eval", pipeline.measure_key(recipe, splits, entries)) is not None
+        models, eval_key = pipeline.measure(recipe, splits, entries, cache, quiet=True)
         measure_seconds = clock() - t0
 
         by_name = {m["name"]: m for m in models}

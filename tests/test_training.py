@@ -59,7 +59,7 @@ def test_divergence_stops_and_the_pipeline_keeps_the_last_good_weights(tmp_path,
     msg = str(info.value)
     assert msg.startswith("stage 2 (train): train: training diverged at epoch 1 (mean loss ")
     assert "best weights so far (the initial weights). Hint: lower the learning rate (now 10.0)." in msg
-    saved = tmp_path / "boom" / "stages" / "02_train.last_good.safetensors"
+    saved = tmp_path / "boom" / "last_good" / "02_train.safetensors"
     assert saved.exists() and str(saved) in msg
 
 

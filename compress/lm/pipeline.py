@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress._io import atomic_path
 from compress._progress import progress_bar, say
-from compress.cache import cache_key, load_cached, save_cached
+from compress.cache import cache_key, sha256_file
 from compress.errors import ModelError
 from compress.lm import onnx as lmonnx
 from compress.lm.data import eval_windows, load_text
@@ -85,9 +84,9 @@ def validate(recipe: LMRecipe, output=None) -> list[str]:
 
 
 class _Run:
-    def __init__(self, recipe: LMRecipe, out: Path, quiet: bool, force: bool):
+    def __init__(self, recipe: LMRecipe, out: Path, cache, quiet: bool, force: bool):
         self.recipe, self.out, self.quiet, self.force = recipe, out, quiet, force
-        self.cache = out.parent / ".cache" / "lm"
+        self.cache = cache  # compress.cache.Cache of the output root (verified entries)
         self.splits = load_text(recipe.data, recipe.seed)
         self.ctx = recipe.teacher.model.context
         self.timings: dict[str, float] = {}
@@ -95,27 +94,42 @@ class _Run:
     def train(self, what: str, model: GPT, key_parts: list, **kw) -> tuple[GPT, dict]:
         """Train (or reuse from the cache) ``model``; ``kw`` goes to ``train_lm``."""
         key = cache_key("lm-train", what.split()[0], model.cfg.as_dict(), self.splits.digest, self.recipe.seed, *key_parts)
-        cached = None if self.force else load_cached(self.cache, key, model)
-        info_path = self.cache / f"{key}.json"
-        if cached is not None and info_path.exists():
+        cached = self._cached(key, model)
+        if cached is not None:
+            say(f"{what}: reused from the cache", self.quiet)
+            return cached
+        with self.cache.claim("lm-train", key):
+            cached = self._cached(key, model)  # another process may have trained it meanwhile
+            if cached is not None:
+                return cached
+            t0 = time.perf_counter()
+            budget: Budget = kw.pop("budget")
+            with progress_bar(what, budget.steps, self.quiet) as advance:
+                info = train_lm(model, self.splits.train, budget, self.recipe.seed, what=what,
+                                progress=lambda step, loss: advance(f"loss {loss:.3f}"), **kw)
+            info["seconds"] = round(time.perf_counter() - t0, 1)
+            # The validation split: a held-out check of every trained model that never touches the test bytes.
+            val = eval_windows(self.splits.val, self.ctx, 8192)
+            info["val_bits_per_byte"] = round(evaluate_lm(torch_logits(model), val).bits_per_byte, 4)
             import json
 
-            say(f"{what}: reused from the cache", self.quiet)
-            return cached.eval(), {**json.loads(info_path.read_text()), "cached": True}
-        t0 = time.perf_counter()
-        budget: Budget = kw.pop("budget")
-        with progress_bar(what, budget.steps, self.quiet) as advance:
-            info = train_lm(model, self.splits.train, budget, self.recipe.seed, what=what,
-                            progress=lambda step, loss: advance(f"loss {loss:.3f}"), **kw)
-        info["seconds"] = round(time.perf_counter() - t0, 1)
-        # The validation split: a held-out check of every trained model that never touches the test bytes.
-        val = eval_windows(self.splits.val, self.ctx, 8192)
-        info["val_bits_per_byte"] = round(evaluate_lm(torch_logits(model), val).bits_per_byte, 4)
-        save_cached(self.cache, key, model)
-        from compress._io import write_json
-
-        write_json(info_path, info)
+            self.cache.put_weights("lm-train", key, model, {"info.json": json.dumps(info, default=str).encode()})
         return model.eval(), info
+
+    def _cached(self, key: str, model) -> tuple[GPT, dict] | None:
+        import json
+
+        from compress.cache import CorruptEntry
+
+        got = self.cache.get_weights("lm-train", key, model)
+        if got is None:
+            return None
+        try:
+            info = json.loads(self.cache.get("lm-train", key).read_bytes("info.json"))
+        except (CorruptEntry, AttributeError, KeyError, ValueError) as exc:
+            self.cache.discard("lm-train", key, f"cache entry lm-train/{key}: info.json unreadable ({exc})")
+            return None
+        return got.eval(), {**info, "cached": True}
 
 
 def _budget(st) -> Budget:
@@ -126,18 +140,24 @@ def _sequences(r: _Run, teacher: GPT, teacher_key: str, st) -> tuple[np.ndarray,
     """The teacher's continuations of training prompts, cached on disk keyed by teacher + settings."""
     sc = st.sequence
     key = cache_key("lm-seq", teacher_key, sc.model_dump(), r.recipe.seed)
-    path = r.cache / f"seq-{key}.npy"
-    if path.exists() and not r.force:
-        return np.load(path, allow_pickle=False), {"sequences": sc.samples, "cached": True, "file": str(path)}
+    entry = r.cache.get("lm-seq", key)
+    if entry is not None:
+        import io
+
+        from compress.cache import CorruptEntry
+
+        try:
+            seq = np.load(io.BytesIO(entry.read_bytes("seq.npy")), allow_pickle=False)
+            return seq, {"sequences": sc.samples, "cached": True, "file": str(entry.path("seq.npy"))}
+        except (CorruptEntry, ValueError, OSError) as exc:
+            r.cache.discard("lm-seq", key, f"cache entry lm-seq/{key}: seq.npy unreadable ({exc})")
     t0 = time.perf_counter()
     say(f"sequence-level KD: the teacher continues {sc.samples} training prompts of {sc.prompt} bytes "
         f"({'greedy' if sc.temperature == 0 else f'sampled, T={sc.temperature}'})", r.quiet)
     seq = teacher_continuations(teacher, r.splits.train, sc.samples, sc.prompt, sc.temperature, r.recipe.seed)
-    r.cache.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, seq, allow_pickle=False)
-    return seq, {"sequences": sc.samples, "cached": False, "seconds": round(time.perf_counter() - t0, 1), "file": str(path)}
+    entry = r.cache.put("lm-seq", key, {"seq.npy": lambda p: np.save(p, seq, allow_pickle=False)})
+    return seq, {"sequences": sc.samples, "cached": False, "seconds": round(time.perf_counter() - t0, 1),
+                 "file": str(entry.path("seq.npy"))}
 
 
 def _distill(r: _Run, what: str, model, tutor, tutor_key: str, key: list, st) -> tuple[GPT, dict]:
@@ -168,11 +188,12 @@ def _chain(r: _Run, st, i: int, tutor, tutor_key: str) -> tuple[list[tuple[str, 
     return steps, records, tutor, tutor_key
 
 
-def _torch_stages(r: _Run, student: GPT, teacher: GPT, teacher_key: str, label: str
+def _torch_stages(r: _Run, student: GPT, teacher: GPT, teacher_key: str, label: str, start_id: list | None = None
                   ) -> tuple[GPT, list[dict], int, list[tuple[str, GPT]]]:
     """Run distill / prune / finetune on ``student``; returns it, stage records, the training steps spent and the
-    chain steps a distill stage's ``chain`` trained on the way (teacher -> chain -> ``student``)."""
-    records, steps, key, chained = [], 0, [teacher_key], []
+    chain steps a distill stage's ``chain`` trained on the way (teacher -> chain -> ``student``). ``start_id``
+    names the student's starting weights (their file digest) in every cache key."""
+    records, steps, key, chained = [], 0, [teacher_key] + ([start_id] if start_id else []), []
     for i, st in enumerate(r.recipe.stages):
         if st.type == "distill":
             tutor, tutor_key = teacher, teacher_key
@@ -240,20 +261,33 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
     are cached under ``<output>/.cache/lm`` as each finishes, so a rerun after Ctrl-C retrains only the
     model that was interrupted; ``force`` retrains everything.
     """
-    from compress.pipeline import _exclusive, output_dir
+    from compress._io import publish, staging
+    from compress.pipeline import exclusive, output_cache, output_dir, relocate
 
     out = output_dir(recipe, output)
-    with _exclusive(out):
-        return _run(recipe, out, quiet, force)
+    with exclusive(out), staging(out) as staged:  # published only once complete: a failure keeps the last run's files
+        report = _run(recipe, staged, output_cache(out, force), quiet, force)
+        report = relocate(report, staged, out)
+        from compress.lm import report as lmreport
+
+        lmreport.write(report, staged, final=out)
+        publish(staged, out, OWNED)
+    if not quiet:
+        lmreport.print_table(report)
+    return report
 
 
-def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
+# Names an LM run writes in its folder (compress._io.publish).
+OWNED = ("teacher.onnx", "student*.onnx", "student-hf", "report.json", "report.md", "report.png")
+
+
+def _run(recipe: LMRecipe, out: Path, cache, quiet: bool, force: bool) -> dict:
     from compress.lm import report as lmreport
 
     t_start = time.perf_counter()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    r = _Run(recipe, out, quiet, force)
+    r = _Run(recipe, out, cache, quiet, force)
     split = r.splits.describe()
     say(f"data: {recipe.data.source}: " + ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} B"
                                                     for k, v in split.items() if k != "digest"), quiet)
@@ -269,7 +303,9 @@ def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
     teacher = hf.get("teacher") or GPT(_gpt_config(recipe.teacher.model))
     if recipe.teacher.weights:
         teacher = _load_weights(teacher, recipe.teacher.weights, recipe, "teacher", "weights")
-        t_info, t_key = {"weights": str(recipe.teacher.weights)}, str(recipe.teacher.weights)
+        # keyed by the file's bytes, not its path: a weights file edited in place must not reuse stale students
+        t_info = {"weights": str(recipe.teacher.weights)}
+        t_key = ["teacher-weights", sha256_file(recipe.teacher.weights), teacher.cfg.as_dict()]
     elif "teacher" in hf and "train" not in recipe.teacher.model_fields_set:
         t_info = {"hf": str(recipe.teacher.model.hf), "note": "used as loaded (add teacher.train to fine-tune it first)"}
         t_key = ["teacher", teacher.cfg.as_dict()]
@@ -298,9 +334,11 @@ def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
     torch.manual_seed(recipe.seed + 1)
     student = hf.get("student") or GPT(_gpt_config(recipe.student.model))
     init_student = None if "student" in hf else copy.deepcopy(student.state_dict())
+    student_id = None
     if recipe.student.weights:
         student = _load_weights(student, recipe.student.weights, recipe, "student", "weights")
-    student, recs, steps, chained = _torch_stages(r, student, tutor, tutor_key, "student")
+        student_id = ["student-weights", sha256_file(recipe.student.weights)]  # part of every student stage's key
+    student, recs, steps, chained = _torch_stages(r, student, tutor, tutor_key, "student", student_id)
     records += recs
     chain_models += chained
     if "student" in hf:
@@ -416,7 +454,5 @@ def _run(recipe: LMRecipe, out: Path, quiet: bool, force: bool) -> dict:
         samples.append(entry)
 
     report = lmreport.build(recipe, split, models, records, bench, samples, time.perf_counter() - t_start)
-    lmreport.write(report, out)
-    if not quiet:
-        lmreport.print_table(report)
+    report["warnings"] = list(cache.warnings)
     return report

@@ -158,10 +158,12 @@ def plot(report: dict, path: Path) -> bool:
     return True
 
 
-def write(report: dict, out: Path) -> None:
-    report["files"] = {"report_json": str(out / "report.json"), "report_md": str(out / "report.md")}
+def write(report: dict, out: Path, final: Path | None = None) -> None:
+    """Write the report files into ``out``; ``final``: the folder they will be published to (for the paths listed)."""
+    final = final or out
+    report["files"] = {"report_json": str(final / "report.json"), "report_md": str(final / "report.md")}
     if plot(report, out / "report.png"):
-        report["files"]["report_png"] = str(out / "report.png")
+        report["files"]["report_png"] = str(final / "report.png")
     write_json(out / "report.json", report)
     write_text(out / "report.md", _markdown(report))
 

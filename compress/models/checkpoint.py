@@ -16,7 +16,7 @@ from torch import nn
 from compress._io import atomic_path
 from compress.errors import ModelError
 
-__all__ = ["save_model", "load_model"]
+__all__ = ["save_model", "load_model", "load_model_bytes"]
 
 _ATTRS = {
     nn.Conv1d: ("in_channels", "out_channels", "groups"),
@@ -45,30 +45,47 @@ def save_model(model: nn.Module, path: Path) -> Path:
 
 def load_model(template: nn.Module, path: Path) -> nn.Module:
     """``template`` is a fresh model of the same architecture; it is not modified (a copy is returned)."""
-    import copy
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: unreadable model checkpoint ({exc.strerror})") from None
+    return load_model_bytes(template, data, str(path))
 
-    from safetensors import safe_open
+
+def load_model_bytes(template: nn.Module, data: bytes, where: str) -> nn.Module:
+    """``load_model`` from the bytes of a checkpoint (so that the bytes verified are the bytes loaded)."""
+    import copy
+    import struct
+
+    from safetensors.torch import load
 
     model = copy.deepcopy(template)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            attrs = json.loads((f.metadata() or {}).get("compress.attrs", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise ModelError(f"{path}: unreadable model checkpoint ({exc})") from None
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n]) if n <= len(data) - 8 else None
+        attrs = json.loads(((header or {}).get("__metadata__") or {}).get("compress.attrs", "{}"))
+        tensors = load(data)
+    except Exception as exc:  # noqa: BLE001 - struct, json and safetensors raise their own types
+        raise ModelError(f"{where}: unreadable model checkpoint ({exc})") from None
     own = dict(model.named_modules())
     for key, value in tensors.items():
         mod_name, _, attr = key.rpartition(".")
         mod = own.get(mod_name)
         if mod is None:
-            raise ModelError(f"{path}: tensor {key} belongs to no layer of this architecture")
+            raise ModelError(f"{where}: tensor {key} belongs to no layer of this architecture")
         if attr in mod._parameters and mod._parameters[attr] is not None:
             mod._parameters[attr] = nn.Parameter(value, requires_grad=mod._parameters[attr].requires_grad)
         elif attr in mod._buffers:
             mod._buffers[attr] = value
         else:
-            raise ModelError(f"{path}: tensor {key} does not exist in this architecture")
+            raise ModelError(f"{where}: tensor {key} does not exist in this architecture")
+    if not isinstance(attrs, dict):
+        raise ModelError(f"{where}: unreadable layer attributes")
     for name, values in attrs.items():
+        if name not in own or not isinstance(values, dict):
+            raise ModelError(f"{where}: layer attributes for {name!r}, which this architecture does not have")
         for k, v in values.items():
+            if k not in _ATTRS.get(type(own[name]), ()):  # only the structural attributes save_model writes
+                raise ModelError(f"{where}: attribute {k!r} of layer {name!r} is not a structural attribute")
             setattr(own[name], k, tuple(v) if isinstance(v, list) else v)
     return model.eval()

@@ -97,12 +97,12 @@ def test_second_run_into_a_locked_output_folder_fails_like_the_vision_pipeline(t
 
     from compress.errors import CompressError
     from compress.lm.pipeline import run
-    from compress.pipeline import _exclusive
+    from compress.pipeline import exclusive
     from compress.recipe import load_recipe
 
     recipe = load_recipe(_small(tmp_path, lm_docs))
     out = tmp_path / "out" / "small"
-    with _exclusive(out):  # what a first run holds while it writes
+    with exclusive(out):  # what a first run holds while it writes
         with pytest.raises(CompressError) as err:
             run(recipe, output=tmp_path / "out", quiet=True)
     assert str(err.value) == f"another compress run is writing to {out}; wait for it or use --output"

@@ -190,20 +190,23 @@ def test_teacher_outputs_are_cached_on_disk_by_teacher_and_data(make_ctx, tmp_pa
 
     import compress.context as context_mod
 
+    from compress.cache import Cache
+
     teacher = cnn((1, 8, 8), 10, width=8, depth=3).eval()
-    first = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t1", cache_dir=tmp_path / "cache")
+    cache = Cache(tmp_path / "cache")
+    first = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t1", cache=cache)
     logits = first.teacher_logits("train")
     feats = first.teacher_features(["features.5"])["features.5"]
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "cache" / "teacher-outputs").iterdir())) == 2
 
     def boom(*a, **k):
         raise AssertionError("recomputed")
 
     monkeypatch.setattr(context_mod, "predict_logits", boom)
-    second = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t1", cache_dir=tmp_path / "cache")
+    second = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t1", cache=cache)
     assert torch.equal(second.teacher_logits("train"), logits)
     assert torch.equal(second.teacher_features(["features.5"])["features.5"], feats)
-    other = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t2", cache_dir=tmp_path / "cache")
+    other = dataclasses.replace(make_ctx(teacher=teacher), teacher_key="t2", cache=cache)
     with pytest.raises(AssertionError, match="recomputed"):  # another teacher: not reused
         other.teacher_logits("train")
 

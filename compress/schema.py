@@ -1,0 +1,238 @@
+"""``report.json`` and the CI baseline: versioned, typed schemas, read strictly.
+
+Both files are read back by ``compress check`` (and may come from another machine or a CI artifact), so
+both are validated on read: an unknown or missing key, a non-finite number or a negative tolerance is
+an error naming the file and the key. The quality entry is task-neutral, ``metric: {name, value,
+higher_is_better}`` (``accuracy`` for classification; a language model's ``bits_per_byte`` fits the same
+shape), so the gate compares any task's runs the same way.
+
+report.json, ``schema_version`` 2 (what changed from 1):
+    - ``task`` (``classify``) and ``recipe_file`` (the recipe's absolute path, for re-measuring);
+    - every model entry has ``file`` (its path relative to the run folder), ``sha256`` and ``metric``;
+    - ``digests``: ``{relative path: {sha256, size_bytes}}`` for every model file the run wrote;
+    - ``warnings``: cache entries that failed verification and were recomputed.
+    Paths (``path``, ``files``) point at the run folder the run was published to.
+
+baseline, ``schema_version`` 2 (from 1: ``accuracy`` became ``metric``; ``tolerance`` is keyed by the
+metric's name, ``size`` and ``latency``; every key is required and checked). A version-1 baseline is
+refused with the command that regenerates it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compress.errors import CompressError
+
+__all__ = ["REPORT_VERSION", "BASELINE_VERSION", "Metric", "FileDigest", "ReportModel", "Report", "LatencyRatio",
+           "Baseline", "SchemaError", "read_json", "read_report", "read_baseline", "validate_report", "ROLES"]
+
+REPORT_VERSION = 2
+BASELINE_VERSION = 2
+ROLES = ("teacher", "scratch", "assistant", "stage", "final")
+MAX_JSON_BYTES = 64 << 20  # a report of a few hundred models is well under 1 MB; refuse anything absurd before parsing
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+_REL = re.compile(r"^(?!/)(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9._/-]{1,255}$")
+
+
+class SchemaError(CompressError):
+    """A report or baseline that does not follow its schema (bad input: exit code 2)."""
+
+    exit_code = 2
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Metric(_Strict):
+    """A model's quality on the held-out test split: ``accuracy`` (classify) or ``bits_per_byte`` (lm)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    value: Finite
+    higher_is_better: bool
+
+
+class FileDigest(_Strict):
+    sha256: Sha256
+    size_bytes: int = Field(ge=0)
+
+
+def _relative(value: str) -> str:
+    if not _REL.match(value):
+        raise ValueError(f"{value!r} is not a relative path inside the run folder")
+    return value
+
+
+class ReportModel(_Open):
+    """One measured model; latency, parameters, stage facts and the like are further keys."""
+
+    name: str
+    role: Literal["teacher", "scratch", "assistant", "stage", "final"]
+    file: str
+    sha256: Sha256
+    size_bytes: int = Field(ge=0)
+    metric: Metric
+
+    @model_validator(mode="after")
+    def _file(self):
+        _relative(self.file)
+        return self
+
+
+class Report(_Open):
+    schema_version: Literal[2]
+    task: Literal["classify", "lm"]
+    name: str
+    recipe_file: str | None = None
+    recipe: dict
+    data: dict
+    models: list[ReportModel] = Field(min_length=1)
+    digests: dict[str, FileDigest]
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for rel in self.digests:
+            _relative(rel)
+        roles = [m.role for m in self.models]
+        for role in ("teacher", "final"):
+            if roles.count(role) != 1:
+                raise ValueError(f"a report has exactly one model with role '{role}' (found {roles.count(role)})")
+        for m in self.models:
+            d = self.digests.get(m.file)
+            if d is None or d.sha256 != m.sha256 or d.size_bytes != m.size_bytes:
+                raise ValueError(f"model {m.name!r}: its file {m.file} is not listed in 'digests' with the same sha256 and size")
+        return self
+
+    def model(self, role: str) -> ReportModel:
+        return next(m for m in self.models if m.role == role)
+
+
+class LatencyRatio(_Strict):
+    """The final model's latency over the teacher's, timed interleaved (compress.check)."""
+
+    ratio: Positive
+    ci95: tuple[Positive, Positive]
+    rounds: int = Field(ge=1)
+    batch: int = Field(ge=1)
+    threads: int = Field(ge=0)
+    calls: int = Field(ge=1)
+    repeats: int | None = Field(None, ge=1)
+    run_sd_log: NonNegative | None = None
+    ratios: list[Positive] | None = None
+
+    @model_validator(mode="after")
+    def _interval(self):
+        if not self.ci95[0] <= self.ratio <= self.ci95[1]:
+            raise ValueError(f"ci95 {list(self.ci95)} does not contain the ratio {self.ratio}")
+        return self
+
+
+class Baseline(_Strict):
+    schema_version: Literal[2]
+    name: str | None
+    created: str
+    cpu: dict
+    metric: Metric
+    size_bytes: int = Field(gt=0)
+    latency_ratio: LatencyRatio
+    tolerance: dict[str, NonNegative]
+
+    @model_validator(mode="after")
+    def _tolerances(self):
+        want = {self.metric.name, "size", "latency"}
+        got = set(self.tolerance)
+        if got != want:
+            missing, unknown = sorted(want - got), sorted(got - want)
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])
+            raise ValueError(f"tolerance needs exactly the keys {', '.join(sorted(want))} ({'; '.join(parts)})")
+        return self
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's content; NaN/Infinity, files over MAX_JSON_BYTES and non-regular files are refused."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SchemaError(f"{path}: no such {what}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SchemaError(f"{path}: the {what} is not a regular file")
+    if st.st_size > MAX_JSON_BYTES:
+        raise SchemaError(f"{path}: {st.st_size:,} bytes is too large for a {what} (limit {MAX_JSON_BYTES:,})")
+    try:
+        return json.loads(path.read_bytes(), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{path}: the {what} is not valid JSON ({exc})") from None
+
+
+def _where(loc) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _validate(cls, data: Any, path: str | Path, what: str, hint: str = ""):
+    if not isinstance(data, dict):
+        raise SchemaError(f"{path}: a {what} is a JSON object (got {type(data).__name__})")
+    if not data:
+        raise SchemaError(f"{path}: the {what} is empty ({{}}){hint}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False)[:5]:
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            got = err.get("input")
+            if err["type"] not in ("missing", "extra_forbidden") and isinstance(got, (int, float, str)) and not isinstance(got, bool):
+                msg += f" (got {got!r})"
+            lines.append(f"{_where(err['loc']) or '(top level)'}: {msg}")
+        raise SchemaError(f"{path}: invalid {what}: " + "; ".join(lines) + hint) from None
+
+
+def validate_report(report: dict, where: str = "report.json") -> Report:
+    return _validate(Report, report, where, "report")
+
+
+def read_report(path: str | Path) -> tuple[dict, Report]:
+    """The report as written (a dict) and its validated schema view."""
+    data = read_json(path, "report")
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(data, dict) and version != REPORT_VERSION and "models" in data:
+        raise SchemaError(f"{path}: report schema_version {version!r} is not {REPORT_VERSION}; rerun the recipe with "
+                          "this version of compress to write a current report")
+    return data, _validate(Report, data, path, "report")
+
+
+def read_baseline(path: str | Path) -> Baseline:
+    data = read_json(path, "baseline")
+    regen = "; regenerate it: compress check RUN --baseline FILE --update-baseline"
+    if isinstance(data, dict) and data.get("schema_version") == 1:
+        raise SchemaError(f"{path}: baseline schema_version 1 is no longer read (version {BASELINE_VERSION} records "
+                          f"a task-neutral metric and per-metric tolerances){regen}")
+    return _validate(Baseline, data, path, "baseline", regen)

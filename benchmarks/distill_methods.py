@@ -79,7 +79,8 @@ def main() -> None:
     from compress.artifact import Artifact
     from compress.cache import cache_key
     from compress.context import Context, predict_logits
-    from compress.pipeline import _train_cached, prepare
+    from compress.cache import Cache
+    from compress.pipeline import prepare, train_cached
     from compress.recipe import parse_recipe
     from compress.stages import STAGES
     from compress.training import evaluate_split
@@ -113,7 +114,7 @@ def main() -> None:
         splits = prep.splits
         t = recipe.teacher.train
         key = cache_key("teacher", recipe.teacher.model.model_dump(), t.model_dump(), seed, splits.fingerprint)
-        teacher, _ = _train_cached(Path(args.output) / ".cache", key, prep.teacher, splits, epochs=t.epochs, lr=t.lr,
+        teacher, _ = train_cached(Cache(Path(args.output) / ".cache"), key, prep.teacher, splits, epochs=t.epochs, lr=t.lr,
                                    batch_size=t.batch_size, weight_decay=t.weight_decay, seed=seed, desc="teacher",
                                    quiet=True)
         teacher_test = predict_logits(teacher, splits.test.x).argmax(1)
@@ -152,14 +153,15 @@ def seed_files(d: Path, teacher, splits, raw: dict, seed: int, output: str) -> d
     from compress.cache import cache_key
     from compress.context import predict_logits
     from compress.models.zoo import cnn
-    from compress.pipeline import _train_cached
+    from compress.cache import Cache
+    from compress.pipeline import train_cached
 
     d.mkdir(parents=True, exist_ok=True)
     t = raw["teacher"].get("train", {})
     torch.manual_seed(seed + 100)
     spec = {"arch": "cnn", "width": 32, "depth": 3}
     key = cache_key("bench-second-teacher", spec, t, seed, splits.fingerprint)
-    second, _ = _train_cached(Path(output) / ".cache", key, cnn(splits.input_shape, splits.num_classes, 32, 3), splits,
+    second, _ = train_cached(Cache(Path(output) / ".cache"), key, cnn(splits.input_shape, splits.num_classes, 32, 3), splits,
                               epochs=t.get("epochs", 30), lr=t.get("lr", 1e-3), batch_size=64, weight_decay=0.0,
                               seed=seed + 100, desc="second teacher", quiet=True)
     save_file(second.state_dict(), str(d / "second.safetensors"))

@@ -57,9 +57,9 @@ def main() -> None:
 
     torch.set_num_threads(1)  # small models: extra threads only add contention on shared cores
     from compress.artifact import Artifact
-    from compress.cache import cache_key, load_cached, save_cached
+    from compress.cache import Cache, cache_key
     from compress.context import Context
-    from compress.pipeline import _train_cached, prepare
+    from compress.pipeline import prepare, train_cached
     from compress.recipe import parse_recipe
     from compress.stages import STAGES
     from compress.stages.prune import channel_table, count_macs_params, measure_latency
@@ -71,20 +71,20 @@ def main() -> None:
     by_type = {st.type: st for st in recipe.stages}
     prep = prepare(recipe)
     splits, shape = prep.splits, prep.splits.input_shape
-    cache = Path(args.output) / ".cache"
+    cache = Cache(Path(args.output) / ".cache")
     t = recipe.teacher.train
     tkey = cache_key("teacher", recipe.teacher.model.model_dump(), t.model_dump(), args.seed, splits.fingerprint)
-    teacher, _ = _train_cached(cache, tkey, prep.teacher, splits, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
+    teacher, _ = train_cached(cache, tkey, prep.teacher, splits, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
                                weight_decay=t.weight_decay, seed=args.seed, desc="teacher", quiet=True)
     ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=Path(args.output) / "bench-pruning", quiet=True,
-                  teacher_key=tkey, cache_dir=cache)
+                  teacher_key=tkey, cache=cache)
     dcfg = by_type["distill"]
     skey = cache_key("bench-pruning-student", recipe.student.model.model_dump(), dcfg.model_dump(mode="json"), tkey,
                      args.seed, splits.fingerprint)
-    student = load_cached(cache, skey, prep.student)
+    student = cache.get_weights("weights", skey, prep.student)
     if student is None:
         student = STAGES["distill"].fn(Artifact("student", "torch", prep.student), dcfg, ctx).model
-        save_cached(cache, skey, student)
+        cache.put_weights("weights", skey, student)
     macs0, params0 = count_macs_params(student, shape)
     art = Artifact("distilled", "torch", student, params=params0, macs=macs0)
 

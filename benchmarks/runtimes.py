@@ -34,7 +34,7 @@ SUFFIX = {"onnx": ".onnx", "ort": ".ort", "executorch": ".pte", "litert": ".tfli
 def teacher_files(recipe_path: Path, run_dir: Path, out: Path) -> dict[str, Path]:
     """The run's teacher (from its cache) written in every installed format."""
     from compress._onnx import convert_to_ort
-    from compress.cache import cache_key, load_cached
+    from compress.cache import Cache, cache_key
     from compress.pipeline import prepare
     from compress.recipe import load_recipe
     from compress.stages.export import installed_formats, write_runtime_file
@@ -43,7 +43,7 @@ def teacher_files(recipe_path: Path, run_dir: Path, out: Path) -> dict[str, Path
     prep = prepare(recipe)
     t = recipe.teacher.train
     key = cache_key("teacher", recipe.teacher.model.model_dump(), t.model_dump(), recipe.seed, prep.splits.fingerprint)
-    teacher = load_cached(run_dir.parent / ".cache", key, prep.teacher)
+    teacher = Cache(run_dir.parent / ".cache").get_weights("weights", key, prep.teacher)
     if teacher is None:
         raise SystemExit(f"no cached teacher {key} under {run_dir.parent / '.cache'}: run `compress {recipe_path}` first")
     files = {"onnx": run_dir / "teacher.onnx"}

@@ -1,6 +1,11 @@
 """``compress check``: compare a run with a committed baseline; a regression is a distinct exit code for CI.
 
-Accuracy and size are read from the run's report. Latency is measured again here, as the ratio of the
+The gate believes only what it measures. The baseline is read with a strict schema (compress/schema.py).
+The run's model files are checked against the sha256 digests its report.json recorded ("model file
+changed since the report" otherwise); size is read from the files; accuracy is measured again on the
+test split from the final model file whenever the recipe and data named in the report can be loaded
+(a report.json that disagrees with its own file is refused), and otherwise the verdict says "accuracy
+taken from report.json, not re-measured". Latency is measured again here, as the ratio of the
 final model's time to the teacher's, both timed in the same interleaved rounds (``bench.time_rounds``):
 machine speed and most of its noise cancel in the ratio, so a baseline recorded on one machine can be
 compared on another CI runner. The statistics:
@@ -25,7 +30,7 @@ compared on another CI runner. The statistics:
 from __future__ import annotations
 
 import datetime as dt
-import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,20 +38,36 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import CompressError
+from compress.schema import BASELINE_VERSION, Baseline, Report, SchemaError, read_report
 
-__all__ = ["Tolerances", "Verdict", "latency_ratio", "relative_interval", "load_run", "measure", "measure_files",
-           "compare", "baseline_from", "summary_markdown", "write_summary", "EXIT_REGRESSED", "BOOTSTRAP"]
+__all__ = ["Tolerances", "Verdict", "Run", "latency_ratio", "relative_interval", "load_run", "verify_files",
+           "remeasure", "measure", "measure_files", "compare", "baseline_from", "summary_markdown", "write_summary",
+           "CheckInputError", "EXIT_REGRESSED", "BOOTSTRAP", "DISAGREEMENT"]
 
 EXIT_REGRESSED = 3  # 0 pass, 1 crash, 2 bad input, 3 regression: CI can tell "regressed" from "crashed"
 BOOTSTRAP = 2000
-SCHEMA_VERSION = 1
+# report.json and its own file may disagree by this much (CPUs round INT8 kernels differently) before the
+# report is called wrong: max(1 point, 3 test samples).
+DISAGREEMENT = (0.01, 3)
+
+
+class CheckInputError(CompressError):
+    """The run to check is inconsistent (a file changed since its report, a report that its file contradicts)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
 class Tolerances:
-    accuracy: float = 0.01  # absolute: 0.01 = one accuracy point below the baseline is still a pass
+    metric: float = 0.01  # in the metric's units: 0.01 = one accuracy point worse than the baseline is still a pass
     size: float = 0.05  # relative: the final file may grow 5 %
     latency: float = 0.10  # relative: final/teacher ratio may grow 10 % beyond the baseline's
+
+    def __post_init__(self):
+        for name in ("metric", "size", "latency"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise SchemaError(f"tolerance {name}: must be a finite number >= 0 (got {v!r})")
 
 
 @dataclass
@@ -72,6 +93,15 @@ class CheckResult:
         return any(v.failed for v in self.verdicts)
 
 
+@dataclass
+class Run:
+    """A run to check: its report (as written, and validated) and the folder its files are in."""
+
+    report: dict
+    schema: Report
+    folder: Path
+
+
 def latency_ratio(samples_final: np.ndarray, samples_teacher: np.ndarray, seed: int = 0,
                   bootstrap: int = BOOTSTRAP) -> dict:
     """Geometric mean of per-round median ratios, with a 95 % percentile-bootstrap interval over rounds.
@@ -88,72 +118,141 @@ def latency_ratio(samples_final: np.ndarray, samples_teacher: np.ndarray, seed: 
             "rounds": int(len(logs)), "per_round": [round(float(r), 5) for r in per_round]}
 
 
-def _resolve(path: str, report_dir: Path) -> Path:
-    p = Path(path)
-    if p.is_file():
-        return p
-    if (report_dir / p.name).is_file():  # the report moved with its folder (e.g. a CI artifact)
-        return report_dir / p.name
-    raise CompressError(f"model file {path} named in {report_dir / 'report.json'} does not exist")
+# --- the run ----------------------------------------------------------------------------------------
 
 
-def load_run(target: str | Path, output: str | None = None, quiet: bool = True) -> tuple[dict, Path]:
-    """A report and its folder, from report.json, its folder, or a recipe (which is run first)."""
+def load_run(target: str | Path, output: str | None = None, quiet: bool = True) -> Run:
+    """A run from report.json, its folder, or a recipe. A recipe is run first into its own folder,
+    ``<output>/<name>.check/`` (sharing the cache of ``<output>``), so the gate never rewrites a run's report."""
     target = Path(target)
     if target.suffix in (".yaml", ".yml"):
-        from compress.pipeline import run
+        from compress._api import pipeline_for
         from compress.recipe import load_recipe
 
-        report = run(load_recipe(target), output=output, quiet=quiet)
-        return report, Path(report["files"]["dir"])
+        recipe = load_recipe(target)
+        if getattr(recipe, "task", None) == "lm":
+            raise CheckInputError(f"{target}: compress check does not gate task: lm runs yet (their report has "
+                                  "another schema); gate a classification recipe")
+        own = recipe.model_copy(update={"name": f"{recipe.name}.check"})
+        own._lines = recipe._lines
+        report = pipeline_for(own).run(own, output=output, quiet=quiet)
+        target = Path(report["files"]["report_json"])
     path = target / "report.json" if target.is_dir() else target
     if not path.is_file():
-        raise CompressError(f"{target}: not a recipe (.yaml), a report.json or a folder holding one")
+        raise SchemaError(f"{target}: not a recipe (.yaml), a report.json or a folder holding one")
+    report, schema = read_report(path)
+    return Run(report, schema, path.parent)
+
+
+def _model_file(run: Run, rel: str) -> Path:
+    """A model file named by the report, looked up in the report's own folder (never by an absolute path)."""
+    from compress._io import inside
+
     try:
-        report = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CompressError(f"{path}: not valid JSON ({exc})") from None
-    if "models" not in report:
-        raise CompressError(f"{path}: not a compress report (no 'models')")
-    return report, path.parent
+        return inside(run.folder, rel)
+    except CompressError as exc:
+        raise CheckInputError(f"{run.folder / 'report.json'} names the model file {rel!r}: {exc}") from None
 
 
-def measure(report: dict, report_dir: Path, *, rounds: int = 30, calls: int = 20, batch: int = 1, threads: int = 1,
-            seed: int = 0) -> dict:
-    """The run's accuracy, size and a fresh final/teacher latency ratio (ORT, interleaved rounds)."""
+def verify_files(run: Run) -> dict[str, Path]:
+    """Every model file of the report that is present must have the sha256 the report recorded; the final
+    model's and the teacher's must be present. Returns their paths by role."""
+    from compress.cache import sha256_file
+
+    where = run.folder / "report.json"
+    needed = {m.file: m.role for m in run.schema.models if m.role in ("final", "teacher")}
+    for rel, rec in run.schema.digests.items():
+        path = _model_file(run, rel)
+        if not path.is_file():
+            if rel in needed:
+                raise CheckInputError(f"model file {path} named in {where} does not exist (the {needed[rel]} model)")
+            continue  # a report copied with only its final and teacher files (a CI artifact)
+        size, digest = path.stat().st_size, sha256_file(path)
+        if digest != rec.sha256 or size != rec.size_bytes:
+            raise CheckInputError(f"model file changed since the report: {path} has sha256 {digest[:16]}... "
+                                  f"({size:,} bytes), {where} records {rec.sha256[:16]}... ({rec.size_bytes:,} bytes)")
+    return {role: _model_file(run, rel) for rel, role in needed.items()}
+
+
+def remeasure(run: Run, final: Path) -> tuple[float | None, str]:
+    """The final model's accuracy on the test split, measured from its file; (None, why) when the recipe or
+    the data named in the report cannot be loaded as they were."""
+    from compress.data import load_data
+    from compress.recipe import parse_recipe
+
+    if run.schema.task != "classify":
+        return None, f"task {run.schema.task} is not re-measured here"
+    try:
+        recipe = parse_recipe(dict(run.report["recipe"]), run.report.get("recipe_file"))
+        splits = load_data(recipe.data, recipe.seed)
+    except CompressError as exc:
+        return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
+    if splits.fingerprint != run.report["data"].get("fingerprint"):
+        return None, "the data named in the report changed since the run (its fingerprint differs)"
+    from compress.runtimes.onnxruntime import predict, session
+
+    test = splits.test
+    pred = predict(session(final, threads=0), test.x).argmax(1)
+    return float((pred == test.y).mean()), f"re-measured from {final.name} on the test split ({len(test.y)} samples)"
+
+
+def measure(run: Run, *, rounds: int = 30, calls: int = 20, batch: int = 1, threads: int = 1, seed: int = 0,
+            accuracy: tuple[float | None, str] | None = None) -> dict:
+    """The run's quality metric, size (from the file) and a fresh final/teacher latency ratio (ORT, interleaved).
+
+    ``accuracy``: an earlier ``remeasure`` result to reuse (``--update-baseline`` measures latency several times).
+    """
+    paths = verify_files(run)
+    final = run.schema.model("final")
+    value, how = accuracy if accuracy is not None else remeasure(run, paths["final"])
+    if value is None:
+        value, how = final.metric.value, f"{final.metric.name} taken from report.json, not re-measured ({how})"
+    else:
+        n = sum(run.report["data"].get("test_class_counts") or [])
+        gap = abs(value - final.metric.value)
+        if n and gap > max(DISAGREEMENT[0], DISAGREEMENT[1] / n):
+            raise CheckInputError(f"report.json does not match its model file: it says {final.metric.name} "
+                                  f"{final.metric.value:.4f}, {paths['final'].name} measures {value:.4f} on the test "
+                                  f"split; the report or the file was edited (rerun the recipe)")
+    ratio = _latency(paths["final"], paths["teacher"], rounds=rounds, calls=calls, batch=batch, threads=threads,
+                     seed=seed)
+    return {"name": run.report.get("name"), "cpu": run.report.get("cpu"), "size_bytes": paths["final"].stat().st_size,
+            "metric": {"name": final.metric.name, "value": value, "higher_is_better": final.metric.higher_is_better},
+            "metric_source": how, "latency_ratio": ratio}
+
+
+def _latency(final: Path, teacher: Path, *, rounds: int, calls: int, batch: int, threads: int, seed: int) -> dict:
     from compress.bench import _batch_of, time_rounds
     from compress.runtimes import load
 
-    by_role = {m["role"]: m for m in report["models"]}
-    if "final" not in by_role or "teacher" not in by_role:
-        raise CompressError("the report needs a 'final' and a 'teacher' model to check")
-    final, teacher = by_role["final"], by_role["teacher"]
-    paths = {"final": _resolve(final["path"], report_dir), "teacher": _resolve(teacher["path"], report_dir)}
-    runners = {k: load(p, threads=threads) for k, p in paths.items()}
+    runners = {"final": load(final, threads=threads), "teacher": load(teacher, threads=threads)}
     x = _batch_of(np.zeros((1, *runners["teacher"].input_shape), np.float32), batch)
     samples = time_rounds({k: r.timer(x) for k, r in runners.items()}, rounds=rounds, calls=calls, seed=seed)
     ratio = latency_ratio(samples["final"], samples["teacher"], seed=seed)
     ratio.update(batch=batch, threads=threads, calls=calls)
-    return {"name": report.get("name"), "accuracy": final["accuracy"], "size_bytes": final["size_bytes"],
-            "latency_ratio": ratio, "cpu": report.get("cpu")}
+    return ratio
 
 
-def measure_files(final: str | Path, teacher: str | Path, **kw) -> dict:
-    """``measure`` for two model files without a report (accuracy and size: size only)."""
-    report = {"models": [{"role": "final", "path": str(final), "accuracy": float("nan"),
-                          "size_bytes": Path(final).stat().st_size},
-                         {"role": "teacher", "path": str(teacher)}]}
-    return measure(report, Path(final).parent, **kw)
+def measure_files(final: str | Path, teacher: str | Path, metric: dict | None = None, **kw) -> dict:
+    """``measure`` for two model files without a report: size from the file, ``metric`` as given (or none)."""
+    return {"name": None, "cpu": None, "size_bytes": Path(final).stat().st_size, "metric": metric,
+            "metric_source": "given", "latency_ratio": _latency(Path(final), Path(teacher), **{
+                "rounds": 30, "calls": 20, "batch": 1, "threads": 1, "seed": 0, **kw})}
+
+
+# --- baseline and verdicts -------------------------------------------------------------------------
 
 
 def baseline_from(current: dict | list[dict], tol: Tolerances) -> dict:
-    """What ``--update-baseline`` writes: the measured values and the tolerances they are held to.
+    """What ``--update-baseline`` writes (schema: compress.schema.Baseline): the measured values and their tolerances.
 
     ``current`` may be several independent measurements (fresh sessions each): their geometric mean is
     the baseline ratio and the standard deviation of their log ratios is ``run_sd_log``.
     """
     runs = current if isinstance(current, list) else [current]
     first = runs[0]
+    if not first.get("metric"):
+        raise CheckInputError("a baseline needs the run's quality metric (measure a report, not bare files)")
     lat = {k: v for k, v in first["latency_ratio"].items() if k != "per_round"}
     if len(runs) > 1:
         logs = np.log([r["latency_ratio"]["ratio"] for r in runs])
@@ -162,41 +261,53 @@ def baseline_from(current: dict | list[dict], tol: Tolerances) -> dict:
         lat.update(ratio=float(np.exp(logs.mean())), ci95=[float(np.exp(logs.mean() - 1.96 * se)),
                                                             float(np.exp(logs.mean() + 1.96 * se))],
                    repeats=len(runs), run_sd_log=sd, ratios=[round(float(np.exp(v)), 5) for v in logs])
-    return {"schema_version": SCHEMA_VERSION, "name": first.get("name"),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": first.get("cpu"),
-            "accuracy": first["accuracy"], "size_bytes": first["size_bytes"], "latency_ratio": lat,
-            "tolerance": {"accuracy": tol.accuracy, "size": tol.size, "latency": tol.latency}}
+    base = {"schema_version": BASELINE_VERSION, "name": first.get("name"),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": first.get("cpu") or {},
+            "metric": first["metric"], "size_bytes": first["size_bytes"], "latency_ratio": lat,
+            "tolerance": {first["metric"]["name"]: tol.metric, "size": tol.size, "latency": tol.latency}}
+    Baseline.model_validate(base)  # never write a baseline the gate would refuse to read
+    return base
 
 
-def compare(current: dict, baseline: dict, tol: Tolerances) -> CheckResult:
+def tolerances(baseline: Baseline, metric: float | None = None, size: float | None = None,
+               latency: float | None = None) -> Tolerances:
+    """The baseline's tolerances, each overridden by a command-line value when given."""
+    t = baseline.tolerance
+    return Tolerances(metric=t[baseline.metric.name] if metric is None else metric,
+                      size=t["size"] if size is None else size, latency=t["latency"] if latency is None else latency)
+
+
+def compare(current: dict, baseline: Baseline, tol: Tolerances) -> CheckResult:
     """One verdict per metric; only a change beyond its tolerance (and, for latency, beyond the noise) fails."""
     res = CheckResult()
-    acc_b, acc_c = baseline.get("accuracy"), current.get("accuracy")
-    if acc_b is not None and acc_c is not None and not np.isnan(acc_c):
-        drop = acc_b - acc_c
-        res.verdicts.append(Verdict("accuracy", acc_b, acc_c, f">= {acc_b - tol.accuracy:.4f}",
-                                    "regressed" if drop > tol.accuracy + 1e-12 else "ok",
-                                    f"{-drop * 100:+.2f} points (tolerance {tol.accuracy * 100:.2f})"))
-    size_b, size_c = baseline.get("size_bytes"), current.get("size_bytes")
-    if size_b and size_c:
-        growth = size_c / size_b - 1
-        res.verdicts.append(Verdict("size_bytes", size_b, size_c, f"<= {size_b * (1 + tol.size):,.0f}",
-                                    "regressed" if growth > tol.size else "ok",
-                                    f"{growth * 100:+.1f} % (tolerance {tol.size * 100:.0f} %)"))
-    lat_b, lat_c = baseline.get("latency_ratio"), current.get("latency_ratio")
-    if lat_b and lat_c:
-        rel = lat_c["ratio"] / lat_b["ratio"]
-        lo, hi = relative_interval(lat_c, lat_b)
-        if lo > 1 + tol.latency:
-            status, why = "regressed", "slower beyond the tolerance, outside the noise"
-        elif rel > 1 + tol.latency:
-            status, why = "noisy", "the estimate is beyond the tolerance but the interval is not: inside the noise; rerun with more --rounds"
-        else:
-            status, why = "ok", "within the tolerance"
-        res.verdicts.append(Verdict(
-            "latency final/teacher", lat_b["ratio"], lat_c["ratio"], f"CI low <= {1 + tol.latency:.2f}x baseline",
-            status, f"{rel:.3f}x baseline (95 % CI {lo:.3f}-{hi:.3f}, {lat_c['rounds']} rounds, batch "
-                    f"{lat_c.get('batch', 1)}, {lat_c.get('threads', 1)} thread(s)): {why}"))
+    bm, cm = baseline.metric, current.get("metric")
+    if cm is not None:
+        if cm["name"] != bm.name:
+            raise CheckInputError(f"the baseline gates {bm.name!r} but the run reports {cm['name']!r}")
+        worse = (bm.value - cm["value"]) if bm.higher_is_better else (cm["value"] - bm.value)
+        limit = bm.value - tol.metric if bm.higher_is_better else bm.value + tol.metric
+        scale, unit = (100, "points") if bm.name == "accuracy" else (1, "")
+        res.verdicts.append(Verdict(bm.name, bm.value, cm["value"], f"{'>=' if bm.higher_is_better else '<='} {limit:.4f}",
+                                    "regressed" if worse > tol.metric + 1e-12 else "ok",
+                                    f"{-worse * scale + 0.0:+.2f} {unit} (tolerance {tol.metric * scale:.2f}); "
+                                    f"{current.get('metric_source', '')}".replace("  ", " ")))
+    growth = current["size_bytes"] / baseline.size_bytes - 1
+    res.verdicts.append(Verdict("size_bytes", baseline.size_bytes, current["size_bytes"],
+                                f"<= {baseline.size_bytes * (1 + tol.size):,.0f}", "regressed" if growth > tol.size else "ok",
+                                f"{growth * 100:+.1f} % (tolerance {tol.size * 100:.0f} %), from the file"))
+    lat_b, lat_c = baseline.latency_ratio.model_dump(), current["latency_ratio"]
+    rel = lat_c["ratio"] / lat_b["ratio"]
+    lo, hi = relative_interval(lat_c, lat_b)
+    if lo > 1 + tol.latency:
+        status, why = "regressed", "slower beyond the tolerance, outside the noise"
+    elif rel > 1 + tol.latency:
+        status, why = "noisy", "the estimate is beyond the tolerance but the interval is not: inside the noise; rerun with more --rounds"
+    else:
+        status, why = "ok", "within the tolerance"
+    res.verdicts.append(Verdict(
+        "latency final/teacher", lat_b["ratio"], lat_c["ratio"], f"CI low <= {1 + tol.latency:.2f}x baseline",
+        status, f"{rel:.3f}x baseline (95 % CI {lo:.3f}-{hi:.3f}, {lat_c['rounds']} rounds, batch "
+                f"{lat_c.get('batch', 1)}, {lat_c.get('threads', 1)} thread(s)): {why}"))
     return res
 
 
@@ -208,17 +319,18 @@ def _log_se(lat: dict) -> float:
 def relative_interval(current: dict, baseline: dict) -> tuple[float, float]:
     """95 % interval of current ratio / baseline ratio: log-scale; the run's and the baseline's standard
     errors and the baseline's run-to-run standard deviation, in quadrature."""
-    half = 1.96 * float(np.sqrt(_log_se(current) ** 2 + _log_se(baseline) ** 2 + baseline.get("run_sd_log", 0.0) ** 2))
+    half = 1.96 * float(np.sqrt(_log_se(current) ** 2 + _log_se(baseline) ** 2 + (baseline.get("run_sd_log") or 0.0) ** 2))
     log_rel = float(np.log(current["ratio"]) - np.log(baseline["ratio"]))
     return float(np.exp(log_rel - half)), float(np.exp(log_rel + half))
 
 
-def summary_markdown(res: CheckResult, name: str | None = None) -> str:
+def summary_markdown(res: CheckResult, name: str | None = None, notes: list[str] | None = None) -> str:
     head = f"### compress check{': ' + name if name else ''}: {'REGRESSED' if res.failed else 'passed'}"
     lines = [head, "", "| metric | baseline | current | limit | verdict | detail |", "|---|---|---|---|---|---|"]
     for v in res.verdicts:
         fmt = (lambda a: f"{a:.4f}") if isinstance(v.baseline, float) else (lambda a: f"{a:,}")
         lines.append(f"| {v.metric} | {fmt(v.baseline)} | {fmt(v.current)} | {v.limit} | {v.status} | {v.detail} |")
+    lines += [""] + [f"- {n}" for n in notes or []]
     return "\n".join(lines) + "\n"
 
 

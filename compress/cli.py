@@ -127,19 +127,16 @@ def _bench_data(spec: str):
     """(x, y) from a recipe's test split or an .npz with arrays x and y."""
     import numpy as np
 
-    from compress.errors import DataError
-
     if spec.endswith((".yaml", ".yml")):
         from compress.data import load_data
 
         recipe = _load(spec)
         test = load_data(recipe.data, recipe.seed).test
         return test.x, test.y
-    try:
-        with np.load(spec) as data:
-            return np.asarray(data["x"], np.float32), np.asarray(data["y"]) if "y" in data else None
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{spec}: cannot read x (and y) from it: {exc}") from None
+    from compress.data import read_arrays
+
+    arrays = read_arrays(Path(spec), ("x",), optional=("y",))  # headers validated before anything is read
+    return np.asarray(arrays["x"], np.float32), np.asarray(arrays["y"]) if "y" in arrays else None
 
 
 @cli.command()
@@ -203,16 +200,35 @@ def bench(models, runtime, threads, batch, data, rounds, calls, as_json) -> None
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped or logged: don't wrap at 80 columns
 
 
+class _Tolerance(click.ParamType):
+    """A tolerance: a finite number >= 0 (NaN or inf would make every comparison pass)."""
+
+    name = "TOL"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v) or v < 0:
+            self.fail(f"{value!r}: a tolerance is a finite number >= 0", param, ctx)
+        return v
+
+
 @cli.command()
 @click.argument("run", type=click.Path(exists=True))
 @click.option("--baseline", "-b", type=click.Path(dir_okay=False), required=True, help="The committed baseline JSON.")
 @click.option("--update-baseline", is_flag=True, help="Write the measured values to --baseline instead of comparing.")
 @click.option("--summary", type=click.Path(dir_okay=False), default=None,
               help="Write a markdown table here (also appended to $GITHUB_STEP_SUMMARY when set).")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Output root when RUN is a recipe.")
-@click.option("--accuracy-tol", type=click.FloatRange(min=0), default=None, help="Absolute accuracy drop allowed [baseline's, else 0.01].")
-@click.option("--size-tol", type=click.FloatRange(min=0), default=None, help="Relative size growth allowed [baseline's, else 0.05].")
-@click.option("--latency-tol", type=click.FloatRange(min=0), default=None,
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+              help="Output root when RUN is a recipe; the check's run goes to <output>/<name>.check/.")
+@click.option("--accuracy-tol", "--metric-tol", "metric_tol", type=_Tolerance(), default=None,
+              help="Quality metric worsening allowed, in its units (accuracy: 0.01 = one point) [baseline's, else 0.01].")
+@click.option("--size-tol", type=_Tolerance(), default=None, help="Relative size growth allowed [baseline's, else 0.05].")
+@click.option("--latency-tol", type=_Tolerance(), default=None,
               help="Relative growth of the final/teacher latency ratio allowed [baseline's, else 0.10].")
 @click.option("--rounds", type=click.IntRange(min=5), default=30, show_default=True, help="Interleaved timing rounds.")
 @click.option("--calls", type=click.IntRange(min=1), default=20, show_default=True, help="Calls per model per round.")
@@ -220,55 +236,52 @@ def bench(models, runtime, threads, batch, data, rounds, calls, as_json) -> None
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="Threads (0 = all cores).")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="--update-baseline: independent latency measurements (fresh sessions) for the run-to-run spread.")
-def check(run, baseline, update_baseline, summary, output, accuracy_tol, size_tol, latency_tol, rounds, calls, batch,
+def check(run, baseline, update_baseline, summary, output, metric_tol, size_tol, latency_tol, rounds, calls, batch,
           threads, repeats) -> None:
-    """The CI gate: compare RUN (a recipe, which is run first, a report.json or its folder) with a baseline.
+    """The CI gate: compare RUN (a recipe, which is run first into <output>/<name>.check/, a report.json or its
+    folder) with a baseline.
 
-    Fails (exit 3) when accuracy dropped, the file grew, or the final model's latency relative to the
-    teacher's (timed interleaved in this process) grew beyond its tolerance and outside the noise
-    (95 % interval: bootstrap over rounds plus the baseline's run-to-run spread; README, "compress check").
-    Exit 0: passed; 1: could not check; 2: bad input.
+    Believes only what it measures: the model files must have the sha256 their report recorded, size comes
+    from the file, accuracy is measured again on the test split from the final file when the recipe and data
+    in the report load (else the verdict says it was taken from report.json), and the final model's latency
+    relative to the teacher's is timed here, interleaved. Fails (exit 3) when accuracy dropped, the file grew,
+    or the latency ratio grew beyond its tolerance and outside the noise (README, "compress check").
+    Exit 0: passed; 1: could not check; 2: bad input (a bad baseline, a file changed since its report).
     """
-    import json
-
     from compress import check as gate
     from compress.errors import CompressError
+    from compress.schema import read_baseline
 
     try:
-        stored = {}
-        if not update_baseline:
-            try:
-                stored = json.loads(Path(baseline).read_text())
-            except FileNotFoundError:
-                click.secho(f"error: {baseline}: no such baseline; create it with --update-baseline", fg="red", err=True)
-                sys.exit(2)
-            except json.JSONDecodeError as exc:
-                click.secho(f"error: {baseline}: not valid JSON ({exc})", fg="red", err=True)
-                sys.exit(2)
-        base_tol = stored.get("tolerance", {})
-        tol = gate.Tolerances(
-            accuracy=accuracy_tol if accuracy_tol is not None else base_tol.get("accuracy", gate.Tolerances.accuracy),
-            size=size_tol if size_tol is not None else base_tol.get("size", gate.Tolerances.size),
-            latency=latency_tol if latency_tol is not None else base_tol.get("latency", gate.Tolerances.latency))
-        report, report_dir = gate.load_run(run, output=output)
-        runs = [gate.measure(report, report_dir, rounds=rounds, calls=calls, batch=batch, threads=threads, seed=i)
+        stored = None if update_baseline else read_baseline(baseline)  # a bad baseline fails before any compute
+        loaded = gate.load_run(run, output=output)
+        paths = gate.verify_files(loaded)
+        accuracy = gate.remeasure(loaded, paths["final"])
+        runs = [gate.measure(loaded, rounds=rounds, calls=calls, batch=batch, threads=threads, seed=i, accuracy=accuracy)
                 for i in range(repeats if update_baseline else 1)]
         current = runs[0]
+        if update_baseline:
+            defaults = gate.Tolerances()
+            tol = gate.Tolerances(metric=defaults.metric if metric_tol is None else metric_tol,
+                                  size=defaults.size if size_tol is None else size_tol,
+                                  latency=defaults.latency if latency_tol is None else latency_tol)
+            from compress._io import write_json
+
+            stored = gate.baseline_from(runs, tol)
+            write_json(baseline, stored)
+            lat, m = stored["latency_ratio"], stored["metric"]
+            click.echo(f"baseline written to {baseline}: {m['name']} {m['value']:.4f} ({current['metric_source']}), "
+                       f"{current['size_bytes']:,} bytes, final/teacher latency {lat['ratio']:.3f} (95 % CI "
+                       f"{lat['ci95'][0]:.3f}-{lat['ci95'][1]:.3f}, {len(runs)} run(s), run-to-run sd "
+                       f"{lat.get('run_sd_log', 0.0):.3f} on the log scale)")
+            return
+        result = gate.compare(current, stored, gate.tolerances(stored, metric_tol, size_tol, latency_tol))
     except CompressError as exc:
         _fail(exc)
         return
-    if update_baseline:
-        from compress._io import write_json
-
-        stored = gate.baseline_from(runs, tol)
-        write_json(baseline, stored)
-        lat = stored["latency_ratio"]
-        click.echo(f"baseline written to {baseline}: accuracy {current['accuracy']:.4f}, {current['size_bytes']:,} bytes, "
-                   f"final/teacher latency {lat['ratio']:.3f} (95 % CI {lat['ci95'][0]:.3f}-{lat['ci95'][1]:.3f}, "
-                   f"{len(runs)} run(s), run-to-run sd {lat.get('run_sd_log', 0.0):.3f} on the log scale)")
-        return
-    result = gate.compare(current, stored, tol)
-    text = gate.summary_markdown(result, report.get("name"))
+    notes = [f"run: {loaded.folder}", f"model files verified against the sha256 recorded in {loaded.folder / 'report.json'}"]
+    click.echo(f"checked {loaded.folder}: model files match the sha256 in its report.json")
+    text = gate.summary_markdown(result, loaded.report.get("name"), notes)
     gate.write_summary(text, summary)
     for v in result.verdicts:
         color = {"ok": "green", "noisy": "yellow", "regressed": "red"}[v.status]

@@ -32,7 +32,7 @@ from compress.stages.train import cross_entropy
 from compress.training import fit
 
 __all__ = ["prepare", "validate", "run", "output_dir", "output_cache", "exclusive", "build", "measure", "chain_keys",
-           "file_digest", "relocate", "OWNED"]
+           "file_digest", "relocate", "refuse_planted_links", "OWNED"]
 
 # Names a vision run writes in its folder: replaced as a whole when a run is published (compress._io.publish).
 OWNED = ("teacher.onnx", "scratch.onnx", "model.*", "report.json", "report.md", "report.png", "stages", "last_good")
@@ -307,6 +307,7 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool
             build(recipe, prep, Path(scratch_dir), cache, quiet=True, writer=False)
         return {}
     with exclusive(out_dir), staging(out_dir) as stage_dir:
+        refuse_planted_links(out_dir, OWNED)  # before any compute: publishing would refuse them at the end
         say(f"[bold]compress[/bold] {recipe.name}: {splits.describe()}", quiet)
         built = build(recipe, prep, stage_dir, cache, quiet=quiet, last_good_dir=inside(out_dir, "last_good"))
         models, eval_key = measure(recipe, splits, built.measured, cache, quiet=quiet)
@@ -333,6 +334,15 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool
     if not quiet:
         reporting.print_table(report)
     return report
+
+
+def refuse_planted_links(out_dir: Path, owned: tuple[str, ...]) -> None:
+    """A symlink among the names a run replaces (``stages``, ``model.onnx``, ...) is refused before any compute."""
+    import fnmatch
+
+    for name in os.listdir(out_dir):
+        if any(fnmatch.fnmatchcase(name, p) for p in owned):
+            inside(out_dir, name)  # raises UnsafePathError for a symlink
 
 
 def relocate(obj, old: Path, new: Path):

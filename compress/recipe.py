@@ -8,7 +8,9 @@ Errors name the file, the line, the key path and the valid choices::
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import types
 import typing
 from pathlib import Path
@@ -18,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from compress import stages as _stages  # registers every stage
+from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
 from compress.errors import ChainError, RecipeError
 from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES
@@ -169,19 +172,27 @@ class Recipe(Strict):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _line_map(node, path=(), out=None) -> dict[tuple, int]:
-    """Key path -> 1-based line, read off the YAML node tree (``yaml.compose`` is as safe as safe_load)."""
+def _line_map(node, path=(), out=None, paths=None) -> dict[tuple, int]:
+    """Key path -> 1-based line, read off the YAML node tree (``yaml.compose`` is as safe as safe_load).
+
+    ``paths``, when given, collects ``id(mapping node) -> key path`` (for the duplicate-key message). The
+    recursion is bounded: _scan_events has refused anything nested deeper than MAX_YAML_DEPTH.
+    """
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        if paths is not None:
+            paths[id(node)] = path
         for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                continue  # a list or mapping as a key: construction refuses it (unhashable key), at its line
             key = k.value
             out[path + (key,)] = k.start_mark.line + 1
-            _line_map(v, path + (key,), out)
+            _line_map(v, path + (key,), out, paths)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[path + (i,)] = item.start_mark.line + 1
-            _line_map(item, path + (i,), out)
+            _line_map(item, path + (i,), out, paths)
     return out
 
 
@@ -355,21 +366,114 @@ def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines
         raise first from None
 
 
-def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
-    """A recipe file's data (``yaml.safe_load`` semantics) and its key-path -> line map; RecipeError if unreadable."""
-    path = Path(path)
-    file = str(path)
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """Raised by _RecipeLoader: the same key twice in one mapping."""
+
+    def __init__(self, key, path: tuple, first_line: int, mark):
+        super().__init__(problem=f"duplicate key {key!r} (first at line {first_line})", problem_mark=mark)
+        self.key_path = path + (key,)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (safe_load keeps the last one silently:
+    ``epochs: 2`` then ``epochs: 5000`` would train 5000)."""
+
+    def __init__(self, stream, paths: dict[int, tuple]):
+        super().__init__(stream)
+        self._paths = paths  # id(mapping node) -> its key path, from _line_map
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}  # key -> line of its first occurrence
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if first is not None:
+                    raise _DuplicateKey(key, self._paths.get(id(node), ()), first, key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _scan_events(text: str, file: str) -> None:
+    """Refuse anchors and aliases, deep nesting and too many nodes from the parser's events, before anything is
+    composed or expanded (ten lines of nested aliases expand to a billion values: "billion laughs")."""
+    depth = events = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        events += 1
+        line = event.start_mark.line + 1 if event.start_mark else None
+        if events > MAX_YAML_EVENTS:
+            raise RecipeError(f"recipe has more than {MAX_YAML_EVENTS:,} YAML nodes (keys, values, brackets); "
+                              "a recipe is a short list of settings", file, line)
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            what = f"alias '*{event.anchor}'" if isinstance(event, yaml.AliasEvent) else f"anchor '&{event.anchor}'"
+            raise RecipeError(f"YAML anchors and aliases (&name, *name) are refused (found {what}); recipes are "
+                              "plain data: write the values out", file, line)
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise RecipeError(f"recipe nests mappings and lists more than {MAX_YAML_DEPTH} levels deep; "
+                                  "a recipe is a short list of settings", file, line)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _read_text(path: Path, file: str) -> str:
+    """The recipe's text: a regular file of at most MAX_RECIPE_BYTES of UTF-8 (checked before it is read)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        st = os.stat(path)
     except FileNotFoundError:
         raise RecipeError("recipe file not found", file) from None
-    except IsADirectoryError:
-        raise RecipeError("recipe path is a directory, not a YAML file", file) from None
+    except OSError as exc:
+        raise RecipeError(f"recipe file cannot be read ({exc.strerror or exc})", file) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise RecipeError("recipe path is a directory, not a YAML file", file)
+    if not stat.S_ISREG(st.st_mode):
+        raise RecipeError(f"recipe path is {file_kind(st.st_mode)}, not a regular file", file)
+    if st.st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe file is {st.st_size:,} bytes ({fmt_bytes(st.st_size)}); the limit is "
+                          f"{MAX_RECIPE_BYTES:,} bytes (1 MB): a recipe is a short list of settings", file)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)  # the file may have grown since stat
+    except OSError as exc:
+        raise RecipeError(f"recipe file cannot be read ({exc.strerror or exc})", file) from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe file is over {MAX_RECIPE_BYTES:,} bytes, the limit (1 MB): a recipe is a short "
+                          "list of settings", file)
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecipeError(f"recipe is not UTF-8 text ({exc.reason} at byte {exc.start})", file) from None
+
+
+def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
+    """A recipe file's data (``yaml.safe_load`` semantics) and its key-path -> line map; RecipeError if unreadable.
+
+    Bounded before anything is built: the file is at most MAX_RECIPE_BYTES; anchors and aliases are refused,
+    and nesting and node count capped, from the parser's events (_scan_events); a key given twice in one
+    mapping is an error naming both lines.
+    """
+    path = Path(path)
+    file = str(path)
+    text = _read_text(path, file)
+    paths: dict[int, tuple] = {}
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _scan_events(text, file)
+        loader = _RecipeLoader(text, paths)
+        try:
+            node = loader.get_single_node()  # composed once: the line map and the data come from the same nodes
+            lines = _line_map(node, paths=paths) if node is not None else {}
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except _DuplicateKey as exc:
+        mark = exc.problem_mark
+        raise RecipeError(exc.problem, file, mark.line + 1, _fmt_path(exc.key_path)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or str(exc)
@@ -380,7 +484,7 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
         raise RecipeError(f"invalid YAML: {exc}", file) from None
     if data is None:
         raise RecipeError("recipe is empty", file)
-    return data, (_line_map(node) if node is not None else {})
+    return data, lines
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -400,10 +504,11 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    """Relative paths in a recipe are relative to the recipe file, as a user reading it expects."""
+    """Relative paths in a recipe are relative to the recipe file, as a user reading it expects. They become
+    absolute, so the report's copy of the recipe still names the data from anywhere (compress check re-measures)."""
 
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else (base / p)
+        return None if p is None or p.is_absolute() else (base / p).absolute()
 
     updates: dict[str, Any] = {}
     if recipe.data.path is not None and not recipe.data.path.is_absolute():

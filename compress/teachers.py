@@ -108,11 +108,13 @@ def member_logits(src: TeacherSource, ctx, x: np.ndarray | None = None) -> torch
     path = _path(src.logits, ctx.recipe)
     if not path.is_file():
         raise ModelError(f"teacher logits file not found: {path}")
-    arr = np.load(path, allow_pickle=False)
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        if "logits" not in arr:
-            raise ModelError(f"{path}: an .npz teacher file needs an array named 'logits' (has {', '.join(arr.files)})")
-        arr = arr["logits"]
+    from compress.data import read_arrays
+    from compress.errors import DataError
+
+    try:  # headers validated first: a forged or compressed-bomb file is refused before it is read
+        arr = read_arrays(path, ("logits",))["logits"]
+    except DataError as exc:
+        raise ModelError(f"teacher logits: {exc}") from None
     arr = _train_rows(np.asarray(arr, dtype=np.float32), ctx.recipe, ctx.splits, str(path))
     if src.probabilities:
         arr = np.log(np.clip(arr, 1e-12, None))  # softmax(log p) = p for rows that sum to 1

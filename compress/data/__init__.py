@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from compress._limits import (MAX_COMPRESSION_RATIO, MAX_IMAGE_FOLDER_BYTES, MAX_IMAGE_PIXELS, MAX_NPY_BYTES,
+                              RATIO_CHECKED_FROM_BYTES, fmt_bytes, regular_file)
 from compress.errors import DataError
 
-__all__ = ["Dataset", "Rows", "Splits", "load_data", "peek_data", "split_rows", "stratified_split", "TEXT_SOURCES"]
+__all__ = ["Dataset", "Rows", "Splits", "load_data", "peek_data", "split_rows", "stratified_split", "read_arrays", "TEXT_SOURCES"]
 
 TEXT_SOURCES = ("stdlib-text", "text")  # byte snippets, split by file
 
@@ -80,25 +83,23 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"data file not found: {path}")
+    regular_file(path)  # a FIFO would block, a device never end
     import zipfile
 
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a readable npz file (not a zip archive; write it with numpy.savez)")
-    mapped = _mmap_npz(path)
-    if mapped is not None and mapped[0].dtype == np.float32:  # other dtypes are converted in memory below
-        return mapped[0], _labels(np.asarray(mapped[1]), path)
+    members = _npz_members(path)  # every header checked before anything is mapped or decompressed
+    if all(m.stored for m in members.values()) and members["x"].dtype == np.float32:
+        x, y = (np.memmap(path, dtype=m.dtype, mode="r", shape=m.shape, order="F" if m.fortran else "C",
+                          offset=m.offset) for m in (members["x"], members["y"]))
+        return x, _labels(np.asarray(y), path)  # other dtypes are converted in memory below
     try:
         # allow_pickle=False: an npz with object arrays could run code on load.
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("x", "y") if k not in z.files]
-            if missing:
-                raise DataError(f"{path}: npz must hold arrays 'x' and 'y'; missing {missing} (has {z.files})")
             x, y = z["x"], z["y"]
-    except DataError:
-        raise
-    except Exception as exc:  # zipfile.BadZipFile, ValueError (object arrays), OSError
+    except Exception as exc:  # zipfile.BadZipFile (CRC), ValueError, OSError
         raise DataError(f"{path}: not a readable npz file ({exc})") from None
     return x.astype(np.float32, copy=False), _labels(y, path)
 
@@ -111,38 +112,151 @@ def _labels(y: np.ndarray, path: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _mmap_npz(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """Memory-map ``x`` and ``y`` of an uncompressed npz (numpy.savez), or None when it is compressed.
+@dataclass(frozen=True)
+class _Member:
+    """One array of an npz, from its zip entry and .npy header; nothing of its data read."""
 
-    An npz is a zip of .npy files; a stored (uncompressed) member is the .npy bytes at an offset, so
-    numpy.memmap can map it without reading it. np.load ignores mmap_mode for npz files.
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    stored: bool  # uncompressed: mappable at ``offset``
+    offset: int  # of the data in the npz file (stored members only)
+
+
+_ZIP_METHODS = {0: "stored", 8: "deflate", 12: "bzip2", 14: "lzma"}
+
+
+def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple[str, ...] = ()) -> dict[str, _Member]:
+    """Arrays ``keys`` (and ``optional`` ones when present; default ``x`` and ``y``) of an npz, validated from the
+    zip directory and each .npy header before any data is read.
+
+    An npz is a zip of .npy files. Each member must have a numeric dtype; its header's shape x itemsize must equal
+    the member's size in the zip (minus the header), so a header cannot claim more rows than the file holds; and
+    its size must be within MAX_NPY_BYTES. A compressed member must be deflated (numpy.savez_compressed: zipfile
+    bounds what each read inflates) and, from RATIO_CHECKED_FROM_BYTES up, compress at most
+    MAX_COMPRESSION_RATIO : 1; anything else may be a zip bomb, refused before anything would decompress it.
     """
     import struct
     import zipfile
 
     out = {}
-    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
-        names = set(zf.namelist())
-        for key in ("x", "y"):
-            if f"{key}.npy" not in names:
-                return None
-            info = zf.getinfo(f"{key}.npy")
-            if info.compress_type != zipfile.ZIP_STORED:
-                return None
-            f.seek(info.header_offset)
-            local = f.read(30)
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            f.seek(info.header_offset + 30 + name_len + extra_len)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable npz file ({exc})") from None
+    with zf, open(path, "rb") as f:
+        names = zf.namelist()
+        missing = [k for k in keys if f"{k}.npy" not in names]
+        if missing:
+            has = [n[:-4] if n.endswith(".npy") else n for n in names]
+            want = " and ".join(f"'{k}'" for k in keys)
+            raise DataError(f"{path}: npz must hold {'arrays' if len(keys) > 1 else 'an array'} {want}; missing {missing} (has {has})")
+        file_bytes = f.seek(0, 2)
+        for key in keys + tuple(k for k in optional if f"{k}.npy" in names):
+            member = f"{key}.npy"
+            info = zf.getinfo(member)
+            where = f"{path}: {member}"
+            # From the zip directory alone, before the member is opened: zipfile inflates deflate in bounded
+            # steps, but bzip2 and lzma a whole compressed read at once (a few KB of bzip2 can be gigabytes).
+            stored = info.compress_type == zipfile.ZIP_STORED
+            if not stored:
+                ratio = info.file_size / max(info.compress_size, 1)
+                if info.file_size > RATIO_CHECKED_FROM_BYTES and ratio > MAX_COMPRESSION_RATIO:
+                    raise DataError(f"{where}: {fmt_bytes(info.compress_size)} would decompress to "
+                                    f"{fmt_bytes(info.file_size)} ({ratio:,.0f} : 1; real data compresses at most "
+                                    f"{MAX_COMPRESSION_RATIO} : 1); refused as a zip bomb before decompressing it")
+                if info.compress_type != zipfile.ZIP_DEFLATED:
+                    method = _ZIP_METHODS.get(info.compress_type, f"method {info.compress_type}")
+                    raise DataError(f"{where}: compressed with {method}; an npz member is stored (numpy.savez) or "
+                                    "deflated (numpy.savez_compressed), and nothing else is decompressed")
+            try:
+                with zf.open(info) as m:  # reads (and inflates) only the header's first bytes
+                    version = np.lib.format.read_magic(m)
+                    if version not in ((1, 0), (2, 0), (3, 0)):
+                        raise ValueError(f"unknown .npy format version {version}")
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read(m)
+                    header = m.tell()
+            except Exception as exc:  # ValueError (bad header), BadZipFile, zlib.error, NotImplementedError
+                raise DataError(f"{where}: not a valid .npy array header ({exc})") from None
+            if dtype.hasobject:
+                raise DataError(f"{path}: {key} holds Python objects (pickles), which are refused (member {member})")
+            if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+                raise DataError(f"{where}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > MAX_NPY_BYTES:
+                raise DataError(f"{where}: the header declares shape {shape} of {dtype}, {fmt_bytes(declared)}; the "
+                                f"limit is {fmt_bytes(MAX_NPY_BYTES)} per array")
+            if declared != info.file_size - header:
+                raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the "
+                                f"member holds {max(info.file_size - header, 0):,} bytes of data; the file is corrupt "
+                                "or forged (write it with numpy.savez)")
+            offset = 0
+            if stored:
+                f.seek(info.header_offset)
+                local = f.read(30)
+                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                offset = info.header_offset + 30 + name_len + extra_len + header
+                if offset + declared > file_bytes:
+                    raise DataError(f"{where}: the data runs past the end of the file ({offset + declared:,} > "
+                                    f"{file_bytes:,} bytes); the file is truncated")
+            out[key] = _Member(tuple(shape), fortran, dtype, stored, offset)
+    return out
+
+
+def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Numeric arrays from an ``.npz`` (``keys``, and ``optional`` ones when present) or an ``.npy`` file (its one
+    array under ``keys[0]``), every header validated as for the data (``_npz_members``, ``_npy_member``) before
+    anything is mapped or decompressed. For files a recipe or a command names besides the data (teacher logits,
+    ``compress bench --data``)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise DataError(f"file not found: {path}")
+    regular_file(path)
+    if zipfile.is_zipfile(path):
+        members = _npz_members(path, keys, optional)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in members}
+        except Exception as exc:  # zipfile.BadZipFile (CRC), ValueError, OSError
+            raise DataError(f"{path}: not a readable npz file ({exc})") from None
+    _npy_member(path)
+    try:
+        return {keys[0]: np.load(path, allow_pickle=False, mmap_mode="r")}
+    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/OSError for a bad file
+        raise DataError(f"{path}: not a readable .npy or .npz file ({exc})") from None
+
+
+def _npy_member(path: Path) -> None:
+    """An ``.npy`` file's header: a numeric dtype, within MAX_NPY_BYTES, and exactly as much data as it declares."""
+    try:
+        with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-            if dtype.hasobject:
-                raise DataError(f"{path}: {key} holds Python objects (pickles), which are refused")
-            out[key] = np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=f.tell())
-    return out["x"], out["y"]
+            shape, _, dtype = read(f)
+            header, size = f.tell(), f.seek(0, 2)
+    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
+        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise DataError(f"{path}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > MAX_NPY_BYTES:
+        raise DataError(f"{path}: the header declares shape {shape} of {dtype}, {fmt_bytes(declared)}; the limit is "
+                        f"{fmt_bytes(MAX_NPY_BYTES)} per array")
+    if declared != size - header:
+        raise DataError(f"{path}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the file "
+                        f"holds {size - header:,} bytes of data; the file is corrupt or forged")
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def _imagefolder(path: Path, size: int | None, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of ``path/<class>/``: headers first (regular files, pixel and memory budgets, one size),
+    then decoding into one preallocated float32 array."""
     from PIL import Image  # pillow comes with matplotlib
 
     if not path.is_dir():
@@ -150,27 +264,67 @@ def _imagefolder(path: Path, size: int | None, channels: int) -> tuple[np.ndarra
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{path}: an image folder holds one sub-folder per class; found none")
-    xs, ys = [], []
-    mode = "L" if channels == 1 else "RGB"
+    where = f"data ({path})"
+    found = []  # (file, label, (channels, H, W) of its array)
     for label, cls in enumerate(classes):
         for f in sorted((path / cls).iterdir()):
-            if f.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}:
+            if f.suffix.lower() not in IMAGE_SUFFIXES or f.is_dir():
                 continue
-            try:
-                img = Image.open(f).convert(mode)
-            except Exception as exc:
-                raise DataError(f"{f}: unreadable image ({exc})") from None
-            if size:
-                img = img.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-            xs.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
-            ys.append(label)
-    if not xs:
+            regular_file(f, f"{where}: {cls}/{f.name}")  # before opening: a FIFO would block
+            w, h = _image_size(f, f"{where}: {cls}/{f.name}")
+            found.append((f, label, (channels, size, size) if size else (channels, h, w)))
+    if not found:
         raise DataError(f"{path}: no images found in {classes}")
-    shapes = {a.shape for a in xs}
+    shapes = {s for _, _, s in found}
     if len(shapes) > 1:
         raise DataError(f"{path}: images differ in size {sorted(shapes)[:3]}; set data.image_size")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+    shape = shapes.pop()
+    total = len(found) * int(np.prod(shape)) * 4
+    if total > MAX_IMAGE_FOLDER_BYTES:
+        raise DataError(f"{where}: {len(found)} images of {shape[2]} x {shape[1]} x {channels} channels decode to "
+                        f"{fmt_bytes(total)} of float32; the limit is {fmt_bytes(MAX_IMAGE_FOLDER_BYTES)} (an image "
+                        "folder is loaded into memory whole): set a smaller data.image_size, or save the data as an "
+                        "uncompressed npz (numpy.savez), which is memory-mapped")
+    x = np.empty((len(found), *shape), dtype=np.float32)
+    mode = "L" if channels == 1 else "RGB"
+    for i, (f, _, _) in enumerate(found):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # within MAX_IMAGE_PIXELS, checked
+                with Image.open(f) as im:
+                    img = im.convert(mode)
+        except Exception as exc:
+            raise DataError(f"{f}: unreadable image ({exc})") from None
+        if size:
+            img = img.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        if arr.shape[:2] != shape[1:]:
+            raise DataError(f"{f}: decoded to {arr.shape[1]} x {arr.shape[0]} pixels, but its header said "
+                            f"{shape[2]} x {shape[1]}")
+        x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    return x, np.asarray([label for _, label, _ in found], dtype=np.int64)
+
+
+def _image_size(f: Path, name: str) -> tuple[int, int]:
+    """Width and height from the image's header (PIL's ``Image.open`` decodes nothing), within MAX_IMAGE_PIXELS."""
+    import re
+
+    from PIL import Image
+
+    limit = f"the limit is {MAX_IMAGE_PIXELS:,} pixels (8192 x 8192) per image, checked before decoding"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as exc:  # PIL's own refusal, above 2 x its MAX_IMAGE_PIXELS
+        n = re.search(r"\((\d+) pixels\)", str(exc))
+        raise DataError(f"{name} has {int(n.group(1)):,} pixels; {limit}" if n else f"{name}: {exc}; {limit}") from None
+    except Exception as exc:
+        raise DataError(f"{f}: unreadable image ({exc})") from None
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"{name} is {w} x {h} = {w * h:,} pixels; {limit}")
+    return w, h
 
 
 def _text(cfg):
@@ -205,14 +359,29 @@ def _check(x: np.ndarray, y: np.ndarray, where: str) -> int:
         raise DataError(f"{where}: x has NaN or inf values in {bad} samples")
     if y.min() < 0:
         raise DataError(f"{where}: labels must be >= 0 (found {int(y.min())})")
-    classes = np.unique(y)
+    classes = np.unique(y)  # sorted; as large as y at most, whatever the labels' values
     if len(classes) < 2:
         raise DataError(f"{where}: a classifier needs at least 2 classes (found only {classes.tolist()})")
-    num_classes = int(y.max()) + 1
+    num_classes = int(classes[-1]) + 1
     if len(classes) != num_classes:
-        missing = sorted(set(range(num_classes)) - set(classes.tolist()))
-        raise DataError(f"{where}: labels must be 0..{num_classes - 1} with every class present; missing {missing[:10]}")
+        gone = num_classes - len(classes)
+        more = f" and {gone - 10:,} more" if gone > 10 else ""
+        raise DataError(f"{where}: labels must be 0..{num_classes - 1} with every class present; "
+                        f"missing {_missing(classes, 10)}{more}")
     return num_classes
+
+
+def _missing(classes: np.ndarray, k: int) -> list[int]:
+    """The first ``k`` integers of 0..classes[-1] absent from ``classes`` (sorted, unique, >= 0), read off the gaps
+    between consecutive labels: never ``range(max label)``, which a label of 10**9 would make a billion long."""
+    out: list[int] = []
+    prev = np.concatenate([[-1], classes[:-1]])
+    for i in np.flatnonzero(classes - prev > 1):
+        start, stop = int(prev[i]) + 1, int(classes[i])
+        out.extend(range(start, min(stop, start + k - len(out))))
+        if len(out) >= k:
+            break
+    return out
 
 
 def _chunks(x, rows: int = 4096):

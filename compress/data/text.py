@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress._limits import regular_file
 from compress.errors import DataError
 
 __all__ = ["STDLIB_CLASSES", "TextCorpus", "stdlib_files", "folder_files", "snippets", "split_files", "read_text"]
@@ -64,7 +65,12 @@ def folder_files(path: Path) -> tuple[list[str], list[list[Path]]]:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{path}: a text folder holds one sub-folder of .txt files per class; found none")
-    files = [sorted(p for p in (path / c).rglob("*.txt") if p.is_file()) for c in classes]
+    files = []
+    for c in classes:
+        found = sorted(p for p in (path / c).rglob("*.txt") if not p.is_dir())
+        for p in found:  # before any is read: a FIFO would block, a device never end
+            regular_file(p, f"data ({path}): {p.relative_to(path)}")
+        files.append(found)
     return classes, files
 
 

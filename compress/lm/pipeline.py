@@ -262,10 +262,11 @@ def run(recipe: LMRecipe, output=None, quiet: bool = False, force: bool = False)
     model that was interrupted; ``force`` retrains everything.
     """
     from compress._io import publish, staging
-    from compress.pipeline import exclusive, output_cache, output_dir, relocate
+    from compress.pipeline import exclusive, output_cache, output_dir, refuse_planted_links, relocate
 
     out = output_dir(recipe, output)
     with exclusive(out), staging(out) as staged:  # published only once complete: a failure keeps the last run's files
+        refuse_planted_links(out, OWNED)
         report = _run(recipe, staged, output_cache(out, force), quiet, force)
         report = relocate(report, staged, out)
         from compress.lm import report as lmreport

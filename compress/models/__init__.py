@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
 from pathlib import Path
 
 import torch
@@ -33,13 +35,28 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
         except ValueError as exc:
             raise ModelError(str(exc)) from None
     mod_name, fn_name = spec.factory.split(":")
+    _refuse_stdlib(spec.factory, mod_name)
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as exc:
         raise ModelError(f"factory '{spec.factory}': cannot import module '{mod_name}' ({exc})") from None
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
-        raise ModelError(f"factory '{spec.factory}': module '{mod_name}' has no function '{fn_name}'")
+        what = "" if fn is None else f" (it is {_a(type(fn).__name__)})"
+        raise ModelError(f"factory '{spec.factory}': module '{mod_name}' has no function '{fn_name}'{what}")
+    if inspect.isfunction(fn) or inspect.isclass(fn) or inspect.isbuiltin(fn):  # their __module__ is where they are defined
+        _refuse_stdlib(spec.factory, getattr(fn, "__module__", None) or "builtins", via=True)
+    if not (inspect.isfunction(fn) or (inspect.isclass(fn) and issubclass(fn, nn.Module))):
+        if inspect.isclass(fn):
+            what = "a class that does not subclass torch.nn.Module"
+        elif inspect.isbuiltin(fn):
+            what = "a built-in function (compiled code), not a Python function"
+        else:
+            kind = type(fn)
+            name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+            what = f"an object of type {name}, not a Python function"
+        raise ModelError(f"factory '{spec.factory}': '{fn_name}' is {what}; a factory is your own function that "
+                         "returns a torch.nn.Module, or an nn.Module class")
     try:
         model = fn(**spec.kwargs)
     except TypeError as exc:
@@ -47,6 +64,26 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     if not isinstance(model, nn.Module):
         raise ModelError(f"factory '{spec.factory}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+# Not user code, besides sys.stdlib_module_names (the standard library's top-level modules, which already lists
+# builtins, importlib and site): the running script.
+_NOT_USER_CODE = frozenset({"builtins", "__main__", "importlib", "site"})
+
+
+def _refuse_stdlib(factory: str, module: str, via: bool = False) -> None:
+    """A factory is the user's own code: refuse the standard library's modules (``os:system``, ``subprocess:run``,
+    ``builtins:eval``), before importing them, and, ``via=True``, a callable defined there but re-exported by a
+    user module (``mymod:system`` after ``from os import system``)."""
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names or top in _NOT_USER_CODE:
+        where = f"'{factory.split(':')[1]}' comes from '{module}', which" if via else f"'{module}'"
+        raise ModelError(f"factory '{factory}': {where} is part of the Python standard library; a factory must be your "
+                         "own code (a function or nn.Module class in your package)")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Writes the bad-input corpus: one folder per case with recipe.yaml, its files, and expected.txt.
 
-    python tests/bad_inputs/make_corpus.py
+    python tests/bad_inputs/make_corpus.py                  # every case
+    python tests/bad_inputs/make_corpus.py npz_bzip2_bomb   # only the cases named
 
 expected.txt holds the exact error message (``{dir}`` stands for the case folder); args.txt, when
 present, holds extra command-line arguments. tests/test_bad_inputs.py checks every case with
@@ -10,8 +11,11 @@ The generated files are committed; rerun this script after changing a case.
 
 from __future__ import annotations
 
+import io
 import pickle
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +40,13 @@ stages:
 """
 
 CASES: dict[str, tuple[str, str]] = {}  # name -> (recipe text, expected message)
+ONLY = set(sys.argv[1:])  # case names to (re)write; none: all
 
 
 def case(name: str, recipe: str, expected: str, files: dict | None = None, args: str = "") -> None:
     CASES[name] = (recipe, expected)
+    if ONLY and name not in ONLY:
+        return
     folder = HERE / name
     if folder.exists():
         shutil.rmtree(folder)
@@ -258,5 +265,186 @@ case("transformer_heads_do_not_divide_width", BASE.replace("{arch: mlp, width: 8
      "{dir}/recipe.yaml:9: student.model: arch 'transformer': width 30 must be a multiple of heads 4")
 
 
+
+# --- issue 14, "Trust nothing on disk": bounded input handling and explicit user code ----------------
+# The messages name the limits of compress/_limits.py.
+
+LOL = "".join(f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else ', '.join(['lol'] * 9)}]\n" for i in range(10))
+case("yaml_alias_bomb", BASE + LOL,  # "billion laughs": 10 lines, 9**9 strings once expanded
+     "{dir}/recipe.yaml:14: YAML anchors and aliases (&name, *name) are refused (found anchor '&l0'); recipes are "
+     "plain data: write the values out")
+case("yaml_anchor_and_alias", BASE.replace("  model: {arch: mlp, width: 16, depth: 1}", "  model: &m {arch: mlp, width: 16, depth: 1}")
+     .replace("  model: {arch: mlp, width: 8, depth: 1}", "  model: *m"),
+     "{dir}/recipe.yaml:6: YAML anchors and aliases (&name, *name) are refused (found anchor '&m'); recipes are "
+     "plain data: write the values out")
+case("yaml_duplicate_top_key", BASE + "stages:\n  - {type: train, epochs: 1}\n",
+     "{dir}/recipe.yaml:14: stages: duplicate key 'stages' (first at line 10)")
+case("yaml_duplicate_nested_key", BASE.replace("  - {type: distill, epochs: 1}", "  - type: distill\n    epochs: 2\n    epochs: 5000"),
+     "{dir}/recipe.yaml:13: stages[0].epochs: duplicate key 'epochs' (first at line 12)")
+case("yaml_too_deep", BASE.replace("  model: {arch: mlp, width: 8, depth: 1}",
+                                   "  model: {arch: mlp, width: 8, depth: 1, kwargs: {x: " + "[" * 100 + "]" * 100 + "}}"),
+     "{dir}/recipe.yaml:9: recipe nests mappings and lists more than 64 levels deep; a recipe is a short list of settings")
+
+
+def npz_raw(members: dict, compression: int = zipfile.ZIP_STORED, forge: dict | None = None):
+    """An npz written member by member: ``members`` name -> .npy bytes (or an array); ``forge`` name -> the
+    uncompressed size its zip directory entry claims (zip64 when above 4 GiB)."""
+    def write(p):
+        with zipfile.ZipFile(p, "w", compression=compression) as zf:
+            for name, data in members.items():
+                if isinstance(data, np.ndarray):
+                    buf = io.BytesIO()
+                    np.lib.format.write_array(buf, data, allow_pickle=True)
+                    data = buf.getvalue()
+                zf.writestr(name, data)
+            for info in zf.filelist:
+                if forge and info.filename in forge:
+                    info.file_size = forge[info.filename]
+                    if compression == zipfile.ZIP_STORED:
+                        info.compress_size = forge[info.filename]
+    return write
+
+
+def npy_header(shape, descr="<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def bz2_zeros_npy(p, rows: int):
+    """x.npy of ``rows`` x 4 float32 zeros, bzip2-compressed in the zip (written in 64 MiB pieces): a few KB
+    of file for rows * 16 bytes of data."""
+    header = npy_header((rows, 4))
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_BZIP2, compresslevel=9) as zf:
+        info = zipfile.ZipInfo("x.npy")
+        info.compress_type = zipfile.ZIP_BZIP2
+        with zf.open(info, "w", force_zip64=True) as f:
+            f.write(header)
+            left, chunk = rows * 16, bytes(64 << 20)
+            while left:
+                f.write(chunk[:min(left, len(chunk))])
+                left -= min(left, len(chunk))
+        zf.writestr("y.npy", _npy(Y4))
+
+
+def _npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr)
+    return buf.getvalue()
+
+
+case("labels_one_billion", with_data("data.npz"),  # set(range(10**9)) in the old check
+     "{dir}/recipe.yaml:5: data.path: data ({dir}/data.npz): labels must be 0..1000000000 with every class present; "
+     "missing [4, 5, 6, 7, 8, 9, 10, 11, 12, 13] and 999,999,986 more",
+     {"data.npz": npz(X4, np.where(np.arange(40) == 7, 10**9, Y4))})
+case("labels_with_a_gap", with_data("data.npz"),
+     "{dir}/recipe.yaml:5: data.path: data ({dir}/data.npz): labels must be 0..21 with every class present; "
+     "missing [2, 3, 4, 5, 6, 7, 8, 9, 10, 11] and 8 more",
+     {"data.npz": npz(X4, np.array([0, 1, 20, 21])[Y4])})
+case("npz_string_labels", with_data("data.npz"),
+     "{dir}/recipe.yaml:5: data.path: {dir}/data.npz: y.npy: dtype <U3 is not numeric; x and y must be bool, "
+     "integer or float arrays",
+     {"data.npz": lambda p: np.savez(p, x=X4, y=np.array(["cat", "dog"] * 20))})
+
+
+class _Touch:
+    def __reduce__(self):  # runs `touch` when unpickled: must never happen
+        import os
+        return (os.system, (f"touch {HERE}/npz_object_member/PWNED",))
+
+
+case("npz_object_member", with_data("data.npz"),
+     "{dir}/recipe.yaml:5: data.path: {dir}/data.npz: x holds Python objects (pickles), which are refused (member x.npy)",
+     {"data.npz": npz_raw({"x.npy": np.array([_Touch()] * 40, dtype=object), "y.npy": Y4})})
+case("npz_header_claims_more_rows", with_data("data.npz"),  # 40 rows of data under a header of a million
+     "{dir}/recipe.yaml:5: data.path: {dir}/data.npz: x.npy: the header declares shape (1000000, 4) of float32 "
+     "(16,000,000 bytes), but the member holds 640 bytes of data; the file is corrupt or forged (write it with numpy.savez)",
+     {"data.npz": npz_raw({"x.npy": npy_header((1_000_000, 4)) + X4.tobytes(), "y.npy": _npy(Y4)})})
+case("npz_member_over_budget", with_data("data.npz"),  # a stored member whose directory entry claims 9 GiB
+     "{dir}/recipe.yaml:5: data.path: {dir}/data.npz: x.npy: the header declares shape (603979776, 4) of float32, "
+     "9 GiB; the limit is 8 GiB per array",
+     {"data.npz": npz_raw({"x.npy": npy_header((603_979_776, 4)) + X4.tobytes(), "y.npy": _npy(Y4)},
+                          forge={"x.npy": len(npy_header((603_979_776, 4))) + (9 << 30)})})
+case("npz_deflate_bomb", with_data("data.npz"),  # 80 MiB of zeros in 80 KB: deflate at its 1028 : 1 limit
+     "{dir}/recipe.yaml:5: data.path: {dir}/data.npz: x.npy: 79.7 KiB would decompress to 80.0 MiB (1,028 : 1; real "
+     "data compresses at most 1000 : 1); refused as a zip bomb before decompressing it",
+     {"data.npz": lambda p: np.savez_compressed(p, x=np.zeros((80 << 16, 4), np.float32), y=Y4)})
+case("npz_bzip2_bomb", with_data("data.npz"),  # 3 GiB of zeros in a few KB
+     "{dir}/recipe.yaml:5: data.path: {dir}/data.npz: x.npy: 2.3 KiB would decompress to 3.0 GiB (1,342,177 : 1; real "
+     "data compresses at most 1000 : 1); refused as a zip bomb before decompressing it",
+     {"data.npz": lambda p: bz2_zeros_npy(p, 3 << 26)})
+case("npz_bzip2_member", with_data("data.npz"),  # small, but bzip2: zipfile inflates a whole read of it at once
+     "{dir}/recipe.yaml:5: data.path: {dir}/data.npz: x.npy: compressed with bzip2; an npz member is stored "
+     "(numpy.savez) or deflated (numpy.savez_compressed), and nothing else is decompressed",
+     {"data.npz": npz_raw({"x.npy": _npy(X4), "y.npy": _npy(Y4)}, compression=zipfile.ZIP_BZIP2)})
+
+
+def imagefolder(images: dict[str, tuple[int, int]]):
+    """``imgs/<class>/<name>.png``: 1-bit PNGs of zeros (a few KB even at 10000 x 10000)."""
+    from PIL import Image
+
+    def write(p):
+        for rel, size in images.items():
+            (p / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("1", size).save(p / rel, optimize=True)
+    return write
+
+
+def with_images(extra: str = "") -> str:
+    return BASE.replace("  source: digits", "  source: imagefolder\n  path: imgs" + extra)
+
+
+case("image_above_the_pixel_budget", with_images(),
+     "{dir}/recipe.yaml:5: data.path: data ({dir}/imgs): a/big.png is 10000 x 10000 = 100,000,000 pixels; the limit "
+     "is 67,108,864 pixels (8192 x 8192) per image, checked before decoding",
+     {"imgs": imagefolder({"a/big.png": (10000, 10000), "b/small.png": (8, 8)})})
+case("image_folder_above_the_memory_budget", with_images(),  # 6 x 8000 x 8000 x 3 channels x 4 bytes = 4.3 GiB
+     "{dir}/recipe.yaml:5: data.path: data ({dir}/imgs): 6 images of 8000 x 8000 x 3 channels decode to 4.3 GiB of "
+     "float32; the limit is 4 GiB (an image folder is loaded into memory whole): set a smaller data.image_size, or "
+     "save the data as an uncompressed npz (numpy.savez), which is memory-mapped",
+     {"imgs": imagefolder({f"{c}/{i}.png": (8000, 8000) for c in "ab" for i in range(3)})})
+
+# User code is explicit: a factory is the user's own function or nn.Module class, never the standard library's.
+# The kwargs would create PWNED if the callable ran. The helper modules live in the case folder and are imported
+# as bad_inputs.<case>.<module> (tests/ is on sys.path under pytest).
+STUDENT = "  model: {arch: mlp, width: 8, depth: 1}"
+STDLIB = ("is part of the Python standard library; a factory must be your own code (a function or nn.Module class "
+          "in your package)")
+case("factory_os_system", BASE.replace(STUDENT, "  model: {factory: 'os:system', kwargs: {command: touch PWNED}}"),
+     f"{{dir}}/recipe.yaml:9: student.model: factory 'os:system': 'os' {STDLIB}")
+case("factory_subprocess_run", BASE.replace(STUDENT, "  model: {factory: 'subprocess:run', kwargs: {args: [touch, PWNED]}}"),
+     f"{{dir}}/recipe.yaml:9: student.model: factory 'subprocess:run': 'subprocess' {STDLIB}")
+case("factory_builtins_eval", BASE.replace(STUDENT, "  model: {factory: 'builtins:eval', kwargs: {source: \"open('PWNED', 'w')\"}}"),
+     f"{{dir}}/recipe.yaml:9: student.model: factory 'builtins:eval': 'builtins' {STDLIB}")
+
+
+def module(text: str):
+    return lambda p: p.write_text(text)
+
+
+case("factory_reexports_os_system",
+     BASE.replace(STUDENT, "  model: {factory: 'bad_inputs.factory_reexports_os_system.nets:system', "
+                           "kwargs: {command: touch PWNED}}"),
+     "{dir}/recipe.yaml:9: student.model: factory 'bad_inputs.factory_reexports_os_system.nets:system': 'system' "
+     f"comes from 'posix', which {STDLIB}",
+     {"nets.py": module("from os import system  # re-exported: still the standard library's\n")})
+case("factory_is_an_int",
+     BASE.replace(STUDENT, "  model: {factory: 'bad_inputs.factory_is_an_int.nets:WIDTH'}"),
+     "{dir}/recipe.yaml:9: student.model: factory 'bad_inputs.factory_is_an_int.nets:WIDTH': module "
+     "'bad_inputs.factory_is_an_int.nets' has no function 'WIDTH' (it is an int)",
+     {"nets.py": module("WIDTH = 16\n")})
+case("factory_is_not_a_module_class",
+     BASE.replace(STUDENT, "  model: {factory: 'bad_inputs.factory_is_not_a_module_class.nets:Config'}"),
+     "{dir}/recipe.yaml:9: student.model: factory 'bad_inputs.factory_is_not_a_module_class.nets:Config': 'Config' is a "
+     "class that does not subclass torch.nn.Module; a factory is your own function that returns a torch.nn.Module, "
+     "or an nn.Module class",
+     {"nets.py": module("class Config:  # a plain class: calling it would build a Config, not a model\n"
+                        "    def __init__(self, **kwargs):\n        self.kwargs = kwargs\n")})
+case("factory_is_a_compiled_function", BASE.replace(STUDENT, "  model: {factory: 'numpy:zeros', kwargs: {shape: 3}}"),
+     "{dir}/recipe.yaml:9: student.model: factory 'numpy:zeros': 'zeros' is a built-in function (compiled code), not a "
+     "Python function; a factory is your own function that returns a torch.nn.Module, or an nn.Module class")
+
+
 if __name__ == "__main__":
-    print(f"{len(CASES)} cases written to {HERE}")
+    written = [n for n in CASES if not ONLY or n in ONLY]
+    print(f"{len(written)} of {len(CASES)} cases written to {HERE}")

@@ -1,0 +1,1 @@
+from os import system  # re-exported: still the standard library's

@@ -126,16 +126,14 @@ def load_run(target: str | Path, output: str | None = None, quiet: bool = True) 
     ``<output>/<name>.check/`` (sharing the cache of ``<output>``), so the gate never rewrites a run's report."""
     target = Path(target)
     if target.suffix in (".yaml", ".yml"):
-        from compress._api import pipeline_for
+        from compress import pipeline
         from compress.recipe import load_recipe
 
         recipe = load_recipe(target)
         if getattr(recipe, "task", None) == "lm":
             raise CheckInputError(f"{target}: compress check does not gate task: lm runs yet (their report has "
                                   "another schema); gate a classification recipe")
-        own = recipe.model_copy(update={"name": f"{recipe.name}.check"})
-        own._lines = recipe._lines
-        report = pipeline_for(own).run(own, output=output, quiet=quiet)
+        report = pipeline.run(recipe, output=output, quiet=quiet, folder=f"{recipe.name}.check")
         target = Path(report["files"]["report_json"])
     path = target / "report.json" if target.is_dir() else target
     if not path.is_file():

@@ -46,13 +46,12 @@ class Prepared:
     student: torch.nn.Module
 
 
-def output_dir(recipe: Recipe, output: str | Path | None = None) -> Path:
-    """``<root>/<name>``, after checking (without leaving anything behind) that it can be written.
-
-    The root is ``--output`` (or the recipe's ``output``, else ``exported``); it may be a symlink the user
-    made, but nothing below it may be (compress._io.inside)."""
+def output_dir(recipe: Recipe, output: str | Path | None = None, folder: str | None = None) -> Path:
+    """``<root>/<name>`` (or ``<root>/<folder>``), after checking (without leaving anything behind) that it can be
+    written. The root is ``--output`` (or the recipe's ``output``, else ``exported``); it may be a symlink the
+    user made, but nothing below it may be (compress._io.inside)."""
     root = Path(output or recipe.output or "exported")
-    target = inside(root, recipe.name)
+    target = inside(root, folder or recipe.name)
     for p in (root, target):
         if p.exists() and not p.is_dir():
             raise CompressError(f"output path {p} is a file, not a folder; pass --output DIR")
@@ -267,16 +266,18 @@ def file_digest(path: Path | None) -> str | None:
     return None if path is None else sha256_file(path)
 
 
-def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, force: bool = False) -> dict:
+def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, force: bool = False,
+        folder: str | None = None) -> dict:
     """Run the recipe; write model files, report.json, report.md and report.png; return the report.
 
     Every trained model, stage output and measurement is cached under ``<output>/.cache`` by a
     content hash and verified when reused, so a rerun (or a run after a crash or a kill) redoes only
     what changed; ``force`` recomputes everything. The run is built in a staging folder and published
-    into ``<output>/<name>/`` only once complete: a failing run leaves the previous outputs as they were.
+    into ``<output>/<name>/`` (``folder`` instead of the name: compress check's own run) only once complete:
+    a failing run leaves the previous outputs as they were.
     """
     started = time.perf_counter()
-    out_dir = output_dir(recipe, output)
+    out_dir = output_dir(recipe, output, folder)
     prep = prepare(recipe)
     distributed.init_from_env()
     writer = distributed.is_writer()

@@ -228,3 +228,38 @@ def test_a_distill_stage_chain_trains_each_step_from_the_one_before(tmp_path, lm
     tutors.clear()
     pipeline.run(load_recipe(path), output=tmp_path / "out", quiet=True)
     assert tutors == []
+
+
+def test_weights_files_edited_in_place_are_not_served_stale_models(tmp_path, lm_docs):
+    """Teacher and student weights are keyed by their bytes, not their paths."""
+    import torch
+    from safetensors.torch import save_file
+
+    from compress.lm import pipeline
+    from compress.lm.model import GPT, GPTConfig
+    from compress.recipe import load_recipe
+
+    path = _small(tmp_path, lm_docs)
+
+    def write(file: str, cfg: GPTConfig, seed: int) -> None:
+        torch.manual_seed(seed)
+        save_file(GPT(cfg).state_dict(), str(tmp_path / file))
+
+    write("t.safetensors", GPTConfig(width=16, layers=1, heads=2, context=16), 0)
+    write("s.safetensors", GPTConfig(width=8, layers=1, heads=2, context=16), 0)
+    path.write_text(SMALL.replace("  train: {steps: 3, batch_size: 4}\n", "  weights: t.safetensors\n")
+                    .replace("student:\n  model: {arch: gpt, width: 8, layers: 1, heads: 2, context: 16}\n",
+                             "student:\n  model: {arch: gpt, width: 8, layers: 1, heads: 2, context: 16}\n"
+                             "  weights: s.safetensors\n"))
+
+    def student_cached() -> bool:
+        report = pipeline.run(load_recipe(path), output=tmp_path / "out", quiet=True)
+        return next(s for s in report["stages"] if s["stage"].endswith(":distill"))["info"].get("cached", False)
+
+    assert student_cached() is False
+    assert student_cached() is True  # unchanged files: reused
+    write("t.safetensors", GPTConfig(width=16, layers=1, heads=2, context=16), 1)  # the teacher's file, edited
+    assert student_cached() is False
+    assert student_cached() is True
+    write("s.safetensors", GPTConfig(width=8, layers=1, heads=2, context=16), 1)  # the student's starting weights
+    assert student_cached() is False

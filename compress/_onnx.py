@@ -1,4 +1,5 @@
-"""ONNX plumbing shared by stages and the pipeline: export with a dynamic batch axis, .ort conversion."""
+"""ONNX plumbing shared by stages and the pipeline: export with a dynamic batch axis, .ort conversion, the
+``metadata_props`` that carry preprocessing and class names (compress/preprocess.py), a file's inputs and outputs."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import torch
 from compress._io import atomic_path
 from compress.errors import MissingExtraError, StageError
 
-__all__ = ["export_onnx", "convert_to_ort", "INPUT", "OUTPUT"]
+__all__ = ["export_onnx", "convert_to_ort", "set_metadata", "read_metadata", "io_details", "INPUT", "OUTPUT"]
 
 INPUT, OUTPUT = "input", "logits"
 
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17,
-                exporter: str = "torchscript") -> Path:
-    """Export ``model`` (eval mode) with a dynamic batch axis; written atomically."""
+                exporter: str = "torchscript", metadata: dict[str, str] | None = None) -> Path:
+    """Export ``model`` (eval mode) with a dynamic batch axis; written atomically, with ``metadata`` (key -> text)
+    in its ``metadata_props``."""
     model = model.eval()
     example = torch.zeros(2, *input_shape)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -46,7 +48,70 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
             raise
         except Exception as exc:
             raise StageError(f"ONNX export failed ({exporter} exporter): {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        if metadata:
+            _stamp(tmp, metadata)
     return path
+
+
+def _stamp(path: Path, props: dict[str, str]) -> bool:
+    """Set ``props`` in ``path``'s ``metadata_props`` in place (other keys kept); False when they were already set."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    current = {p.key: p.value for p in model.metadata_props}
+    if all(current.get(k) == v for k, v in props.items()):
+        return False
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for k, v in keep + sorted(props.items()):
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return True
+
+
+def set_metadata(path: Path, props: dict[str, str]) -> bool:
+    """Set ``props`` (key -> text) in an ONNX file's ``metadata_props``, atomically; the file is left untouched
+    (same bytes) when they are already there. True when the file was rewritten."""
+    current = read_metadata(path)
+    if all(current.get(k) == v for k, v in props.items()):
+        return False
+    with atomic_path(path) as tmp:
+        shutil.copyfile(path, tmp)
+        _stamp(tmp, props)
+    return True
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` (an ``.ort`` file's through onnxruntime, which keeps them)."""
+    if Path(path).suffix == ".ort":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return dict(sess.get_modelmeta().custom_metadata_map)
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+_ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def io_details(path: Path) -> dict[str, list[dict]]:
+    """The inputs and outputs of an ``.onnx`` or ``.ort`` file as onnxruntime loads it: name, shape (a string for a
+    symbolic axis, e.g. ``batch``) and dtype. Files compress writes take and give float32 (quantized ONNX files
+    quantize inside the graph), so there is no scale or zero point to apply."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def rows(args):
+        out = []
+        for a in args:
+            kind = a.type[len("tensor("):-1] if a.type.startswith("tensor(") else a.type
+            out.append({"name": a.name, "shape": [d if isinstance(d, int) else (d or "?") for d in a.shape],
+                        "dtype": _ORT_TYPES.get(kind, kind)})
+        return out
+    return {"inputs": rows(sess.get_inputs()), "outputs": rows(sess.get_outputs())}
 
 
 def convert_to_ort(onnx_path: Path, ort_path: Path) -> Path:

@@ -183,7 +183,7 @@ class Cache:
             raise CorruptEntry(f"{where}: {MANIFEST} is {len(raw):,} bytes, not a manifest")
         try:
             man = json.loads(raw, parse_constant=_refuse_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the limit
             raise CorruptEntry(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
         if not (isinstance(man, dict) and man.get("format") == FORMAT and man.get("version") == VERSION
                 and man.get("kind") == kind and man.get("key") == key and isinstance(man.get("files"), dict)
@@ -315,7 +315,7 @@ class Cache:
             return None
         try:
             return json.loads(entry.read_bytes("data.json"), parse_constant=_refuse_constant)
-        except (CorruptEntry, ValueError) as exc:
+        except (CorruptEntry, ValueError, RecursionError) as exc:
             self.discard(kind, key, f"cache entry {kind}/{key}: data.json unreadable ({exc})")
             return None
 

@@ -245,7 +245,7 @@ def check(run, baseline, update_baseline, summary, output, metric_tol, size_tol,
     from the file, accuracy is measured again on the test split from the final file when the recipe and data
     in the report load (else the verdict says it was taken from report.json), and the final model's latency
     relative to the teacher's is timed here, interleaved. Fails (exit 3) when accuracy dropped, the file grew,
-    or the latency ratio grew beyond its tolerance and outside the noise (README, "compress check").
+    or the latency ratio grew beyond its tolerance and outside the noise (docs/ci-gate.md).
     Exit 0: passed; 1: could not check; 2: bad input (a bad baseline, a file changed since its report).
     """
     from compress import check as gate
@@ -304,9 +304,22 @@ def check(run, baseline, update_baseline, summary, output, metric_tol, size_tol,
               help="grid: every combination; tpe: optuna's Bayesian sampler (pip install 'compress[search]').")
 @click.option("--trials", type=click.IntRange(min=1), default=None, help="--method tpe: variants to try [20].")
 @click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Wall time: variants whose estimated build + measurement would not fit are not started.")
+              help="Wall time: variants whose estimated build + measurement would not fit are not started "
+                   "(with --storage: this worker's building).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or table; the search files are still written.")
-def search(recipe, output, ratios, modes, widths, method, trials, budget, quiet) -> None:
+@click.option("--storage", metavar="URL", default=None,
+              help="An optuna storage: this process is one worker of a study any number of workers share "
+                   "(sqlite:///search.db: one machine; journal:///shared/search.log: a shared filesystem; "
+                   "postgresql://user@host/db: a cluster). pip install 'compress[search]'.")
+@click.option("--study", metavar="NAME", default=None, help="With --storage: the study's name [the recipe's name].")
+@click.option("--report", is_flag=True,
+              help="With --storage: build nothing; measure the study's candidates, the teacher and the scratch "
+                   "student together on this machine and write the frontier (after the workers finish).")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=None, metavar="SECONDS",
+              help="With --storage: seconds between a worker's heartbeats; the variant of a worker that missed "
+                   "two is queued again [60].")
+def search(recipe, output, ratios, modes, widths, method, trials, budget, quiet, storage, study, report,
+           heartbeat) -> None:
     """Variants of RECIPE over pruning ratio x quantization mode x student width; the Pareto frontier.
 
     Variants share the cache (<output>/.cache) with each other and with `compress run`: the teacher, the
@@ -314,9 +327,15 @@ def search(recipe, output, ratios, modes, widths, method, trials, budget, quiet)
     teacher and the scratch student are measured at the end in one interleaved session. Writes
     <output>/<name>/search/search.{json,md,png}.
 
+    With --storage, run the same command in as many processes (and machines sharing the output folder)
+    as you like: each builds variants the study has not built yet (each variant once; --budget is per
+    worker). Then the same command with --report measures them together and writes the frontier.
+
     \b
     compress search recipes/digits.yaml --ratios 0.2,0.3,0.5 --modes int8_static,int8_dynamic
     compress search recipes/digits.yaml --method tpe --trials 12 --budget 600
+    compress search recipes/digits.yaml --storage sqlite:///search.db      # in each worker
+    compress search recipes/digits.yaml --storage sqlite:///search.db --report
     """
     from compress.errors import CompressError
 
@@ -324,7 +343,8 @@ def search(recipe, output, ratios, modes, widths, method, trials, budget, quiet)
         from compress.search import search as run_search
 
         run_search(_load(recipe), output, ratios=ratios or None, modes=modes or None, widths=widths or None,
-                   method=method, budget=budget, trials=trials, quiet=quiet)
+                   method=method, budget=budget, trials=trials, quiet=quiet, storage=storage, study=study,
+                   report=report, heartbeat=heartbeat)
     except CompressError as exc:
         _fail(exc)
     except KeyboardInterrupt:

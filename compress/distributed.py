@@ -2,7 +2,8 @@
 training stage; only rank 0 reads caches first, writes files and measures.
 
     compress run recipe.yaml --nproc 2          # re-launches itself with torchrun on this machine
-    torchrun --nnodes 2 --nproc_per_node 2 ... -m compress run recipe.yaml   # a cluster (see README)
+    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 2 --master_addr HEAD --master_port 29500 \
+        -m compress run recipe.yaml --output /shared/exported   # node 0 of 2 (docs/distributed.md)
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "shutdown", "rank", "world_size", "is_writer", "agree", "sync_module", "all_reduce_"]
+__all__ = ["init_from_env", "threads_per_process", "shutdown", "rank", "world_size", "is_writer", "agree", "sync_module",
+           "all_reduce_"]
 
 
 def init_from_env() -> bool:
@@ -22,9 +24,19 @@ def init_from_env() -> bool:
         return False
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-        # Each process gets its share of the cores: oversubscribed threads make CPU DDP slower, not faster.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+        # Each process gets its share of this machine's cores: oversubscribed threads make CPU DDP slower, not faster.
+        torch.set_num_threads(threads_per_process())
     return True
+
+
+def threads_per_process() -> int:
+    """This machine's cores (those this process may run on) divided by the processes torchrun started on it
+    (``LOCAL_WORLD_SIZE``), not by the world size: two nodes of 8 cores with 2 processes each give 4 threads each."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
 
 
 def shutdown(wait: bool = True) -> None:

@@ -63,8 +63,10 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
 FORMAT_RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
 
 
-def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits, bench, seed: int = 0) -> dict:
-    """The final model in every format, beside the teacher (onnxruntime), all timed by one protocol.
+def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits, bench, seed: int = 0,
+                      fp32_path=None) -> dict:
+    """The final model in every format, beside the teacher (onnxruntime) and, when the final model is quantized,
+    its fp32 ONNX counterpart (``fp32_path``: the row every shipped file is held against), all timed by one protocol.
 
     Returns ``{"runtimes": [...], "mobile_usability": {...}}`` (the latter when an .ort file exists):
     one row per file with runtime, size, static batch, test accuracy, peak-RSS growth and latency at
@@ -75,14 +77,16 @@ def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits,
 
     files = [("teacher", teacher_path, "ort")] + [(f"final ({fmt})", path, FORMAT_RUNTIME[fmt])
                                                   for fmt, path in final_files.items()]
+    if fp32_path is not None:
+        files.append(("fp32 (onnx)", fp32_path, "ort"))
     test = splits.test
     one = bench_files(files, threads=1, batch=1, x=test.x, y=test.y, rounds=bench.rounds, calls=bench.calls, seed=seed)
     big = bench_files(files, threads=bench.threads, batch=bench.batch, x=test.x, rounds=bench.rounds,
                       calls=max(1, bench.calls // 4), warmup=3, seed=seed + 1)
     rows = []
     for a, b in zip(one, big):
-        fmt = "onnx" if a["name"] == "teacher" else a["name"][len("final ("):-1]
-        rows.append({"name": a["name"], "model": "teacher" if a["name"] == "teacher" else "final", "format": fmt,
+        model, _, fmt = a["name"].partition(" (")
+        rows.append({"name": a["name"], "model": model, "format": fmt.rstrip(")") or "onnx",
                      "runtime": a["runtime"], "path": a["path"], "size_bytes": a["size_bytes"],
                      "static_batch": a["static_batch"], "accuracy": a["accuracy"], "errors": a["errors"],
                      "peak_rss_growth_bytes": a["peak_rss_growth_bytes"], "latency_ms": a["latency_ms"],

@@ -19,7 +19,7 @@ from compress._progress import say
 from compress.artifact import Artifact
 from compress.bench import cpu_info
 from compress.cache import Cache, StageCache, cache_key, runtime_files, sha256_file
-from compress import distributed
+from compress import bn, distributed
 from compress.context import Context
 from compress.data import Splits, load_data
 from compress.errors import CompressError, DataError, ModelError
@@ -94,6 +94,12 @@ def prepare(recipe: Recipe) -> Prepared:
         if st.type == "prune" and st.head_ratio > 0 and not head_table(student):
             raise recipe.error_at("'head_ratio' removes attention heads of the built-in transformers (arch: transformer or text_transformer), "
                                   "and the student has none; drop head_ratio", "stages", i, "head_ratio")
+        if st.type == "prune" and st.layer_ratios:
+            from compress.stages.prune import layer_ratio_problem
+
+            problem = layer_ratio_problem(student, st, splits.input_shape)
+            if problem:
+                raise recipe.error_at(problem[1], "stages", i, "layer_ratios", problem[0])
     _check_losses(recipe, teacher, student, splits.input_shape, splits.num_classes)
     return Prepared(splits, teacher.eval(), recipe.teacher.weights is not None, student)
 
@@ -205,36 +211,54 @@ def exclusive(out_dir: Path):
 
 
 def train_cached(cache: Cache, key: str, model: torch.nn.Module, splits: Splits, *, epochs: int, lr: float,
-                 batch_size: int, weight_decay: float, seed: int, desc: str, quiet: bool) -> tuple[torch.nn.Module, dict]:
-    """Train ``model`` with cross-entropy, or reuse the verified weights cached under ``key`` (kind ``weights``)."""
+                 batch_size: int, weight_decay: float, seed: int, desc: str, quiet: bool,
+                 augment: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train ``model`` with cross-entropy, or reuse the verified weights cached under ``key`` (kind ``weights``).
+    ``augment``: a distill stage's ``augment`` keys (as a dict), applied to the training batches the same way."""
     writer = distributed.is_writer()
     cached = cache.get_weights("weights", key, model) if writer else None
     if distributed.agree(cached is not None) and cached is None:  # rank 0 found it: the other ranks load it too
         cached = cache.get_weights("weights", key, model)  # a read-only cache there: a damaged entry raises
     if cached is not None:
         say(f"[dim]{desc}: reusing cached weights {key}[/dim]", quiet)
-        return cached, {"cached": True}
+        return cached, {"cached": True, **_trained_info(cache, key)}
     alone = distributed.world_size() == 1
     with cache.claim("weights", key) if writer else contextlib.nullcontext():
         again = cache.get_weights("weights", key, model) if alone else None  # another worker may have trained it
         if again is not None:
             say(f"[dim]{desc}: reusing cached weights {key} (trained by another process)[/dim]", quiet)
-            return again, {"cached": True}
+            return again, {"cached": True, **_trained_info(cache, key)}
+        from compress.stages.distill import AugmentConfig, augmenter
+
         res = fit(model, splits, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
-                  loss_fn=cross_entropy, desc=desc, quiet=quiet)
+                  loss_fn=cross_entropy, desc=desc, quiet=quiet,
+                  augment=augmenter(AugmentConfig(**augment), splits.input_shape) if augment else None)
+        info = {k: v for k, v in res.info.items() if k in ("best_epoch", "bn_recalibrated")}
         if writer:
-            cache.put_weights("weights", key, res.model)
-    return res.model, {"cached": False, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 2)}
+            cache.put_weights("weights", key, res.model, meta={"info": info})
+    return res.model, {"cached": False, **info, "seconds": round(res.seconds, 2)}
+
+
+def _trained_info(cache: Cache, key: str) -> dict:
+    """What the training that made a cached entry reported (best epoch, BatchNorm recalibration)."""
+    entry = cache.get("weights", key)
+    info = entry.meta.get("info") if entry is not None else None
+    return {k: v for k, v in info.items() if k in ("best_epoch", "bn_recalibrated")} if isinstance(info, dict) else {}
 
 
 def _scratch_budget(recipe: Recipe) -> dict | None:
-    """Same architecture, same number of training epochs as the student gets over the whole chain."""
+    """Same architecture, same number of training epochs as the student gets over the whole chain, with the first
+    training stage's learning rate, batch size, weight decay and augmentation (the same treatment)."""
     trained = [st for st in recipe.stages if STAGES[st.type].trains]
     if recipe.baseline == "none" or not trained:
         return None
     # Student-sized training epochs: born-again generations and mutual peers each count (equal compute).
-    return {"epochs": sum(st.student_epochs() if hasattr(st, "student_epochs") else st.epochs for st in trained), "lr": trained[0].lr, "batch_size": trained[0].batch_size,
-            "weight_decay": trained[0].weight_decay}
+    budget = {"epochs": sum(st.student_epochs() if hasattr(st, "student_epochs") else st.epochs for st in trained), "lr": trained[0].lr, "batch_size": trained[0].batch_size,
+              "weight_decay": trained[0].weight_decay}
+    augment = getattr(trained[0], "augment", None)
+    if augment is not None:  # only when set: the cache keys of recipes without it stay as they were
+        budget["augment"] = augment.model_dump()
+    return budget
 
 
 def _named_files(cfg) -> list:
@@ -312,17 +336,19 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool
         say(f"[bold]compress[/bold] {recipe.name}: {splits.describe()}", quiet)
         built = build(recipe, prep, stage_dir, cache, quiet=quiet, last_good_dir=inside(out_dir, "last_good"))
         models, eval_key = measure(recipe, splits, built.measured, cache, quiet=quiet)
-        runtimes_key = cache_key("runtimes", eval_key, {fmt: file_digest(Path(p)) for fmt, p in built.final_files.items()})
+        fp32 = fp32_counterpart(built.measured)
+        runtimes_key = cache_key("runtimes", eval_key, {fmt: file_digest(Path(p)) for fmt, p in built.final_files.items()},
+                                 fp32 and file_digest(Path(fp32)))
         runtimes = cache.get_json("runtimes", runtimes_key)
         if runtimes is None:
             from compress.evaluate import evaluate_runtimes
 
             say(f"[bold]measuring[/bold] the final model on every runtime: {', '.join(built.final_files)}", quiet)
             runtimes = evaluate_runtimes(built.final_files, built.measured[0]["path"], splits, recipe.bench,
-                                         seed=recipe.seed)
+                                         seed=recipe.seed, fp32_path=fp32)
             cache.put_json("runtimes", runtimes_key, runtimes)
-        report = reporting.build(recipe, split_digest(splits), models, built.stage_log, stage_dir)
-        report.update(runtimes)  # "runtimes": one row per (model, runtime); "mobile_usability" when .ort is made
+        # "runtimes": one row per (model, runtime); "mobile_usability" when .ort is made
+        report = reporting.build(recipe, split_digest(splits), models, built.stage_log, stage_dir, runtimes)
         report["warnings"] = list(cache.warnings)
         report["run_seconds"] = round(time.perf_counter() - started, 2)
         report["files"] = {"dir": str(out_dir), "model": str(out_dir / "model.onnx"),
@@ -335,6 +361,17 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool
     if not quiet:
         reporting.print_table(report)
     return report
+
+
+def fp32_counterpart(measured: list[dict]) -> str | None:
+    """The fp32 ONNX file the final model was quantized from (the last stage file that is not quantized), or None
+    when the final model is itself fp32: every shipped file is held against it (report notes)."""
+    final = measured[-1]
+    if "mode" not in final["info"] and "weight_bits" not in final["info"]:  # neither quantize nor qat
+        return None
+    stages = [m for m in measured if m["role"] == "stage" and Path(m["path"]).suffix == ".onnx"]
+    src = next((m for m in reversed(stages) if "mode" not in m["info"] and "weight_bits" not in m["info"]), None)
+    return str(src["path"]) if src is not None else None
 
 
 def refuse_planted_links(out_dir: Path, owned: tuple[str, ...]) -> None:
@@ -415,6 +452,10 @@ def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Cache, *, quiet:
         teacher, teacher_info = train_cached(cache, t_key, teacher, splits, epochs=t.epochs, lr=t.lr,
                                              batch_size=t.batch_size, weight_decay=t.weight_decay,
                                              seed=recipe.seed, desc="teacher", quiet=quiet)
+    # The teacher's soft targets, like every measurement, need BatchNorm statistics that match its weights.
+    teacher, why = bn.fresh(teacher, splits.train.x, recipe.seed)
+    if why:
+        teacher_info = {**teacher_info, "bn_recalibrated": why}
     ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=out_dir, quiet=quiet,
                   teacher_key=t_key, cache=cache)  # teacher outputs kept on disk
     measured: list[dict] = []
@@ -466,12 +507,13 @@ def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Cache, *, quiet:
                     cached = stage_cache.load(key, prep.student, stages_dir, prefix)
                 if cached is None:
                     say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}", quiet)
-                    art = _run_stage(recipe, st, i, art, ctx, key, writer, last_good_dir or inside(out_dir, "last_good"))
+                    art = _fresh_bn(_run_stage(recipe, st, i, art, ctx, key, writer,
+                                               last_good_dir or inside(out_dir, "last_good")), splits, recipe.seed)
                     if writer:
                         stage_cache.save(key, art)
         if cached is not None:
             say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", quiet)
-            art = cached
+            art = _fresh_bn(cached, splits, recipe.seed)
         stage_log.append({"index": i + 1, "type": st.type, "config": config, "cached": cached is not None,
                           "seconds": round(time.perf_counter() - t0, 2)})
         add(prefix, "stage", art, ctx.stage_path(st.type, ".onnx"))
@@ -492,9 +534,20 @@ def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Cache, *, quiet:
     if "ort" in final_files:
         final_info["ort_path"] = final_files["ort"]
     final_info["files"] = final_files
+    from compress.preprocess import write_model_card  # preprocessing in every ONNX file's metadata; model.json
+    write_model_card(recipe, splits, measured, final_files, out_dir)
     measured.append({**measured[-1], "name": "final", "role": "final", "path": final_path,
                      "info": {**measured[-1]["info"], **final_info}})
     return Built(measured, stage_log, final_files)
+
+
+def _fresh_bn(art: Artifact, splits: Splits, seed: int) -> Artifact:
+    """A torch artifact whose BatchNorm statistics match its weights before the next stage, export or measurement
+    (compress/bn.py); the stage's info says when they had to be re-estimated."""
+    if art.format != "torch" or art.model is None:
+        return art
+    model, why = bn.fresh(art.model, splits.train.x, seed)
+    return dataclasses.replace(art, model=model, info={**art.info, "bn_recalibrated": why}) if why else art
 
 
 def _run_stage(recipe: Recipe, st, i: int, art: Artifact, ctx: Context, key: str, writer: bool,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
@@ -43,12 +44,38 @@ class SplitConfig(Strict):
         return self
 
 
+IMAGE_SOURCES = ("digits", "imagefolder")  # sources whose size and channels a recipe can choose
+
+
+class Normalize(Strict):
+    """Per-channel input normalisation, applied after pixels are scaled to [0, 1]: ``(x - mean[c]) / std[c]``."""
+
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, max_length=4, description="one per channel")
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1, max_length=4,
+                                                                          description="one per channel, each > 0")
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} value(s) and std {len(self.std)}; give one of each per channel")
+        return self
+
+
 class DataConfig(Strict):
-    source: Literal["digits", "npz", "imagefolder", "stdlib-text", "text"] = "digits"
+    source: Literal["digits", "mnist1d", "npz", "imagefolder", "stdlib-text", "text"] = "digits"
     path: Path | None = Field(None, description="file (npz) or directory (imagefolder; text: a sub-folder of .txt files per class)")
     split: SplitConfig = SplitConfig()
-    image_size: int | None = Field(None, ge=4, le=1024, description="imagefolder: resize to this square size")
-    channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
+    image_size: int | None = Field(None, ge=4, le=1024, description="digits, imagefolder: resize to this square size "
+                                                                   "(bilinear)")
+    channels: Literal[1, 3] | None = Field(None, description="imagefolder: 1 = grayscale, 3 = RGB (default); digits: 1 "
+                                                             "(default) or 3 (the grey channel repeated)")
+    channel_order: Literal["rgb", "bgr"] | None = Field(None, description="imagefolder with 3 channels: the order of "
+                                                                          "the channel axis (default rgb)")
+    normalize: Normalize | None = Field(None, description="(x - mean[c]) / std[c] per channel, after pixels are scaled "
+                                                          "to [0, 1]; the app applies it too (not folded into the graph)")
+    class_names: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=100_000, description="one name per class, in label order (default: the image folder's sorted "
+                                              "sub-folder names, the text classes, else '0'..'K-1')")
     length: int | None = Field(None, ge=8, le=4096, description="stdlib-text, text: bytes per snippet (the model's input "
                                                                 "length; default 128)")
     snippets_per_class: int | None = Field(None, ge=3, le=1_000_000, description="stdlib-text, text: about this many "
@@ -56,23 +83,69 @@ class DataConfig(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _text_defaults(cls, data):
-        """The text keys' defaults apply to the text sources only, so a dumped recipe of another source parses again."""
-        if isinstance(data, dict) and data.get("source") in ("stdlib-text", "text"):
-            data = {"length": 128, "snippets_per_class": 400, **{k: v for k, v in data.items() if v is not None}}
+    def _source_defaults(cls, data):
+        """Defaults that depend on the source, filled in so that a dumped recipe of any source parses again:
+        the text keys for the text sources, channels (and the channel order) for the image sources."""
+        if not isinstance(data, dict):
+            return data
+        given = {k: v for k, v in data.items() if v is not None}
+        source = given.get("source", "digits")
+        if source in ("stdlib-text", "text"):
+            return {"length": 128, "snippets_per_class": 400, **given}
+        if source == "digits":
+            return {"channels": 1, **given}
+        if source == "imagefolder":
+            given = {"channels": 3, **given}
+            return {"channel_order": "rgb", **given} if given["channels"] == 3 else given
         return data
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique_names(cls, v):
+        if v is not None:
+            seen: set[str] = set()
+            twice = [n for n in v if n in seen or seen.add(n)]
+            if twice:
+                raise ValueError(f"class names must be unique; {sorted(set(twice))[:5]} appear more than once")
+        return v
+
+    @field_validator("normalize")
+    @classmethod
+    def _one_per_channel(cls, v, info: ValidationInfo):
+        source, channels = info.data.get("source"), info.data.get("channels")
+        if v is None or source not in IMAGE_SOURCES or channels is None:
+            return v  # npz: checked against the arrays when they are loaded; text sources: refused below
+        if len(v.mean) != channels:
+            raise ValueError(f"mean and std have {len(v.mean)} value(s), but source '{source}' gives {channels} "
+                             f"channel(s) (channels: {channels}); give one mean and one std per channel")
+        return v
 
     @model_validator(mode="after")
     def _path_when_needed(self):
         if self.source in ("npz", "imagefolder", "text") and self.path is None:
             raise ValueError(f"source '{self.source}' needs a path")
-        if self.source in ("digits", "stdlib-text") and self.path is not None:
+        if self.source in ("digits", "mnist1d", "stdlib-text") and self.path is not None:
             raise ValueError(f"source '{self.source}' is built in and takes no path")
         text_keys = [k for k in ("length", "snippets_per_class") if getattr(self, k) is not None]
         if text_keys and self.source not in ("stdlib-text", "text"):
-            what = f"{' and '.join(map(repr, text_keys))} {'are keys' if len(text_keys) > 1 else 'is a key'}"
-            raise ValueError(f"{what} of the text sources (stdlib-text, text), not of source '{self.source}'")
+            raise ValueError(f"{_keys_are(text_keys)} of the text sources (stdlib-text, text), not of source '{self.source}'")
+        image_keys = [k for k in ("image_size", "channels") if getattr(self, k) is not None]
+        if image_keys and self.source not in IMAGE_SOURCES:
+            raise ValueError(f"{_keys_are(image_keys)} of the image sources (digits, imagefolder), not of source "
+                             f"'{self.source}'" + (" (save the arrays at the size and channels the model takes)"
+                                                   if self.source == "npz" else ""))
+        if self.channel_order is not None and self.source != "imagefolder":
+            raise ValueError(f"'channel_order' is a key of source 'imagefolder', not of source '{self.source}'")
+        if self.channel_order is not None and self.channels != 3:
+            raise ValueError(f"'channel_order' needs 3 channels (channels: 3); channels is {self.channels}")
+        if self.normalize is not None and self.source in ("stdlib-text", "text"):
+            raise ValueError(f"'normalize' is a key of the image sources (digits, imagefolder, npz), not of source "
+                             f"'{self.source}' (its inputs are byte values)")
         return self
+
+
+def _keys_are(keys: list[str]) -> str:
+    return f"{' and '.join(map(repr, keys))} {'are keys' if len(keys) > 1 else 'is a key'}"
 
 
 class TrainConfig(Strict):
@@ -339,7 +412,25 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
     recipe = validate_schema(Recipe, data, file, lines)
     check_chain(recipe, lines)
     recipe._lines = dict(lines)
+    if file is not None:
+        _factory_base(recipe, Path(file).parent)
     return recipe
+
+
+def _factory_base(obj, folder: Path) -> None:
+    """Every factory model of the recipe (teacher, student, chain steps, ensemble members) looks for its module in the
+    recipe's folder first (compress.models.build_model), as a user whose module sits beside the recipe expects."""
+    from compress.models import set_factory_base
+
+    if isinstance(obj, ModelSpec):
+        if obj.factory is not None:
+            set_factory_base(obj, folder)
+    elif isinstance(obj, BaseModel):
+        for name in type(obj).model_fields:
+            _factory_base(getattr(obj, name), folder)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _factory_base(item, folder)
 
 
 def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines: dict[tuple, int],

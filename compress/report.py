@@ -1,13 +1,15 @@
-"""report.json (stable schema, documented in README), report.md, report.png and the terminal table."""
+"""report.json (stable schema, documented in docs/report.md), report.md, report.png and the terminal table."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import platform
 from pathlib import Path
 
 from compress._io import write_json, write_text
 from compress.bench import cpu_info
+from compress.preprocess import read_preprocessing
 from compress.schema import REPORT_VERSION as SCHEMA_VERSION
 from compress.schema import validate_report
 
@@ -41,10 +43,24 @@ def digests(folder: Path) -> dict[str, dict]:
             and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
 
 
-def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: Path) -> dict:
-    """The report (schema: compress/schema.py); ``models`` carry ``path`` and ``sha256`` of their files under ``run_dir``."""
+def chance_level(test_class_counts: list[int]) -> dict:
+    """Chance on the test split: the better of guessing uniformly (1/K) and always answering the majority
+    class; a model whose accuracy is at most that plus 3 standard errors (binomial, at the chance level, over
+    the test samples) is *at chance*: it has learned nothing measurable."""
+    n, k = sum(test_class_counts), len(test_class_counts)
+    level = max(1 / k, max(test_class_counts) / n)
+    return {"level": level, "threshold": level + 3 * math.sqrt(level * (1 - level) / n), "test_samples": n,
+            "rule": "accuracy <= max(1/K, majority-class share) + 3 standard errors"}
+
+
+def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: Path, runtimes: dict | None = None) -> dict:
+    """The report (schema: compress/schema.py); ``models`` carry ``path`` and ``sha256`` of their files under
+    ``run_dir``; ``runtimes``: the final model on every runtime (compress.evaluate.evaluate_runtimes)."""
+    chance = chance_level(data["test_class_counts"])
     models = [{**m, "file": Path(m["path"]).relative_to(run_dir).as_posix(),
-               "metric": {"name": "accuracy", "value": m["accuracy"], "higher_is_better": True}} for m in models]
+               "metric": {"name": "accuracy", "value": m["accuracy"], "higher_is_better": True},
+               "at_chance": m["accuracy"] <= chance["threshold"]} for m in models]
+    rows = [{**r, "at_chance": r["accuracy"] <= chance["threshold"]} for r in (runtimes or {}).get("runtimes", [])]
     by_role = {m["role"]: m for m in models}
     teacher, final, scratch = by_role.get("teacher"), by_role.get("final"), by_role.get("scratch")
     summary: dict = {}
@@ -54,10 +70,12 @@ def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: P
             "speedup_p50_batch1": _ratio(teacher["latency_ms"]["p50"], final["latency_ms"]["p50"]),
             "speedup_p50_batch": _ratio(teacher["latency_batch_ms"]["p50"], final["latency_batch_ms"]["p50"]),
             "accuracy_ratio": _ratio(final["accuracy"], teacher["accuracy"]),
+            "broken": _broken(teacher=teacher, final=final),
         }
     if scratch and final:
         summary["final_vs_scratch"] = {"accuracy_delta": final["accuracy"] - scratch["accuracy"],
-                                       "errors": final["errors"], "scratch_errors": scratch["errors"]}
+                                       "errors": final["errors"], "scratch_errors": scratch["errors"],
+                                       "broken": _broken(scratch=scratch, final=final)}
     source = getattr(recipe, "source_file", None)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -69,19 +87,36 @@ def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: P
         "cpu": cpu_info(),
         "recipe": recipe.model_dump(mode="json", by_alias=True),
         "data": data,
+        "preprocessing": read_preprocessing(run_dir),  # model.json's (compress/preprocess.py): what the app applies
         "bench": {"batch1": {"batch": 1, "threads": 1}, "batch": {"batch": recipe.bench.batch, "threads": recipe.bench.threads or "all"},
                   "rounds": recipe.bench.rounds, "calls_per_round": recipe.bench.calls,
                   "protocol": "onnxruntime CPU, warm-up, interleaved rounds in shuffled order in one process, spinning off"},
         "models": models,
+        "chance": chance,
         "stages": stages,
         "summary": summary,
-        "notes": _notes(models),
+        **({**runtimes, "runtimes": rows} if runtimes else {}),
+        "notes": _notes(models) + _runtime_notes(rows),
     }
+
+
+def _broken(**models: dict) -> list[str]:
+    """The names (roles) among ``models`` that are at chance: a comparison with them says nothing."""
+    return [role for role, m in models.items() if m.get("at_chance")]
 
 
 def _notes(models: list[dict]) -> list[str]:
     """Plain statements about results a reader should not miss."""
     notes, by_name = [], {m["name"]: m for m in models}
+    chance = [m["name"] for m in models if m.get("at_chance")]
+    if chance:
+        notes.append(f"AT CHANCE: {', '.join(chance)} scored no better than guessing on the test split (accuracy <= "
+                     "max(1/K, majority share) + 3 standard errors). Nothing is compared against a model at chance; "
+                     "check its training (learning rate, epochs) before reading its row.")
+    recal = [(m["name"], m["info"]["bn_recalibrated"]) for m in models if m.get("info", {}).get("bn_recalibrated")]
+    if recal:
+        notes.append("BatchNorm statistics were stale and were re-estimated on training batches before selection, "
+                     "export and measurement (compress/bn.py): " + "; ".join(f"{n} ({why})" for n, why in recal) + ".")
     for m in models:
         if m["role"] != "stage" or not m["name"].endswith("quantize"):
             continue
@@ -97,9 +132,30 @@ def _notes(models: list[dict]) -> list[str]:
                 notes.append(f"{m['name']} ({m['info'].get('mode')}) is no faster than its fp32 source {src['name']} at {label} "
                              f"(p50 {q * 1000:.1f} us vs {f * 1000:.1f} us, {f / q:.2f}x): it is smaller, not quicker, on this CPU.")
     final, scratch = next((m for m in models if m["role"] == "final"), None), next((m for m in models if m["role"] == "scratch"), None)
-    if final and scratch and final["errors"] > scratch["errors"]:
+    if final and scratch and final["errors"] > scratch["errors"] and not scratch.get("at_chance"):
         notes.append(f"The final model makes more test errors ({final['errors']}) than the scratch student ({scratch['errors']}): "
                      "on this data the compression chain cost more accuracy than distillation gained.")
+    return notes
+
+
+def _runtime_notes(rows: list[dict]) -> list[str]:
+    """Every shipped file slower than its fp32 ONNX counterpart, or than its own source (an .ort than the .onnx it
+    was converted from), named with both timings; 5 % of slack, as the quantized-model notes."""
+    by_format = {r["format"]: r for r in rows if r["model"] == "final"}
+    fp32 = next((r for r in rows if r["model"] == "fp32"), None) or by_format.get("onnx")
+    notes = []
+    for r in rows:
+        if r["model"] != "final" or r["format"] == "onnx":  # model.onnx is the last stage's file: its note is above
+            continue
+        refs = [(fp32, "its fp32 .onnx counterpart")] if fp32 is not None else []
+        if r["format"] == "ort" and "onnx" in by_format:
+            refs.append((by_format["onnx"], "the .onnx it was converted from"))
+        for ref, what in refs:
+            for key, label in (("latency_ms", "batch 1, 1 thread"), ("latency_batch_ms", "large batch, all threads")):
+                mine, theirs = r[key]["p50"], ref[key]["p50"]
+                if mine > 1.05 * theirs:
+                    notes.append(f"{Path(r['path']).name} ({r['runtime']}) is SLOWER than {what} {Path(ref['path']).name} "
+                                 f"at {label}: p50 {mine * 1000:.1f} us vs {theirs * 1000:.1f} us ({theirs / mine:.2f}x).")
     return notes
 
 
@@ -128,7 +184,7 @@ def _rows(report: dict) -> list[list[str]]:
         sp1 = _ratio(teacher["latency_ms"]["p50"], m["latency_ms"]["p50"]) if teacher else None
         spb = _ratio(teacher["latency_batch_ms"]["p50"], m["latency_batch_ms"]["p50"]) if teacher else None
         smaller = _ratio(teacher["size_bytes"], m["size_bytes"]) if teacher else None
-        rows.append([m["name"], m["role"], f"{m['accuracy']:.2%}", str(m["errors"]),
+        rows.append([m["name"], m["role"], f"{m['accuracy']:.2%}" + (" AT CHANCE" if m.get("at_chance") else ""), str(m["errors"]),
                      f"{m['agreement']:.2%}" if m.get("agreement") is not None else "-",
                      f"{m['params']:,}" if m.get("params") else "-", f"{m['macs'] / 1e6:.2f}M" if m.get("macs") else "-",
                      _size(m["size_bytes"]), f"{smaller:.1f}x" if smaller else "-",
@@ -157,12 +213,13 @@ def markdown(report: dict) -> str:
     s = report["summary"]
     if "final_vs_teacher" in s:
         f = s["final_vs_teacher"]
-        lines += ["", "## Final model vs teacher", "",
+        lines += ["", "## Final model vs teacher", "", _broken_warning(f) +
                   f"- {f['size_ratio']:.1f}x smaller file, {f['speedup_p50_batch1']:.2f}x faster at batch 1 on 1 thread (p50), "
                   f"{f['speedup_p50_batch']:.2f}x at batch {report['bench']['batch']['batch']}; {f['accuracy_ratio']:.2%} of the teacher's accuracy."]
     if "final_vs_scratch" in s:
         f = s["final_vs_scratch"]
-        lines.append(f"- Final model: {f['errors']} test errors; student trained from scratch with the same budget: {f['scratch_errors']}.")
+        lines.append(_broken_warning(f) + f"- Final model: {f['errors']} test errors; student trained from scratch with the "
+                     f"same budget: {f['scratch_errors']}.")
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += runtime_markdown(report)
@@ -177,8 +234,10 @@ def markdown(report: dict) -> str:
         lines.append("")
         if "layers" in i:
             lines += [f"params {i['params_before']:,} -> {i['params_after']:,}; MACs {i['macs_before']:,} -> {i['macs_after']:,}", "",
-                      "| layer | channels before | after |", "|---|---|---|"]
-            lines += [f"| {r['layer']} | {r['before']} | {r['after']} |" for r in i["layers"]]
+                      "| layer | channels before | after | removed | asked |", "|---|---|---|---|---|"]
+            lines += [f"| {r['layer']} | {r['before']} | {r['after']} | {r['cut']:.0%} | "
+                      f"{'-' if r.get('asked') is None else format(r['asked'], '.0%')}"
+                      f"{' **deeper than asked**' if r.get('deeper_than_asked') else ''} |" for r in i["layers"]]
         for k in ("best_epoch", "val_accuracy", "parity_max_abs_diff", "ort_parity_max_abs_diff", "mode", "calibration",
                   "calibration_samples", "calibration_split", "block_size", "matmulnbits_nodes"):
             if k in i:
@@ -186,6 +245,13 @@ def markdown(report: dict) -> str:
         lines += stage_details(i)
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _broken_warning(comparison: dict) -> str:
+    """A line that comes before a comparison with a model at chance (so the comparison is never read bare)."""
+    broken = comparison.get("broken") or []
+    return (f"- **Not a meaningful comparison: the {' and the '.join(broken)} model scored at chance** "
+            "(see Notes).\n" if broken else "")
 
 
 def stage_details(info: dict) -> list[str]:
@@ -206,7 +272,8 @@ def _runtime_rows(report: dict) -> list[list[str]]:
     for r in rows:
         sp = _ratio(teacher["latency_ms"]["p50"], r["latency_ms"]["p50"]) if teacher else None
         spb = _ratio(teacher["latency_batch_ms"]["p50"], r["latency_batch_ms"]["p50"]) if teacher else None
-        out.append([r["name"], r["runtime"], f"{r['accuracy']:.2%}", _size(r["size_bytes"]), str(r["static_batch"] or "any"),
+        out.append([r["name"], r["runtime"], f"{r['accuracy']:.2%}" + (" AT CHANCE" if r.get("at_chance") else ""),
+                    _size(r["size_bytes"]), str(r["static_batch"] or "any"),
                     f"{_us(r['latency_ms']['p50'])} / {_us(r['latency_ms']['p90'])}", f"{sp:.2f}x" if sp else "-",
                     f"{_us(r['latency_batch_ms']['p50'])} / {_us(r['latency_batch_ms']['p90'])}", f"{spb:.2f}x" if spb else "-"])
     return out

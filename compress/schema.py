@@ -182,7 +182,7 @@ def read_json(path: str | Path, what: str) -> Any:
         raise SchemaError(f"{path}: {st.st_size:,} bytes is too large for a {what} (limit {MAX_JSON_BYTES:,})")
     try:
         return json.loads(path.read_bytes(), parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the limit
         raise SchemaError(f"{path}: the {what} is not valid JSON ({exc})") from None
 
 

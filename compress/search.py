@@ -9,10 +9,16 @@ or calibrated on. The Pareto frontier is taken over (test accuracy up, p50 laten
 file size down).
 
 Ratio 0 means "no prune stage"; mode ``fp32`` means "no quantize stage" (the exported fp32 file).
+
+With ``--storage URL`` the search is an optuna study that any number of worker processes, on one machine or
+several sharing the output root, build from (each variant once; a crashed worker's variant is queued again);
+``--report`` then measures the finished candidates together on one machine, as above. See "a search on an
+optuna storage" below.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import typing
@@ -27,7 +33,7 @@ from compress._progress import say
 from compress.errors import CompressError, MissingExtraError
 
 __all__ = ["Axes", "Point", "SearchError", "parse_axes", "quantize_modes", "variant", "pareto", "search",
-           "markdown", "plot", "print_table"]
+           "open_storage", "markdown", "plot", "print_table"]
 
 FP32 = "fp32"
 METHODS = ("grid", "tpe")
@@ -224,14 +230,29 @@ class _Candidate:
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     probe: dict = field(default_factory=dict)
+    worker: str | None = None  # a storage search: the worker that built it (host:pid) and its trial number
+    trial: int | None = None
+
+    @property
+    def key(self) -> str:
+        """One digest of the whole chain: two candidates with the same key are the same model."""
+        from compress.cache import cache_key
+
+        return cache_key("variant", list(self.keys))
 
 
-def _optuna():
+def _optuna(what: str = "compress search --method tpe"):
     try:
         import optuna
     except ImportError:
-        raise MissingExtraError("compress search --method tpe", "search", "optuna") from None
+        raise MissingExtraError(what, "search", "optuna") from None
+    import warnings
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats, fail_stale_trials and RetryHeartbeatStaleTrialCallback are marked experimental, and ask() on a
+    # storage with a heartbeat warns that heartbeats are meant for optimize(): this module beats itself.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     return optuna
 
 
@@ -275,164 +296,172 @@ def _session_estimate(probes: list[dict], bench) -> float:
     return total
 
 
-def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method: str = "grid",
-           budget: float | None = None, trials: int | None = None, quiet: bool = False,
-           clock: Callable[[], float] = time.monotonic) -> dict:
-    """Build every variant (grid) or ``trials`` of them (TPE), measure all together, write the frontier.
+class _Search:
+    """What every way of searching shares: the recipe and its axes, the data and models prepared once per
+    student width, the output root's cache, the search folder, the candidates known by their stage keys and
+    what each stage took to compute. Everything that can fail without compute fails in the constructor."""
 
-    Returns the ``search.json`` content. ``budget`` (seconds of wall time, the final measurement
-    included) stops launching variants that would not fit, estimated from the times of the stages each
-    would have to compute (cached stages cost nothing) and from the measurement session it would add to.
-    """
-    from compress import pipeline
-    from compress._io import inside, publish, staging
-    from compress.bench import cpu_info
+    def __init__(self, recipe, output, axes: Axes, *, budget, quiet: bool, clock, started: float):
+        from compress import pipeline
+        from compress._io import inside
 
-    started = clock()
-    if method not in METHODS:
-        raise SearchError(f"--method: unknown method {method!r}; valid choices: {', '.join(METHODS)}")
-    if budget is not None and not budget > 0:
-        raise SearchError(f"--budget: {budget} seconds; give a positive number of seconds")
-    if trials is not None and method != "tpe":
-        raise SearchError("--trials applies to --method tpe only; a grid runs every point")
-    axes = parse_axes(recipe, ratios, modes, widths)
-    optuna = _optuna() if method == "tpe" else None  # a missing extra fails before any compute
-    out_dir = pipeline.output_dir(recipe, output)
-    search_dir, cache = inside(out_dir, "search"), pipeline.output_cache(out_dir)
+        self.recipe, self.axes, self.budget, self.quiet, self.clock, self.started = (recipe, axes, budget, quiet,
+                                                                                     clock, started)
+        self.out_dir = pipeline.output_dir(recipe, output)
+        self.search_dir, self.cache = inside(self.out_dir, "search"), pipeline.output_cache(self.out_dir)
+        self.preps: dict = {}
+        own = own_point(recipe)
+        self.base = _Candidate(own, own.name, recipe, pipeline.chain_keys(recipe, self.prep_for(recipe)), is_recipe=True)
+        if pipeline.chain_keys(variant(recipe, own), self.preps[own.width]) != self.base.keys:
+            self.base.name = "recipe"  # e.g. two prune stages with different ratios: no grid point is the recipe
+        self.known: dict[tuple, _Candidate] = {tuple(self.base.keys): self.base}  # same stage keys = the same model
+        self.stage_seconds: dict[tuple[int, str], float] = {}  # (index, type) -> the longest fresh computation seen
+        self.done: list[_Candidate] = []
+        self.refs: list[dict] = []
+        self.skipped: list[dict] = []
 
-    # Everything that can fail without compute fails here: every grid variant is built and checked,
-    # and the data and models are prepared once per student width.
-    preps: dict = {}
+    def prep_for(self, r):
+        from compress import pipeline
 
-    def prep_for(r):
         w = own_point(r).width
-        if w not in preps:
-            preps[w] = pipeline.prepare(r)
-        return preps[w]
+        if w not in self.preps:
+            self.preps[w] = pipeline.prepare(r)
+        return self.preps[w]
 
-    own = own_point(recipe)
-    base = _Candidate(own, own.name, recipe, pipeline.chain_keys(recipe, prep_for(recipe)), is_recipe=True)
-    if pipeline.chain_keys(variant(recipe, own), preps[own.width]) != base.keys:
-        base.name = "recipe"  # e.g. two prune stages with different ratios: no grid point is the recipe
-    planned = [base]
+    def candidate(self, p: Point) -> _Candidate:
+        from compress import pipeline
 
-    known: dict[tuple, _Candidate] = {tuple(base.keys): base}  # same stage keys = the same model
-
-    def candidate(p: Point) -> _Candidate:
-        r = variant(recipe, p, name=f"{recipe.name}.{p.name}")
+        r = variant(self.recipe, p, name=f"{self.recipe.name}.{p.name}")
         r = r.model_copy(update={"baseline": "none"})  # the scratch baseline comes from the recipe's own build
-        r._lines = dict(recipe._lines)
-        c = _Candidate(p, p.name, r, pipeline.chain_keys(r, prep_for(r)))
-        return known.get(tuple(c.keys), c)
+        r._lines = dict(self.recipe._lines)
+        c = _Candidate(p, p.name, r, pipeline.chain_keys(r, self.prep_for(r)))
+        return self.known.get(tuple(c.keys), c)
 
-    if method == "grid":
-        for p in axes.grid():
-            c = candidate(p)
-            if tuple(c.keys) not in known:
-                known[tuple(c.keys)] = c
+    def grid(self) -> list[_Candidate]:
+        """The recipe's own variant, then every grid point that is a different model."""
+        planned = [self.base]
+        for p in self.axes.grid():
+            c = self.candidate(p)
+            if tuple(c.keys) not in self.known:
+                self.known[tuple(c.keys)] = c
                 planned.append(c)
-        n_planned = len(planned)
-    else:
-        n_planned = trials or 20
-        for w in axes.widths:  # every width is checked before any compute, as the grid's are
-            candidate(Point(axes.ratios[0], axes.modes[0], w))
+        return planned
 
-    with pipeline.exclusive(search_dir):
-        say(f"[bold]compress search[/bold] {recipe.name}: {method}, {n_planned} variant(s) planned over "
-            f"ratios {', '.join(f'{r:g}' for r in axes.ratios)} x modes {', '.join(axes.modes)}"
-            + (f" x widths {', '.join(str(w) for w in axes.widths)}" if len(axes.widths) > 1 else "")
-            + (f", budget {budget:g} s" if budget else ""), quiet)
-        done: list[_Candidate] = []
-        refs: list[dict] = []
-        stage_seconds: dict[tuple[int, str], float] = {}  # (index, type) -> the longest fresh computation seen
-        skipped: list[dict] = []
+    def check_widths(self) -> None:
+        """Every width is checked before any compute, as the grid's are (TPE samples the rest later)."""
+        for w in self.axes.widths:
+            self.candidate(Point(self.axes.ratios[0], self.axes.modes[0], w))
 
-        def estimate(c: _Candidate) -> float | None:
-            """Seconds to build ``c`` and to measure it in the final session; None when nothing is known yet."""
-            from compress.cache import StageCache
+    def estimate(self, c: _Candidate, session: bool = True) -> float | None:
+        """Seconds to build ``c`` (and, with ``session``, to measure it in the final session); None when
+        nothing is known yet."""
+        from compress.cache import StageCache
 
-            total = 0.0
-            for i, (st, key) in enumerate(zip(c.recipe.stages, c.keys)):
-                if cache.has(StageCache.KIND, key):
-                    continue
-                if (i, st.type) in stage_seconds:
-                    total += stage_seconds[(i, st.type)]
-                elif any(t == st.type for _, t in stage_seconds):
-                    total += max(s for (_, t), s in stage_seconds.items() if t == st.type)
-                elif stage_seconds:
-                    total += max(stage_seconds.values())  # a stage type not computed yet: the slowest seen
-                else:
-                    return None  # nothing computed yet (a warm cache): launch it and learn
-            probes = [d.probe for d in done if d.probe] + [r["probe"] for r in refs]
-            worst = max(probes, key=lambda p: p["latency_ms"] + p["batch_ms"]) if probes else None
-            return total + _session_estimate(probes + ([worst] if worst else []), bench=recipe.bench)
+        total = 0.0
+        for i, (st, key) in enumerate(zip(c.recipe.stages, c.keys)):
+            if self.cache.has(StageCache.KIND, key):
+                continue
+            if (i, st.type) in self.stage_seconds:
+                total += self.stage_seconds[(i, st.type)]
+            elif any(t == st.type for _, t in self.stage_seconds):
+                total += max(s for (_, t), s in self.stage_seconds.items() if t == st.type)
+            elif self.stage_seconds:
+                total += max(self.stage_seconds.values())  # a stage type not computed yet: the slowest seen
+            else:
+                return None  # nothing computed yet (a warm cache): launch it and learn
+        if not session:
+            return total
+        probes = [d.probe for d in self.done if d.probe] + [r["probe"] for r in self.refs]
+        worst = max(probes, key=lambda p: p["latency_ms"] + p["batch_ms"]) if probes else None
+        return total + _session_estimate(probes + ([worst] if worst else []), bench=self.recipe.bench)
 
-        def run_one(c: _Candidate, index: int) -> None:
-            say(f"[bold magenta]variant {index}[/bold magenta] {c.name}" + (" (the recipe's own)" if c.is_recipe else ""),
-                quiet)
-            t0 = clock()
-            # Built in a staging folder and published whole: an earlier search's files for this variant are
-            # replaced only by a complete new set.
-            vdir = inside(search_dir, "variants", c.name)
-            with staging(vdir) as sdir:
-                built = pipeline.build(c.recipe, prep_for(c.recipe), sdir, cache, quiet=quiet)
-                publish(sdir, vdir, pipeline.OWNED)
-                built = pipeline.relocate(built, sdir, vdir)
-            c.seconds = clock() - t0
-            c.stages = [{"type": s["type"], "cached": s["cached"], "seconds": s["seconds"]} for s in built.stage_log]
-            for i, (s, key) in enumerate(zip(built.stage_log, c.keys)):
-                # How long each stage took to compute, kept beside the cache: a later search whose stages
-                # are cached still knows what computing one more variant costs.
-                if not s["cached"]:
-                    cache.put_json("search-seconds", key, {"type": s["type"], "seconds": s["seconds"]})
-                took = s["seconds"] if not s["cached"] else (cache.get_json("search-seconds", key) or {}).get("seconds")
-                took = took if isinstance(took, (int, float)) else None
-                if took is not None:
-                    stage_seconds[(i, s["type"])] = max(stage_seconds.get((i, s["type"]), 0.0), took)
-            final = built.measured[-1]
-            c.entry = {**final, "name": c.name, "role": "candidate"}
-            c.probe = _probe(final["path"], prep_for(c.recipe).splits, recipe.bench)
-            if not refs:
-                for m in built.measured:
-                    if m["role"] in ("teacher", "scratch"):
-                        refs.append({**m, "probe": _probe(m["path"], prep_for(c.recipe).splits, recipe.bench)})
-            known[tuple(c.keys)] = c
-            done.append(c)
+    def fits(self, c: _Candidate, session: bool = True) -> tuple[bool, float | None]:
+        if self.budget is None:
+            return True, None
+        est = self.estimate(c, session)
+        left = self.budget - (self.clock() - self.started)
+        return (est is None and left > 0) or (est is not None and est <= left), est
 
-        def fits(c: _Candidate) -> tuple[bool, float | None]:
-            if budget is None:
-                return True, None
-            est = estimate(c)
-            left = budget - (clock() - started)
-            return (est is None and left > 0) or (est is not None and est <= left), est
+    def skip(self, c: _Candidate, est: float | None) -> dict:
+        return {"name": c.name, **c.point.as_dict(), "estimated_seconds": None if est is None else round(est, 2)}
 
-        run_one(base, 1)
-        if method == "grid":
-            for c in planned[1:]:
-                ok, est = fits(c)
-                if not ok:
-                    skipped.append({"name": c.name, **c.point.as_dict(),
-                                    "estimated_seconds": None if est is None else round(est, 2)})
-                    continue
-                run_one(c, len(done) + 1)
-        else:
-            _tpe(optuna, recipe, axes, n_planned, base, candidate, done, run_one, fits, skipped)
-        stopped = bool(skipped)
-        build_seconds = clock() - started
+    @contextlib.contextmanager
+    def lock(self, c: _Candidate):
+        """One builder of a variant's folder at a time, across processes on this output root (another search or
+        worker waits here): staging() clears the folder's stale partial builds, safe only while nobody builds in it."""
+        from compress._io import claim_file, inside
 
+        folder = inside(self.search_dir, "variants")
+        folder.mkdir(parents=True, exist_ok=True)
+        with claim_file(inside(folder, f"{c.name}.lock")):
+            yield
+
+    def build(self, c: _Candidate, index: int) -> None:
+        """Build ``c`` (its stages from the cache where they are there) into ``search/variants/<name>/`` and probe it.
+        Hold ``lock(c)`` around it."""
+        from compress import pipeline
+        from compress._io import inside, publish, staging
+
+        say(f"[bold magenta]variant {index}[/bold magenta] {c.name}" + (" (the recipe's own)" if c.is_recipe else ""),
+            self.quiet)
+        t0 = self.clock()
+        # Built in a staging folder and published whole: an earlier search's files for this variant are
+        # replaced only by a complete new set.
+        vdir = inside(self.search_dir, "variants", c.name)
+        with staging(vdir) as sdir:
+            built = pipeline.build(c.recipe, self.prep_for(c.recipe), sdir, self.cache, quiet=self.quiet)
+            publish(sdir, vdir, pipeline.OWNED)
+            built = pipeline.relocate(built, sdir, vdir)
+        c.seconds = self.clock() - t0
+        c.stages = [{"type": s["type"], "cached": s["cached"], "seconds": s["seconds"]} for s in built.stage_log]
+        for i, (s, key) in enumerate(zip(built.stage_log, c.keys)):
+            # How long each stage took to compute, kept beside the cache: a later search whose stages
+            # are cached still knows what computing one more variant costs.
+            if not s["cached"]:
+                self.cache.put_json("search-seconds", key, {"type": s["type"], "seconds": s["seconds"]})
+            took = s["seconds"] if not s["cached"] else (self.cache.get_json("search-seconds", key) or {}).get("seconds")
+            took = took if isinstance(took, (int, float)) else None
+            if took is not None:
+                self.stage_seconds[(i, s["type"])] = max(self.stage_seconds.get((i, s["type"]), 0.0), took)
+        final = built.measured[-1]
+        c.entry = {**final, "name": c.name, "role": "candidate"}
+        splits = self.prep_for(c.recipe).splits
+        c.probe = _probe(final["path"], splits, self.recipe.bench)
+        if c.is_recipe:  # the references: the recipe's own build trains the teacher and the scratch student
+            self.refs = [{**m, "probe": _probe(m["path"], splits, self.recipe.bench)}
+                         for m in built.measured if m["role"] in ("teacher", "scratch")]
+        self.known[tuple(c.keys)] = c
+        self.done.append(c)
+
+    def run_one(self, c: _Candidate, index: int) -> None:
+        with self.lock(c):
+            self.build(c, index)
+
+    def finish(self, method: str, n_planned: int, build_seconds: float, extra: dict | None = None) -> dict:
+        """Measure every candidate, the teacher and the scratch student in one interleaved session; the
+        frontier; search.json, search.md and search.png. Returns the search.json content."""
+        from compress import pipeline
+        from compress._io import claim_file, inside
+        from compress.bench import cpu_info
+        from compress.report import chance_level
+
+        done, refs, recipe, search_dir = self.done, self.refs, self.recipe, self.search_dir
         say(f"[bold]measuring[/bold] {len(done)} candidate(s), the teacher and the scratch student together "
-            "(test accuracy; latency interleaved in one session, cached by the models' keys)", quiet)
-        t0 = clock()
+            "(test accuracy; latency interleaved in one session, cached by the models' keys)", self.quiet)
+        t0 = self.clock()
         # Byte-identical files (two ratios that round to the same channel counts, say) are one model:
         # measured once and listed under every name, so timing noise cannot make a model dominate itself.
         first: dict[str, str] = {}
         same_as = {c.name: first.setdefault(pipeline.file_digest(Path(c.entry["path"])), c.name) for c in done}
         unique = [c for c in done if same_as[c.name] == c.name]
         entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in unique]
-        splits = prep_for(recipe).splits
-        reused = cache.get_json("eval", pipeline.measure_key(recipe, splits, entries)) is not None
-        models, eval_key = pipeline.measure(recipe, splits, entries, cache, quiet=True)
-        measure_seconds = clock() - t0
+        splits = self.prep_for(recipe).splits
+        reused = self.cache.get_json("eval", pipeline.measure_key(recipe, splits, entries)) is not None
+        models, eval_key = pipeline.measure(recipe, splits, entries, self.cache, quiet=True)
+        measure_seconds = self.clock() - t0
+        chance = chance_level(np.bincount(splits.test.y, minlength=splits.num_classes).tolist())
+        for m in models:
+            m["at_chance"] = m["accuracy"] <= chance["threshold"]
 
         by_name = {m["name"]: m for m in models}
         objective = {c.name: _objectives(by_name[c.name]) for c in unique}
@@ -448,68 +477,719 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
                          "val_accuracy": c.probe["val_accuracy"], "agreement": m["agreement"],
                          "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"],
                          "latency_batch_ms": m["latency_batch_ms"], "params": m["params"], "macs": m["macs"],
-                         "path": str(c.entry["path"]), "key": c.entry["key"], "build_seconds": round(c.seconds, 2),
-                         "stages": c.stages})
+                         "at_chance": m["at_chance"], "path": str(c.entry["path"]), "key": c.entry["key"],
+                         "build_seconds": round(c.seconds, 2), "stages": c.stages,
+                         **({"built_by": c.worker, "trial": c.trial} if c.worker is not None else {})})
         references = [{"name": m["name"], "role": m["role"], "accuracy": m["accuracy"], "errors": m["errors"],
+                       "at_chance": m["at_chance"],
                        "val_accuracy": r["probe"]["val_accuracy"], "size_bytes": m["size_bytes"],
                        "latency_ms": m["latency_ms"], "latency_batch_ms": m["latency_batch_ms"],
                        "params": m["params"], "macs": m["macs"], "path": m["path"]}
                       for r, m in zip(refs, models)]
         result = {
             "name": recipe.name, "recipe_file": recipe.source_file, "method": method,
-            "axes": {"ratios": list(axes.ratios), "modes": list(axes.modes), "widths": list(axes.widths)},
+            "axes": {"ratios": list(self.axes.ratios), "modes": list(self.axes.modes),
+                     "widths": list(self.axes.widths)},
             "objectives": {"accuracy": "test split, max", "latency": "p50 ms, batch 1, 1 thread, min",
                            "size": "file bytes, min"},
-            "budget_seconds": budget, "variants_planned": n_planned, "variants_run": len(done),
-            "stopped_by_budget": stopped, "skipped": skipped,
+            "budget_seconds": self.budget, "variants_planned": n_planned, "variants_run": len(done),
+            "stopped_by_budget": bool(self.skipped), "skipped": self.skipped,
             "frontier": [r["name"] for r in rows if r["frontier"]],
             "candidates": rows, "references": references, "measured_together": [m["name"] for m in models],
             "bench": recipe.bench.model_dump(), "cpu": cpu_info(), "eval_key": eval_key,
             "build_seconds": round(build_seconds, 2), "measure_seconds": round(measure_seconds, 2),
-            "measurements_cached": reused,
-            "search_seconds": round(clock() - started, 2),
+            "measurements_cached": reused, "chance": chance,
+            "search_seconds": round(self.clock() - self.started, 2),
             "files": {k: str(search_dir / f"search.{k}") for k in ("json", "md", "png")},
+            **(extra or {}),
         }
-        write(result, search_dir)
-        result["search_seconds"] = round(clock() - started, 2)
-        write_json(search_dir / "search.json", result)  # again, with the time the files took
-        if not quiet:
+        search_dir.mkdir(parents=True, exist_ok=True)
+        with claim_file(inside(search_dir, ".lock")):  # two searches finishing together write one set of files each
+            write(result, search_dir)
+            result["search_seconds"] = round(self.clock() - self.started, 2)
+            write_json(search_dir / "search.json", result)  # again, with the time the files took
+        if not self.quiet:
             print_table(result)
         return result
 
 
-def _tpe(optuna, recipe, axes: Axes, trials: int, base: _Candidate, candidate, done, run_one, fits, skipped) -> None:
+def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method: str | None = None,
+           budget: float | None = None, trials: int | None = None, quiet: bool = False,
+           clock: Callable[[], float] = time.monotonic, storage: str | None = None, study: str | None = None,
+           report: bool = False, heartbeat: int | None = None) -> dict:
+    """Build every variant (grid) or ``trials`` of them (TPE), measure all together, write the frontier.
+
+    Returns the ``search.json`` content. ``budget`` (seconds of wall time, the final measurement
+    included) stops launching variants that would not fit, estimated from the times of the stages each
+    would have to compute (cached stages cost nothing) and from the measurement session it would add to.
+
+    With ``storage`` (an optuna storage URL, see ``open_storage``) this process is one worker of the
+    study ``study`` (default: the recipe's name): it builds variants the study has not built yet and records
+    them there, measuring nothing together; ``budget`` bounds this worker's building. Any number of workers,
+    on any machines sharing the output root, pull from one study. ``report=True`` builds nothing: it measures
+    the study's finished candidates together and writes the frontier. Returns the worker's summary, or the
+    ``search.json`` content for a report.
+    """
+    started = clock()
+    method = method or "grid"
+    if method not in METHODS:
+        raise SearchError(f"--method: unknown method {method!r}; valid choices: {', '.join(METHODS)}")
+    if budget is not None and not budget > 0:
+        raise SearchError(f"--budget: {budget} seconds; give a positive number of seconds")
+    if trials is not None and method != "tpe":
+        raise SearchError("--trials applies to --method tpe only; a grid runs every point")
+    if storage is None:
+        for given, flag in ((report, "--report"), (study is not None, "--study"), (heartbeat is not None, "--heartbeat")):
+            if given:
+                raise SearchError(f"{flag} applies to a search on an optuna storage; give --storage URL too "
+                                  "(sqlite:///search.db, journal:///shared/search.log or postgresql://...)")
+    if report and budget is not None:
+        raise SearchError("--budget bounds what a worker builds; --report builds nothing (leave --budget out)")
+    if heartbeat is not None and not heartbeat >= 1:
+        raise SearchError(f"--heartbeat: {heartbeat} seconds; give a whole number of seconds >= 1")
+    axes = parse_axes(recipe, ratios, modes, widths)
+    optuna = None  # a missing extra fails before any compute
+    if storage is not None:
+        optuna = _optuna("compress search --storage")
+    elif method == "tpe":
+        optuna = _optuna()
+    store = open_storage(storage, heartbeat or HEARTBEAT) if storage is not None else None  # a bad URL too
+    s = _Search(recipe, output, axes, budget=budget, quiet=quiet, clock=clock, started=started)
+    if store is not None:
+        return (_report if report else _work)(s, optuna, store, study or recipe.name, method, trials)
+
+    if method == "grid":
+        planned = s.grid()
+        n_planned = len(planned)
+    else:
+        n_planned = trials or 20
+        s.check_widths()
+    say(f"[bold]compress search[/bold] {recipe.name}: {method}, {n_planned} variant(s) planned over "
+        f"ratios {', '.join(f'{r:g}' for r in axes.ratios)} x modes {', '.join(axes.modes)}"
+        + (f" x widths {', '.join(str(w) for w in axes.widths)}" if len(axes.widths) > 1 else "")
+        + (f", budget {budget:g} s" if budget else ""), quiet)
+    s.run_one(s.base, 1)
+    if method == "grid":
+        for c in planned[1:]:
+            ok, est = s.fits(c)
+            if not ok:
+                s.skipped.append(s.skip(c, est))
+                continue
+            s.run_one(c, len(s.done) + 1)
+    else:
+        _tpe(optuna, s, n_planned)
+    return s.finish(method, n_planned, clock() - started)
+
+
+def _distributions(optuna, axes: Axes, method: str) -> dict:
+    """The search space as optuna distributions: TPE's ratio is continuous (steps of 0.01) between the smallest
+    and the largest given; a grid's axes are categorical. An axis with one value is not a parameter for TPE."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    if method == "grid":
+        return {"ratio": CategoricalDistribution(list(axes.ratios)), "mode": CategoricalDistribution(list(axes.modes)),
+                "width": CategoricalDistribution(list(axes.widths))}
+    lo, hi = min(axes.ratios), max(axes.ratios)
+    out = {}
+    if hi > lo:
+        out["ratio"] = FloatDistribution(lo, hi, step=0.01)
+    if len(axes.modes) > 1:
+        out["mode"] = CategoricalDistribution(list(axes.modes))
+    if len(axes.widths) > 1:
+        out["width"] = CategoricalDistribution(list(axes.widths))
+    return out
+
+
+def _suggest(trial, axes: Axes) -> Point:
+    lo, hi = min(axes.ratios), max(axes.ratios)
+    ratio = round(trial.suggest_float("ratio", lo, hi, step=0.01), 2) if hi > lo else lo
+    mode = trial.suggest_categorical("mode", list(axes.modes)) if len(axes.modes) > 1 else axes.modes[0]
+    width = trial.suggest_categorical("width", list(axes.widths)) if len(axes.widths) > 1 else axes.widths[0]
+    return Point(ratio, mode, width)
+
+
+def _in_space(distributions: dict, p: Point) -> dict:
+    """``p``'s values that lie in the search space (the recipe's own point may lie outside it)."""
+    out = {}
+    for k, v in p.as_dict().items():
+        d = distributions.get(k)
+        try:
+            if d is not None and d._contains(d.to_internal_repr(v)):
+                out[k] = v
+        except (ValueError, TypeError):
+            pass
+    return out
+
+
+def _tpe(optuna, s: _Search, trials: int) -> None:
     """Multi-objective TPE (optuna) over (validation accuracy, probe latency, size): the sampler never sees
     the test split. The ratio is continuous between the smallest and largest given (steps of 0.01)."""
-    sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=min(5, trials))
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-    lo, hi = min(axes.ratios), max(axes.ratios)
+    sampler = optuna.samplers.TPESampler(seed=s.recipe.seed, n_startup_trials=min(5, trials))
+    study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
+    base = s.base
     seen = {base.point: base}
 
-    def values(c: _Candidate) -> list[float]:
-        return [c.probe["val_accuracy"], c.probe["latency_ms"], float(Path(c.entry["path"]).stat().st_size)]
-
-    own = {k: v for k, v, ok in (("ratio", base.point.ratio, lo <= base.point.ratio <= hi),
-                                 ("mode", base.point.mode, base.point.mode in axes.modes),
-                                 ("width", base.point.width, base.point.width in axes.widths)) if ok}
-    study.enqueue_trial(own)  # the first trial: the recipe's own point, where it lies in the search space
+    study.enqueue_trial(_in_space(_distributions(optuna, s.axes, "tpe"), base.point))  # the first trial: the recipe's own point
     for _ in range(trials):
         trial = study.ask()
-        ratio = round(trial.suggest_float("ratio", lo, hi, step=0.01), 2) if hi > lo else lo
-        mode = trial.suggest_categorical("mode", list(axes.modes)) if len(axes.modes) > 1 else axes.modes[0]
-        width = trial.suggest_categorical("width", list(axes.widths)) if len(axes.widths) > 1 else axes.widths[0]
-        p = Point(ratio, mode, width)
-        c = seen.get(p) or candidate(p)
-        if not any(d is c for d in done):
-            ok, est = fits(c)
+        p = _suggest(trial, s.axes)
+        c = seen.get(p) or s.candidate(p)
+        if not any(d is c for d in s.done):
+            ok, est = s.fits(c)
             if not ok:
-                skipped.append({"name": c.name, **p.as_dict(),
-                                "estimated_seconds": None if est is None else round(est, 2)})
+                s.skipped.append(s.skip(c, est))
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 break
-            run_one(c, len(done) + 1)
+            s.run_one(c, len(s.done) + 1)
         seen[p] = c
-        study.tell(trial, values(c))
+        study.tell(trial, _values(c))
+
+
+DIRECTIONS = ["maximize", "minimize", "minimize"]  # validation accuracy, probe latency, file size
+
+
+def _values(c: _Candidate) -> list[float]:
+    return [c.probe["val_accuracy"], c.probe["latency_ms"], float(Path(c.entry["path"]).stat().st_size)]
+
+
+HEARTBEAT = 60  # seconds between a storage worker's heartbeats; a variant is given up after two missed
+
+
+# --- a search on an optuna storage: workers, crash recovery, the report -----------------------------
+#
+# The study holds the queue and the record of the search; the output root (``<output>/.cache`` and the search
+# folder, on a filesystem every worker shares) holds the files. A variant is built once:
+#
+# - the first worker to create the study queues every grid point (or, for TPE, the recipe's own point) as a
+#   WAITING trial and then sets the study's ``plan``; creating a study of a taken name fails in every storage
+#   (a unique column in a database, the first CREATE in a journal), so the queue is written once;
+# - a worker claims a queued trial by moving it from WAITING to RUNNING, which succeeds for one worker only:
+#   the journal applies operations in log order, PostgreSQL and MySQL lock the row (SELECT ... FOR UPDATE), and
+#   for sqlite every transaction here starts with BEGIN IMMEDIATE (``_serialize_sqlite``);
+# - the build itself runs under the variant folder's lock, after checking that no finished trial has built the
+#   same model (same stage keys): TPE may suggest a point again, and a trial given up as crashed while its worker
+#   was still alive comes back; both then reuse the finished result instead of building it twice.
+#
+# A worker records a heartbeat while it builds. A RUNNING trial without one for two heartbeat intervals is given
+# up (FAIL) and queued again as a new WAITING trial (optuna's RetryHeartbeatStaleTrialCallback, at most
+# ``RETRIES`` times): optuna's own heartbeat on RDB storages; a trial system attribute on the journal storage,
+# which in optuna 5 has no heartbeat of its own.
+
+RETRIES = 2  # a variant whose worker keeps dying (out of memory, say) is queued again at most this often
+_BEAT = "compress:heartbeat"  # journal storage: unix time of the worker's last heartbeat (trial system attr)
+_PLAN = "plan"  # study user attr: what the study searches (method, axes, trials, the recipe's stage keys)
+
+
+@dataclass
+class Store:
+    """An optuna storage and how its trials are claimed, kept alive and recovered."""
+
+    url: str
+    shown: str  # the URL without its password, for messages and search.json
+    kind: str  # "sqlite", "rdb" or "journal"
+    storage: object
+    heartbeat: int
+
+    @property
+    def grace(self) -> int:
+        return 2 * self.heartbeat
+
+    def trial_id(self, study, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(study.study_name), number)
+
+    def pop(self, study, number: int) -> int | None:
+        """Claim queued trial ``number`` (WAITING -> RUNNING); its trial id, or None when another worker has it."""
+        import optuna
+        from optuna.trial import TrialState
+
+        tid = self.trial_id(study, number)
+        if self.kind != "journal":
+            # optuna never gives up a RUNNING trial that has no heartbeat yet: beat first, so that a worker dying
+            # right after its claim still leaves a trial that goes stale (a lost race beats another's trial once).
+            self.beat(tid)
+        try:
+            ok = self.storage.set_trial_state_values(tid, TrialState.RUNNING)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return None
+        return tid if ok else None
+
+    def beat(self, tid: int) -> None:
+        if self.kind == "journal":
+            self.storage.set_trial_system_attr(tid, _BEAT, time.time())
+        else:
+            self.storage.record_heartbeat(tid)
+
+    @contextlib.contextmanager
+    def beating(self, tid: int):
+        """A heartbeat every ``heartbeat`` seconds while the block runs (a thread: torch releases the GIL)."""
+        import threading
+
+        from compress._progress import warn
+
+        self.beat(tid)
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.heartbeat):
+                try:
+                    self.beat(tid)
+                except Exception as exc:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+                    warn(f"search: heartbeat of trial id {tid} not recorded ({type(exc).__name__}: {exc})")
+
+        thread = threading.Thread(target=loop, name="compress-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def retry(self, study, tid: int) -> None:
+        """Queue a given-up trial again (a new WAITING trial with its parameters and attributes)."""
+        _retry_callback()(study, self.storage.get_trial(tid))
+
+    def give_back(self, study, tid: int) -> None:
+        """This worker stops (Ctrl-C): its trial goes back to the queue at once, without waiting for the grace period."""
+        import optuna
+        from optuna.trial import TrialState
+
+        try:
+            if self.storage.set_trial_state_values(tid, TrialState.FAIL):
+                self.retry(study, tid)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+    def recover(self, study) -> list[int]:
+        """Give up the RUNNING trials whose worker stopped beating, and queue them again; their numbers."""
+        import optuna
+        from optuna.trial import TrialState
+
+        if self.kind != "journal":  # optuna's heartbeat (RDBStorage: heartbeat_interval, grace_period, callback)
+            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+            optuna.storages.fail_stale_trials(study)
+            return sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+        now, given_up = time.time(), []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # The later of the last heartbeat and the claim: a retried trial carries its predecessor's old beat.
+            last = max(t.system_attrs.get(_BEAT, 0.0), t.datetime_start.timestamp() if t.datetime_start else now)
+            if now - last <= self.grace:
+                continue
+            tid = self.trial_id(study, t.number)
+            try:
+                if not self.storage.set_trial_state_values(tid, TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker gave it up first (the journal applies one FAIL): it queued the retry
+            self.retry(study, tid)
+            given_up.append(t.number)
+        return given_up
+
+
+def _retry_callback():
+    """optuna's callback that queues a given-up trial again (renamed in optuna 4.9; the old name until then)."""
+    import optuna
+
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    return cls(max_retry=RETRIES)
+
+
+def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
+    """The optuna storage of ``--storage URL``:
+
+    - ``sqlite:///search.db`` (relative) or ``sqlite:////abs/search.db``: one machine, any number of workers;
+    - ``journal:///shared/search.log`` (absolute) or ``journal:search.log`` (relative): optuna's journal file
+      storage, for workers on several machines sharing a filesystem (no database server);
+    - any other SQLAlchemy URL (``postgresql://user:password@host/db``, ``mysql+pymysql://...``): optuna's
+      RDBStorage, for a cluster (the database driver must be installed).
+    """
+    optuna = _optuna("compress search --storage")
+    forms = ("give sqlite:///search.db (one machine), journal:///shared/search.log (a filesystem the workers share) "
+             "or a database URL such as postgresql://user@host/db")
+    if url.startswith("journal:"):
+        try:
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+        except ImportError:  # optuna < 4.0
+            from optuna.storages import JournalFileStorage as JournalFileBackend, JournalStorage
+
+        path = url[len("journal:"):]
+        path = path[2:] if path.startswith("//") else path
+        if not path or path.endswith("/"):
+            raise SearchError(f"--storage {url}: no file named; {forms}")
+        if not Path(path).parent.is_dir():
+            raise SearchError(f"--storage {url}: folder {Path(path).parent} does not exist")
+        return Store(url, url, "journal", JournalStorage(JournalFileBackend(path)), heartbeat)
+    if "://" not in url:
+        raise SearchError(f"--storage {url}: not a storage URL; {forms}")
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise SearchError(f"--storage {url}: not a storage URL; {forms}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database and parsed.database != ":memory:" and not Path(parsed.database).parent.is_dir():
+        raise SearchError(f"--storage {shown}: folder {Path(parsed.database).parent} does not exist")
+    if sqlite and parsed.database in (None, "", ":memory:"):
+        raise SearchError(f"--storage {shown}: an in-memory database is not shared; give a file, sqlite:///search.db")
+    import inspect
+
+    named = ("heartbeat_stale_trial_callback"  # optuna >= 4.9; failed_trial_callback before
+             if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+             else "failed_trial_callback")
+    for attempt in range(5):
+        try:
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},
+                heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **{named: _retry_callback()})
+            break
+        except ImportError as exc:
+            raise SearchError(f"--storage {shown}: {exc} (install the database's driver, e.g. pip install "
+                              "psycopg2-binary for postgresql://)") from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            # Two workers creating the tables of a new database at the same moment: one of them retries.
+            if attempt == 4:
+                raise CompressError(f"--storage {shown}: cannot open it ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0]})") from None
+            time.sleep(0.3 * (attempt + 1))
+    if sqlite:
+        _serialize_sqlite(storage.engine)
+    return Store(url, shown, "sqlite" if sqlite else "rdb", storage, heartbeat)
+
+
+def _serialize_sqlite(engine) -> None:
+    """Every transaction on this sqlite file starts with BEGIN IMMEDIATE (sqlite's write lock).
+
+    optuna claims a queued trial by reading it (WAITING) and then writing RUNNING; pysqlite opens the
+    transaction only at the write, so two processes can both read WAITING and both "win" (measured: two
+    processes popping 200 queued trials claimed 19 of them twice). Taking the write lock first makes the read
+    and the write one step (the recipe of SQLAlchemy's pysqlite documentation)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed are closed; new ones get them
+
+
+def _plan(s: _Search, method: str, n_planned: int) -> dict:
+    return {"method": method, "axes": {"ratios": list(s.axes.ratios), "modes": list(s.axes.modes),
+                                       "widths": list(s.axes.widths)},
+            "trials": n_planned if method == "tpe" else None, "recipe": s.recipe.name, "keys": list(s.base.keys)}
+
+
+def _identity(c: _Candidate) -> dict:
+    return {"variant": c.name, "key": c.key, "point": c.point.as_dict(), "recipe": c.is_recipe}
+
+
+def _open_study(optuna, store: Store, name: str, plan: dict, queue: list[_Candidate], sampler, *, create: bool):
+    """The study ``name``: created with its queue when it does not exist (and ``create``), else loaded and its
+    plan checked against this command's. Returns (study, whether this process created it)."""
+    from optuna.trial import TrialState, create_trial
+
+    if create:
+        try:
+            study = optuna.create_study(study_name=name, storage=store.storage, sampler=sampler, directions=DIRECTIONS)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+        else:
+            dists = _distributions(optuna, Axes(**{k: tuple(v) for k, v in plan["axes"].items()}), plan["method"])
+            for c in queue:
+                params = _in_space(dists, c.point)
+                study.add_trial(create_trial(state=TrialState.WAITING, params=params,
+                                             distributions={k: dists[k] for k in params}, user_attrs=_identity(c)))
+            study.set_user_attr(_PLAN, plan)  # last: the queue is complete
+            return study, True
+    try:
+        study = optuna.load_study(study_name=name, storage=store.storage, sampler=sampler)
+    except KeyError:
+        raise CompressError(f"there is no study {name!r} in {store.shown}: start the workers first (the same "
+                            "command without --report)") from None
+    deadline = time.monotonic() + 120
+    while _PLAN not in study.user_attrs:  # its creator is writing the queue
+        if time.monotonic() > deadline:
+            raise CompressError(f"study {name!r} in {store.shown} has no plan: the worker that created it stopped "
+                                f"before queueing its variants; delete it (optuna delete-study --study-name {name} "
+                                f"--storage URL) or pass another --study")
+        time.sleep(0.5)
+    got = study.user_attrs[_PLAN]
+    diff = [k for k in ("method", "axes", "trials", "keys") if got.get(k) != plan[k]]
+    if diff:
+        what = {"method": "method", "axes": "axes", "trials": "--trials", "keys": "recipe (its stage cache keys)"}
+        a = got.get("axes", {})
+        raise SearchError(f"study {name!r} in {store.shown} searches something else ({', '.join(what[k] for k in diff)} "
+                          f"differ: it is a {got.get('method')} search of {got.get('recipe')!r} over ratios "
+                          f"{a.get('ratios')}, modes {a.get('modes')}, widths {a.get('widths')}); run the command "
+                          "its workers run, or pass --study NAME for a new study")
+    return study, False
+
+
+def _from_trial(s: _Search, attrs: dict, number: int) -> _Candidate:
+    c = s.base if attrs.get("recipe") else s.candidate(Point(**attrs["point"]))
+    if attrs.get("key") not in (None, c.key):
+        raise CompressError(f"trial {number} was queued for a different model of variant {attrs.get('variant')!r} "
+                            "(other cache keys: another compress or torch version?); run every worker and the "
+                            "report with the same versions")
+    return c
+
+
+def _finished(study, key: str):
+    """The first finished trial that built the model ``key``, or None."""
+    from optuna.trial import TrialState
+
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get("key") == key and t.user_attrs.get("built")), None)
+
+
+def _tell(optuna, study, store: Store, tid: int, number: int, values, attrs: dict) -> None:
+    """Record ``attrs`` and ``values`` on the trial and finish it. A trial given up as crashed while its worker was
+    still building (a heartbeat missed) cannot be told: the result is added as a finished trial of its own, and the
+    retry queued meanwhile finds it and builds nothing."""
+    from optuna.trial import TrialState, create_trial
+
+    try:
+        for k, v in attrs.items():
+            store.storage.set_trial_user_attr(tid, k, v)
+        study.tell(number, values)
+        return
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+        frozen = store.storage.get_trial(tid)
+        if frozen.state == TrialState.RUNNING:
+            raise
+    study.add_trial(create_trial(params=frozen.params, distributions=frozen.distributions, values=values,
+                                 user_attrs={**frozen.user_attrs, **attrs, "late": number}))
+
+
+def _rel(s: _Search, path) -> str:
+    return str(Path(path).relative_to(s.search_dir))
+
+
+def _built_attrs(s: _Search, c: _Candidate, me: str) -> dict:
+    from compress import pipeline
+
+    keep = ("name", "role", "params", "macs", "key", "lineage")
+    entry = {**{k: c.entry.get(k) for k in keep}, "path": _rel(s, c.entry["path"]),
+             "sha256": pipeline.file_digest(Path(c.entry["path"]))}
+    attrs = {**_identity(c), "worker": me, "built": True, "entry": entry, "keys": list(c.keys), "stages": c.stages,
+             "seconds": round(c.seconds, 2), "probe": c.probe}
+    if c.is_recipe:
+        attrs["refs"] = [{**{k: r.get(k) for k in keep}, "path": _rel(s, r["path"]), "probe": r["probe"],
+                          "sha256": pipeline.file_digest(Path(r["path"]))} for r in s.refs]
+    return attrs
+
+
+def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c: _Candidate, me: str) -> str:
+    """Build ``c`` for trial ``number`` (claimed by this worker) and finish the trial: "built", or "reused" when a
+    finished trial already built the same model."""
+    with store.beating(tid):
+        for k, v in {**_identity(c), "worker": me}.items():
+            store.storage.set_trial_user_attr(tid, k, v)
+        with s.lock(c):
+            done = _finished(study, c.key)
+            if done is not None:
+                say(f"[dim]{c.name}: built by trial {done.number} ({done.user_attrs.get('worker')}); reused[/dim]", s.quiet)
+                _tell(optuna, study, store, tid, number, done.values, {"same_as": done.number})
+                return "reused"
+            try:
+                s.build(c, len(s.done) + 1)
+            except KeyboardInterrupt:
+                store.give_back(study, tid)
+                raise
+            except BaseException as exc:
+                import traceback
+
+                from optuna.trial import TrialState
+
+                store.storage.set_trial_user_attr(tid, "error", "".join(
+                    traceback.format_exception_only(type(exc), exc)).strip()[-2000:])
+                store.storage.set_trial_state_values(tid, TrialState.FAIL)
+                raise
+            c.worker, c.trial = me, number
+            _tell(optuna, study, store, tid, number, _values(c), _built_attrs(s, c, me))
+            return "built"
+
+
+def _work(s: _Search, optuna, store: Store, name: str, method: str, trials: int | None) -> dict:
+    """One worker: claim queued variants (and, for TPE, sample new ones) until the study has built everything,
+    this worker's budget is spent, or nothing is left that it could afford. Measures nothing together."""
+    import os
+    import socket
+
+    from optuna.trial import TrialState
+
+    queue = s.grid() if method == "grid" else [s.base]
+    if method == "tpe":
+        s.check_widths()
+    n_planned = len(queue) if method == "grid" else (trials or 20)
+    sampler = (optuna.samplers.TPESampler(n_startup_trials=min(5, n_planned), constant_liar=True)
+               if method == "tpe" else optuna.samplers.RandomSampler())
+    study, created = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, sampler, create=True)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    say(f"[bold]compress search[/bold] worker {me}: {method} study {name!r} in {store.shown} "
+        + (f"(created; {len(queue)} variant(s) queued)" if created else "(joined)")
+        + (f", budget {s.budget:g} s" if s.budget else ""), s.quiet)
+    built, reused, recovered = [], [], []
+    poll = min(2.0, store.heartbeat / 2)
+    while True:
+        recovered += store.recover(study)
+        now = study.get_trials(deepcopy=False)
+        job, unaffordable = None, []
+        for t in sorted((t for t in now if t.state == TrialState.WAITING), key=lambda t: t.number):
+            c = _from_trial(s, t.user_attrs, t.number)
+            ok, est = (True, None) if c.is_recipe else s.fits(c, session=False)  # the recipe's own always runs
+            if not ok:
+                unaffordable.append(s.skip(c, est))
+                continue
+            tid = store.pop(study, t.number)
+            if tid is not None:
+                job = (tid, t.number, c)
+                break
+        active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in now)
+        if job is None and method == "tpe" and not unaffordable and active < n_planned:
+            trial = study.ask()
+            store.beat(store.trial_id(study, trial.number))  # at once: a RUNNING trial without a beat is never given up
+            point = trial.user_attrs.get("point")  # a trial queued meanwhile (a retry) keeps its own variant
+            c = _from_trial(s, trial.user_attrs, trial.number) if point else s.candidate(_suggest(trial, s.axes))
+            ok, est = s.fits(c, session=False)
+            if not ok and point:  # a queued variant this worker cannot afford: back to the queue for another
+                unaffordable.append(s.skip(c, est))
+                store.give_back(study, store.trial_id(study, trial.number))
+            elif not ok:
+                unaffordable.append(s.skip(c, est))
+                for k, v in {**_identity(c), "worker": me, "skipped": "budget"}.items():
+                    trial.set_user_attr(k, v)
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                job = (store.trial_id(study, trial.number), trial.number, c)
+        if job is not None:
+            tid, number, c = job
+            (built if _run_trial(optuna, s, study, store, tid, number, c, me) == "built" else reused).append(c.name)
+            continue
+        if unaffordable:  # nothing left that this worker's budget affords; other workers may take it
+            s.skipped = unaffordable
+            break
+        if not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in now):
+            break  # the study is complete
+        if s.budget is not None and s.clock() - s.started >= s.budget:
+            break
+        time.sleep(poll)  # other workers are building: one that crashes comes back to the queue here
+    counts = {st.name.lower(): n for st in TrialState
+              if (n := sum(t.state == st for t in study.get_trials(deepcopy=False)))}
+    summary = {"worker": me, "study": name, "storage": store.shown, "method": method, "created": created,
+               "built": built, "reused": reused, "skipped": s.skipped, "recovered": recovered,
+               "trials": counts, "variants_planned": n_planned,
+               "seconds": round(s.clock() - s.started, 2)}
+    if not s.quiet:
+        print(f"worker {me}: built {len(built)} variant(s)" + (f" ({', '.join(built)})" if built else "")
+              + (f", reused {len(reused)}" if reused else "")
+              + (f", left {len(s.skipped)} it could not afford" if s.skipped else "")
+              + (f", queued again {len(recovered)} of crashed workers" if recovered else "")
+              + f" in {summary['seconds']:.0f} s; study {name!r}: "
+              + ", ".join(f"{n} {k}" for k, n in counts.items()) + " trial(s)")
+        print("the frontier: the same command with --report once every worker has finished")
+    return summary
+
+
+def _report(s: _Search, optuna, store: Store, name: str, method: str, trials: int | None) -> dict:
+    """Measure the study's built candidates, the teacher and the scratch student in one interleaved session on
+    this machine and write the frontier, as a one-process search does at its end. Refuses while a worker is
+    building (its load would distort the timings); a candidate whose file changed since its worker recorded it
+    is built again from the cache."""
+    from compress import pipeline
+    from compress._io import inside
+    from optuna.trial import TrialState
+
+    queue = s.grid() if method == "grid" else [s.base]
+    if method == "tpe":
+        s.check_widths()
+    n_planned = len(queue) if method == "grid" else (trials or 20)
+    study, _ = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, optuna.samplers.RandomSampler(),
+                           create=False)
+    given_up = store.recover(study)
+    now = study.get_trials(deepcopy=False)
+    running = [t for t in now if t.state == TrialState.RUNNING]
+    if running:
+        raise CompressError(
+            f"study {name!r}: {len(running)} variant(s) are being built ("
+            + ", ".join(f"{t.user_attrs.get('variant')} by {t.user_attrs.get('worker')}" for t in running)
+            + "); --report times every candidate in one session while no worker runs: run it once they have finished "
+            f"(a crashed worker's variant is given up after {store.grace} s without a heartbeat)")
+    first: dict[str, object] = {}
+    for t in sorted(now, key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("built"):
+            first.setdefault(t.user_attrs["key"], t)
+    base_trial = next((t for t in first.values() if t.user_attrs.get("recipe")), None)
+    if base_trial is None:
+        raise CompressError(f"study {name!r}: the recipe's own variant has not been built yet; start a worker "
+                            "(the same command without --report)")
+    order = {c.key: i for i, c in enumerate(queue)}
+    trials_in_order = sorted(first.values(), key=lambda t: (not t.user_attrs.get("recipe"),
+                                                            order.get(t.user_attrs["key"], len(order)), t.number))
+    rebuilt = []
+    for t in trials_in_order:
+        a = t.user_attrs
+        c = _from_trial(s, a, t.number)
+        files = [a["entry"]] + (a.get("refs") or [])
+        intact = all(_intact(s, f) for f in files)
+        if not intact:  # missing or changed since the worker recorded it: built again (its stages are cached)
+            say(f"[yellow]{c.name}: its files changed since trial {t.number} recorded them; building it again "
+                "from the cache[/yellow]", s.quiet)
+            with s.lock(c):
+                s.build(c, len(s.done) + 1)
+            rebuilt.append(c.name)
+        else:
+            c.entry = {**{k: v for k, v in a["entry"].items() if k != "sha256"},
+                       "path": inside(s.search_dir, a["entry"]["path"])}
+            c.probe, c.stages, c.seconds = a["probe"], a["stages"], a["seconds"]
+            if c.is_recipe:
+                s.refs = [{**{k: v for k, v in r.items() if k != "sha256"}, "path": inside(s.search_dir, r["path"])}
+                          for r in a["refs"]]
+            s.known[tuple(c.keys)] = c
+            s.done.append(c)
+        c.worker, c.trial = a.get("worker"), t.number
+        c.seconds = a["seconds"]
+    pending = [t for t in now if t.state == TrialState.WAITING]
+    s.skipped = ([{**t.user_attrs.get("point", {}), "name": t.user_attrs.get("variant"), "estimated_seconds": None,
+                   "why": "budget"} for t in now if t.state == TrialState.PRUNED and t.user_attrs.get("skipped")]
+                 + [{**t.user_attrs.get("point", {}), "name": t.user_attrs.get("variant"), "estimated_seconds": None,
+                     "why": "not built yet (queued)"} for t in pending])
+    retried = {n for t in now for n in t.system_attrs.get("retry_history", [])}
+    failed = [{"name": t.user_attrs.get("variant"), "trial": t.number, "worker": t.user_attrs.get("worker"),
+               "error": t.user_attrs.get("error") or ("the worker stopped (no heartbeat); " + (
+                   "queued again" if t.number in retried else f"not queued again (tried {RETRIES + 1} times)"))}
+              for t in now if t.state == TrialState.FAIL]
+    workers: dict[str, dict] = {}
+    for c in s.done:
+        w = workers.setdefault(c.worker or "this process", {"built": [], "seconds": 0.0})
+        w["built"].append(c.name)
+        w["seconds"] = round(w["seconds"] + c.seconds, 2)
+    starts = [t.datetime_start for t in first.values() if t.datetime_start]
+    ends = [t.datetime_complete for t in first.values() if t.datetime_complete]
+    extra = {"stopped_by_budget": any(x["why"] == "budget" for x in s.skipped),
+             "study": {"name": name, "storage": store.shown, "workers": workers, "failed": failed,
+                       "queued_again": given_up, "rebuilt": rebuilt, "built_once": len(first) == sum(
+                           1 for t in now if t.state == TrialState.COMPLETE and t.user_attrs.get("built")),
+                       "wall_seconds": round((max(ends) - min(starts)).total_seconds(), 2) if starts and ends else None,
+                       "trials": {st.name.lower(): n for st in TrialState if (n := sum(t.state == st for t in now))}}}
+    return s.finish(method, n_planned, sum(c.seconds for c in s.done), extra)
+
+
+def _intact(s: _Search, f: dict) -> bool:
+    from compress import pipeline
+    from compress._io import inside
+    from compress.errors import UnsafePathError
+
+    try:
+        path = inside(s.search_dir, f["path"])
+    except UnsafePathError:
+        return False
+    return path.is_file() and not path.is_symlink() and pipeline.file_digest(path) == f.get("sha256")
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -531,6 +1211,8 @@ def _rows(result: dict) -> list[list[str]]:
                                      f"same file as {r['same_as']}" if r.get("same_as") else "") if n)
         if r["dominated_by"]:
             note = (note + "; " if note else "") + f"dominated by {r['dominated_by']}"
+        if r.get("at_chance"):
+            note = "AT CHANCE" + ("; " + note if note else "")
         cached = sum(s["cached"] for s in r["stages"])
         rows.append([r["name"], f"{r['ratio']:g}", r["mode"], "-" if r["width"] is None else str(r["width"]),
                      "yes" if r["frontier"] else "", f"{r['accuracy']:.2%}", f"{r['val_accuracy']:.2%}",
@@ -540,21 +1222,43 @@ def _rows(result: dict) -> list[list[str]]:
     for r in result["references"]:
         rows.append([r["name"], "", "", "", "", f"{r['accuracy']:.2%}", f"{r['val_accuracy']:.2%}",
                      f"{r['latency_ms']['p50'] * 1e3:.1f}", f"{r['latency_batch_ms']['p50']:.3f}",
-                     _size(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-", "", "reference"])
+                     _size(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-", "",
+                     "reference; AT CHANCE: not a baseline to beat" if r.get("at_chance") else "reference"])
     return rows
 
 
 def _summary(result: dict) -> list[str]:
+    study = result.get("study")
     lines = [f"{result['method']} search: {result['variants_run']} of {result['variants_planned']} planned variant(s) "
-             f"built in {result['build_seconds']:.1f} s, "
+             f"built in {result['build_seconds']:.1f} s" + (" of worker time" if study else "") + ", "
              + ("measurements reused from the cache (the same models, settings and CPU); "
                 if result.get("measurements_cached") else
                 f"measured together in {result['measure_seconds']:.1f} s; ")
-             + f"{len(result['frontier'])} on the Pareto frontier; {result['search_seconds']:.1f} s in all."]
+             + f"{len(result['frontier'])} on the Pareto frontier; {result['search_seconds']:.1f} s in all"
+             + (" (this report)." if study else ".")]
+    if study:
+        workers = study["workers"]
+        lines.append(f"Study {study['name']!r} in {study['storage']}: built by {len(workers)} worker(s) ("
+                     + "; ".join(f"{w}: {', '.join(v['built'])}" for w, v in workers.items()) + ")"
+                     + (", each variant once" if study["built_once"] else ", SOME VARIANT MORE THAN ONCE")
+                     + (f", {study['wall_seconds']:.0f} s from the first build's start to the last one's end"
+                        if study.get("wall_seconds") is not None else "") + ".")
+        if study["failed"]:
+            lines.append("Trials that failed or were given up: " + "; ".join(f"{f['name']} (trial {f['trial']}, {f['worker']}): "
+                                                       f"{f['error'].splitlines()[-1]}" for f in study["failed"]) + ".")
+        if study["rebuilt"]:
+            lines.append(f"Built again from the cache, their files having changed since their workers recorded them: "
+                         f"{', '.join(study['rebuilt'])}.")
+        queued = [s["name"] for s in result["skipped"] if s.get("why", "budget") != "budget"]
+        if queued:
+            lines.append(f"Not built yet (still queued; start a worker, then report again): {', '.join(queued)}.")
     same = [r for r in result["candidates"] if r.get("same_as")]
     if same:
         lines.append(f"{len(same)} candidate(s) gave a file byte-identical to another's (e.g. two ratios that round to "
                      "the same channel counts): measured once, listed under each name.")
+    if study and any(s.get("why") == "budget" for s in result["skipped"]):
+        lines.append("Left out by the workers' budgets: " + ", ".join(
+            s["name"] for s in result["skipped"] if s.get("why") == "budget") + ".")
     if result["budget_seconds"]:
         if result["stopped_by_budget"]:
             lines.append(f"The budget of {result['budget_seconds']:g} s left out {len(result['skipped'])} variant(s) "
@@ -585,9 +1289,9 @@ def markdown(result: dict) -> str:
             "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" if h in ("candidate", "mode", "note") else "---:" for h in HEADER) + "|"]
     out += ["| " + " | ".join(c or " " for c in row) + " |" for row in _rows(result)]
     if result["skipped"]:
-        out += ["", "Not built (budget):", ""]
+        out += ["", "Not built:" if result.get("study") else "Not built (budget):", ""]
         out += [f"- {s['name']}" + (f" (estimated {s['estimated_seconds']:.1f} s)" if s["estimated_seconds"] else "")
-                for s in result["skipped"]]
+                + (f": {s['why']}" if s.get("why") else "") for s in result["skipped"]]
     out += ["", f"![accuracy vs latency]({Path(result['files']['png']).name})", ""]
     return "\n".join(out)
 

@@ -1,7 +1,9 @@
 """The one training loop behind teacher training, ``train``, ``distill`` and ``finetune``.
 
 Adam with a cosine schedule; the weights with the best validation accuracy are kept (model selection
-on val, never on test). A non-finite loss stops the stage with a hint and the last good weights.
+on val, never on test). Validation always sees fresh BatchNorm statistics: when they are stale
+(compress/bn.py), a recalibrated copy is scored and kept. A non-finite loss stops the stage with a hint
+and the last good weights.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress import distributed
+from compress import bn, distributed
 from compress.data import Splits
 from compress.errors import StageError
 
 __all__ = ["fit", "FitResult", "accuracy", "evaluate_split"]
 
 # loss_fn(student_logits, targets, sample_indices) -> scalar; indices let KD look up cached teacher logits.
+# A loss_fn with ``takes_inputs = True`` also gets the batch's (augmented) inputs: KD on augmented data runs
+# the teacher on exactly what the student saw.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# augment(inputs, generator) -> inputs of the same shape (random training augmentation, seeded by fit)
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 DIVERGENCE = 100.0  # an epoch's mean loss this many times the first batch's means training has diverged
@@ -45,6 +51,15 @@ class FitResult:
     best_val_accuracy: float
     history: list[dict]
     seconds: float
+    bn_recalibrated: str | None = None  # why BatchNorm statistics were re-estimated before validation, if they were
+
+    @property
+    def info(self) -> dict:
+        """What a stage reports of its training: best epoch, its val accuracy, seconds (and any BN recalibration)."""
+        out = {"best_epoch": self.best_epoch, "val_accuracy": self.best_val_accuracy, "seconds": self.seconds}
+        if self.bn_recalibrated:
+            out["bn_recalibrated"] = self.bn_recalibrated
+        return out
 
 
 @torch.no_grad()
@@ -67,17 +82,21 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size: int, seed: int,
         loss_fn: LossFn, desc: str, weight_decay: float = 0.0, quiet: bool = False,
         extra_params: Iterable[nn.Parameter] = (),
-        attach: Callable[[nn.Module], Callable[[], None]] | None = None) -> FitResult:
+        attach: Callable[[nn.Module], Callable[[], None]] | None = None,
+        augment: Augment | None = None) -> FitResult:
     """Train a copy of ``model`` and return it with the best-validation weights restored.
 
     ``extra_params`` (e.g. KD feature projectors) are optimised with the model but not returned;
     ``attach(copy)`` is called on the copy being trained (to add forward hooks) and returns a detach callback.
+    ``augment`` transforms each training batch (never val); it draws from its own generator, so the batch
+    order is the same with and without it.
     """
     from compress._progress import progress_bar
 
     model = copy.deepcopy(model)
     detach = attach(model) if attach is not None else None
     gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 1) if augment is not None else None
     torch.manual_seed(seed)
     train_x = splits.train.x  # an ndarray, or Rows of a memory-mapped file: batches are gathered on demand
     y = torch.from_numpy(splits.train.y)
@@ -86,6 +105,7 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     best_key, best_acc, best_epoch, best_state = (-1.0, 0.0), -1.0, 0, copy.deepcopy(model.state_dict())
     history: list[dict] = []
+    recalibrated = None
     start = time.perf_counter()
     # Under torchrun every rank takes its slice of each global batch; DDP averages the gradients, so a
     # step sees the same `batch_size` samples as in one process (BatchNorm statistics are per rank).
@@ -102,7 +122,11 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
                 if len(idx) < 2 * world and b > 0:  # BatchNorm cannot train on a batch of one (per rank)
                     continue
                 idx = idx[rank::world]
-                loss = loss_fn(net(torch.from_numpy(np.ascontiguousarray(train_x[idx.numpy()]))), y[idx], idx)
+                xb = torch.from_numpy(np.ascontiguousarray(train_x[idx.numpy()]))
+                if augment is not None:
+                    xb = augment(xb, aug_gen)
+                inputs = (xb,) if getattr(loss_fn, "takes_inputs", False) else ()
+                loss = loss_fn(net(xb), y[idx], idx, *inputs)
                 # every rank must take the same decision, or the others wait forever in the next all-reduce
                 check = distributed.all_reduce_(loss.detach().clone()) if world > 1 else loss
                 if epoch == 1 and b == 0:
@@ -125,15 +149,22 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
                 model.load_state_dict(best_state)
                 raise _diverged(f"{desc}: training diverged at epoch {epoch} (mean loss {epoch_loss:.4g}, more than "
                                 f"{DIVERGENCE:g}x the first batch's {first_loss:.4g})", model, best_epoch, lr)
+            # Selected on fresh BatchNorm statistics: a stale model is scored (and kept) recalibrated, and training
+            # goes on from its own statistics.
+            why = bn.staleness(model, train_x, seed + epoch)
+            snapshot = bn.recalibrate_(model, train_x, seed + epoch) if why else None
+            recalibrated = why or recalibrated
             val_acc, val_loss = evaluate_split(model, splits.val.x, splits.val.y)
             history.append({"epoch": epoch, "train_loss": epoch_loss, "val_accuracy": val_acc, "val_loss": val_loss})
             # Small val sets saturate: among equal accuracies prefer the lower val loss, not the earliest epoch.
             if (val_acc, -val_loss) > best_key:
                 best_key, best_acc, best_epoch, best_state = (val_acc, -val_loss), val_acc, epoch, copy.deepcopy(model.state_dict())
+            if snapshot is not None:
+                bn.restore(model, snapshot)
             advance(f"loss {total / max(seen, 1):.4f}  val {val_acc:.2%}")
     model.load_state_dict(best_state)
     distributed.sync_module(model)  # ranks may pick different best epochs (per-rank BN stats): rank 0 wins
     model.eval()
     if detach is not None:
         detach()
-    return FitResult(model, best_epoch, best_acc, history, time.perf_counter() - start)
+    return FitResult(model, best_epoch, best_acc, history, time.perf_counter() - start, recalibrated)

@@ -64,7 +64,7 @@ def _entry(cache, name="a.bin"):
     return cache.root / "eval" / "ab12cd34"
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate_manifest", "delete_file", "extra_file", "edit_meta",
+@pytest.mark.parametrize("damage", ["flip", "truncate_manifest", "deep_manifest", "delete_file", "extra_file", "edit_meta",
                                     "traversal_name", "symlinked_file", "manifest_of_other_key"])
 def test_a_damaged_entry_is_a_warned_miss_moved_aside(cache, tmp_path, damage):
     folder = _entry(cache)
@@ -78,6 +78,8 @@ def test_a_damaged_entry_is_a_warned_miss_moved_aside(cache, tmp_path, damage):
         (folder / "a.bin").write_bytes(bytes(data))
     elif damage == "truncate_manifest":
         man_path.write_text(man_path.read_text()[:40])
+    elif damage == "deep_manifest":
+        man_path.write_text("[" * 100_000)  # nested past the JSON decoder's recursion limit
     elif damage == "delete_file":
         (folder / "a.bin").unlink()
     elif damage == "extra_file":

@@ -220,6 +220,9 @@ def test_non_finite_or_negative_tolerances_on_the_command_line_are_refused(model
 def test_missing_or_unreadable_baseline_and_report(models, tmp_path):
     runner = CliRunner()
     good = write_report(tmp_path / "good", models["final"], models["teacher"])
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    r = runner.invoke(cli, ["check", str(good), "--baseline", str(tmp_path / "deep.json")])
+    assert r.exit_code == 2 and "the baseline is not valid JSON (maximum recursion depth exceeded" in r.output
     r = runner.invoke(cli, ["check", str(good), "--baseline", str(tmp_path / "missing.json")])
     assert r.exit_code == 2 and "no such baseline" in r.output
     (tmp_path / "broken.json").write_text("{")

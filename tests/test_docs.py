@@ -161,3 +161,17 @@ def test_slug_follows_github():
         "install-a-fresh-machine-python-311-2-cpu-cores-are-enough"
     assert _slug("LM: INT4 block size x accuracy_level") == "lm-int4-block-size-x-accuracy_level"
     assert _slug("Hugging Face models (`compress[hf]`)") == "hugging-face-models-compresshf"
+
+
+def test_the_cluster_section_is_the_multi_node_tests_command():
+    """docs/distributed.md's cluster command is the template tests/test_distributed.py runs, variables filled in."""
+    import re
+
+    from test_distributed import CLUSTER
+
+    doc = (ROOT / "docs" / "distributed.md").read_text()
+    block = re.search(r"```bash\n(torchrun --nnodes \$NNODES.*?)```", doc, re.S).group(1)
+    shown = " ".join(block.replace("\\\n", " ").split())
+    template = CLUSTER.format(nnodes="$NNODES", node_rank="$NODE_RANK", nproc_per_node="$NPROC_PER_NODE",
+                              head="$HEAD_NODE", port="$PORT", recipe="recipe.yaml", output="/shared/exported")
+    assert shown == template

@@ -144,7 +144,7 @@ def test_report_markdown(first):
     assert md.startswith("# compress report: tiny")
     for name in ["teacher", "scratch", *STAGE_NAMES, "final"]:
         assert f"| {name} |" in md
-    assert "### 2. prune" in md and "| layer | channels before | after |" in md
+    assert "### 2. prune" in md and "| layer | channels before | after | removed | asked |" in md
     assert "![accuracy vs latency](report.png)" in md
 
 
@@ -252,3 +252,46 @@ def test_text_classifier_end_to_end(tmp_path):
     assert splits.fingerprint == report["data"]["fingerprint"]
     pred = ort_predict(tmp_path / "text" / "model.onnx", splits.test.x).argmax(1)
     assert by["final"]["accuracy"] == pytest.approx(float((pred == splits.test.y).mean()), abs=1e-12)
+
+
+def test_stale_batchnorm_is_recalibrated_before_selection_export_and_measurement(tmp_path, monkeypatch):
+    """A student with torchvision's MobileNetV3 BatchNorm settings (momentum 0.01): without recalibration the
+    scratch and distilled students score at chance in eval mode (the false headline of issue 15)."""
+    (tmp_path / "slownets.py").write_text(
+        "from compress.models.zoo import cnn\n"
+        "def make(width=8):\n"
+        "    m = cnn((1, 8, 8), 10, width=width, depth=2)\n"
+        "    for b in m.modules():\n"
+        "        if b.__class__.__name__.startswith('BatchNorm'):\n"
+        "            b.momentum, b.eps = 0.01, 0.001\n"
+        "    return m\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = parse_recipe({"name": "slowbn", "teacher": {"model": {"arch": "cnn", "width": 8, "depth": 2}, "train": {"epochs": 2}},
+                           "student": {"model": {"factory": "slownets:make"}},
+                           "stages": [{"type": "distill", "epochs": 2}, {"type": "export"}],
+                           "bench": {"rounds": 3, "calls": 2, "batch": 8}})
+    report = run(recipe, output=tmp_path / "out", quiet=True)
+    by = {m["name"]: m for m in report["models"]}
+    assert by["scratch"]["info"]["bn_recalibrated"].startswith("BatchNorm momentum 0.01")
+    assert by["01_distill"]["info"]["bn_recalibrated"].startswith("BatchNorm momentum 0.01")
+    # the teacher has PyTorch's momentum; after 2 epochs its statistics may still lag (then the reason says so)
+    assert not by["teacher"]["info"].get("bn_recalibrated", "eval-mode").startswith("BatchNorm momentum")
+    assert not any(m["at_chance"] for m in report["models"]) and by["final"]["accuracy"] > 0.5
+    assert any(n.startswith("BatchNorm statistics were stale and were re-estimated") and "scratch (" in n
+               for n in report["notes"])
+
+
+def test_a_model_at_chance_is_flagged_and_never_compared(tmp_path):
+    recipe = parse_recipe({"name": "chance", "teacher": {"model": {"arch": "cnn", "width": 8, "depth": 2}, "train": {"epochs": 2}},
+                           "student": {"model": {"arch": "mlp", "width": 8, "depth": 1}},
+                           "stages": [{"type": "train", "epochs": 1, "lr": 1e-9}, {"type": "export"}],  # learns nothing
+                           "bench": {"rounds": 3, "calls": 2, "batch": 8}})
+    report = run(recipe, output=tmp_path, quiet=True)
+    by = {m["role"]: m for m in report["models"]}
+    assert by["scratch"]["at_chance"] and by["final"]["at_chance"] and not by["teacher"]["at_chance"]
+    assert report["chance"]["level"] == max(report["data"]["test_class_counts"]) / report["data"]["test"]
+    assert report["summary"]["final_vs_scratch"]["broken"] == ["scratch", "final"]
+    assert report["notes"][0].startswith("AT CHANCE: ")
+    md = (tmp_path / "chance" / "report.md").read_text()
+    assert "**Not a meaningful comparison: the scratch and the final model scored at chance**" in md
+    assert "AT CHANCE" in md

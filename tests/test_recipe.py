@@ -86,7 +86,8 @@ def test_configs_are_frozen(tmp_path):
     (GOOD.replace("method: minmax", "method: kl"),
      "recipe.yaml:16: stages[4].calibration.method: invalid value 'kl'; valid choices: minmax, entropy, percentile"),
     (GOOD.replace("source: digits", "source: mnist"),
-     "recipe.yaml:4: data.source: invalid value 'mnist'; valid choices: digits, npz, imagefolder, stdlib-text, text"),
+     "recipe.yaml:4: data.source: invalid value 'mnist'; did you mean 'mnist1d'? valid choices: digits, mnist1d, npz, "
+     "imagefolder, stdlib-text, text"),
     (GOOD.replace("source: digits", "source: stdlib-text\n  path: code/"),
      "recipe.yaml:3: data: source 'stdlib-text' is built in and takes no path"),
     (GOOD.replace("source: digits", "source: text"),

@@ -36,3 +36,44 @@ def test_stage_details_renders_notes_and_tables():
                            "tables": [{"title": "sensitivity", "columns": ["layer", "drop"], "rows": [["conv1", 0.02]]}]})
     assert lines == ["- kept conv1 in fp32", "", "**sensitivity**", "", "| layer | drop |", "|---|---|", "| conv1 | 0.02 |"]
     assert stage_details({}) == []
+
+
+def test_chance_level_worked_by_hand():
+    from compress.report import chance_level
+
+    even = chance_level([50, 50])  # 1/K = majority share = 0.5; SE = sqrt(0.25 / 100) = 0.05
+    assert even["level"] == 0.5 and abs(even["threshold"] - 0.65) < 1e-12
+    skewed = chance_level([90, 5, 5])  # majority 0.9 beats 1/3; SE = sqrt(0.09 / 100) = 0.03
+    assert skewed["level"] == 0.9 and abs(skewed["threshold"] - 0.99) < 1e-12
+
+
+def test_a_scratch_baseline_at_chance_is_never_beaten_in_the_notes():
+    models = [entry("teacher", "teacher", 0.3, 9.0), {**entry("scratch", "scratch", 0.05, 1.0, errors=4), "at_chance": True},
+              entry("final", "final", 0.05, 1.0, errors=6)]
+    notes = _notes(models)
+    assert notes[0].startswith("AT CHANCE: scratch scored no better than guessing")
+    assert not any("more test errors" in n for n in notes)  # no comparison against a broken baseline
+
+
+def runtime_row(name, model, fmt, runtime, p50, batch_p50):
+    return {"name": name, "model": model, "format": fmt, "runtime": runtime, "path": f"/run/{name}",
+            "latency_ms": {"p50": p50}, "latency_batch_ms": {"p50": batch_p50}}
+
+
+def test_every_slower_shipped_file_is_named_with_both_timings():
+    from compress.report import _runtime_notes
+
+    rows = [runtime_row("teacher.onnx", "teacher", "onnx", "ort", 0.3, 9.0),
+            runtime_row("model.onnx", "final", "onnx", "ort", 0.040, 1.0),
+            runtime_row("model.ort", "final", "ort", "ort-mobile", 0.160, 1.0),   # 4x slower than its source
+            runtime_row("model.tflite", "final", "litert", "litert", 0.030, 2.0),  # slower at the large batch only
+            runtime_row("04_export.onnx", "fp32", "onnx", "ort", 0.050, 1.5)]
+    notes = _runtime_notes(rows)
+    assert notes == [
+        "model.ort (ort-mobile) is SLOWER than its fp32 .onnx counterpart 04_export.onnx at batch 1, 1 thread: "
+        "p50 160.0 us vs 50.0 us (0.31x).",
+        "model.ort (ort-mobile) is SLOWER than the .onnx it was converted from model.onnx at batch 1, 1 thread: "
+        "p50 160.0 us vs 40.0 us (0.25x).",
+        "model.tflite (litert) is SLOWER than its fp32 .onnx counterpart 04_export.onnx at large batch, all threads: "
+        "p50 2000.0 us vs 1500.0 us (0.75x).",
+    ]

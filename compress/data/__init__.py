@@ -1,8 +1,12 @@
-"""Datasets: built-in digits, npz arrays, image folders, byte snippets of text; a seeded train/val/test split.
+"""Datasets: built-in digits and MNIST-1D, npz arrays, image folders, byte snippets of text; a seeded train/val/test split.
 
 Arrays are split per sample, stratified by class; text (``stdlib-text``, ``text``, see compress/data/text.py)
 is split by file, so no test snippet comes from a file seen in training. The test split is never trained,
 selected or calibrated on: stages see ``train`` (and ``val`` for model selection); only the report reads ``test``.
+
+Pixels are scaled to [0, 1] (image folders x/255, digits x/16; npz arrays are used as stored), then, with
+``data.normalize``, normalised per channel, ``(x - mean[c]) / std[c]``, once, here: training, calibration, model
+selection and measurement all see the same values (compress/preprocess.py describes them for the app).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from compress._limits import (MAX_COMPRESSION_RATIO, MAX_IMAGE_FOLDER_BYTES, MAX
                               RATIO_CHECKED_FROM_BYTES, fmt_bytes, regular_file)
 from compress.errors import DataError
 
-__all__ = ["Dataset", "Rows", "Splits", "load_data", "peek_data", "split_rows", "stratified_split", "read_arrays", "TEXT_SOURCES"]
+__all__ = ["Dataset", "Rows", "Splits", "load_data", "class_names", "peek_data", "split_rows", "stratified_split", "read_arrays", "TEXT_SOURCES"]
 
 TEXT_SOURCES = ("stdlib-text", "text")  # byte snippets, split by file
 
@@ -28,8 +32,8 @@ class Rows:
     """Rows ``index`` of a (memory-mapped) array, read on demand: slicing or fancy indexing returns an
     ndarray of just those rows, so a split of a large npz never sits in memory whole."""
 
-    def __init__(self, base: np.ndarray, index: np.ndarray):
-        self.base, self.index = base, np.asarray(index)
+    def __init__(self, base: np.ndarray, index: np.ndarray, transform=None):
+        self.base, self.index, self.transform = base, np.asarray(index), transform  # transform: rows -> rows (normalize)
         self.shape = (len(self.index), *base.shape[1:])
         self.dtype, self.ndim = base.dtype, base.ndim
 
@@ -39,11 +43,12 @@ class Rows:
     def __getitem__(self, key):
         idx = self.index[key] if isinstance(key, (slice, int, np.integer)) else self.index[np.asarray(key)]
         if np.ndim(idx) == 0:
-            return np.asarray(self.base[int(idx)])
+            row = np.asarray(self.base[int(idx)])
+            return row if self.transform is None else self.transform(row[None])[0]
         order = np.argsort(idx, kind="stable")  # read the file forwards, then restore the asked order
         out = np.empty((len(idx), *self.base.shape[1:]), dtype=self.base.dtype)
         out[order] = self.base[idx[order]]
-        return out
+        return out if self.transform is None else self.transform(out)
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
@@ -52,7 +57,7 @@ class Rows:
 
 @dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray | Rows  # float32, N x C x H x W or N x F (Rows when memory-mapped)
+    x: np.ndarray | Rows  # float32, N x C x H x W, N x C x L or N x F (Rows when memory-mapped)
     y: np.ndarray  # int64 labels in [0, num_classes)
 
     def __len__(self) -> int:
@@ -67,19 +72,37 @@ class Splits:
     num_classes: int
     input_shape: tuple[int, ...]  # one sample, without the batch axis
     fingerprint: str  # hash of the data and the split, for cache keys
+    class_names: tuple[str, ...] = ()  # one per class, in label (= output) order; empty: "0".."K-1"
+
+    def names(self) -> list[str]:
+        """The class names in output order (``data.class_names``, the folder names, or "0".."K-1")."""
+        return list(self.class_names) if len(self.class_names) == self.num_classes else [str(i) for i in range(self.num_classes)]
 
     def describe(self) -> str:
         return (f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test samples, "
                 f"input {tuple(self.input_shape)}, {self.num_classes} classes")
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    # UCI optdigits test set as shipped by scikit-learn (BSD-3): 1797 8x8 images, pixel values 0..16.
+def _digits(size: int | None = None, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """UCI optdigits test set as shipped by scikit-learn (BSD-3): 1797 8x8 images, pixel values 0..16, scaled to
+    [0, 1] (x/16); ``size``: resized (bilinear, like an image folder); ``channels`` 3: the grey channel repeated."""
     path = Path(__file__).with_name("digits.csv.gz")
     with gzip.open(path, "rt") as f:
         raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
     x = (raw[:, :-1] / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
-    return x, raw[:, -1].astype(np.int64)
+    if size and size != 8:
+        total = len(x) * channels * size * size * 4
+        if total > MAX_IMAGE_FOLDER_BYTES:
+            raise DataError(f"data (digits): {len(x)} images of {size} x {size} x {channels} channels are "
+                            f"{fmt_bytes(total)} of float32; the limit is {fmt_bytes(MAX_IMAGE_FOLDER_BYTES)}: set a "
+                            "smaller data.image_size")
+        from PIL import Image
+
+        x = np.stack([np.asarray(Image.fromarray(img[0]).resize((size, size), Image.BILINEAR))
+                      for img in x])[:, None].astype(np.float32)
+    if channels == 3:
+        x = np.repeat(x, 3, axis=1)
+    return np.ascontiguousarray(x), raw[:, -1].astype(np.int64)
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -254,9 +277,10 @@ def _npy_member(path: Path) -> None:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
-def _imagefolder(path: Path, size: int | None, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
     """Every image of ``path/<class>/``: headers first (regular files, pixel and memory budgets, one size),
-    then decoding into one preallocated float32 array."""
+    then decoding into one preallocated float32 array of pixels scaled to [0, 1] (x/255), channels in ``order``
+    (rgb or bgr)."""
     from PIL import Image  # pillow comes with matplotlib
 
     if not path.is_dir():
@@ -301,7 +325,7 @@ def _imagefolder(path: Path, size: int | None, channels: int) -> tuple[np.ndarra
         if arr.shape[:2] != shape[1:]:
             raise DataError(f"{f}: decoded to {arr.shape[1]} x {arr.shape[0]} pixels, but its header said "
                             f"{shape[2]} x {shape[1]}")
-        x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+        x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)[::-1 if order == "bgr" else 1]
     return x, np.asarray([label for _, label, _ in found], dtype=np.int64)
 
 
@@ -339,20 +363,27 @@ def _read(cfg) -> tuple[np.ndarray, np.ndarray]:
         corpus = _text(cfg)
         return corpus.x, corpus.y
     if cfg.source == "digits":
-        return _digits()
+        return _digits(cfg.image_size, cfg.channels or 1)
+    if cfg.source == "mnist1d":
+        from compress.data.mnist1d import mnist1d
+
+        return mnist1d()
     if cfg.source == "npz":
         return _npz(Path(cfg.path))
-    return _imagefolder(Path(cfg.path), cfg.image_size, cfg.channels)
+    return _imagefolder(Path(cfg.path), cfg.image_size, cfg.channels or 3, cfg.channel_order or "rgb")
 
 
-def _check(x: np.ndarray, y: np.ndarray, where: str) -> int:
+SIGNAL_SOURCES = ("mnist1d",)  # built-in 1-D signals, N x C x L (an npz still has to be N x F or N x C x H x W)
+
+
+def _check(x: np.ndarray, y: np.ndarray, where: str, signals: bool = False) -> int:
     if len(x) == 0:
         raise DataError(f"{where}: the dataset is empty")
     if y.ndim != 1:
         raise DataError(f"{where}: labels y must be a 1-d array of class ids (got shape {y.shape})")
     if len(x) != len(y):
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
-    if x.ndim not in (2, 4):
+    if x.ndim not in ((2, 3, 4) if signals else (2, 4)):
         raise DataError(f"{where}: x must be N x F or N x C x H x W (got shape {x.shape})")
     bad = sum(int((~np.isfinite(c)).any(axis=tuple(range(1, x.ndim))).sum()) for c in _chunks(x))
     if bad:
@@ -404,7 +435,7 @@ def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple
 def peek_data(cfg) -> tuple[tuple[int, ...], int]:
     """Input shape and class count, for checks before compute (reads the data, trains nothing)."""
     x, y = _read(cfg)
-    return tuple(x.shape[1:]), _check(x, y, _where(cfg))
+    return tuple(x.shape[1:]), _check(x, y, _where(cfg), cfg.source in SIGNAL_SOURCES)
 
 
 def _where(cfg) -> str:
@@ -420,7 +451,7 @@ def split_rows(cfg, seed: int, x=None, y=None) -> tuple[np.ndarray, np.ndarray, 
         _check(corpus.x, corpus.y, _where(cfg))
         return (corpus.x, corpus.y, *split_files(corpus, cfg.split.val, cfg.split.test, seed, _where(cfg)))
     x, y = _read(cfg) if x is None else (x, y)
-    num_classes = _check(x, y, _where(cfg))
+    num_classes = _check(x, y, _where(cfg), cfg.source in SIGNAL_SOURCES)
     counts = np.bincount(y, minlength=num_classes)
     need = max(3, int(np.ceil(1 / min(cfg.split.val, cfg.split.test))))
     if counts.min() < 3:
@@ -429,19 +460,77 @@ def split_rows(cfg, seed: int, x=None, y=None) -> tuple[np.ndarray, np.ndarray, 
     return (x, y, *stratified_split(y, cfg.split.val, cfg.split.test, seed))
 
 
+def class_names(cfg, num_classes: int) -> list[str]:
+    """One name per class in label order: ``data.class_names`` (exactly ``num_classes`` of them), else the image or
+    text folder's sorted sub-folder names (the labels are their indices), the built-in text classes, or "0".."K-1"."""
+    given = getattr(cfg, "class_names", None)
+    if given is not None:
+        if len(given) != num_classes:
+            raise DataError(f"{_where(cfg)}: data.class_names has {len(given)} name(s), but the data has {num_classes} "
+                            f"classes (labels 0..{num_classes - 1}); give exactly one name per class, in label order")
+        return list(given)
+    if cfg.source in ("imagefolder", "text"):
+        return sorted(p.name for p in Path(cfg.path).iterdir() if p.is_dir())[:num_classes]
+    if cfg.source == "stdlib-text":
+        from compress.data.text import STDLIB_CLASSES
+
+        return list(STDLIB_CLASSES)[:num_classes]
+    return [str(i) for i in range(num_classes)]
+
+
+def _normalizer(cfg, x):
+    """``rows -> (rows - mean[c]) / std[c]`` for ``data.normalize`` (None without it), checked against ``x``'s channels."""
+    norm = getattr(cfg, "normalize", None)
+    if norm is None:
+        return None
+    if x.ndim < 3 or x.shape[1] != len(norm.mean):
+        what = f"{x.shape[1]} channels (x has shape {tuple(x.shape)}, channels on axis 1)" if x.ndim >= 3 else \
+            f"no channel axis (x is N x F = {tuple(x.shape)})"
+        raise DataError(f"{_where(cfg)}: data.normalize has {len(norm.mean)} mean/std value(s) but the data has {what}; "
+                        "normalize is per channel of N x C x H x W images: give one mean and one std per channel")
+    axes = (1, -1) + (1,) * (x.ndim - 2)
+    mean = np.asarray(norm.mean, np.float32).reshape(axes)
+    std = np.asarray(norm.std, np.float32).reshape(axes)
+
+    def apply(rows: np.ndarray) -> np.ndarray:
+        rows = rows if rows.flags.writeable and rows.dtype == np.float32 else np.array(rows, np.float32)
+        rows -= mean
+        rows /= std
+        return rows
+    return apply
+
+
 def load_data(cfg, seed: int) -> Splits:
-    """Load and split; the split depends on the seed only, so every model of a run sees the same test set."""
+    """Load and split; the split depends on the seed only, so every model of a run sees the same test set.
+
+    ``data.normalize`` is applied here, once, so training, calibration, selection and measurement all see the same
+    values (a memory-mapped npz is normalised as its rows are read)."""
     x, y, tr, va, te = split_rows(cfg, seed)
     num_classes = int(y.max()) + 1
     for part, idx in (("val", va), ("test", te), ("train", tr)):
         if len(idx) == 0:
             raise DataError(f"{_where(cfg)}: the {part} split is empty ({len(y)} samples, split val={cfg.split.val}, "
                             f"test={cfg.split.test}); use more data or larger split fractions")
+    names = class_names(cfg, num_classes)
+    norm = _normalizer(cfg, x)
     h = hashlib.sha256()
     for block in _chunks(x):
         h.update(np.ascontiguousarray(block).tobytes())
     for a in (y, tr, va, te):
         h.update(np.ascontiguousarray(a).tobytes())
-    rows = (lambda idx: Rows(x, idx)) if isinstance(x, np.memmap) else (lambda idx: x[idx])
+    # What the bytes above do not show, only when set (so that the fingerprint of data without them is unchanged):
+    # the class names travel into the model files' metadata, which cached stage outputs must match.
+    extra = {k: v for k, v in (("normalize", getattr(cfg, "normalize", None) and cfg.normalize.model_dump()),
+                               ("class_names", names if names != [str(i) for i in range(num_classes)] else None))
+             if v is not None}
+    if extra:
+        import json
+
+        h.update(json.dumps(extra, sort_keys=True).encode())
+    if isinstance(x, np.memmap):
+        rows = lambda idx: Rows(x, idx, norm)  # noqa: E731
+    else:
+        x = x if norm is None else norm(x)
+        rows = lambda idx: x[idx]  # noqa: E731
     return Splits(Dataset(rows(tr), y[tr]), Dataset(rows(va), y[va]), Dataset(rows(te), y[te]),
-                  num_classes, tuple(x.shape[1:]), h.hexdigest()[:16])
+                  num_classes, tuple(x.shape[1:]), h.hexdigest()[:16], tuple(names))

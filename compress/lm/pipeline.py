@@ -104,7 +104,7 @@ class _Run:
                 return cached
             t0 = time.perf_counter()
             budget: Budget = kw.pop("budget")
-            with progress_bar(what, budget.steps, self.quiet) as advance:
+            with progress_bar(what, budget.steps, self.quiet, unit="step") as advance:
                 info = train_lm(model, self.splits.train, budget, self.recipe.seed, what=what,
                                 progress=lambda step, loss: advance(f"loss {loss:.3f}"), **kw)
             info["seconds"] = round(time.perf_counter() - t0, 1)
@@ -126,7 +126,7 @@ class _Run:
             return None
         try:
             info = json.loads(self.cache.get("lm-train", key).read_bytes("info.json"))
-        except (CorruptEntry, AttributeError, KeyError, ValueError) as exc:
+        except (CorruptEntry, AttributeError, KeyError, ValueError, RecursionError) as exc:
             self.cache.discard("lm-train", key, f"cache entry lm-train/{key}: info.json unreadable ({exc})")
             return None
         return got.eval(), {**info, "cached": True}

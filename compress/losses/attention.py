@@ -55,7 +55,7 @@ def build_attention(cfg: AttentionConfig, probe: Probe) -> Term:
     for i, pair in enumerate(cfg.pairs):
         t_shape = probe.shape("teacher", pair.teacher, ("pairs", i, "teacher"))
         s_shape = probe.shape("student", pair.student, ("pairs", i, "student"))
-        if len(t_shape) != 3 or len(s_shape) != 3 or t_shape[1:] != s_shape[1:]:
+        if len(t_shape) not in (2, 3) or len(s_shape) != len(t_shape) or t_shape[1:] != s_shape[1:]:
             raise LayerError(f"attention maps need C x H x W outputs of the same H x W; got student {s_shape} "
                              f"and teacher {t_shape}", ("pairs", i))
     return _Attention(cfg.pairs)

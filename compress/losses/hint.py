@@ -39,11 +39,12 @@ def make_projector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...
     """Identity when shapes match; 1x1 conv for maps of equal H x W; linear for vectors; else LayerError."""
     if student_shape == teacher_shape:
         return nn.Identity()
-    if len(student_shape) == 3 and len(teacher_shape) == 3:
+    if len(student_shape) == len(teacher_shape) and len(student_shape) in (2, 3):  # C x L or C x H x W maps
         if student_shape[1:] != teacher_shape[1:]:
             raise LayerError(f"student map {student_shape} and teacher map {teacher_shape} differ in H x W; a 1x1 "
                              "projector maps channels only: pair layers of the same spatial size", key)
-        return nn.Conv2d(student_shape[0], teacher_shape[0], 1, bias=False)
+        conv = nn.Conv1d if len(student_shape) == 2 else nn.Conv2d
+        return conv(student_shape[0], teacher_shape[0], 1, bias=False)
     if len(student_shape) == 1 and len(teacher_shape) == 1:
         return nn.Linear(student_shape[0], teacher_shape[0], bias=False)
     raise LayerError(f"no projector maps a student output of shape {student_shape} onto a teacher output of "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import sys
@@ -13,7 +14,8 @@ from torch import nn
 from compress.errors import ModelError
 from compress.models.zoo import ZOO
 
-__all__ = ["build_model", "load_weights", "read_state_dict", "check_io", "describe_spec"]
+__all__ = ["build_model", "load_weights", "read_state_dict", "check_io", "describe_spec", "set_factory_base",
+           "factory_base", "search_path"]
 
 
 def describe_spec(spec) -> str:
@@ -24,8 +26,12 @@ def describe_spec(spec) -> str:
     return f"{spec.factory}({', '.join(f'{k}={v!r}' for k, v in spec.kwargs.items())})"
 
 
-def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A fresh (randomly initialised) model for ``spec``; the caller seeds torch first."""
+def build_model(spec, input_shape: tuple[int, ...], num_classes: int, base: str | Path | None = None) -> nn.Module:
+    """A fresh (randomly initialised) model for ``spec``; the caller seeds torch first.
+
+    A ``factory`` module is looked for in ``base`` first (default: the folder of the recipe that named the spec,
+    ``factory_base``), then on ``sys.path``; see ``_factory_path``.
+    """
     if spec.arch:
         try:
             extra = {"heads": spec.heads or 4} if spec.arch in ("transformer", "text_transformer") else {}
@@ -36,34 +42,125 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
             raise ModelError(str(exc)) from None
     mod_name, fn_name = spec.factory.split(":")
     _refuse_stdlib(spec.factory, mod_name)
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ModelError(f"factory '{spec.factory}': cannot import module '{mod_name}' ({exc})") from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        what = "" if fn is None else f" (it is {_a(type(fn).__name__)})"
-        raise ModelError(f"factory '{spec.factory}': module '{mod_name}' has no function '{fn_name}'{what}")
-    if inspect.isfunction(fn) or inspect.isclass(fn) or inspect.isbuiltin(fn):  # their __module__ is where they are defined
-        _refuse_stdlib(spec.factory, getattr(fn, "__module__", None) or "builtins", via=True)
-    if not (inspect.isfunction(fn) or (inspect.isclass(fn) and issubclass(fn, nn.Module))):
-        if inspect.isclass(fn):
-            what = "a class that does not subclass torch.nn.Module"
-        elif inspect.isbuiltin(fn):
-            what = "a built-in function (compiled code), not a Python function"
-        else:
-            kind = type(fn)
-            name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-            what = f"an object of type {name}, not a Python function"
-        raise ModelError(f"factory '{spec.factory}': '{fn_name}' is {what}; a factory is your own function that "
-                         "returns a torch.nn.Module, or an nn.Module class")
-    try:
-        model = fn(**spec.kwargs)
-    except TypeError as exc:
-        raise ModelError(f"factory '{spec.factory}' rejected kwargs {spec.kwargs}: {exc}") from None
+    base = Path(base) if base is not None else factory_base(spec)
+    with _factory_path(base):  # the factory's own lazy imports (inside the function) see the folder too
+        mod = _import_factory(spec.factory, mod_name, base)
+        fn = getattr(mod, fn_name, None)
+        if not callable(fn):
+            what = "" if fn is None else f" (it is {_a(type(fn).__name__)})"
+            raise ModelError(f"factory '{spec.factory}': module '{mod_name}' has no function '{fn_name}'{what}")
+        if inspect.isfunction(fn) or inspect.isclass(fn) or inspect.isbuiltin(fn):  # their __module__ is where they are defined
+            _refuse_stdlib(spec.factory, getattr(fn, "__module__", None) or "builtins", via=True)
+        if not (inspect.isfunction(fn) or (inspect.isclass(fn) and issubclass(fn, nn.Module))):
+            if inspect.isclass(fn):
+                what = "a class that does not subclass torch.nn.Module"
+            elif inspect.isbuiltin(fn):
+                what = "a built-in function (compiled code), not a Python function"
+            else:
+                kind = type(fn)
+                name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+                what = f"an object of type {name}, not a Python function"
+            raise ModelError(f"factory '{spec.factory}': '{fn_name}' is {what}; a factory is your own function that "
+                             "returns a torch.nn.Module, or an nn.Module class")
+        try:
+            model = fn(**spec.kwargs)
+        except TypeError as exc:
+            raise ModelError(f"factory '{spec.factory}' rejected kwargs {spec.kwargs}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"factory '{spec.factory}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+# --- where a factory's module is found -----------------------------------------------------------------------
+
+_BASE = "_factory_base"  # attribute of a ModelSpec: the folder of the recipe that named it (not a recipe key)
+_FROM_RECIPE: dict[str, Path] = {}  # top-level module name -> the recipe folder it was imported from, by this module
+
+
+def set_factory_base(spec, folder: str | Path | None) -> None:
+    """Record ``folder`` (the recipe's folder) as where ``spec``'s factory module is looked for first. Set by
+    compress.recipe.parse_recipe on every factory spec of a recipe read from a file; kept by copies of the spec,
+    never dumped (it is not a recipe key)."""
+    object.__setattr__(spec, _BASE, None if folder is None else Path(folder).absolute())
+
+
+def factory_base(spec) -> Path | None:
+    """The folder ``spec``'s factory module is looked for in first (None: only ``sys.path``)."""
+    return getattr(spec, "__dict__", {}).get(_BASE)
+
+
+@contextlib.contextmanager
+def _factory_path(base: Path | None):
+    """``base`` at the front of ``sys.path`` for the duration (the import and the call of a factory), then removed:
+    a module beside the recipe is found as if the recipe were a script in that folder, and nothing else changes."""
+    if base is None:
+        yield
+        return
+    entry = str(base)
+    sys.path.insert(0, entry)
+    importlib.invalidate_caches()  # a module written after the folder was last listed
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(entry)  # the first occurrence: the one inserted above, unless the factory inserted it too
+        except ValueError:
+            pass
+
+
+def _own_file(base: Path, top: str) -> Path | None:
+    """``base/top.py`` or ``base/top/`` (a package), when the recipe's folder has a module of that name."""
+    for cand in (base / f"{top}.py", base / top):
+        if cand.is_file() or (cand.is_dir() and cand.suffix == ""):
+            return cand
+    return None
+
+
+def _loaded_from(module) -> Path | None:
+    f = getattr(module, "__file__", None)
+    if f:
+        return Path(f).resolve()
+    paths = list(getattr(module, "__path__", []) or [])
+    return Path(paths[0]).resolve() if paths else None
+
+
+def _import_factory(factory: str, mod_name: str, base: Path | None):
+    """Import the factory's module: from the recipe's folder ``base`` first (already on ``sys.path``, _factory_path),
+    then ``sys.path``. A module of the same name imported earlier from another recipe's folder is imported again from
+    this one; one imported from anywhere else while this folder has its own is an error naming both."""
+    top = mod_name.split(".")[0]
+    own = _own_file(base, top) if base is not None else None
+    loaded = sys.modules.get(top)
+    if own is not None and loaded is not None:
+        where = _loaded_from(loaded)
+        if where is None or not where.is_relative_to(base.resolve()):
+            if top not in _FROM_RECIPE:
+                raise ModelError(f"factory '{factory}': module '{top}' is already imported from {where or 'memory'}, "
+                                 f"so {own} beside the recipe cannot be imported under that name; rename one of them")
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]  # imported by compress from another recipe's folder: this recipe's own wins
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ModuleNotFoundError) and missing and (mod_name == missing or mod_name.startswith(missing + ".")):
+            raise ModelError(f"factory '{factory}': cannot import module '{mod_name}' ({exc}); searched "
+                             + (f"the recipe's folder {base}, then " if base is not None else "")
+                             + f"sys.path: {search_path([e for e in sys.path if e != str(base)])}") from None
+        found = _loaded_from(sys.modules[top]) if top in sys.modules else own
+        raise ModelError(f"factory '{factory}': module '{mod_name}'" + (f" ({found})" if found else "")
+                         + f" was found, but importing it failed: {type(exc).__name__}: {exc}") from None
+    if own is not None and (where := _loaded_from(sys.modules.get(top))) is not None and where.is_relative_to(base.resolve()):
+        _FROM_RECIPE[top] = base
+    return mod
+
+
+def search_path(entries: list[str] | None = None, shown: int = 5) -> str:
+    """``sys.path`` (or ``entries``) in short form: the first ``shown`` folders ('' is the current folder), then a count."""
+    entries = list(sys.path if entries is None else entries)
+    head = [e or "." for e in entries[:shown]]
+    rest = len(entries) - len(head)
+    return ", ".join(head) + (f" and {rest} more" if rest > 0 else "") if entries else "(empty)"
 
 
 # Not user code, besides sys.stdlib_module_names (the standard library's top-level modules, which already lists

@@ -15,7 +15,7 @@ import numpy as np
 
 from compress.runtimes.base import Runner, native_output_silenced, register_runtime
 
-__all__ = ["PteRunner", "load", "export_pte", "export_pte_int8"]
+__all__ = ["PteRunner", "load", "export_pte", "export_pte_int8", "io_details"]
 
 
 def _set_threads(threads: int) -> None:
@@ -71,6 +71,27 @@ class PteRunner(Runner):
             return super().timer(x)
         t, execute = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))], self.method.execute
         return lambda: execute(t)
+
+
+# ExecuTorch's ScalarType codes (those of torch's c10::ScalarType)
+_DTYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64",
+           11: "bool", 15: "bfloat16"}
+
+
+def io_details(path) -> dict[str, list[dict]]:
+    """The ``forward`` method's inputs and outputs from the program's metadata: shape and dtype (a ``.pte`` has no
+    tensor names: the inputs and outputs are positional). The 8-bit files compress writes take and give float32
+    (they quantize inside the program), so there is no scale or zero point to apply."""
+    from executorch.runtime import Runtime
+
+    with native_output_silenced():
+        meta = Runtime.get().load_program(str(path)).load_method("forward").metadata
+
+    def row(t, i):
+        code = int(t.dtype())
+        return {"name": None, "index": i, "shape": [int(d) for d in t.sizes()], "dtype": _DTYPES.get(code, f"code {code}")}
+    return {"inputs": [row(meta.input_tensor_meta(i), i) for i in range(meta.num_inputs())],
+            "outputs": [row(meta.output_tensor_meta(i), i) for i in range(meta.num_outputs())]}
 
 
 @register_runtime("executorch", suffixes=(".pte",), module="executorch", extra="executorch",

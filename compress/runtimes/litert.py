@@ -18,7 +18,7 @@ import numpy as np
 
 from compress.runtimes.base import Runner, native_output_silenced, register_runtime
 
-__all__ = ["TfliteRunner", "load", "export_tflite", "export_tflite_int8"]
+__all__ = ["TfliteRunner", "load", "export_tflite", "export_tflite_int8", "io_details"]
 
 
 class TfliteRunner(Runner):
@@ -71,6 +71,26 @@ class TfliteRunner(Runner):
             return it.get_tensor(out)
 
         return call
+
+
+def io_details(path) -> dict[str, list[dict]]:
+    """The file's inputs and outputs as the interpreter reports them: name, shape, dtype and, for an 8-bit tensor,
+    the scale and zero point the app applies (``q = round(x / scale) + zero_point``; ``x = (q - zero_point) * scale``)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_output_silenced():
+        it = Interpreter(model_path=str(path))
+
+    def rows(details):
+        out = []
+        for d in details:
+            row = {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+            if np.dtype(d["dtype"]).kind in "iu":
+                scale, zero = d["quantization"]
+                row["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
+            out.append(row)
+        return out
+    return {"inputs": rows(it.get_input_details()), "outputs": rows(it.get_output_details())}
 
 
 @register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert",

@@ -14,7 +14,7 @@ from compress.artifact import Artifact
 from compress.errors import MissingExtraError, StageError
 from compress.stages.base import StageConfig, register_stage
 
-__all__ = ["ExportConfig", "export", "parity", "FORMATS", "installed_formats"]
+__all__ = ["ExportConfig", "export", "parity", "FORMATS", "installed_formats", "file_metadata"]
 
 Format = Literal["onnx", "ort", "executorch", "litert"]
 FORMATS = ("onnx", "ort", "executorch", "litert")
@@ -73,7 +73,8 @@ def parity(model: torch.nn.Module, path, x: np.ndarray) -> float:
 
 @register_stage(ExportConfig, accepts={"torch"}, produces="onnx")
 def export(art: Artifact, cfg: ExportConfig, ctx) -> Artifact:
-    path = export_onnx(art.model, ctx.splits.input_shape, ctx.stage_path("export", ".onnx"), cfg.opset, cfg.exporter)
+    path = export_onnx(art.model, ctx.splits.input_shape, ctx.stage_path("export", ".onnx"), cfg.opset, cfg.exporter,
+                       metadata=file_metadata(ctx))
     x = np.ascontiguousarray(ctx.splits.val.x[:256])
     diff = parity(art.model, path, x)
     if not diff <= cfg.tolerance:
@@ -106,6 +107,14 @@ def export(art: Artifact, cfg: ExportConfig, ctx) -> Artifact:
     # (pt2e quantizes the torch module, not the ONNX graph).
     keep = art.model if {"executorch", "litert"} & set(cfg.formats) else None
     return art.derive("export", format="onnx", model=keep, path=path, info=info)
+
+
+def file_metadata(ctx) -> dict[str, str]:
+    """The preprocessing and class names as ONNX ``metadata_props`` (compress/preprocess.py); the ``.ort`` file
+    converted from the ONNX file keeps them."""
+    from compress.preprocess import onnx_metadata, preprocessing
+
+    return onnx_metadata(preprocessing(ctx.recipe, ctx.splits))
 
 
 def write_runtime_file(fmt: str, model: torch.nn.Module, input_shape, path, batch: int = 1, calibration=None):

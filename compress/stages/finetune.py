@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from compress.artifact import Artifact
 from compress.stages.base import register_stage
-from compress.stages.distill import KDOptions, kd_train
+from compress.stages.distill import KDOptions, augmenter, kd_train
 from compress.stages.train import cross_entropy
 from compress.training import fit
 
@@ -47,10 +47,10 @@ def finetune(art: Artifact, cfg: FinetuneConfig, ctx) -> Artifact:
         return _with(out, distill=True)
     res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
               weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index,
-              desc="finetune", quiet=ctx.quiet, loss_fn=cross_entropy)
+              desc="finetune", quiet=ctx.quiet, loss_fn=cross_entropy,
+              augment=augmenter(cfg.augment, ctx.splits.input_shape))  # hard labels only, on augmented inputs
     return art.derive("finetune", model=res.model,
-                      info={"best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy,
-                            "seconds": res.seconds, "distill": False})
+                      info={**res.info, "distill": False})
 
 
 def _with(art: Artifact, **info) -> Artifact:

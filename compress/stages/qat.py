@@ -117,7 +117,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         names = list(seq._modules)
         for a, b in zip(names, names[1:]):
             first, second = seq._modules[a], seq._modules[b]
-            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
+            if (isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d)) or \
+                    (isinstance(first, nn.Conv1d) and isinstance(second, nn.BatchNorm1d)):
                 seq._modules[a], seq._modules[b] = fuse_conv_bn_eval(first, second), nn.Identity()
             elif isinstance(first, nn.Linear) and isinstance(second, nn.BatchNorm1d):
                 seq._modules[a], seq._modules[b] = fuse_linear_bn_eval(first, second), nn.Identity()
@@ -130,7 +131,7 @@ def prepare_qat(model: nn.Module, qmax: int = 127, momentum: float = 0.1) -> nn.
 
     def wrap(parent: nn.Module) -> None:
         for name, child in parent.named_children():
-            if isinstance(child, (nn.Conv2d, nn.Linear)):
+            if isinstance(child, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 setattr(parent, name, FakeQuantLayer(child, qmax, momentum))
             else:
                 wrap(child)
@@ -242,7 +243,7 @@ def qat(art: Artifact, cfg: QatConfig, ctx) -> Artifact:
         raise StageError(f"qat: onnxruntime's logits differ from torch's fake-quantized model by {diff:.3g} of the "
                          f"largest logit (tolerance {cfg.tolerance}); the file {path} is not trustworthy{hint}")
     kinds = [n.op_type for n in onnx.load(str(path)).graph.node]
-    info = {"best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy, "seconds": res.seconds,
+    info = {**res.info,
             "weight_bits": 7 if seven_bit else 8, "activations": "uint8", "parity_rel_max_diff": diff,
             "parity_argmax_agreement": agree, "quantize_linear_nodes": kinds.count("QuantizeLinear"),
             "formats": ["onnx"], **facts,

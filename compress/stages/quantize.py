@@ -417,6 +417,10 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx) -> Artifact:
     if info.get("budget_met") is False:
         say(f"[yellow]warning: quantize ({cfg.mode}): no file met max_accuracy_drop {budget:.2%} on validation; kept the "
             f"best one found (drop {info['val_drop']:.2%}), see the report's quantize section[/yellow]", ctx.quiet)
+    from compress._onnx import set_metadata
+    from compress.stages.export import file_metadata
+
+    set_metadata(dst, file_metadata(ctx))  # before the .ort conversion, which keeps them
     formats = art.info.get("formats") or []
     if "ort" in formats:
         from compress._onnx import convert_to_ort

@@ -32,4 +32,4 @@ def train(art: Artifact, cfg: TrainStageConfig, ctx) -> Artifact:
               weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index, loss_fn=cross_entropy,
               desc="train", quiet=ctx.quiet)
     return art.derive("train", model=res.model,
-                      info={"best_epoch": res.best_epoch, "val_accuracy": res.best_val_accuracy, "seconds": res.seconds})
+                      info=res.info)

@@ -112,8 +112,8 @@ case("unknown_top_key", BASE.replace("teacher:", "teachr:"),
      "student, stages, baseline, bench, output\n  also: {dir}/recipe.yaml:1: teacher: required key is missing")
 case("misspelled_stage_key", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1, tempreature: 2}"),
      "{dir}/recipe.yaml:11: stages[0].tempreature: unknown key 'tempreature'; did you mean 'temperature'? valid keys: "
-     "type, temperature, alpha, generations, peers, loss, teachers, chain, epochs, lr, batch_size, weight_decay, "
-     "init_from_teacher")
+     "type, temperature, alpha, generations, peers, loss, teachers, chain, augment, epochs, lr, batch_size, "
+     "weight_decay, init_from_teacher")
 case("misspelled_nested_key", BASE.replace("{type: quantize, mode: int8_static}",
                                            "{type: quantize, mode: int8_static, calibration: {metod: entropy}}"),
      "{dir}/recipe.yaml:13: stages[2].calibration.metod: unknown key 'metod'; did you mean 'method'? valid keys: "
@@ -236,7 +236,11 @@ case("pickle_with_code", teacher_weights("teacher.pt"),
      {"teacher.pt": evil_pickle})
 case("factory_module_missing", BASE.replace("{arch: mlp, width: 8, depth: 1}", "{factory: 'no_such_pkg.models:make'}"),
      "{dir}/recipe.yaml:9: student.model: factory 'no_such_pkg.models:make': cannot import module 'no_such_pkg.models' "
-     "(No module named 'no_such_pkg')")
+     "(No module named 'no_such_pkg'); searched the recipe's folder {dir}, then sys.path: {syspath}")
+case("factory_module_dependency_missing", BASE.replace("{arch: mlp, width: 8, depth: 1}", "{factory: 'nets_dep:make'}"),
+     "{dir}/recipe.yaml:9: student.model: factory 'nets_dep:make': module 'nets_dep' ({dir}/nets_dep.py) was found, "
+     "but importing it failed: ModuleNotFoundError: No module named 'no_such_dependency'",
+     {"nets_dep.py": lambda p: p.write_text("import no_such_dependency  # noqa: F401\n\n\ndef make():\n    pass\n")})
 case("factory_malformed", BASE.replace("{arch: mlp, width: 8, depth: 1}", "{factory: 'make_model'}"),
      "{dir}/recipe.yaml:9: student.model: factory must look like 'package.module:function' (got 'make_model')")
 case("corrupt_onnx_teacher", BASE.replace("{type: distill, epochs: 1}", "{type: distill, epochs: 1, teachers: [{onnx: teacher.onnx}]}"),

@@ -84,6 +84,25 @@ def test_export_with_ort_format(trained_cnn, as_artifact, make_ctx, splits, tmp_
     assert out.info["ort_parity_max_abs_diff"] < 1e-4
 
 
+def test_exported_files_carry_preprocessing_and_class_names(trained_cnn, as_artifact, make_ctx):
+    """metadata_props of the .onnx file, and of the .ort file converted from it (onnxruntime keeps them)."""
+    import json
+
+    from compress._onnx import read_metadata
+
+    out = export(as_artifact(trained_cnn), ExportConfig(type="export", format=["onnx", "ort"]), make_ctx())
+    props = {p.key: p.value for p in onnx.load(str(out.path)).metadata_props}
+    assert json.loads(props["class_names"]) == [str(i) for i in range(10)]
+    assert props["input_layout"] == "NCHW" and props["normalization_in_graph"] == "false"
+    assert json.loads(props["input_mean"]) == [0.0] and json.loads(props["input_std"]) == [1.0]
+    assert json.loads(props["input_scale"]) == 1 / 16  # digits: grey levels 0..16 scaled to [0, 1]
+    pre = json.loads(props["compress.preprocessing"])
+    assert pre["input_shape"] == ["batch", 1, 8, 8] and pre["dtype"] == "float32"
+    assert read_metadata(out.info["ort_path"]) == props
+    sess = ort.InferenceSession(out.info["ort_path"], providers=["CPUExecutionProvider"])
+    assert sess.get_modelmeta().custom_metadata_map == props
+
+
 def test_format_list_is_deduplicated():
     assert ExportConfig(type="export", format=["ort", "onnx", "ort"]).formats == ["ort", "onnx"]
     assert ExportConfig(type="export", format="ort").formats == ["ort"]

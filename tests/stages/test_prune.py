@@ -46,9 +46,11 @@ def test_prune_half_of_every_layer(importance, art, trained_cnn, make_ctx, split
     assert conv_channels(model) == [4, 8]
     assert model.classifier.out_features == 10 and model.classifier.in_features == 32
     assert [(b.num_features) for b in model.modules() if isinstance(b, nn.BatchNorm2d)] == [4, 8]
-    assert out.info["layers"] == [{"layer": "features.0", "before": 8, "after": 4},
-                                  {"layer": "features.3", "before": 16, "after": 8},
-                                  {"layer": "classifier", "before": 10, "after": 10}]
+    # the channel table: asked ratio (none for the classifier), the fraction actually removed, the marker
+    assert out.info["layers"] == [
+        {"layer": "features.0", "before": 8, "after": 4, "asked": 0.5, "cut": 0.5, "deeper_than_asked": False},
+        {"layer": "features.3", "before": 16, "after": 8, "asked": 0.5, "cut": 0.5, "deeper_than_asked": False},
+        {"layer": "classifier", "before": 10, "after": 10, "asked": None, "cut": 0.0, "deeper_than_asked": False}]
 
     macs, params = count_macs_params(model, splits.input_shape)
     assert (out.macs, out.params) == (macs, params)
@@ -81,24 +83,164 @@ def test_round_to_gives_multiples(art, make_ctx):
     plain = prune(art, cfg(ratio=0.3, round_to=None), make_ctx())
     assert conv_channels(plain.model) == [5, 11]  # 8 * 0.7 = 5.6, 16 * 0.7 = 11.2: not multiples of 4
     rounded = prune(art, cfg(ratio=0.3, round_to=4), make_ctx())
-    # the nearest multiples of 4 to 5.6 and 11.2 (torch-pruning's own round_to rounds down: 4 and 8)
-    assert conv_channels(rounded.model) == [4, 12]
+    # the nearest multiples of 4 to 5.6 and 11.2 are 4 and 12 (torch-pruning's own round_to rounds down: 4 and 8);
+    # 8 -> 4 would remove 50 % > 0.3 + 0.1, so the first layer rounds up, to all of its 8
+    assert conv_channels(rounded.model) == [8, 12]
     assert all(row["after"] % 4 == 0 for row in rounded.info["layers"] if row["layer"] != "classifier")
+    assert not any(row["deeper_than_asked"] for row in rounded.info["layers"])
 
 
 def test_default_rounds_to_multiples_of_8(art, make_ctx):
     assert cfg(ratio=0.3).round_to == 8
-    # 8 channels: at the minimum, not pruned; 16 * 0.7 = 11.2 -> 8
+    # 8 channels: at the minimum, not pruned; 16 * 0.7 = 11.2 is nearest 8, but 16 -> 8 removes 50 % > 0.3 + 0.1:
+    # rounded up, to 16 (before the cap: [8, 8])
     out = prune(art, cfg(ratio=0.3), make_ctx())
+    assert conv_channels(out.model) == [8, 16]
+    assert out.info["notes"] == ["round_to 8: every layer keeps the multiple of 8 nearest to (1 - ratio) x its channels, "
+                                 "or the next one up where that would remove more than ratio + 0.1 of them; "
+                                 "features.0, features.3 kept all of theirs (at 8 or fewer, or too few to remove at this "
+                                 "granularity); round_to: null prunes exactly the ratio."]
+    # 16 * 0.75 = 12 is halfway between 8 and 16: ties go to 8, which removes 50 % > 0.25 + 0.1: 16 (before: [8, 8])
+    assert conv_channels(prune(art, cfg(ratio=0.25), make_ctx()).model) == [8, 16]
+    # at 0.4 the cap is 50 %: 16 -> 8 is allowed
+    out = prune(art, cfg(ratio=0.4), make_ctx())
     assert conv_channels(out.model) == [8, 8]
-    assert out.info["notes"] == ["round_to 8: every layer keeps the multiple of 8 nearest to (1 - ratio) x its channels; "
-                                 "features.0 kept all of theirs (at 8 or fewer, or too few to remove at this granularity); "
-                                 "round_to: null prunes exactly the ratio."]
-    # 16 * 0.75 = 12 is halfway between 8 and 16: ties prune (the stage was asked to remove channels)
-    assert conv_channels(prune(art, cfg(ratio=0.25), make_ctx()).model) == [8, 8]
+    assert [r["deeper_than_asked"] for r in out.info["layers"]] == [False, True, False]  # 50 % removed, 40 % asked
+    assert any(n.startswith("cut deeper than asked (deeper_than_asked in the channel table; round_to 8 may remove up to "
+                            "the asked ratio + 0.1 of a layer): 16 -> 8 (50% removed, 40% asked): features.3")
+               for n in out.info["notes"])
     # 16 * 0.9 = 14.4 -> 16: nothing to remove at this granularity
     out = prune(art, cfg(ratio=0.1), make_ctx())
     assert conv_channels(out.model) == [8, 16] and out.params == art.params
+
+
+# (width, ratio, round_to) -> channels kept, worked by hand: nearest multiple of round_to to width x (1 - ratio)
+# (ties down, at least round_to, at most width); if that removes more than ratio + 0.1 of the layer, the smallest
+# multiple that does not, capped at width.
+KEPT = [
+    (16, 0.3, 8, 16),   # 11.2 -> nearest 8 removes 50 % > 40 %; least allowed 9.6 -> 16
+    (32, 0.3, 8, 24),   # 22.4 -> 24 (25 %)
+    (64, 0.3, 8, 48),   # 44.8 -> 48 (25 %)
+    (24, 0.3, 8, 16),   # 16.8 -> 16 (33 %, within 40 %)
+    (40, 0.3, 8, 24),   # 28 is halfway: ties down to 24, exactly 40 % removed: allowed
+    (48, 0.3, 8, 32),   # 33.6 -> 32 (33 %)
+    (96, 0.3, 8, 64),   # 67.2 -> 64 (33 %)
+    (16, 0.25, 8, 16),  # 12 is halfway: 8 removes 50 % > 35 %; least 10.4 -> 16
+    (16, 0.4, 8, 8),    # 9.6 -> 8, exactly 50 % = 0.4 + 0.1: allowed
+    (20, 0.45, 8, 16),  # 11 -> 8 removes 60 % > 55 %; least 9 -> 16
+    (12, 0.2, 8, 12),   # 9.6 -> 8 removes 33 % > 30 %; least 8.4 -> 16, capped at 12
+    (12, 0.3, 8, 8),    # 8.4 -> 8 (33 %, within 40 %)
+    (40, 0.7, 8, 8),    # 12 is halfway: 8, 80 % removed = 0.7 + 0.1: allowed
+    (16, 0.9, 8, 8),    # 1.6 -> at least round_to: 8 (50 %, less than asked)
+    (8, 0.5, 8, 8),     # at round_to or fewer: kept whole
+    (64, 0.0, 8, 64),   # nothing asked
+    (8, 0.3, 4, 8),     # 5.6 -> 4 removes 50 % > 40 %; least 4.8 -> 8
+    (16, 0.3, 4, 12),   # 11.2 -> 12 (25 %)
+    (48, 0.5, 32, 32),  # 24 -> at least 32 (33 %)
+    (16, 0.3, None, 11),  # no rounding: int(16 x 0.7), torch-pruning's count
+]
+
+
+@pytest.mark.parametrize("width, ratio, round_to, kept", KEPT)
+def test_kept_channels_table(width, ratio, round_to, kept):
+    from compress.stages.prune import kept_channels
+
+    assert kept_channels(width, ratio, round_to) == kept
+    if round_to and ratio:  # the rule itself: never more than ratio + 0.1 removed unless at the round_to floor
+        assert kept == width or kept % round_to == 0
+        assert 1 - kept / width <= ratio + 0.1 + 1e-9 or kept == round_to
+
+
+def test_kept_channels_never_cut_beyond_ratio_plus_0_1():
+    from compress.stages.prune import kept_channels
+
+    for round_to in (4, 8, 16):
+        for width in range(1, 257):
+            for ratio in (0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9):
+                keep = kept_channels(width, ratio, round_to)
+                assert min(width, round_to) <= keep <= width
+                assert keep == width or keep % round_to == 0
+                if keep > round_to:  # above the floor of one multiple, the cap holds
+                    assert 1 - keep / width <= ratio + 0.1 + 1e-9, (width, ratio, round_to, keep)
+                    # and rounding up went no further than needed: one multiple less would break the cap
+                    assert keep == width or 1 - (keep - round_to) / width > ratio + 0.1 - 1e-9 \
+                        or abs(keep - width * (1 - ratio)) <= round_to / 2 + 1e-9
+
+
+def test_layer_ratios_per_layer(art, make_ctx):
+    # features.3 asks for more than the stage ratio, features.0 is kept whole
+    out = prune(art, cfg(ratio=0.3, round_to=None, layer_ratios={"features.3": 0.5, "features.0": 0}), make_ctx())
+    assert conv_channels(out.model) == [8, 8]
+    rows = {r["layer"]: r for r in out.info["layers"]}
+    assert (rows["features.0"]["asked"], rows["features.3"]["asked"], rows["classifier"]["asked"]) == (0, 0.5, None)
+    # a container's name covers every layer inside it; the longest name wins
+    out = prune(art, cfg(ratio=0.5, round_to=None, layer_ratios={"features": 0.25, "features.0": 0}), make_ctx())
+    assert conv_channels(out.model) == [8, 12]
+    # no stage ratio: only the named layers lose channels; the +0.1 cap applies to the layer's own ratio
+    out = prune(art, cfg(layer_ratios={"features.3": 0.45}), make_ctx())
+    assert conv_channels(out.model) == [8, 8]  # 16 x 0.55 = 8.8 -> 8, 50 % <= 55 %
+    assert [r["deeper_than_asked"] for r in out.info["layers"]] == [False, True, False]
+    out = prune(art, cfg(layer_ratios={"features.3": 0.3}), make_ctx())
+    assert conv_channels(out.model) == [8, 16]  # 8 would remove 50 % > 40 %
+
+
+def test_layer_ratios_validation(art, make_ctx, trained_cnn, splits):
+    from compress.stages.prune import layer_ratio_problem
+
+    with pytest.raises(ValueError, match=r"layer_ratios: 'features.0': 1.0 is out of range; a ratio is in \[0, 1\)"):
+        cfg(ratio=0.3, layer_ratios={"features.0": 1.0})
+    with pytest.raises(ValueError, match="with 'target' the stage decides .* 'features.0' asks for more"):
+        cfg(target={"macs": 0.5}, layer_ratios={"features.0": 0.5})
+    assert cfg(target={"macs": 0.5}, layer_ratios={"features.0": 0}).layer_ratios == {"features.0": 0}
+    assert cfg(layer_ratios={"features.0": 0.5}).ratio is None
+    with pytest.raises(ValueError, match="give 'ratio'"):
+        cfg(layer_ratios={"features.0": 0})
+
+    shape = splits.input_shape
+    assert layer_ratio_problem(trained_cnn, cfg(ratio=0.3, layer_ratios={"features": 0.2}), shape) is None
+    key, msg = layer_ratio_problem(trained_cnn, cfg(ratio=0.3, layer_ratios={"feature.3": 0.2}), shape)
+    assert key == "feature.3"
+    assert msg == ("the model has no layer named 'feature.3'; did you mean 'features.3'? valid layer names: "
+                   "features.0, features.3 (or a module containing them)")
+    key, msg = layer_ratio_problem(trained_cnn, cfg(ratio=0.3, layer_ratios={"classifier": 0.2}), shape)
+    assert key == "classifier" and "is the classifier (its outputs are the class scores), which is never pruned" in msg
+    key, msg = layer_ratio_problem(trained_cnn, cfg(ratio=0.3, layer_ratios={"features.1": 0.2}), shape)
+    assert msg.startswith("'features.1' (BatchNorm2d) contains no prunable layer")
+    # the stage refuses it too (for callers that skip the recipe check)
+    with pytest.raises(StageError, match="prune: layer_ratios: the model has no layer named 'nope'"):
+        prune(art, cfg(ratio=0.3, layer_ratios={"nope": 0.2}), make_ctx())
+
+
+def test_coupled_layers_follow_a_named_layer(make_ctx, as_artifact):
+    """A residual add couples two convs: they lose the same channels, at the ratio named for either of them
+    (the smallest when both are named), and the channel table shows that ratio as asked of both."""
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 16, 3, padding=1)
+            self.b = nn.Conv2d(16, 16, 3, padding=1)
+            self.classifier = nn.Linear(16, 10)
+
+        def forward(self, x):
+            y = self.a(x)
+            y = y + self.b(torch.relu(y))
+            return self.classifier(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    art = as_artifact(Res().eval())
+    out = prune(art, cfg(ratio=0.5, round_to=None, layer_ratios={"b": 0.25}), make_ctx())
+    assert (out.model.a.out_channels, out.model.b.out_channels) == (12, 12)
+    assert [(r["layer"], r["asked"], r["cut"]) for r in out.info["layers"]] == [("a", 0.25, 0.25), ("b", 0.25, 0.25),
+                                                                                ("classifier", None, 0.0)]
+    out = prune(art, cfg(ratio=0.3, round_to=None, layer_ratios={"b": 0.75}), make_ctx())
+    assert (out.model.a.out_channels, out.model.b.out_channels) == (4, 4)
+    out = prune(art, cfg(ratio=0.5, round_to=None, layer_ratios={"a": 0.25, "b": 0.75}), make_ctx())
+    assert (out.model.a.out_channels, out.model.b.out_channels) == (12, 12)
+    out = prune(art, cfg(ratio=0.5, round_to=None, layer_ratios={"a": 0}), make_ctx())
+    assert (out.model.a.out_channels, out.model.b.out_channels) == (16, 16)
+    x = torch.zeros(2, 1, 8, 8)
+    assert out.model(x).shape == (2, 10)
 
 
 def test_global_pruning(art, make_ctx):

@@ -1,0 +1,5 @@
+import no_such_dependency  # noqa: F401
+
+
+def make():
+    pass

@@ -23,6 +23,7 @@ class Artifact:
         info: facts the stage wants in the report (pruned channels, parity, calibration, ...).
         lineage: names of the stages that led here, oldest first.
         key: content hash of its inputs, stage and config; names its cache entry.
+        extra: models the stage made on the way, measured as assistants (not passed on by ``derive``).
     """
 
     name: str
@@ -34,8 +35,10 @@ class Artifact:
     info: dict[str, Any] = field(default_factory=dict)
     lineage: tuple[str, ...] = ()
     key: str = ""  # content hash of everything that made it (cache key); "" when unknown
+    extra: tuple = ()  # (name, torch model) a stage made on the way and the report measures (a distill chain's steps)
 
     def derive(self, name: str, **changes: Any) -> "Artifact":
         """A new artifact made from this one by stage ``name``."""
         changes.setdefault("info", {})
+        changes.setdefault("extra", ())
         return dataclasses.replace(self, name=name, lineage=self.lineage + (self.name,), **changes)

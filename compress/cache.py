@@ -396,13 +396,17 @@ class StageCache:
     def __init__(self, cache: Cache):
         self.cache = cache
 
-    def save(self, key: str, art) -> Entry:
+    def save(self, key: str, art, arch=lambda model: None) -> Entry:
+        """``arch(model)``: what a task needs to rebuild a model's architecture on load (JSON; None when the
+        template's own architecture fits, with the checkpoint's layer shapes)."""
         from compress.models.checkpoint import save_model
 
         files: dict = {}
         stems: dict[str, str] = {}
         if art.model is not None:
             files["model.safetensors"] = lambda p: save_model(art.model, p)
+        for j, (_, model) in enumerate(art.extra):
+            files[f"extra{j}.safetensors"] = lambda p, model=model: save_model(model, p)
         if art.format == "onnx":
             files["model.onnx"] = Path(art.path)
             stems["onnx"] = Path(art.path).stem
@@ -411,12 +415,14 @@ class StageCache:
                 stems[fmt] = Path(p).stem
         info = {k: v for k, v in art.info.items() if k not in ("files", "ort_path")}  # paths: rebuilt on load
         meta = {"name": art.name, "format": art.format, "params": art.params, "macs": art.macs, "info": info,
-                "lineage": list(art.lineage), "stems": stems}
+                "lineage": list(art.lineage), "stems": stems, "arch": arch(art.model) if art.model is not None else None,
+                "extra": [[name, arch(model)] for name, model in art.extra]}
         return self.cache.put(self.KIND, key, files, meta)
 
-    def load(self, key: str, template: torch.nn.Module, dest: Path, prefix: str):
-        """The cached artifact (torch: weights loaded into a copy of ``template``; onnx: files copied into
-        ``dest``), or None when absent or damaged (a damaged entry is moved aside with a warning)."""
+    def load(self, key: str, template, dest: Path, prefix: str):
+        """The cached artifact (torch: weights loaded into a copy of ``template``, or of ``template(arch)`` when it
+        is a function of the recorded architecture; onnx: files copied into ``dest``), or None when absent or
+        damaged (a damaged entry is moved aside with a warning)."""
         from compress.artifact import Artifact
         from compress.models.checkpoint import load_model_bytes
 
@@ -428,9 +434,10 @@ class StageCache:
             fmt = meta["format"]
             if fmt not in ("torch", "onnx") or not isinstance(meta["info"], dict) or not isinstance(meta["stems"], dict):
                 raise CorruptEntry(f"cache entry stages/{key}: unreadable metadata")
-            model = None
+            model, where = None, f"cache entry stages/{key}"
+            build = (lambda arch: template) if isinstance(template, torch.nn.Module) else template
             if "model.safetensors" in entry:
-                model = load_model_bytes(template, entry.read_bytes("model.safetensors"), f"cache entry stages/{key}")
+                model = load_model_bytes(build(meta.get("arch")), entry.read_bytes("model.safetensors"), where)
             elif fmt == "torch":
                 raise CorruptEntry(f"cache entry stages/{key}: model.safetensors is missing")
             info, path = dict(meta["info"]), None
@@ -445,8 +452,10 @@ class StageCache:
                     info["files"] = files
                 if "ort" in files:
                     info["ort_path"] = files["ort"]
+            extra = tuple((str(name), load_model_bytes(build(arch), entry.read_bytes(f"extra{j}.safetensors"), where))
+                          for j, (name, arch) in enumerate(meta.get("extra") or []))
             return Artifact(str(meta["name"]), fmt, model, path, meta["params"], meta["macs"], info,
-                            tuple(meta["lineage"]), key)
+                            tuple(meta["lineage"]), key, extra)
         except (CorruptEntry, CompressError, KeyError, TypeError, ValueError) as exc:
             self.cache.discard(self.KIND, key, str(exc) if isinstance(exc, CompressError)
                                else f"cache entry stages/{key}: unreadable metadata ({type(exc).__name__}: {exc})")

@@ -42,13 +42,10 @@ from compress.schema import BASELINE_VERSION, Baseline, Report, SchemaError, rea
 
 __all__ = ["Tolerances", "Verdict", "Run", "latency_ratio", "relative_interval", "load_run", "verify_files",
            "remeasure", "measure", "measure_files", "compare", "baseline_from", "summary_markdown", "write_summary",
-           "CheckInputError", "EXIT_REGRESSED", "BOOTSTRAP", "DISAGREEMENT"]
+           "CheckInputError", "EXIT_REGRESSED", "BOOTSTRAP"]
 
 EXIT_REGRESSED = 3  # 0 pass, 1 crash, 2 bad input, 3 regression: CI can tell "regressed" from "crashed"
 BOOTSTRAP = 2000
-# report.json and its own file may disagree by this much (CPUs round INT8 kernels differently) before the
-# report is called wrong: max(1 point, 3 test samples).
-DISAGREEMENT = (0.01, 3)
 
 
 class CheckInputError(CompressError):
@@ -130,9 +127,6 @@ def load_run(target: str | Path, output: str | None = None, quiet: bool = True) 
         from compress.recipe import load_recipe
 
         recipe = load_recipe(target)
-        if getattr(recipe, "task", None) == "lm":
-            raise CheckInputError(f"{target}: compress check does not gate task: lm runs yet (their report has "
-                                  "another schema); gate a classification recipe")
         report = pipeline.run(recipe, output=output, quiet=quiet, folder=f"{recipe.name}.check")
         target = Path(report["files"]["report_json"])
     path = target / "report.json" if target.is_dir() else target
@@ -173,25 +167,11 @@ def verify_files(run: Run) -> dict[str, Path]:
 
 
 def remeasure(run: Run, final: Path) -> tuple[float | None, str]:
-    """The final model's accuracy on the test split, measured from its file; (None, why) when the recipe or
-    the data named in the report cannot be loaded as they were."""
-    from compress.data import load_data
-    from compress.recipe import parse_recipe
+    """The final model's quality metric on the test split, measured from its file by the run's task; (None, why)
+    when the recipe or the data named in the report cannot be loaded as they were."""
+    from compress.pipeline import task_named
 
-    if run.schema.task != "classify":
-        return None, f"task {run.schema.task} is not re-measured here"
-    try:
-        recipe = parse_recipe(dict(run.report["recipe"]), run.report.get("recipe_file"))
-        splits = load_data(recipe.data, recipe.seed)
-    except CompressError as exc:
-        return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
-    if splits.fingerprint != run.report["data"].get("fingerprint"):
-        return None, "the data named in the report changed since the run (its fingerprint differs)"
-    from compress.runtimes.onnxruntime import predict, session
-
-    test = splits.test
-    pred = predict(session(final, threads=0), test.x).argmax(1)
-    return float((pred == test.y).mean()), f"re-measured from {final.name} on the test split ({len(test.y)} samples)"
+    return task_named(run.schema.task).remeasure(run.report, final)
 
 
 def measure(run: Run, *, rounds: int = 30, calls: int = 20, batch: int = 1, threads: int = 1, seed: int = 0,
@@ -206,26 +186,28 @@ def measure(run: Run, *, rounds: int = 30, calls: int = 20, batch: int = 1, thre
     if value is None:
         value, how = final.metric.value, f"{final.metric.name} taken from report.json, not re-measured ({how})"
     else:
-        n = sum(run.report["data"].get("test_class_counts") or [])
-        gap = abs(value - final.metric.value)
-        if n and gap > max(DISAGREEMENT[0], DISAGREEMENT[1] / n):
+        from compress.pipeline import task_named
+
+        if abs(value - final.metric.value) > task_named(run.schema.task).disagreement(run.report):
             raise CheckInputError(f"report.json does not match its model file: it says {final.metric.name} "
                                   f"{final.metric.value:.4f}, {paths['final'].name} measures {value:.4f} on the test "
                                   f"split; the report or the file was edited (rerun the recipe)")
     ratio = _latency(paths["final"], paths["teacher"], rounds=rounds, calls=calls, batch=batch, threads=threads,
-                     seed=seed)
+                     seed=seed, task=run.schema.task)
     return {"name": run.report.get("name"), "cpu": run.report.get("cpu"), "size_bytes": paths["final"].stat().st_size,
             "metric": {"name": final.metric.name, "value": value, "higher_is_better": final.metric.higher_is_better},
             "metric_source": how, "latency_ratio": ratio}
 
 
-def _latency(final: Path, teacher: Path, *, rounds: int, calls: int, batch: int, threads: int, seed: int) -> dict:
-    from compress.bench import _batch_of, time_rounds
-    from compress.runtimes import load
+def _latency(final: Path, teacher: Path, *, rounds: int, calls: int, batch: int, threads: int, seed: int,
+             task: str = "classify") -> dict:
+    """The final/teacher time ratio, both timed in the same interleaved rounds by the task's own timer (a classifier's
+    forward pass; a language model's greedy decode with the KV cache)."""
+    from compress.bench import time_rounds
+    from compress.pipeline import task_named
 
-    runners = {"final": load(final, threads=threads), "teacher": load(teacher, threads=threads)}
-    x = _batch_of(np.zeros((1, *runners["teacher"].input_shape), np.float32), batch)
-    samples = time_rounds({k: r.timer(x) for k, r in runners.items()}, rounds=rounds, calls=calls, seed=seed)
+    timers = task_named(task).timers({"final": final, "teacher": teacher}, batch=batch, threads=threads)
+    samples = time_rounds(timers, rounds=rounds, calls=calls, seed=seed)
     ratio = latency_ratio(samples["final"], samples["teacher"], seed=seed)
     ratio.update(batch=batch, threads=threads, calls=calls)
     return ratio

@@ -39,13 +39,6 @@ def _load(recipe_path: str):
     return load_recipe(recipe_path)
 
 
-def _pipeline(recipe):
-    """compress.pipeline, or compress.lm.pipeline for a `task: lm` recipe (the dispatch of compress.run too)."""
-    from compress._api import pipeline_for
-
-    return pipeline_for(recipe)
-
-
 @click.group(cls=_DefaultRun, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="compress")
 def cli() -> None:
@@ -81,9 +74,6 @@ def run(recipe: str, output: str | None, quiet: bool, force: bool, nproc: int) -
             from compress.pipeline import output_dir, prepare
 
             loaded = _load(recipe)
-            if getattr(loaded, "task", None) == "lm":
-                click.secho("error: --nproc is not supported for task: lm recipes", fg="red", err=True)
-                sys.exit(2)
             output_dir(loaded, output)
             prepare(loaded)
         except CompressError as exc:
@@ -93,8 +83,10 @@ def run(recipe: str, output: str | None, quiet: bool, force: bool, nproc: int) -
             + (["--quiet"] if quiet else []) + (["--force"] if force else [])
         sys.exit(subprocess.call(args))
     try:
+        from compress import pipeline
+
         loaded = _load(recipe)
-        _pipeline(loaded).run(loaded, output=output, quiet=quiet, force=force)
+        pipeline.run(loaded, output=output, quiet=quiet, force=force)
     except CompressError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -110,8 +102,10 @@ def validate(recipe: str, output: str | None) -> None:
     from compress.errors import CompressError
 
     try:
+        from compress import pipeline
+
         loaded = _load(recipe)
-        lines = _pipeline(loaded).validate(loaded, output)
+        lines = pipeline.validate(loaded, output)
     except CompressError as exc:
         _fail(exc)
         return

@@ -22,6 +22,7 @@ class Context:
     out_dir: Path
     quiet: bool = False
     stage_index: int = 0
+    stage_key: str = ""  # set by the pipeline before each stage runs
     _teacher_logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _teacher_features: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, repr=False)
     # Set by the pipeline: teacher outputs are also kept in the verified cache (kind "teacher-outputs", keyed by

@@ -26,16 +26,17 @@ from compress.errors import CompressError, DataError, ModelError
 from compress.evaluate import evaluate
 from compress.models import build_model, check_io, describe_spec, load_weights
 from compress.recipe import Recipe, check_chain
-from compress.stages.base import STAGES
+from compress.stages.base import STAGES, stages_for
 from compress.stages.prune import count_macs_params, head_table
 from compress.stages.train import cross_entropy
-from compress.training import fit
+from compress.training import cached_model, fit
 
 __all__ = ["prepare", "validate", "run", "output_dir", "output_cache", "exclusive", "build", "measure", "chain_keys",
            "file_digest", "relocate", "refuse_planted_links", "OWNED"]
 
-# Names a vision run writes in its folder: replaced as a whole when a run is published (compress._io.publish).
-OWNED = ("teacher.onnx", "scratch.onnx", "model.*", "report.json", "report.md", "report.png", "stages", "last_good")
+# Names a run writes in its folder: replaced as a whole when a run is published (compress._io.publish).
+OWNED = ("teacher.onnx", "scratch.onnx", "assistant*.onnx", "model.*", "report.json", "report.md", "report.png", "stages",
+         "last_good", "student-hf")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class Prepared:
     teacher: torch.nn.Module
     teacher_has_weights: bool
     student: torch.nn.Module
+
+    @property
+    def fingerprint(self) -> str:
+        return self.splits.fingerprint
 
 
 def output_dir(recipe: Recipe, output: str | Path | None = None, folder: str | None = None) -> Path:
@@ -74,7 +79,13 @@ def output_cache(out_dir: Path, force: bool = False) -> Cache:
     return Cache(inside(out_dir.parent, ".cache"), enabled=not force, read_only=not distributed.is_writer())
 
 
-def prepare(recipe: Recipe) -> Prepared:
+def prepare(recipe):
+    """Everything checked that can be without training (chain, files, data, shapes, weights), by the recipe's task;
+    returns what the build starts from. Every problem is raised as a RecipeError at the recipe key that caused it."""
+    return task_of(recipe).prepare(recipe)
+
+
+def prepare_classify(recipe: Recipe) -> Prepared:
     """Check everything that can be checked without training: chain, files, data, shapes, weights.
 
     Every problem is raised as a RecipeError at the recipe key that caused it.
@@ -178,22 +189,25 @@ def _model_for(recipe: Recipe, role: str, splits: Splits, seed: int) -> torch.nn
     return model
 
 
-def validate(recipe: Recipe, output: str | Path | None = None) -> list[str]:
+def validate(recipe, output: str | Path | None = None) -> list[str]:
     """What a run would do, as lines; raises the first problem found. Trains and writes nothing."""
     target = output_dir(recipe, output)
-    p = prepare(recipe)
+    task = task_of(recipe)
+    lines = [f"output: {target}", *task.validate(recipe, task.prepare(recipe))]
+    produced, specs = "torch", stages_for(recipe.task)
+    for i, st in enumerate(recipe.stages):
+        lines.append(f"stage {i + 1}: {st.type} ({produced} -> {specs[st.type].produces})")
+        produced = specs[st.type].produces
+    return lines
+
+
+def validate_classify(recipe: Recipe, p: Prepared) -> list[str]:
     t_macs, t_params = count_macs_params(p.teacher, p.splits.input_shape)
     s_macs, s_params = count_macs_params(p.student, p.splits.input_shape)
-    lines = [f"output: {target}", f"data: {p.splits.describe()}",
-             f"teacher: {describe_spec(recipe.teacher.model)}, {t_params:,} params, {t_macs:,} MACs, "
-             + ("weights from " + str(recipe.teacher.weights) if p.teacher_has_weights else f"trained for {recipe.teacher.train.epochs} epochs"),
-             f"student: {describe_spec(recipe.student.model)}, {s_params:,} params, {s_macs:,} MACs"]
-    produced = "torch"
-    for i, st in enumerate(recipe.stages):
-        spec = STAGES[st.type]
-        lines.append(f"stage {i + 1}: {st.type} ({produced} -> {spec.produces})")
-        produced = spec.produces
-    return lines
+    return [f"data: {p.splits.describe()}",
+            f"teacher: {describe_spec(recipe.teacher.model)}, {t_params:,} params, {t_macs:,} MACs, "
+            + ("weights from " + str(recipe.teacher.weights) if p.teacher_has_weights else f"trained for {recipe.teacher.train.epochs} epochs"),
+            f"student: {describe_spec(recipe.student.model)}, {s_params:,} params, {s_macs:,} MACs"]
 
 
 @contextlib.contextmanager
@@ -215,35 +229,17 @@ def train_cached(cache: Cache, key: str, model: torch.nn.Module, splits: Splits,
                  augment: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` with cross-entropy, or reuse the verified weights cached under ``key`` (kind ``weights``).
     ``augment``: a distill stage's ``augment`` keys (as a dict), applied to the training batches the same way."""
-    writer = distributed.is_writer()
-    cached = cache.get_weights("weights", key, model) if writer else None
-    if distributed.agree(cached is not None) and cached is None:  # rank 0 found it: the other ranks load it too
-        cached = cache.get_weights("weights", key, model)  # a read-only cache there: a damaged entry raises
-    if cached is not None:
-        say(f"[dim]{desc}: reusing cached weights {key}[/dim]", quiet)
-        return cached, {"cached": True, **_trained_info(cache, key)}
-    alone = distributed.world_size() == 1
-    with cache.claim("weights", key) if writer else contextlib.nullcontext():
-        again = cache.get_weights("weights", key, model) if alone else None  # another worker may have trained it
-        if again is not None:
-            say(f"[dim]{desc}: reusing cached weights {key} (trained by another process)[/dim]", quiet)
-            return again, {"cached": True, **_trained_info(cache, key)}
+
+    def make():
         from compress.stages.distill import AugmentConfig, augmenter
 
         res = fit(model, splits, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                   loss_fn=cross_entropy, desc=desc, quiet=quiet,
                   augment=augmenter(AugmentConfig(**augment), splits.input_shape) if augment else None)
         info = {k: v for k, v in res.info.items() if k in ("best_epoch", "bn_recalibrated")}
-        if writer:
-            cache.put_weights("weights", key, res.model, meta={"info": info})
-    return res.model, {"cached": False, **info, "seconds": round(res.seconds, 2)}
+        return res.model, {**info, "seconds": round(res.seconds, 2)}
 
-
-def _trained_info(cache: Cache, key: str) -> dict:
-    """What the training that made a cached entry reported (best epoch, BatchNorm recalibration)."""
-    entry = cache.get("weights", key)
-    info = entry.meta.get("info") if entry is not None else None
-    return {k: v for k, v in info.items() if k in ("best_epoch", "bn_recalibrated")} if isinstance(info, dict) else {}
+    return cached_model(cache, "weights", key, model, make, desc=desc, quiet=quiet)
 
 
 def _scratch_budget(recipe: Recipe) -> dict | None:
@@ -315,15 +311,11 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, f
     return report
 
 
-def _last_training_stage(recipe: Recipe) -> int:
-    return max((i for i, st in enumerate(recipe.stages) if STAGES[st.type].trains), default=-1)
-
-
 def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool, started: float,
          writer: bool) -> dict:
     from compress import report as reporting
 
-    splits = prep.splits
+    task = task_of(recipe)
     cache = output_cache(out_dir, force)
     if not writer:  # the other ranks train with rank 0 and write nothing of the run (a private scratch folder)
         import tempfile
@@ -333,22 +325,9 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool
         return {}
     with exclusive(out_dir), staging(out_dir) as stage_dir:
         refuse_planted_links(out_dir, OWNED)  # before any compute: publishing would refuse them at the end
-        say(f"[bold]compress[/bold] {recipe.name}: {splits.describe()}", quiet)
+        say(f"[bold]compress[/bold] {recipe.name}: {task.describe(prep)}", quiet)
         built = build(recipe, prep, stage_dir, cache, quiet=quiet, last_good_dir=inside(out_dir, "last_good"))
-        models, eval_key = measure(recipe, splits, built.measured, cache, quiet=quiet)
-        fp32 = fp32_counterpart(built.measured)
-        runtimes_key = cache_key("runtimes", eval_key, {fmt: file_digest(Path(p)) for fmt, p in built.final_files.items()},
-                                 fp32 and file_digest(Path(fp32)))
-        runtimes = cache.get_json("runtimes", runtimes_key)
-        if runtimes is None:
-            from compress.evaluate import evaluate_runtimes
-
-            say(f"[bold]measuring[/bold] the final model on every runtime: {', '.join(built.final_files)}", quiet)
-            runtimes = evaluate_runtimes(built.final_files, built.measured[0]["path"], splits, recipe.bench,
-                                         seed=recipe.seed, fp32_path=fp32)
-            cache.put_json("runtimes", runtimes_key, runtimes)
-        # "runtimes": one row per (model, runtime); "mobile_usability" when .ort is made
-        report = reporting.build(recipe, split_digest(splits), models, built.stage_log, stage_dir, runtimes)
+        report = task.report(recipe, prep, built, stage_dir, cache, quiet)
         report["warnings"] = list(cache.warnings)
         report["run_seconds"] = round(time.perf_counter() - started, 2)
         report["files"] = {"dir": str(out_dir), "model": str(out_dir / "model.onnx"),
@@ -356,11 +335,32 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool
                            "plot": str(out_dir / "report.png")}
         report = relocate(report, stage_dir, out_dir)
         report["digests"] = reporting.digests(stage_dir)
-        reporting.write(report, stage_dir)
+        reporting.write(report, stage_dir, task.markdown, task.plot)
         publish(stage_dir, out_dir, OWNED)
     if not quiet:
-        reporting.print_table(report)
+        task.print_table(report)
     return report
+
+
+def report_classify(recipe: Recipe, prep: Prepared, built: Built, run_dir: Path, cache: Cache, quiet: bool) -> dict:
+    """Measure every model (and the final one on every runtime) and build the classification report."""
+    from compress import report as reporting
+
+    splits = prep.splits
+    models, eval_key = measure(recipe, splits, built.measured, cache, quiet=quiet)
+    fp32 = fp32_counterpart(built.measured)
+    runtimes_key = cache_key("runtimes", eval_key, {fmt: file_digest(Path(p)) for fmt, p in built.final_files.items()},
+                             fp32 and file_digest(Path(fp32)))
+    runtimes = cache.get_json("runtimes", runtimes_key)
+    if runtimes is None:
+        from compress.evaluate import evaluate_runtimes
+
+        say(f"[bold]measuring[/bold] the final model on every runtime: {', '.join(built.final_files)}", quiet)
+        runtimes = evaluate_runtimes(built.final_files, built.measured[0]["path"], splits, recipe.bench,
+                                     seed=recipe.seed, fp32_path=fp32)
+        cache.put_json("runtimes", runtimes_key, runtimes)
+    # "runtimes": one row per (model, runtime); "mobile_usability" when .ort is made
+    return reporting.classify(recipe, split_digest(splits), models, built.stage_log, run_dir, runtimes)
 
 
 def fp32_counterpart(measured: list[dict]) -> str | None:
@@ -409,116 +409,90 @@ class Built:
     final_files: dict[str, str]
 
 
-def teacher_key(recipe: Recipe, prep: Prepared) -> str:
-    """The teacher's cache key: its spec and training settings, or the digest of the weights it was given."""
-    if prep.teacher_has_weights:
-        return cache_key("teacher-weights", file_digest(recipe.teacher.weights), prep.splits.fingerprint)
-    return cache_key("teacher", recipe.teacher.model.model_dump(), recipe.teacher.train.model_dump(), recipe.seed,
-                     prep.splits.fingerprint)
-
-
-def student_key(recipe: Recipe, splits: Splits) -> str:
-    return cache_key("student", recipe.student.model.model_dump(), file_digest(recipe.student.weights),
-                     recipe.seed, splits.fingerprint)
-
-
-def stage_key(recipe: Recipe, splits: Splits, i: int, input_key: str, teacher: str) -> str:
+def stage_key(recipe, fingerprint: str, i: int, input_key: str, teacher: str) -> str:
     """Stage ``i``'s cache key: the key of its input artifact, the teacher's, its position and config."""
     st = recipe.stages[i]
     return cache_key("stage", input_key, teacher, i, st.model_dump(mode="json", by_alias=True), _named_files(st),
-                     recipe.seed, splits.fingerprint)
+                     recipe.seed, fingerprint)
 
 
-def chain_keys(recipe: Recipe, prep: Prepared) -> list[str]:
+def chain_keys(recipe, prep) -> list[str]:
     """Every stage's cache key, computed without running anything (a stage's output key is its key)."""
-    t_key, key, keys = teacher_key(recipe, prep), student_key(recipe, prep.splits), []
+    task = task_of(recipe)
+    t_key, keys = task.teacher_key(recipe, prep), []
+    walk = _Chain(recipe, task.student_key(recipe, prep))
     for i in range(len(recipe.stages)):
-        key = stage_key(recipe, prep.splits, i, key, t_key)
-        keys.append(key)
+        keys.append(stage_key(recipe, prep.fingerprint, i, walk.input_key(i), t_key))
+        walk.done(i, keys[-1])
     return keys
 
 
-def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Cache, *, quiet: bool, writer: bool = True,
+class _Chain:
+    """Which key (and artifact) feeds each stage: the previous stage's output, or, for a branch stage right
+    after another branch stage, that stage's own input (StageSpec.branches)."""
+
+    def __init__(self, recipe, start_key: str, start=None):
+        self.specs = [stages_for(recipe.task)[st.type] for st in recipe.stages]
+        self.out_key, self.out_art = start_key, start
+        self.in_key, self.in_art = start_key, start
+
+    def input_key(self, i: int) -> str:
+        return self.in_key if self._side(i) else self.out_key
+
+    def input_art(self, i: int):
+        return self.in_art if self._side(i) else self.out_art
+
+    def _side(self, i: int) -> bool:
+        return i > 0 and self.specs[i].branches and self.specs[i - 1].branches
+
+    def done(self, i: int, key: str, art=None) -> None:
+        if not self._side(i):
+            self.in_key, self.in_art = self.out_key, self.out_art
+        self.out_key, self.out_art = key, art
+
+
+def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: bool = True,
           last_good_dir: Path | None = None) -> Built | None:
-    """Train (or load from the verified cache) the teacher, the scratch baseline and every stage; write the
-    model files under ``out_dir`` (a fresh folder: the run's staging folder, or a search variant's); measure
-    nothing. None on a rank other than the writer (it only trains). A stage that fails with a model to keep
-    saves its last good weights in ``last_good_dir`` (default ``out_dir/last_good``)."""
-    splits = prep.splits
-    teacher, teacher_info = prep.teacher, {"weights": str(recipe.teacher.weights)} if prep.teacher_has_weights else {}
-    t_key = teacher_key(recipe, prep)
-    if not prep.teacher_has_weights:
-        t = recipe.teacher.train
-        teacher, teacher_info = train_cached(cache, t_key, teacher, splits, epochs=t.epochs, lr=t.lr,
-                                             batch_size=t.batch_size, weight_decay=t.weight_decay,
-                                             seed=recipe.seed, desc="teacher", quiet=quiet)
-    # The teacher's soft targets, like every measurement, need BatchNorm statistics that match its weights.
-    teacher, why = bn.fresh(teacher, splits.train.x, recipe.seed)
-    if why:
-        teacher_info = {**teacher_info, "bn_recalibrated": why}
-    ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=out_dir, quiet=quiet,
-                  teacher_key=t_key, cache=cache)  # teacher outputs kept on disk
+    """Train (or load from the verified cache) the teacher, the scratch baseline, any assistants and every stage;
+    write the model files under ``out_dir`` (a fresh folder: the run's staging folder, or a search variant's);
+    measure nothing. None on a rank other than the writer (it only trains). A stage that fails with a model to
+    keep saves its last good weights in ``last_good_dir`` (default ``out_dir/last_good``). What differs between
+    tasks (data, models, training, export) comes from the recipe's task adapter (``task_of``)."""
+    task = task_of(recipe)
+    teacher = task.teacher(recipe, prep, cache, quiet)
     measured: list[dict] = []
 
     def add(name: str, role: str, art: Artifact, path: Path, info: dict | None = None) -> None:
         if not writer:  # other ranks only train
             return
         if art.format == "torch":
-            export_onnx(art.model, splits.input_shape, path)
+            task.export(art.model, path, prep)
         measured.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
                          "params": art.params, "macs": art.macs, "lineage": list(art.lineage),
                          "info": {**(info or {}), **art.info}, "key": art.key})
 
-    t_macs, t_params = count_macs_params(teacher, splits.input_shape)
-    add("teacher", "teacher", Artifact("teacher", "torch", teacher, params=t_params, macs=t_macs, key=t_key),
-        out_dir / "teacher.onnx", {"spec": describe_spec(recipe.teacher.model), **teacher_info})
-
-    s_macs, s_params = count_macs_params(prep.student, splits.input_shape)
-    budget = _scratch_budget(recipe)
-    if budget:
-        key = cache_key("scratch", recipe.student.model.model_dump(), budget, recipe.seed, splits.fingerprint)
-        scratch, info = train_cached(cache, key, prep.student, splits, seed=recipe.seed, desc="scratch student",
-                                     quiet=quiet, **budget)
-        add("scratch", "scratch", Artifact("scratch", "torch", scratch, params=s_params, macs=s_macs, key=key),
-            out_dir / "scratch.onnx", {"spec": describe_spec(recipe.student.model), "budget": budget, **info})
-
-    art = Artifact("student", "torch", prep.student, params=s_params, macs=s_macs,
-                   info={"spec": describe_spec(recipe.student.model)}, key=student_key(recipe, splits))
-    stage_cache = StageCache(cache)
-    stage_log = []
-    last_train = _last_training_stage(recipe)
-    alone = distributed.world_size() == 1
-    for i, st in enumerate(recipe.stages):
-        if not writer and i > last_train:
+    add("teacher", "teacher", teacher, out_dir / "teacher.onnx")
+    scratch = task.scratch(recipe, prep, cache, quiet)
+    if scratch is not None:
+        add("scratch", "scratch", scratch, out_dir / "scratch.onnx")
+    run = _StageRun(recipe, prep, task, cache, StageCache(cache), out_dir, quiet, writer,
+                    last_good_dir or inside(out_dir, "last_good"))
+    tutor = teacher
+    for j, assistant in enumerate(task.assistants(recipe, prep)):  # teacher -> assistants -> student, each every torch stage
+        art, _ = run.stages(assistant, tutor, f"assistant{j}", torch_only=True)
+        if art is None:
             return None
-        ctx.stage_index = i
-        config = st.model_dump(mode="json", by_alias=True)
-        key = stage_key(recipe, splits, i, art.key, t_key)
-        prefix = f"{i + 1:02d}_{st.type}"
-        t0 = time.perf_counter()
-        stages_dir = out_dir / "stages"
-        cached = stage_cache.load(key, prep.student, stages_dir, prefix) if writer else None
-        # Collectives only while every rank is still here (the others leave after the last training stage).
-        if i <= last_train and distributed.agree(cached is not None) and cached is None:
-            cached = stage_cache.load(key, prep.student, stages_dir, prefix)  # read-only there: a bad entry raises
-        if cached is None:
-            with cache.claim(StageCache.KIND, key) if writer else contextlib.nullcontext():
-                if alone:  # another process may have computed it while this one waited for the claim
-                    cached = stage_cache.load(key, prep.student, stages_dir, prefix)
-                if cached is None:
-                    say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}", quiet)
-                    art = _fresh_bn(_run_stage(recipe, st, i, art, ctx, key, writer,
-                                               last_good_dir or inside(out_dir, "last_good")), splits, recipe.seed)
-                    if writer:
-                        stage_cache.save(key, art)
-        if cached is not None:
-            say(f"[bold cyan]stage {i + 1}/{len(recipe.stages)}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", quiet)
-            art = _fresh_bn(cached, splits, recipe.seed)
-        stage_log.append({"index": i + 1, "type": st.type, "config": config, "cached": cached is not None,
-                          "seconds": round(time.perf_counter() - t0, 2)})
-        add(prefix, "stage", art, ctx.stage_path(st.type, ".onnx"))
-    if not writer:
+        add(f"assistant{j}", "assistant", art, out_dir / f"assistant{j}.onnx")
+        tutor = dataclasses.replace(art, key=cache_key("assistant-id", tutor.key, j, art.key))
+    pos = len(measured)
+    art, stage_log = run.stages(task.student(recipe, prep), tutor, "student", add=add)
+    if art is None:
         return None
+    stage_entries = measured[pos:]
+    del measured[pos:]
+    for name, model in run.assistants:  # made by a stage on the way (a distill chain): measured before the stages
+        add(name, "assistant", Artifact(name, "torch", model, params=task.params(model)), out_dir / f"{name}.onnx")
+    measured += stage_entries
 
     final_src = measured[-1]["path"]
     final_path = out_dir / "model.onnx"
@@ -534,11 +508,93 @@ def build(recipe: Recipe, prep: Prepared, out_dir: Path, cache: Cache, *, quiet:
     if "ort" in final_files:
         final_info["ort_path"] = final_files["ort"]
     final_info["files"] = final_files
-    from compress.preprocess import write_model_card  # preprocessing in every ONNX file's metadata; model.json
-    write_model_card(recipe, splits, measured, final_files, out_dir)
+    task.finish(recipe, prep, art, measured, final_files, out_dir)
     measured.append({**measured[-1], "name": "final", "role": "final", "path": final_path,
                      "info": {**measured[-1]["info"], **final_info}})
     return Built(measured, stage_log, final_files)
+
+
+@dataclass
+class _StageRun:
+    """The stage loop of one build: every stage in order, each from the verified stage cache when its key is
+    there, else run (under a claim, so two processes never compute one entry) and stored."""
+
+    recipe: object
+    prep: object
+    task: object
+    cache: Cache
+    stage_cache: StageCache
+    out_dir: Path
+    quiet: bool
+    writer: bool
+    last_good_dir: Path
+
+    def __post_init__(self):
+        self.assistants: list = []  # (name, model) that stages made on the way (Artifact.extra)
+
+    def stages(self, art: Artifact, tutor: Artifact, label: str, *, torch_only: bool = False, add=None):
+        """Run the stages on ``art`` taught by ``tutor``; returns the last artifact (None on a non-writing rank once
+        training is over) and the stage log. ``torch_only``: up to the first stage that leaves torch (an
+        assistant of the chain)."""
+        recipe, prep, task, writer = self.recipe, self.prep, self.task, self.writer
+        specs = stages_for(recipe.task)
+        ctx = task.context(recipe, prep, tutor, self.out_dir, self.cache, self.quiet, label)
+        last_train = max((i for i, st in enumerate(recipe.stages) if specs[st.type].trains), default=-1)
+        alone, log, chain = distributed.world_size() == 1, [], _Chain(recipe, art.key, art)
+        n = len(recipe.stages)
+        for i, st in enumerate(recipe.stages):
+            spec = specs[st.type]
+            if torch_only and spec.produces != "torch":
+                break
+            if not writer and i > last_train:
+                return None, log
+            src = chain.input_art(i)
+            ctx.stage_index = i
+            key = ctx.stage_key = stage_key(recipe, prep.fingerprint, i, src.key, tutor.key)
+            prefix = f"{i + 1:02d}_{st.type}"
+            t0 = time.perf_counter()
+            stages_dir = self.out_dir / "stages"
+            template = task.template(prep, src)
+            load = lambda: self.stage_cache.load(key, template, stages_dir, prefix)  # noqa: E731
+            cached = load() if writer else None
+            # Collectives only while every rank is still here (the others leave after the last training stage).
+            if i <= last_train and distributed.agree(cached is not None) and cached is None:
+                cached = load()  # read-only there: a bad entry raises
+            if cached is None:
+                with self.cache.claim(StageCache.KIND, key) if writer else contextlib.nullcontext():
+                    if alone:  # another process may have computed it while this one waited for the claim
+                        cached = load()
+                    if cached is None:
+                        say(f"[bold cyan]stage {i + 1}/{n}[/bold cyan] {st.type}" + (f" ({label})" if label != "student" else ""),
+                            self.quiet)
+                        out = task.fresh(self._run(st, i, src, ctx, key), prep, recipe.seed)
+                        if writer:
+                            self.stage_cache.save(key, out, task.arch)
+            if cached is not None:
+                say(f"[bold cyan]stage {i + 1}/{n}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", self.quiet)
+                out = task.fresh(cached, prep, recipe.seed)
+            self.assistants += list(out.extra)
+            chain.done(i, key, out)
+            log.append({"index": i + 1, "type": st.type, "config": st.model_dump(mode="json", by_alias=True),
+                        "cached": cached is not None, "seconds": round(time.perf_counter() - t0, 2),
+                        **({"model": label} if label != "student" else {})})
+            if add is not None:
+                add(prefix, "stage", out, ctx.stage_path(st.type, ".onnx"))
+        return chain.out_art, log
+
+    def _run(self, st, i: int, art: Artifact, ctx, key: str) -> Artifact:
+        """Stage ``i`` on ``art``; a failure names the stage, and keeps the last good weights when it has them."""
+        try:
+            return dataclasses.replace(stages_for(self.recipe.task)[st.type].fn(art, st, ctx), key=key)
+        except CompressError as exc:
+            message = f"stage {i + 1} ({st.type}): {exc}"
+            if getattr(exc, "model", None) is not None and self.writer:
+                from compress.models.checkpoint import save_model
+
+                self.last_good_dir.mkdir(parents=True, exist_ok=True)
+                saved = save_model(exc.model, inside(self.last_good_dir, f"{i + 1:02d}_{st.type}.safetensors"))
+                message += f" The last good weights are in {saved}."
+            raise type(exc)(message) from None
 
 
 def _fresh_bn(art: Artifact, splits: Splits, seed: int) -> Artifact:
@@ -548,22 +604,6 @@ def _fresh_bn(art: Artifact, splits: Splits, seed: int) -> Artifact:
         return art
     model, why = bn.fresh(art.model, splits.train.x, seed)
     return dataclasses.replace(art, model=model, info={**art.info, "bn_recalibrated": why}) if why else art
-
-
-def _run_stage(recipe: Recipe, st, i: int, art: Artifact, ctx: Context, key: str, writer: bool,
-               last_good_dir: Path) -> Artifact:
-    """Stage ``i`` on ``art``; a failure names the stage, and keeps the last good weights when it has them."""
-    try:
-        return dataclasses.replace(STAGES[st.type].fn(art, st, ctx), key=key)
-    except CompressError as exc:
-        message = f"stage {i + 1} ({st.type}): {exc}"
-        if getattr(exc, "model", None) is not None and writer:
-            from compress.models.checkpoint import save_model
-
-            last_good_dir.mkdir(parents=True, exist_ok=True)
-            saved = save_model(exc.model, inside(last_good_dir, f"{i + 1:02d}_{st.type}.safetensors"))
-            message += f" The last good weights are in {saved}."
-        raise type(exc)(message) from None
 
 
 def measure_key(recipe: Recipe, splits: Splits, measured: list[dict]) -> str:
@@ -596,3 +636,166 @@ def split_digest(splits: Splits) -> dict:
     return {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
             "num_classes": splits.num_classes, "input_shape": list(splits.input_shape),
             "fingerprint": splits.fingerprint, "test_class_counts": np.bincount(splits.test.y).tolist()}
+
+
+class ClassifyTask:
+    """The classification task (images, rows, text labels): what the pipeline asks of a task, for ``task: classify``.
+    compress.lm.task.LMTask answers the same questions for language models."""
+
+    name = "classify"
+    metric = ("accuracy", True)  # (name, higher is better)
+    prepare = staticmethod(prepare_classify)
+    validate = staticmethod(validate_classify)
+    report = staticmethod(report_classify)
+
+    @staticmethod
+    def describe(prep: Prepared) -> str:
+        return str(prep.splits.describe())
+
+    # --- the gate (compress check) ---------------------------------------------------------------------
+
+    @staticmethod
+    def remeasure(report: dict, final: Path) -> tuple[float | None, str]:
+        """Test accuracy of ``final`` from the recipe and data a report names; (None, why) when they cannot load."""
+        from compress.recipe import parse_recipe
+
+        try:
+            recipe = parse_recipe(dict(report["recipe"]), report.get("recipe_file"))
+            splits = load_data(recipe.data, recipe.seed)
+        except CompressError as exc:
+            return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
+        if splits.fingerprint != report["data"].get("fingerprint"):
+            return None, "the data named in the report changed since the run (its fingerprint differs)"
+        from compress.runtimes.onnxruntime import predict, session
+
+        test = splits.test
+        pred = predict(session(final, threads=0), test.x).argmax(1)
+        return float((pred == test.y).mean()), f"re-measured from {final.name} on the test split ({len(test.y)} samples)"
+
+    @staticmethod
+    def disagreement(report: dict) -> float:
+        """How far report.json and its own file may disagree (CPUs round INT8 kernels differently) before the
+        report is called wrong: max(1 point, 3 test samples)."""
+        n = sum(report["data"].get("test_class_counts") or [])
+        return max(0.01, 3 / n) if n else float("inf")
+
+    @staticmethod
+    def timers(files: dict[str, Path], *, batch: int, threads: int) -> dict:
+        """One forward pass of a batch of zeros per call, by each file's runtime."""
+        from compress.bench import _batch_of
+        from compress.runtimes import load
+
+        runners = {k: load(p, threads=threads) for k, p in files.items()}
+        shape = next(iter(runners.values())).input_shape
+        x = _batch_of(np.zeros((1, *shape), np.float32), batch)
+        return {k: r.timer(x) for k, r in runners.items()}
+
+    @staticmethod
+    def markdown(report: dict) -> str:
+        from compress import report as reporting
+
+        return reporting.markdown(report)
+
+    @staticmethod
+    def plot(report: dict, path: Path) -> None:
+        from compress import report as reporting
+
+        reporting.plot(report, path)
+
+    @staticmethod
+    def print_table(report: dict) -> None:
+        from compress import report as reporting
+
+        reporting.print_table(report)
+
+    @staticmethod
+    def teacher_key(recipe: Recipe, prep: Prepared) -> str:
+        """The teacher's spec and training settings, or the digest of the weights it was given."""
+        if prep.teacher_has_weights:
+            return cache_key("teacher-weights", file_digest(recipe.teacher.weights), prep.splits.fingerprint)
+        return cache_key("teacher", recipe.teacher.model.model_dump(), recipe.teacher.train.model_dump(), recipe.seed,
+                         prep.splits.fingerprint)
+
+    @staticmethod
+    def student_key(recipe: Recipe, prep: Prepared) -> str:
+        return cache_key("student", recipe.student.model.model_dump(), file_digest(recipe.student.weights),
+                         recipe.seed, prep.splits.fingerprint)
+
+    def teacher(self, recipe: Recipe, prep: Prepared, cache: Cache, quiet: bool) -> Artifact:
+        splits, t_key = prep.splits, self.teacher_key(recipe, prep)
+        teacher, info = prep.teacher, {"weights": str(recipe.teacher.weights)} if prep.teacher_has_weights else {}
+        if not prep.teacher_has_weights:
+            t = recipe.teacher.train
+            teacher, info = train_cached(cache, t_key, teacher, splits, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
+                                         weight_decay=t.weight_decay, seed=recipe.seed, desc="teacher", quiet=quiet)
+        # The teacher's soft targets, like every measurement, need BatchNorm statistics that match its weights.
+        teacher, why = bn.fresh(teacher, splits.train.x, recipe.seed)
+        macs, params = count_macs_params(teacher, splits.input_shape)
+        return Artifact("teacher", "torch", teacher, params=params, macs=macs, key=t_key, info={
+            "spec": describe_spec(recipe.teacher.model), **info, **({"bn_recalibrated": why} if why else {})})
+
+    def scratch(self, recipe: Recipe, prep: Prepared, cache: Cache, quiet: bool) -> Artifact | None:
+        budget = _scratch_budget(recipe)
+        if not budget:
+            return None
+        key = cache_key("scratch", recipe.student.model.model_dump(), budget, recipe.seed, prep.splits.fingerprint)
+        scratch, info = train_cached(cache, key, prep.student, prep.splits, seed=recipe.seed, desc="scratch student",
+                                     quiet=quiet, **budget)
+        macs, params = count_macs_params(prep.student, prep.splits.input_shape)
+        return Artifact("scratch", "torch", scratch, params=params, macs=macs, key=key,
+                        info={"spec": describe_spec(recipe.student.model), "budget": budget, **info})
+
+    def student(self, recipe: Recipe, prep: Prepared) -> Artifact:
+        macs, params = count_macs_params(prep.student, prep.splits.input_shape)
+        return Artifact("student", "torch", prep.student, params=params, macs=macs,
+                        info={"spec": describe_spec(recipe.student.model)}, key=self.student_key(recipe, prep))
+
+    @staticmethod
+    def assistants(recipe: Recipe, prep: Prepared) -> list:
+        return []  # a distill stage's chain makes its own (compress/stages/distill.py)
+
+    @staticmethod
+    def context(recipe: Recipe, prep: Prepared, tutor: Artifact, out_dir: Path, cache: Cache, quiet: bool,
+                label: str) -> Context:
+        return Context(recipe=recipe, splits=prep.splits, teacher=tutor.model, out_dir=out_dir, quiet=quiet,
+                       teacher_key=tutor.key, cache=cache)  # teacher outputs kept on disk
+
+    @staticmethod
+    def template(prep: Prepared, src: Artifact) -> torch.nn.Module:
+        return prep.student  # a cached checkpoint carries its own (pruned) layer shapes
+
+    @staticmethod
+    def arch(model) -> None:
+        return None
+
+    @staticmethod
+    def fresh(art: Artifact, prep: Prepared, seed: int) -> Artifact:
+        return _fresh_bn(art, prep.splits, seed)
+
+    @staticmethod
+    def export(model: torch.nn.Module, path: Path, prep: Prepared) -> None:
+        export_onnx(model, prep.splits.input_shape, path)
+
+    @staticmethod
+    def params(model: torch.nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    @staticmethod
+    def finish(recipe: Recipe, prep: Prepared, art: Artifact, measured: list[dict], final_files: dict, out_dir: Path) -> None:
+        from compress.preprocess import write_model_card  # preprocessing in every ONNX file's metadata; model.json
+
+        write_model_card(recipe, prep.splits, measured, final_files, out_dir)
+
+
+def task_named(name: str):
+    """The task adapter called ``name`` (``classify`` or ``lm``)."""
+    if name == "lm":
+        from compress.lm.task import LMTask
+
+        return LMTask()
+    return ClassifyTask()
+
+
+def task_of(recipe):
+    """The task adapter of a recipe (``recipe.task``)."""
+    return task_named(recipe.task)

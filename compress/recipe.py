@@ -22,26 +22,13 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
+from compress.config import RecipeBase, SplitConfig, Strict, check_chain, fmt_path
+from compress.lm.recipe import LMRecipe
 from compress.errors import ChainError, RecipeError
 from compress.models.spec import ModelSpec
-from compress.stages.base import STAGES
+from compress.stages.base import STAGES, stages_for
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "DataConfig", "ModelSpec", "TrainConfig", "check_chain"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class SplitConfig(Strict):
-    val: float = Field(0.2, gt=0, lt=1, description="fraction held out for model selection and calibration checks")
-    test: float = Field(0.2, gt=0, lt=1, description="fraction held out for the final report; never trained or calibrated on")
-
-    @model_validator(mode="after")
-    def _fits(self):
-        if self.val + self.test >= 1:
-            raise ValueError(f"val + test must leave data for training (got {self.val} + {self.test} >= 1)")
-        return self
 
 
 IMAGE_SOURCES = ("digits", "imagefolder")  # sources whose size and channels a recipe can choose
@@ -196,20 +183,15 @@ def _stage_union():
 StageUnion = _stage_union()
 
 
-class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="output folder name")
-    seed: int = 0
+class Recipe(RecipeBase):
+    """A classification recipe (``task: classify``, the default): images, tabular rows or text labels."""
+
+    task: Literal["classify"] = "classify"
     data: DataConfig = DataConfig()
     teacher: TeacherConfig
     student: StudentConfig
     stages: list[StageUnion] = Field(min_length=1)  # type: ignore[valid-type]
-    baseline: Literal["scratch", "none"] = Field("scratch", description="train a from-scratch student with the same budget")
     bench: BenchConfig = BenchConfig()
-    output: Path | None = Field(None, description="output root (default exported/); the CLI's --output wins")
-
-    # Set by load_recipe: where the recipe came from, for error messages and relative paths.
-    source_file: str | None = Field(None, exclude=True)
-    _lines: dict = PrivateAttr(default_factory=dict)  # key path -> line in source_file
 
     @model_validator(mode="before")
     @classmethod
@@ -236,10 +218,11 @@ class Recipe(Strict):
         student = {**data["student"], "model": model}
         return {**data, "student": student}
 
-    def error_at(self, message: str, *path) -> RecipeError:
-        """A RecipeError at a key path, for problems found after parsing (missing files, data, shapes)."""
-        line = next((self._lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self._lines), None)
-        return RecipeError(message, self.source_file, line, _fmt_path(path) or None)
+    def check(self) -> None:
+        check_chain(self, self._lines)
+
+    def resolve_paths(self, base: Path) -> "Recipe":
+        return _resolve_paths(self, base)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -267,13 +250,6 @@ def _line_map(node, path=(), out=None, paths=None) -> dict[tuple, int]:
             out[path + (i,)] = item.start_mark.line + 1
             _line_map(item, path + (i,), out, paths)
     return out
-
-
-def _fmt_path(path) -> str:
-    s = ""
-    for p in path:
-        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
-    return s
 
 
 def _data_path(data, loc) -> tuple:
@@ -389,7 +365,7 @@ def _parent_model(data, path, root: type[BaseModel] | None = None, stage_configs
     """Like _model_at, but resolves a stage entry to its config class (``stage_configs``: type -> class,
     default the registered vision stages; ``root``: the schema, default Recipe)."""
     configs = stage_configs if stage_configs is not None else {k: v.config for k, v in STAGES.items()}
-    if stage_configs is None and len(path) >= 4 and path[0] == "stages" and path[2] == "loss" and isinstance(path[3], int):
+    if len(path) >= 4 and path[0] == "stages" and path[2] == "loss" and isinstance(path[3], int):
         return _loss_entry_model(data, path)
     if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
         try:
@@ -400,18 +376,23 @@ def _parent_model(data, path, root: type[BaseModel] | None = None, stage_configs
     return _model_at(path, root)
 
 
-def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | None = None) -> Recipe:
-    """Validate an already-loaded mapping; raise RecipeError naming file, line, key path and choices."""
+def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | None = None) -> RecipeBase:
+    """Validate an already-loaded mapping as the recipe of its ``task`` (``classify`` when absent); raise
+    RecipeError naming file, line, key path and choices."""
     lines = lines or {}
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe is a YAML mapping of keys (got {type(data).__name__})", file, lines.get((), None))
+    classes = {"classify": Recipe, "lm": LMRecipe}
+    task = data.get("task", "classify")
+    if task not in classes:
+        raise RecipeError(f"invalid value {task!r}; valid choices: {', '.join(classes)}", file, lines.get(("task",)), "task")
     stages = data.get("stages")
     for i, st in enumerate(stages if isinstance(stages, list) else []):
         if not isinstance(st, dict):
             raise RecipeError(f"a stage is a mapping with a 'type' (got {st!r})", file, lines.get(("stages", i)), f"stages[{i}]")
-    recipe = validate_schema(Recipe, data, file, lines)
-    check_chain(recipe, lines)
+    recipe = validate_schema(classes[task], data, file, lines, {k: v.config for k, v in stages_for(task).items()})
     recipe._lines = dict(lines)
+    recipe.check()
     if file is not None:
         _factory_base(recipe, Path(file).parent)
     return recipe
@@ -449,7 +430,7 @@ def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines
         for err in errors[:5]:
             loc, msg = _message(err, data, types_, schema, stage_configs)
             line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-            found.append(RecipeError(msg, file, line, _fmt_path(loc) or None))
+            found.append(RecipeError(msg, file, line, fmt_path(loc) or None))
         first = found[0]
         if len(found) > 1:
             more = "".join(f"\n  also: {e}" for e in found[1:])
@@ -564,7 +545,7 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
             loader.dispose()
     except _DuplicateKey as exc:
         mark = exc.problem_mark
-        raise RecipeError(exc.problem, file, mark.line + 1, _fmt_path(exc.key_path)) from None
+        raise RecipeError(exc.problem, file, mark.line + 1, fmt_path(exc.key_path)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or str(exc)
@@ -578,20 +559,18 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
     return data, lines
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a YAML recipe with ``yaml.safe_load`` semantics and validate it (no compute, no file access but its own).
-
-    A recipe with ``task: lm`` is a language-model recipe: an ``LMRecipe`` (compress/lm/recipe.py) is returned,
-    to be run by ``compress.lm.pipeline``.
-    """
+def load_recipe(path: str | Path) -> RecipeBase:
+    """Read a YAML recipe with ``yaml.safe_load`` semantics and validate it as the recipe of its ``task``
+    (``Recipe`` for classify, ``compress.lm.recipe.LMRecipe`` for lm); no compute, no file access but its own
+    (and, for a Hugging Face folder, its config and headers). Relative paths are relative to the recipe file."""
     path = Path(path)
     data, lines = read_yaml(path)
-    if isinstance(data, dict) and data.get("task") == "lm":
-        from compress.lm.recipe import load_lm_recipe
-
-        return load_lm_recipe(path)
     recipe = parse_recipe(data, str(path), lines)
-    return _resolve_paths(recipe, path.parent)
+    fixed = recipe.resolve_paths(path.parent)
+    if fixed is not recipe:
+        fixed._lines = recipe._lines
+    fixed.check_files()
+    return fixed
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
@@ -608,25 +587,4 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         cfg = getattr(recipe, role)
         if cfg.weights is not None and not cfg.weights.is_absolute():
             updates[role] = cfg.model_copy(update={"weights": fix(cfg.weights)})
-    if not updates:
-        return recipe
-    fixed = recipe.model_copy(update=updates)
-    fixed._lines = recipe._lines
-    return fixed
-
-
-# --- the chain ------------------------------------------------------------------------------------
-
-
-def check_chain(recipe: Recipe, lines: dict[tuple, int] | None = None) -> None:
-    """Each stage must accept what the one before it produces; the student enters as a torch model."""
-    lines = lines or {}
-    produced, prev = "torch", "the student model"
-    for i, st in enumerate(recipe.stages):
-        spec = STAGES[st.type]
-        if produced not in spec.accepts:
-            raise ChainError(
-                f"stage '{st.type}' cannot follow {prev}: '{st.type}' takes {' or '.join(sorted(spec.accepts))} models "
-                f"but {prev} produces {produced} models; put '{st.type}' before it",
-                recipe.source_file, lines.get(("stages", i)), f"stages[{i}]")
-        produced, prev = spec.produces, f"stage '{st.type}' (stages[{i}])"
+    return recipe.model_copy(update=updates) if updates else recipe

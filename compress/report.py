@@ -13,12 +13,13 @@ from compress.preprocess import read_preprocessing
 from compress.schema import REPORT_VERSION as SCHEMA_VERSION
 from compress.schema import validate_report
 
-__all__ = ["build", "write", "print_table", "digests", "SCHEMA_VERSION", "MODEL_SUFFIXES"]
+__all__ = ["build", "classify", "write", "print_table", "markdown", "plot", "digests", "versions", "stage_details",
+           "md_table", "size_text", "SCHEMA_VERSION", "MODEL_SUFFIXES"]
 
 MODEL_SUFFIXES = (".onnx", ".ort", ".pte", ".tflite")
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import onnx
     import onnxruntime
     import torch
@@ -53,13 +54,35 @@ def chance_level(test_class_counts: list[int]) -> dict:
             "rule": "accuracy <= max(1/K, majority-class share) + 3 standard errors"}
 
 
-def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: Path, runtimes: dict | None = None) -> dict:
-    """The report (schema: compress/schema.py); ``models`` carry ``path`` and ``sha256`` of their files under
-    ``run_dir``; ``runtimes``: the final model on every runtime (compress.evaluate.evaluate_runtimes)."""
-    chance = chance_level(data["test_class_counts"])
+def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: Path, metric: tuple[str, bool],
+          **sections) -> dict:
+    """The report of any task (schema: compress/schema.py): ``models`` carry ``path`` and ``sha256`` of their files
+    under ``run_dir`` and their ``metric[0]`` value; ``sections`` are the task's own keys (runtimes, samples, ...)."""
+    name, higher = metric
     models = [{**m, "file": Path(m["path"]).relative_to(run_dir).as_posix(),
-               "metric": {"name": "accuracy", "value": m["accuracy"], "higher_is_better": True},
-               "at_chance": m["accuracy"] <= chance["threshold"]} for m in models]
+               "metric": {"name": name, "value": m[name], "higher_is_better": higher}} for m in models]
+    source = recipe.source_file
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": recipe.task,
+        "name": recipe.name,
+        "recipe_file": str(Path(source).absolute()) if source else None,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "cpu": cpu_info(),
+        "recipe": recipe.model_dump(mode="json", by_alias=True),
+        "data": data,
+        "models": models,
+        "stages": stages,
+        **sections,
+    }
+
+
+def classify(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: Path, runtimes: dict | None = None) -> dict:
+    """A classification run's report: accuracy, chance level, the comparisons and ``runtimes`` (the final model on
+    every runtime, compress.evaluate.evaluate_runtimes)."""
+    chance = chance_level(data["test_class_counts"])
+    models = [{**m, "at_chance": m["accuracy"] <= chance["threshold"]} for m in models]
     rows = [{**r, "at_chance": r["accuracy"] <= chance["threshold"]} for r in (runtimes or {}).get("runtimes", [])]
     by_role = {m["role"]: m for m in models}
     teacher, final, scratch = by_role.get("teacher"), by_role.get("final"), by_role.get("scratch")
@@ -76,28 +99,15 @@ def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: P
         summary["final_vs_scratch"] = {"accuracy_delta": final["accuracy"] - scratch["accuracy"],
                                        "errors": final["errors"], "scratch_errors": scratch["errors"],
                                        "broken": _broken(scratch=scratch, final=final)}
-    source = getattr(recipe, "source_file", None)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "task": "classify",
-        "name": recipe.name,
-        "recipe_file": str(Path(source).absolute()) if source else None,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "cpu": cpu_info(),
-        "recipe": recipe.model_dump(mode="json", by_alias=True),
-        "data": data,
-        "preprocessing": read_preprocessing(run_dir),  # model.json's (compress/preprocess.py): what the app applies
-        "bench": {"batch1": {"batch": 1, "threads": 1}, "batch": {"batch": recipe.bench.batch, "threads": recipe.bench.threads or "all"},
-                  "rounds": recipe.bench.rounds, "calls_per_round": recipe.bench.calls,
-                  "protocol": "onnxruntime CPU, warm-up, interleaved rounds in shuffled order in one process, spinning off"},
-        "models": models,
-        "chance": chance,
-        "stages": stages,
-        "summary": summary,
-        **({**runtimes, "runtimes": rows} if runtimes else {}),
-        "notes": _notes(models) + _runtime_notes(rows),
-    }
+    return build(recipe, data, models, stages, run_dir, ("accuracy", True),
+                 preprocessing=read_preprocessing(run_dir),  # model.json's (compress/preprocess.py): what the app applies
+                 bench={"batch1": {"batch": 1, "threads": 1},
+                        "batch": {"batch": recipe.bench.batch, "threads": recipe.bench.threads or "all"},
+                        "rounds": recipe.bench.rounds, "calls_per_round": recipe.bench.calls,
+                        "protocol": "onnxruntime CPU, warm-up, interleaved rounds in shuffled order in one process, "
+                                    "spinning off"},
+                 chance=chance, summary=summary, **({**runtimes, "runtimes": rows} if runtimes else {}),
+                 notes=_notes(models) + _runtime_notes(rows))
 
 
 def _broken(**models: dict) -> list[str]:
@@ -167,10 +177,16 @@ def _stage_names(models, entry) -> list[str]:
 # --- writing ---------------------------------------------------------------------------------------
 
 
-def _size(n: int | None) -> str:
+def size_text(n: int | None) -> str:
     if n is None:
         return "-"
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def md_table(cols, rows) -> str:
+    out = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
 
 
 def _us(ms: float) -> str:
@@ -187,7 +203,7 @@ def _rows(report: dict) -> list[list[str]]:
         rows.append([m["name"], m["role"], f"{m['accuracy']:.2%}" + (" AT CHANCE" if m.get("at_chance") else ""), str(m["errors"]),
                      f"{m['agreement']:.2%}" if m.get("agreement") is not None else "-",
                      f"{m['params']:,}" if m.get("params") else "-", f"{m['macs'] / 1e6:.2f}M" if m.get("macs") else "-",
-                     _size(m["size_bytes"]), f"{smaller:.1f}x" if smaller else "-",
+                     size_text(m["size_bytes"]), f"{smaller:.1f}x" if smaller else "-",
                      f"{_us(m['latency_ms']['p50'])} / {_us(m['latency_ms']['p90'])} / {_us(m['latency_ms']['p99'])}",
                      f"{sp1:.2f}x" if sp1 else "-",
                      f"{_us(m['latency_batch_ms']['p50'])}", f"{spb:.2f}x" if spb else "-"])
@@ -273,7 +289,7 @@ def _runtime_rows(report: dict) -> list[list[str]]:
         sp = _ratio(teacher["latency_ms"]["p50"], r["latency_ms"]["p50"]) if teacher else None
         spb = _ratio(teacher["latency_batch_ms"]["p50"], r["latency_batch_ms"]["p50"]) if teacher else None
         out.append([r["name"], r["runtime"], f"{r['accuracy']:.2%}" + (" AT CHANCE" if r.get("at_chance") else ""),
-                    _size(r["size_bytes"]), str(r["static_batch"] or "any"),
+                    size_text(r["size_bytes"]), str(r["static_batch"] or "any"),
                     f"{_us(r['latency_ms']['p50'])} / {_us(r['latency_ms']['p90'])}", f"{sp:.2f}x" if sp else "-",
                     f"{_us(r['latency_batch_ms']['p50'])} / {_us(r['latency_batch_ms']['p90'])}", f"{spb:.2f}x" if spb else "-"])
     return out
@@ -328,7 +344,7 @@ def plot(report: dict, path: Path) -> None:
                    edgecolors=colors["final"], linewidths=1.5, zorder=3)
         points.append((x, y, {"name": f"final, {r['runtime']}", "size_bytes": r["size_bytes"]}))
     ax.set_xscale("log")
-    label_points(ax, fig, [(x, y, f"{m['name']} ({_size(m['size_bytes'])})", "black") for x, y, m in points],
+    label_points(ax, fig, [(x, y, f"{m['name']} ({size_text(m['size_bytes'])})", "black") for x, y, m in points],
                  width=90, step=22, offset=9, fontsize=8)
     plain_log_ticks(ax)
     ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale)")
@@ -344,11 +360,13 @@ def plot(report: dict, path: Path) -> None:
     save(fig, path)
 
 
-def write(report: dict, out_dir: Path) -> None:
-    validate_report(report, str(out_dir / "report.json"))  # what is written is what compress check will accept
+def write(report: dict, out_dir: Path, to_markdown=None, to_plot=None) -> None:
+    """report.json (validated: what is written is what compress check will accept), report.md and report.png, the
+    last two by the task's presenters (default: classification's)."""
+    validate_report(report, str(out_dir / "report.json"))
     write_json(out_dir / "report.json", report)
-    write_text(out_dir / "report.md", markdown(report))
-    plot(report, out_dir / "report.png")
+    write_text(out_dir / "report.md", (to_markdown or markdown)(report))
+    (to_plot or plot)(report, out_dir / "report.png")
 
 
 def print_table(report: dict) -> None:

@@ -23,7 +23,7 @@ from compress import bn, distributed
 from compress.data import Splits
 from compress.errors import StageError
 
-__all__ = ["fit", "FitResult", "accuracy", "evaluate_split"]
+__all__ = ["fit", "FitResult", "accuracy", "evaluate_split", "cached_model"]
 
 # loss_fn(student_logits, targets, sample_indices) -> scalar; indices let KD look up cached teacher logits.
 # A loss_fn with ``takes_inputs = True`` also gets the batch's (augmented) inputs: KD on augmented data runs
@@ -168,3 +168,35 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
     if detach is not None:
         detach()
     return FitResult(model, best_epoch, best_acc, history, time.perf_counter() - start, recalibrated)
+
+
+def cached_model(cache, kind: str, key: str, template: nn.Module, make: Callable[[], tuple[nn.Module, dict]], *,
+                 desc: str, quiet: bool) -> tuple[nn.Module, dict]:
+    """``make() -> (model, info)`` (a training, run on every rank under torchrun), or the verified cache entry
+    ``kind/key`` loaded into a copy of ``template``. Only the writing rank stores the result (with ``info``); the
+    claim on the key makes a second process that wants the same model wait for it and reuse it."""
+    import contextlib
+
+    from compress._progress import say
+
+    def entry_info() -> dict:
+        entry = cache.get(kind, key)
+        info = entry.meta.get("info") if entry is not None else None
+        return info if isinstance(info, dict) else {}
+
+    writer = distributed.is_writer()
+    cached = cache.get_weights(kind, key, template) if writer else None
+    if distributed.agree(cached is not None) and cached is None:  # rank 0 found it: the other ranks load it too
+        cached = cache.get_weights(kind, key, template)  # a read-only cache there: a damaged entry raises
+    if cached is not None:
+        say(f"[dim]{desc}: reusing cached weights {key}[/dim]", quiet)
+        return cached.eval(), {"cached": True, **entry_info()}
+    with cache.claim(kind, key) if writer else contextlib.nullcontext():
+        again = cache.get_weights(kind, key, template) if distributed.world_size() == 1 else None
+        if again is not None:  # another process trained it while this one waited for the claim
+            say(f"[dim]{desc}: reusing cached weights {key} (trained by another process)[/dim]", quiet)
+            return again.eval(), {"cached": True, **entry_info()}
+        model, info = make()
+        if writer:
+            cache.put_weights(kind, key, model, meta={"info": {k: v for k, v in info.items() if k != "seconds"}})
+    return model.eval(), {"cached": False, **info}

@@ -67,8 +67,8 @@ def test_configs_are_frozen(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [
     (GOOD.replace("teacher:", "teachr:"),
-     "recipe.yaml:6: teachr: unknown key 'teachr'; did you mean 'teacher'? valid keys: name, seed, data, teacher, "
-     "student, stages, baseline, bench, output\n  also: recipe.yaml:1: teacher: required key is missing"),
+     "recipe.yaml:6: teachr: unknown key 'teachr'; did you mean 'teacher'? valid keys: task, name, seed, baseline, "
+     "output, data, teacher, student, stages, bench\n  also: recipe.yaml:1: teacher: required key is missing"),
     (GOOD.replace("importance: l2", "importance: l3"),
      "recipe.yaml:13: stages[1].importance: invalid value 'l3'; valid choices: l1, l2, taylor, bn_scale"),
     (GOOD.replace("width: 64", "width: wide"),

@@ -1,68 +1,64 @@
-"""The LM report: report.json, report.md (tables, targets, generated samples), report.png and a rich table in the terminal."""
+"""How a language-model run reads: the report's LM sections (targets, generation benchmark, samples), report.md,
+report.png and the terminal tables. The report itself is compress.report's, the same schema as every task."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
-from compress._io import write_json, write_text
-from compress.bench import cpu_info
+from compress.report import md_table as _md_table
+from compress.report import size_text as _size
+from compress.report import stage_details
 
-__all__ = ["build", "write", "print_table", "targets"]
+__all__ = ["sections", "targets", "markdown", "plot", "print_table", "student"]
 
 
-def _versions() -> dict:
-    from compress.report import _versions as base
+def student(models: list[dict]) -> dict | None:
+    """The fp32 student: the last stage file that is not quantized (the export, or the last torch stage's file)."""
+    fp32 = [m for m in models if m["role"] == "stage" and "mode" not in m.get("info", {})]
+    return fp32[-1] if fp32 else None
 
-    return base()
+
+def _label(m: dict) -> str:
+    tag = m.get("info", {}).get("tag")
+    return f"{m['name']} ({tag})" if tag and m["role"] != "final" else m["name"]
 
 
 def targets(models: list[dict], bench: list[dict]) -> list[dict]:
-    """The issue's three targets, measured: distilled < scratch bits per byte; INT4 >= 5x smaller than the
-    teacher's fp32 ONNX; student tokens/s at 1 thread >= 4x the teacher's."""
-    by = {m["name"]: m for m in models}
-    out = []
-    if "student" in by and "scratch" in by:
-        s, c = by["student"]["bits_per_byte"], by["scratch"]["bits_per_byte"]
-        out.append({"target": "distilled student: lower test bits/byte than scratch (same steps)",
+    """Three targets, measured: distilled < scratch bits per byte; INT4 >= 5x smaller than the teacher's fp32 ONNX;
+    student tokens/s at 1 thread >= 4x the teacher's."""
+    by = {m["role"]: m for m in models if m["role"] in ("teacher", "scratch")}
+    fp32, out = student(models), []
+    if fp32 and "scratch" in by:
+        s, c = fp32["bits_per_byte"], by["scratch"]["bits_per_byte"]
+        out.append({"target": f"distilled student ({fp32['name']}): lower test bits/byte than scratch (same steps)",
                     "measured": f"{s:.4f} vs {c:.4f} ({s - c:+.4f})", "met": s < c})
-    int4 = next((m for m in models if m["name"].startswith("student-int4")), None)
-    if int4 and "teacher.onnx" in by:
-        ratio = by["teacher.onnx"]["size_bytes"] / int4["size_bytes"]
-        out.append({"target": f"INT4 student file >= 5x smaller than teacher fp32 ONNX ({int4['name']})",
-                    "measured": f"{ratio:.1f}x ({by['teacher.onnx']['size_bytes']:,} / {int4['size_bytes']:,} bytes)",
+    int4 = next((m for m in models if m.get("info", {}).get("mode") == "int4_weight_only"), None)
+    if int4 and "teacher" in by:
+        ratio = by["teacher"]["size_bytes"] / int4["size_bytes"]
+        out.append({"target": f"INT4 student file >= 5x smaller than teacher fp32 ONNX ({_label(int4)})",
+                    "measured": f"{ratio:.1f}x ({by['teacher']['size_bytes']:,} / {int4['size_bytes']:,} bytes)",
                     "met": ratio >= 5})
     one = {r["model"]: r for r in bench if r["threads"] == 1}
-    if "teacher" in one and "student" in one:
-        ratio = one["student"]["tokens_per_s"] / one["teacher"]["tokens_per_s"]
+    if fp32 and "teacher" in one and fp32["name"] in one:
+        ratio = one[fp32["name"]]["tokens_per_s"] / one["teacher"]["tokens_per_s"]
         out.append({"target": "student tokens/s at 1 thread >= 4x teacher's (fp32 ONNX, KV cache)",
-                    "measured": f"{ratio:.2f}x ({one['student']['tokens_per_s']:.0f} vs {one['teacher']['tokens_per_s']:.0f} tok/s)",
-                    "met": ratio >= 4})
+                    "measured": f"{ratio:.2f}x ({one[fp32['name']]['tokens_per_s']:.0f} vs "
+                                f"{one['teacher']['tokens_per_s']:.0f} tok/s)", "met": ratio >= 4})
     return out
 
 
-def build(recipe, data: dict, models: list[dict], stages: list[dict], bench: list[dict], samples: list[dict],
-          seconds: float) -> dict:
-    return {
-        "schema_version": 1, "task": "lm", "name": recipe.name,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(), "cpu": cpu_info(), "recipe": recipe.model_dump(mode="json"),
-        "data": data, "models": models, "stages": stages, "bench": bench, "samples": samples,
-        "targets": targets(models, bench), "seconds": round(seconds, 1),
-        "metrics": {"bits_per_byte": "mean next-byte cross-entropy in bits on the test split's documents "
-                                     "(non-overlapping context windows)",
-                    "perplexity": "per byte, 2 ** bits_per_byte",
-                    "agreement": "top-1 next-byte prediction equal to the teacher's (torch teacher)"},
-    }
-
-
-def _size(n) -> str:
-    return "-" if n is None else (f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB")
+def sections(models: list[dict], bench: list[dict], samples: list[dict]) -> dict:
+    """The LM keys of report.json beside the shared ones."""
+    return {"bench": bench, "samples": samples, "targets": targets(models, bench),
+            "metrics": {"bits_per_byte": "mean next-byte cross-entropy in bits on the test split's documents "
+                                         "(non-overlapping context windows), from the file itself (onnxruntime)",
+                        "perplexity": "per byte, 2 ** bits_per_byte",
+                        "agreement": "top-1 next-byte prediction equal to the teacher file's"}}
 
 
 def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    cols = ["model", "format", "params", "file size", "bits/byte", "perplexity", "agreement"]
-    rows = [[m["name"], m["format"], f"{m['params']:,}" if m.get("params") else "-", _size(m.get("size_bytes")),
+    cols = ["model", "role", "params", "file size", "bits/byte", "perplexity", "agreement"]
+    rows = [[_label(m), m["role"], f"{m['params']:,}" if m.get("params") else "-", _size(m.get("size_bytes")),
              f"{m['bits_per_byte']:.4f}", f"{m['perplexity']:.3f}",
              "-" if m.get("agreement") is None else f"{m['agreement']:.2%}"] for m in report["models"]]
     return cols, rows
@@ -71,28 +67,25 @@ def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 def _bench_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     cols = ["model", "threads", "file size", "TTFT p50 (ms)", "TTFT p90", "decode tokens/s (p50)", "vs teacher"]
     teacher = {r["threads"]: r for r in report["bench"] if r["model"] == "teacher"}
+    label = {m["name"]: _label(m) for m in report["models"]}
     rows = []
     for r in sorted(report["bench"], key=lambda r: (r["threads"], r["model"])):
         t = teacher.get(r["threads"])
-        rows.append([r["model"], str(r["threads"]), _size(r["size_bytes"]), f"{r['ttft_ms']['p50']:.2f}",
-                     f"{r['ttft_ms']['p90']:.2f}", f"{r['tokens_per_s']:.0f}",
+        rows.append([label.get(r["model"], r["model"]), str(r["threads"]), _size(r["size_bytes"]),
+                     f"{r['ttft_ms']['p50']:.2f}", f"{r['ttft_ms']['p90']:.2f}", f"{r['tokens_per_s']:.0f}",
                      f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x" if t else "-"])
     return cols, rows
 
 
-def _md_table(cols, rows) -> str:
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def _markdown(report: dict) -> str:
-    d = report["data"]
-    lines = [f"# compress LM report: {report['name']}", "",
-             f"Created {report['created']} in {report['seconds']:.0f} s on {report['cpu']['model']} "
-             f"({report['cpu']['cores']} cores). Data: " + ", ".join(f"{k} {v['documents']} documents / {v['bytes']:,} bytes"
-                                                                     for k, v in d.items() if k != "digest")
-             + f" (corpus digest {d['digest']}); split by document, test never trained on.", "",
+def markdown(report: dict) -> str:
+    d, cpu = report["data"], report["cpu"]
+    lines = [f"# compress report: {report['name']} (language model)", "",
+             f"{report['created']} · compress {report['versions']['compress']} · CPU {cpu['model']} ({cpu['cores']} cores)"
+             f" · {report['run_seconds']:.0f} s", "",
+             "Data: " + ", ".join(f"{k} {v['documents']} documents / {v['bytes']:,} bytes" for k, v in d.items()
+                                  if k != "digest")
+             + f" (corpus digest {d['digest']}); split by document, test never trained on. Every number below is "
+               "measured on the model file itself (onnxruntime); files with the same sha256 are measured once.", "",
              "## Targets", "", _md_table(["target", "measured", "met"],
                                           [[t["target"], t["measured"], "yes" if t["met"] else "**NO**"] for t in report["targets"]]),
              "", "## Held-out quality (test split)", "", _md_table(*_model_rows(report)), "",
@@ -102,18 +95,19 @@ def _markdown(report: dict) -> str:
         lines += ["## Generation benchmark (onnxruntime CPU, KV cache, greedy)", "",
                   f"Prompt {b['prompt_tokens']} bytes, {b['new_tokens']} decoded tokens; time to first token = prefill + "
                   "argmax; tokens/s = decoded tokens / p50 decode time. All files and thread counts timed interleaved "
-                  "in one process after warm-up (`compress.bench.time_rounds`).", "", _md_table(*_bench_rows(report)), ""]
-        if "report_png" in report.get("files", {}):
-            lines += ["![bits per byte vs decode speed](report.png)", ""]
+                  "in one process after warm-up (`compress.bench.time_rounds`).", "", _md_table(*_bench_rows(report)), "",
+                  "![bits per byte vs decode speed](report.png)", ""]
     lines += ["## Stages", ""]
+    info = {m["name"]: m.get("info", {}) for m in report["models"]}
     for st in report["stages"]:
-        info = {k: v for k, v in st["info"].items() if k not in ("tables", "notes")}
-        lines.append(f"- **{st['stage']}** ({st['model']}): " + ", ".join(f"{k} {v}" for k, v in info.items()))
-        for n in st["info"].get("notes", []):
-            lines.append(f"  - {n}")
-        for t in st["info"].get("tables", []):
-            lines += ["", f"  {t['title']}", "", "  " + _md_table(t["columns"], t["rows"]).replace("\n", "\n  "), ""]
-    lines += ["", "## Generated samples (greedy, test-split prompts)", ""]
+        name = f"{st['index']:02d}_{st['type']}"
+        i = info.get(name, {})
+        facts = {k: v for k, v in i.items() if k not in ("tables", "notes", "candidates", "chain") and not isinstance(v, (dict, list))}
+        lines += [f"### {st['index']}. {st['type']}" + (f" ({st['model']})" if st.get("model") else "")
+                  + f" ({st['seconds']} s{', cached' if st['cached'] else ''})", "",
+                  "`" + ", ".join(f"{k}={v}" for k, v in st["config"].items() if k != "type") + "`", "",
+                  *[f"- {k}: {v}" for k, v in facts.items()], *stage_details(i), ""]
+    lines += ["## Generated samples (greedy, test-split prompts)", ""]
     for i, s in enumerate(report["samples"]):
         lines += [f"### Sample {i + 1}", "", "Prompt:", "", "```", s["prompt"], "```", ""]
         for name, text in s["continuations"].items():
@@ -121,30 +115,21 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> bool:
-    """Test bits/byte vs decode tokens/s at 1 thread of every ONNX file (marker area = file size); False when
-    nothing was timed (no export stage)."""
+def plot(report: dict, path: Path) -> None:
+    """Test bits/byte vs decode tokens/s at 1 thread of every distinct file (marker area = file size)."""
     from compress._plot import figure, label_points, plain_log_ticks, save
 
     speed = {r["model"]: r["tokens_per_s"] for r in report["bench"] if r["threads"] == 1}
-    files = [m for m in report["models"] if m["format"] == "onnx" and m["name"].removesuffix(".onnx") in speed]
-    if not files:
-        return False
+    files = [m for m in report["models"] if m["name"] in speed]
     fig, ax = figure()
     biggest = max(m["size_bytes"] for m in files)
+    colors = {"teacher": "#d62728", "scratch": "#7f7f7f", "assistant": "#ff7f0e", "stage": "#1f77b4", "final": "#2ca02c"}
     labels = []
     for m in files:
-        x, y = speed[m["name"].removesuffix(".onnx")], m["bits_per_byte"]
-        teacher = m["name"] == "teacher.onnx"
-        ax.scatter([x], [y], s=40 + 1500 * m["size_bytes"] / biggest, c="#d62728" if teacher else "#2ca02c",
+        x, y = speed[m["name"]], m["bits_per_byte"]
+        ax.scatter([x], [y], s=40 + 1500 * m["size_bytes"] / biggest, c=colors.get(m["role"], "#1f77b4"),
                    alpha=0.6, edgecolors="black", linewidths=0.5, zorder=3)
-        labels.append((x, y, f"{m['name'].removesuffix('.onnx')} ({_size(m['size_bytes'])})", "black"))
-    # Torch models that have no file of their own (scratch, assistants) as lines: their quality, not their speed.
-    for m in report["models"]:
-        if m["role"] in ("scratch", "assistant"):
-            ax.axhline(m["bits_per_byte"], color="#7f7f7f", lw=0.8, ls="--", zorder=1)
-            ax.annotate(f"{m['name']} (torch)", (0.01, m["bits_per_byte"]), xycoords=("axes fraction", "data"),
-                        fontsize=7, color="#7f7f7f", va="bottom")
+        labels.append((x, y, f"{_label(m)} ({_size(m['size_bytes'])})", "black"))
     ax.set_xscale("log")
     xs = [x for x, _, _, _ in labels]
     ax.set_xlim(min(xs) / 1.25, max(xs) * 2.2)  # room on the right for the labels of the fastest files
@@ -155,33 +140,20 @@ def plot(report: dict, path: Path) -> bool:
     ax.set_title(f"{report['name']}: quality vs speed (marker area = file size)")
     ax.grid(True, which="both", alpha=0.3)
     save(fig, path)
-    return True
-
-
-def write(report: dict, out: Path, final: Path | None = None) -> None:
-    """Write the report files into ``out``; ``final``: the folder they will be published to (for the paths listed)."""
-    final = final or out
-    report["files"] = {"report_json": str(final / "report.json"), "report_md": str(final / "report.md")}
-    if plot(report, out / "report.png"):
-        report["files"]["report_png"] = str(final / "report.png")
-    write_json(out / "report.json", report)
-    write_text(out / "report.md", _markdown(report))
 
 
 def print_table(report: dict) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    import sys
-
     console = Console(width=None if sys.stdout.isatty() else 160)  # piped or logged: don't wrap at 80 columns
-    for title, (cols, rows) in ((f"compress LM: {report['name']} (test split)", _model_rows(report)),
+    for title, (cols, rows) in ((f"compress: {report['name']} (test split, from the files)", _model_rows(report)),
                                 ("generation (onnxruntime, KV cache, interleaved)", _bench_rows(report))):
-        if not rows:
-            continue
         table = Table(title=title)
         for c in cols:
-            table.add_column(c, justify="left" if c in ("model", "format") else "right")
+            table.add_column(c, justify="left" if c in ("model", "role") else "right")
         for r in rows:
             table.add_row(*r)
         console.print(table)

@@ -1,4 +1,5 @@
-"""The stage registry: a stage is a frozen config class plus one function over artifacts."""
+"""The stage registry: a stage is a frozen config class plus one function over artifacts, registered for the
+tasks it serves (``classify``, ``lm``). Adding a stage is one file and one import in compress/stages/__init__.py."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from compress.artifact import Artifact
-    from compress.context import Context
 
-__all__ = ["StageConfig", "StageSpec", "STAGES", "register_stage"]
+__all__ = ["StageConfig", "StageSpec", "STAGES", "REGISTRY", "TASKS", "register_stage", "stages_for"]
+
+TASKS = ("classify", "lm")
 
 
 class StageConfig(BaseModel):
@@ -25,23 +27,38 @@ class StageConfig(BaseModel):
 class StageSpec:
     name: str
     config: type[StageConfig]
-    fn: Callable[["Artifact", StageConfig, "Context"], "Artifact"]
+    fn: Callable[["Artifact", StageConfig, object], "Artifact"]
     accepts: frozenset[str]
     produces: str
-    trains: bool  # consumes training epochs; counted into the scratch baseline's budget
+    trains: bool  # consumes training budget; counted into the scratch baseline's budget
+    tasks: frozenset[str] = frozenset({"classify"})
+    # A branch stage right after another branch stage takes that stage's input, not its output: several sit
+    # side by side on one model (the LM's INT8 and INT4 files of one fp32 export), each keyed by that input.
+    branches: bool = False
 
 
-STAGES: dict[str, StageSpec] = {}
+# task -> stage type -> spec: one registry, one view per task (the same type name may serve two tasks with
+# two configs: ``distill`` of images and of language models).
+REGISTRY: dict[str, dict[str, StageSpec]] = {task: {} for task in TASKS}
+STAGES = REGISTRY["classify"]  # the classification stages (the default task)
 
 
-def register_stage(config: type[StageConfig], *, accepts: set[str], produces: str, trains: bool = False):
-    """Register ``fn`` under the literal value of ``config.type``; a duplicate name raises."""
+def stages_for(task: str) -> dict[str, StageSpec]:
+    return REGISTRY[task]
+
+
+def register_stage(config: type[StageConfig], *, accepts: set[str], produces: str, trains: bool = False,
+                   tasks: tuple[str, ...] = ("classify",), branches: bool = False):
+    """Register ``fn`` under the literal value of ``config.type`` for each of ``tasks``; a duplicate raises."""
     name = config.model_fields["type"].annotation.__args__[0]
 
     def wrap(fn):
-        if name in STAGES:
-            raise ValueError(f"stage {name!r} is registered twice ({STAGES[name].fn.__module__} and {fn.__module__})")
-        STAGES[name] = StageSpec(name, config, fn, frozenset(accepts), produces, trains)
+        for task in tasks:
+            if name in REGISTRY[task]:
+                raise ValueError(f"stage {name!r} is registered twice for task {task!r} "
+                                 f"({REGISTRY[task][name].fn.__module__} and {fn.__module__})")
+            REGISTRY[task][name] = StageSpec(name, config, fn, frozenset(accepts), produces, trains,
+                                             frozenset(tasks), branches)
         return fn
 
     return wrap

@@ -1,0 +1,80 @@
+"""What every recipe shares, whatever its task: strict keys, the data split, and the base every task's recipe
+extends (name, seed, baseline, output; errors at a key path with the recipe's file and line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from compress.errors import ChainError, RecipeError
+from compress.stages.base import stages_for
+
+__all__ = ["Strict", "SplitConfig", "RecipeBase", "fmt_path", "check_chain"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SplitConfig(Strict):
+    val: float = Field(0.2, gt=0, lt=1, description="fraction held out for model selection and calibration checks")
+    test: float = Field(0.2, gt=0, lt=1, description="fraction held out for the final report; never trained or calibrated on")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test must leave data for training (got {self.val} + {self.test} >= 1)")
+        return self
+
+
+def fmt_path(path) -> str:
+    """A key path as a recipe reader writes it: ``stages[1].importance``."""
+    s = ""
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s
+
+
+class RecipeBase(Strict):
+    """The keys every task's recipe has; each task's recipe narrows ``task`` to its own name (the discriminator)."""
+
+    task: str = Field(description="classify (the default) or lm")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="output folder name")
+    seed: int = 0
+    baseline: Literal["scratch", "none"] = Field("scratch", description="train a from-scratch student with the same budget")
+    output: Path | None = Field(None, description="output root (default exported/); the CLI's --output wins")
+
+    # Set by load_recipe: where the recipe came from, for error messages and relative paths.
+    source_file: str | None = Field(None, exclude=True)
+    _lines: dict = PrivateAttr(default_factory=dict)  # key path -> line in source_file
+
+    def error_at(self, message: str, *path) -> RecipeError:
+        """A RecipeError at a key path, for problems found after parsing (missing files, data, shapes)."""
+        line = next((self._lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self._lines), None)
+        return RecipeError(message, self.source_file, line, fmt_path(path) or None)
+
+    def check(self) -> None:
+        """Rules across keys, after parsing and before any compute (the task's recipe adds its own)."""
+
+    def check_files(self) -> None:
+        """Checks of the files a recipe names that need no compute (a model folder's config), after resolve_paths."""
+
+    def resolve_paths(self, base: Path) -> "RecipeBase":
+        """Relative paths made absolute against the recipe's folder (the task's recipe knows its path keys)."""
+        return self
+
+
+def check_chain(recipe: RecipeBase, lines: dict[tuple, int] | None = None) -> None:
+    """Each stage must accept what the one before it produces; the student enters as a torch model."""
+    lines = lines or {}
+    produced, prev = "torch", "the student model"
+    for i, st in enumerate(recipe.stages):
+        spec = stages_for(recipe.task)[st.type]
+        if produced not in spec.accepts:
+            raise ChainError(
+                f"stage '{st.type}' cannot follow {prev}: '{st.type}' takes {' or '.join(sorted(spec.accepts))} models "
+                f"but {prev} produces {produced} models; put '{st.type}' before it",
+                recipe.source_file, lines.get(("stages", i)), f"stages[{i}]")
+        produced, prev = spec.produces, f"stage '{st.type}' (stages[{i}])"

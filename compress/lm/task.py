@@ -1,0 +1,341 @@
+"""The language-model task: what compress.pipeline asks of a task, for ``task: lm`` recipes.
+
+Byte-level data (compress.lm.data), the built-in GPT or a Hugging Face folder (compress.lm.spec), training on a
+step budget (compress.lm.context), export with the KV cache (compress.stages.lm_export), and measurement from
+the files themselves: bits per byte, perplexity and top-1 agreement with the teacher's file on the test split's
+documents (never trained on), generation speed (time to first token, decode tokens/s with the KV cache, all
+files interleaved at 1 and all threads) and greedy samples. The stage loop, cache, resume, report writer and
+gate are the pipeline's, shared with classification.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress._progress import say
+from compress.artifact import Artifact
+from compress.cache import cache_key, sha256_file
+from compress.errors import ModelError
+from compress.lm.context import LMContext, budget_of
+from compress.lm.train import Budget
+from compress.lm.data import TextSplits, eval_windows, load_text
+from compress.lm.model import GPT, GPTConfig
+from compress.lm.recipe import LMRecipe, model_specs
+from compress.lm.spec import build_lm, describe_lm, params
+from compress.stages.base import stages_for
+
+__all__ = ["LMTask", "LMPrepared", "METRIC"]
+
+METRIC = ("bits_per_byte", False)  # (name, higher is better)
+DECODE_TOKENS = 16  # greedy tokens per timed call of compress check's latency ratio
+
+
+@dataclass
+class LMPrepared:
+    splits: TextSplits
+    teacher: torch.nn.Module
+    student: torch.nn.Module  # its initial weights (the scratch baseline starts from them too)
+    hf: dict = field(default_factory=dict)  # role -> a loaded Hugging Face model
+    export: tuple[int, float] = (17, 1e-3)  # opset, parity tolerance (the recipe's export stage, if any)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.splits.digest
+
+
+def _load_weights(model, path: Path, recipe: LMRecipe, *key):
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise recipe.error_at(f"weights file {path} not found", *key)
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - shape mismatch, bad file: one clear message
+        raise ModelError(f"{path}: weights do not fit {model.cfg}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+class LMTask:
+    name = "lm"
+    metric = METRIC
+
+    # --- before any compute ---------------------------------------------------------------------------
+
+    def prepare(self, recipe: LMRecipe) -> LMPrepared:
+        """Data, every model built (Hugging Face folders loaded, weights files read): a bad file fails here."""
+        from compress.errors import DataError
+
+        if recipe.threads:
+            torch.set_num_threads(recipe.threads)
+        try:
+            splits = load_text(recipe.data, recipe.seed)
+        except DataError as exc:
+            raise recipe.error_at(str(exc), "data", "path" if recipe.data.path else "source") from None
+        hf = {role: build_lm(cfg.model) for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student))
+              if cfg.model.hf is not None}
+        torch.manual_seed(recipe.seed)
+        teacher = hf.get("teacher") or build_lm(recipe.teacher.model)
+        if recipe.teacher.weights:
+            teacher = _load_weights(teacher, recipe.teacher.weights, recipe, "teacher", "weights")
+        torch.manual_seed(recipe.seed + 1)
+        student = hf.get("student") or build_lm(recipe.student.model)
+        if recipe.student.weights:
+            student = _load_weights(student, recipe.student.weights, recipe, "student", "weights")
+        export = next((st for st in recipe.stages if st.type == "export"), None)
+        return LMPrepared(splits, teacher, student, hf, (export.opset, export.tolerance) if export else (17, 1e-3))
+
+    def validate(self, recipe: LMRecipe, prep: LMPrepared) -> list[str]:
+        lines = [f"data: {recipe.data.source}, " + ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} bytes"
+                                                             for k, v in prep.splits.describe().items() if k != "digest")]
+        for path, spec, _ in model_specs(recipe):
+            role = {"teacher": "teacher", "student": "student", "assistants": f"assistant {path[1]}"}.get(
+                path[0], f"chain step {path[-1]} (stages[{path[1]}])")
+            m = {"teacher": prep.teacher, "student": prep.student}.get(path[0]) or build_lm(spec)
+            lines.append(f"{role}: {describe_lm(spec, m)}")
+        return lines
+
+    def describe(self, prep: LMPrepared) -> str:
+        return ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} B" for k, v in prep.splits.describe().items()
+                         if k != "digest")
+
+    # --- the models the loop starts from ----------------------------------------------------------------
+
+    def teacher_key(self, recipe: LMRecipe, prep: LMPrepared) -> str:
+        if recipe.teacher.weights:  # keyed by the file's bytes, not its path: an edited file must not reuse students
+            return cache_key("teacher-weights", sha256_file(recipe.teacher.weights), prep.teacher.cfg.as_dict())
+        if self._teacher_as_loaded(recipe, prep):
+            return cache_key("teacher", prep.teacher.cfg.as_dict())
+        # The architecture (and for a folder, its weights digest) is part of the teacher's identity.
+        return self._train_key(recipe, prep, "teacher", prep.teacher, recipe.teacher.train.model_dump())
+
+    @staticmethod
+    def _teacher_as_loaded(recipe: LMRecipe, prep: LMPrepared) -> bool:
+        return "teacher" in prep.hf and "train" not in recipe.teacher.model_fields_set
+
+    @staticmethod
+    def _train_key(recipe, prep, what: str, model, *parts) -> str:
+        return cache_key("lm-train", what, model.cfg.as_dict(), prep.splits.digest, recipe.seed, *parts)
+
+    def student_key(self, recipe: LMRecipe, prep: LMPrepared) -> str:
+        return cache_key("lm-student", prep.student.cfg.as_dict(), recipe.seed, prep.splits.digest,
+                         sha256_file(recipe.student.weights) if recipe.student.weights else None)
+
+    def teacher(self, recipe: LMRecipe, prep: LMPrepared, cache, quiet: bool) -> Artifact:
+        key, teacher = self.teacher_key(recipe, prep), prep.teacher
+        if recipe.teacher.weights:
+            info = {"weights": str(recipe.teacher.weights)}
+        elif self._teacher_as_loaded(recipe, prep):
+            info = {"hf": str(recipe.teacher.model.hf), "note": "used as loaded (add teacher.train to fine-tune it first)"}
+        else:
+            teacher, info = self._ctx(recipe, prep, None, cache, quiet).train(
+                "teacher", copy.deepcopy(teacher), key, budget_of(recipe.teacher.train))
+        return Artifact("teacher", "torch", teacher.eval(), params=params(teacher), key=key,
+                        info={"spec": describe_lm(recipe.teacher.model, teacher), **info})
+
+    def student(self, recipe: LMRecipe, prep: LMPrepared) -> Artifact:
+        return Artifact("student", "torch", prep.student, params=params(prep.student), key=self.student_key(recipe, prep),
+                        info={"spec": describe_lm(recipe.student.model, prep.student)})
+
+    def assistants(self, recipe: LMRecipe, prep: LMPrepared) -> list[Artifact]:
+        """The top-level chain teacher -> assistants[0] -> ... -> student: each runs every torch stage."""
+        out = []
+        for i, a in enumerate(recipe.assistants):
+            torch.manual_seed(recipe.seed + 100 + i)
+            model = build_lm(a.model)
+            out.append(Artifact(f"assistant{i}", "torch", model, params=params(model),
+                                key=cache_key("lm-assistant", i, model.cfg.as_dict(), recipe.seed, prep.splits.digest)))
+        return out
+
+    def scratch(self, recipe: LMRecipe, prep: LMPrepared, cache, quiet: bool) -> Artifact | None:
+        """The student's architecture and initial weights (a folder: its config, freshly initialised), CE only, for
+        the student's training steps with the first training stage's lr, batch size and weight decay."""
+        trained = [st for st in recipe.stages if stages_for("lm")[st.type].trains]
+        steps = sum(st.steps for st in trained)
+        if recipe.baseline != "scratch" or not trained:
+            return None
+        first = trained[0]
+        if "student" in prep.hf:
+            from compress.lm.hf import fresh_like
+
+            model = fresh_like(prep.hf["student"], recipe.seed + 1)
+            init = f"the student's config ({recipe.student.model.hf}) freshly initialised with seed {recipe.seed + 1}"
+        else:
+            model, init = copy.deepcopy(prep.student), "the student's architecture and initial weights"
+        budget = Budget(steps, first.lr, first.batch_size, first.weight_decay)
+        key = self._train_key(recipe, prep, "scratch", model, steps, first.lr, first.batch_size, first.weight_decay,
+                              self.student_key(recipe, prep))
+        model, info = self._ctx(recipe, prep, None, cache, quiet).train("scratch", model, key, budget)
+        return Artifact("scratch", "torch", model, params=params(model), key=key, info={**info, "note": (
+            f"{init}, trained with CE only for the student's {steps} steps of {first.batch_size} windows at lr {first.lr}")})
+
+    # --- what the stage loop needs ------------------------------------------------------------------------
+
+    def _ctx(self, recipe, prep, tutor: Artifact | None, cache, quiet: bool, out_dir: Path = Path("."),
+             label: str = "student") -> LMContext:
+        return LMContext(recipe=recipe, splits=prep.splits, teacher=tutor.model if tutor else None, out_dir=out_dir,
+                         quiet=quiet, teacher_key=tutor.key if tutor else "", cache=cache, label=label)
+
+    def context(self, recipe, prep, tutor: Artifact, out_dir: Path, cache, quiet: bool, label: str) -> LMContext:
+        return self._ctx(recipe, prep, tutor, cache, quiet, out_dir, label)
+
+    @staticmethod
+    def template(prep: LMPrepared, src: Artifact):
+        """A cached GPT is rebuilt from its recorded config (pruned heads and hidden sizes); a folder's model from
+        the stage's input."""
+        return lambda arch: GPT(GPTConfig.from_dict(arch)) if arch else src.model
+
+    @staticmethod
+    def arch(model) -> dict | None:
+        return model.cfg.as_dict() if isinstance(model, GPT) else None
+
+    @staticmethod
+    def fresh(art: Artifact, prep: LMPrepared, seed: int) -> Artifact:
+        return art  # no BatchNorm in a decoder
+
+    @staticmethod
+    def export(model, path: Path, prep: LMPrepared) -> None:
+        from compress.stages.lm_export import export_checked
+
+        opset, tolerance = prep.export
+        windows = eval_windows(prep.splits.val, model.cfg.context, 4096)
+        export_checked(model, path, windows, opset, tolerance, path.stem)
+
+    @staticmethod
+    def params(model) -> int:
+        return params(model)
+
+    @staticmethod
+    def finish(recipe: LMRecipe, prep: LMPrepared, art: Artifact, measured: list[dict], final_files: dict,
+               out_dir: Path) -> None:
+        """A Hugging Face student is also saved as a folder (save_pretrained, safetensors) beside model.onnx."""
+        if "student" in prep.hf and art.model is not None:
+            from compress.lm.hf import save_hf
+
+            folder = save_hf(art.model, out_dir / "student-hf")
+            measured[-1]["info"]["hf_folder"] = {"folder": str(folder), "files": sorted(p.name for p in folder.iterdir())}
+
+    # --- measurement -------------------------------------------------------------------------------------
+
+    def measure(self, recipe: LMRecipe, prep: LMPrepared, measured: list[dict], cache, quiet: bool) -> tuple[list[dict], dict]:
+        """Every file on the test split (bits/byte, perplexity, agreement with the teacher's file), the generation
+        benchmark (all distinct files interleaved) and greedy samples; cached by the files' digests."""
+        from compress.bench import cpu_info
+        from compress.lm import onnx as lmonnx
+        from compress.lm.train import evaluate_lm
+
+        digest = {m["name"]: sha256_file(Path(m["path"])) for m in measured}
+        key = cache_key("lm-eval", sorted(set(digest.values())), recipe.eval.model_dump(), recipe.bench.model_dump(),
+                        recipe.samples.model_dump(), recipe.seed, prep.splits.digest, cpu_info())
+        got = cache.get_json("eval", key)
+        if not (isinstance(got, dict) and {"scores", "bench", "samples"} <= set(got)
+                and set(digest.values()) <= set(got["scores"])):
+            test = eval_windows(prep.splits.test, recipe.teacher.model.context, recipe.eval.max_tokens)
+            files = {}  # one name per distinct file, the first that has it
+            for m in measured:
+                files.setdefault(digest[m["name"]], m)
+            say(f"[bold]measuring[/bold] {len(files)} files on {test[:, 1:].size:,} test bytes", quiet)
+            teacher = evaluate_lm(lmonnx.OrtDecoder(measured[0]["path"], threads=0).logits, test)
+            scores = {}
+            for d, m in files.items():
+                s = evaluate_lm(lmonnx.OrtDecoder(m["path"], threads=0).logits, test, teacher.top1)
+                scores[d] = s.as_dict()
+            b = recipe.bench
+            say(f"generation benchmark: {len(files)} files x 1 and {lmonnx.all_threads()} threads, interleaved", quiet)
+            rows = lmonnx.bench_generation({d: Path(m["path"]) for d, m in files.items()}, test[:1, :b.prompt],
+                                           b.new_tokens, threads=sorted({1, lmonnx.all_threads()}), rounds=b.rounds,
+                                           calls=b.calls, seed=recipe.seed)
+            s = recipe.samples
+            samples = []
+            for j in (np.linspace(0, len(test) - 1, s.count).astype(int) if s.count else []):
+                prompt = test[j:j + 1, :s.prompt]
+                conts = {d: bytes(lmonnx.OrtDecoder(m["path"]).generate(prompt, s.new_tokens)[0].astype(np.uint8))
+                         .decode("utf-8", "replace") for d, m in files.items()}
+                samples.append({"prompt": bytes(prompt[0].astype(np.uint8)).decode("utf-8", "replace"), "by_file": conts})
+            got = {"scores": scores, "bench": rows, "samples": samples}
+            cache.put_json("eval", key, got)
+        else:
+            say(f"[dim]measurements: cached {key} (--force to measure again)[/dim]", quiet)
+        models = []
+        for m in measured:
+            sc, d = got["scores"][digest[m["name"]]], digest[m["name"]]
+            models.append({**m, "path": str(m["path"]), "sha256": d, "size_bytes": Path(m["path"]).stat().st_size,
+                           "format": "onnx", **sc, "agreement": 1.0 if m["role"] == "teacher" else sc["agreement"]})
+        first = {}
+        for m in models:
+            first.setdefault(m["sha256"], m["name"])
+        bench = [{**r, "model": first[r["model"]]} for r in got["bench"]]
+        samples = [{"prompt": smp["prompt"], "continuations": {first[d]: t for d, t in smp["by_file"].items()}}
+                   for smp in got["samples"]]
+        return models, {"bench": bench, "samples": samples}
+
+    # --- the gate (compress check) ---------------------------------------------------------------------
+
+    def remeasure(self, report: dict, final: Path) -> tuple[float | None, str]:
+        """Test bits/byte of ``final`` from the recipe and corpus a report names; (None, why) when they cannot load."""
+        from compress.errors import CompressError
+        from compress.lm import onnx as lmonnx
+        from compress.lm.train import evaluate_lm
+        from compress.recipe import parse_recipe
+
+        try:
+            recipe = parse_recipe(dict(report["recipe"]), report.get("recipe_file"))
+            splits = load_text(recipe.data, recipe.seed)
+        except CompressError as exc:
+            return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
+        if splits.digest != report["data"].get("digest"):
+            return None, "the corpus named in the report changed since the run (its digest differs)"
+        test = eval_windows(splits.test, recipe.teacher.model.context, recipe.eval.max_tokens)
+        score = evaluate_lm(lmonnx.OrtDecoder(final, threads=0).logits, test)
+        return score.bits_per_byte, f"re-measured from {final.name} on the test split ({test[:, 1:].size:,} bytes)"
+
+    @staticmethod
+    def disagreement(report: dict) -> float:
+        """Bits/byte of one file scored twice differ by float summation order only (~1e-6); a report that differs
+        from its own file by more than a thousandth of a bit per byte was edited."""
+        return 1e-3
+
+    @staticmethod
+    def timers(files: dict[str, Path], *, batch: int, threads: int) -> dict:
+        """One call: ``DECODE_TOKENS`` greedy tokens with the KV cache after a fixed prompt (what an app waits for)."""
+        from compress.lm import onnx as lmonnx
+
+        out = {}
+        for name, path in files.items():
+            dec = lmonnx.OrtDecoder(path, threads=threads)
+            prompt = np.full((batch, 8), ord(" "), np.int64)
+            out[name] = lambda dec=dec, prompt=prompt: dec.generate(prompt, DECODE_TOKENS)
+        return out
+
+    # --- the report ----------------------------------------------------------------------------------------
+
+    def report(self, recipe: LMRecipe, prep: LMPrepared, built, run_dir: Path, cache, quiet: bool) -> dict:
+        from compress import report as reporting
+        from compress.lm import report as lmreport
+
+        models, extra = self.measure(recipe, prep, built.measured, cache, quiet)
+        return reporting.build(recipe, prep.splits.describe(), models, built.stage_log, run_dir, METRIC,
+                               **lmreport.sections(models, extra["bench"], extra["samples"]))
+
+    @staticmethod
+    def markdown(report: dict) -> str:
+        from compress.lm.report import markdown
+
+        return markdown(report)
+
+    @staticmethod
+    def plot(report: dict, path: Path) -> None:
+        from compress.lm.report import plot
+
+        plot(report, path)
+
+    @staticmethod
+    def print_table(report: dict) -> None:
+        from compress.lm.report import print_table
+
+        print_table(report)

@@ -6,6 +6,14 @@ an error naming the file and the key. The quality entry is task-neutral, ``metri
 higher_is_better}`` (``accuracy`` for classification; a language model's ``bits_per_byte`` fits the same
 shape), so the gate compares any task's runs the same way.
 
+report.json, ``schema_version`` 3 (what changed from 2): one schema for every task. A language model's run
+    (``task: lm``) writes the same report as a classification run: roles ``teacher | scratch | assistant |
+    stage | final`` (its former roles ``student`` and ``onnx`` and names like ``student-int8.onnx`` are gone:
+    every model is measured from its own file and named by its stage, ``03_quantize``), ``metric`` is
+    ``bits_per_byte`` (lower is better), a stage log entry may name the ``model`` it ran on (an assistant),
+    and its own sections are ``bench`` (generation), ``samples``, ``targets`` and ``metrics``. A classification
+    report changed only its ``schema_version``.
+
 report.json, ``schema_version`` 2 (what changed from 1):
     - ``task`` (``classify``) and ``recipe_file`` (the recipe's absolute path, for re-measuring);
     - every model entry has ``file`` (its path relative to the run folder), ``sha256`` and ``metric``;
@@ -32,7 +40,7 @@ from compress.errors import CompressError
 __all__ = ["REPORT_VERSION", "BASELINE_VERSION", "Metric", "FileDigest", "ReportModel", "Report", "LatencyRatio",
            "Baseline", "SchemaError", "read_json", "read_report", "read_baseline", "validate_report", "ROLES"]
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 BASELINE_VERSION = 2
 ROLES = ("teacher", "scratch", "assistant", "stage", "final")
 MAX_JSON_BYTES = 64 << 20  # a report of a few hundred models is well under 1 MB; refuse anything absurd before parsing
@@ -94,7 +102,7 @@ class ReportModel(_Open):
 
 
 class Report(_Open):
-    schema_version: Literal[2]
+    schema_version: Literal[3]
     task: Literal["classify", "lm"]
     name: str
     recipe_file: str | None = None

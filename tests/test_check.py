@@ -41,7 +41,7 @@ def write_report(folder: Path, final: Path, teacher: Path, accuracy: float = 0.9
     models = [{"name": n, "role": n if n != "model" else "final", "file": f"{n}.onnx", "path": str(folder / f"{n}.onnx"),
                **_digest(folder / f"{n}.onnx"), "metric": {**ACCURACY, "value": acc}}
               for n, acc in (("teacher", 0.99), ("model", accuracy))]
-    report = {"schema_version": 2, "task": "classify", "name": "gate", "cpu": {}, "recipe": {}, "data": {},
+    report = {"schema_version": 3, "task": "classify", "name": "gate", "cpu": {}, "recipe": {}, "data": {},
               "models": models, "digests": {m["file"]: {"sha256": m["sha256"], "size_bytes": m["size_bytes"]} for m in models}}
     (folder / "report.json").write_text(json.dumps(report))
     return folder / "report.json"

@@ -270,6 +270,11 @@ class LMTask:
         for m in models:
             first.setdefault(m["sha256"], m["name"])
         bench = [{**r, "model": first[r["model"]]} for r in got["bench"]]
+        # Every model's latency as search and the gate read it: decode time per token at 1 thread (its file's row).
+        per_token = {r["model"]: {k: v if k == "calls" else v / r["new_tokens"] for k, v in r["decode_ms"].items()}
+                     for r in got["bench"] if r["threads"] == 1}
+        for m in models:
+            m["latency_ms"] = per_token.get(m["sha256"])
         samples = [{"prompt": smp["prompt"], "continuations": {first[d]: t for d, t in smp["by_file"].items()}}
                    for smp in got["samples"]]
         return models, {"bench": bench, "samples": samples}

@@ -682,12 +682,12 @@ class ClassifyTask:
     @staticmethod
     def timers(files: dict[str, Path], *, batch: int, threads: int) -> dict:
         """One forward pass of a batch of zeros per call, by each file's runtime."""
-        from compress.bench import _batch_of
+        from compress.bench import batch_of
         from compress.runtimes import load
 
         runners = {k: load(p, threads=threads) for k, p in files.items()}
         shape = next(iter(runners.values())).input_shape
-        x = _batch_of(np.zeros((1, *shape), np.float32), batch)
+        x = batch_of(np.zeros((1, *shape), np.float32), batch)
         return {k: r.timer(x) for k, r in runners.items()}
 
     @staticmethod

@@ -25,7 +25,7 @@ import onnx
 from compress._io import atomic_path
 from compress.errors import StageError
 from compress.quantization import backend
-from compress.quantization.search import Candidate, choose, greedy_fp32, most_sensitive_first, sensitivity
+from compress.quantization.search import Candidate, Yardstick, accuracy_aware, choose
 
 __all__ = ["BpbScore", "BpbScorer", "quantize_within", "choose_int4", "EPS_BPB", "INT4_BLOCKS", "INT4_LEVELS"]
 
@@ -108,15 +108,19 @@ def _builders(src: Path, mode: str, block_size: int, accuracy_level: int | None,
     return only, excl
 
 
+BPB = Yardstick("val bits/byte", lambda s: s.bits_per_byte, "{:.4f}".format, "{:+.4f} bits/byte".format, "increase",
+                ("val_bits_per_byte", "val_bpb_increase"))
+
+
 def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows: np.ndarray, *, block_size: int = 32,
                     accuracy_level: int | None = None, per_channel: bool = True, fallback: str = "fp32") -> dict:
     """Quantize ``src`` into ``dst`` (``int8_dynamic`` or ``int4_weight_only``), keeping the most sensitive linear
     layers at ``fallback`` precision (fp32; int8 for int4_weight_only) until the validation bits/byte increase is
-    within ``budget``; returns the report's info (``<fallback>_layers`` lists the layers kept)."""
+    within ``budget`` (compress.quantization.search.accuracy_aware); returns the report's info (``<fallback>_layers``
+    lists the layers kept)."""
     what = "INT8" if mode == "int8_dynamic" else "INT4"
     if fallback not in ("fp32", "int8") or (fallback == "int8" and mode == "int8_dynamic"):
         raise ValueError(f"fallback {fallback!r} with mode {mode}: int8 is the fallback of int4_weight_only only")
-    kept_as = fallback.upper() if fallback == "int8" else "fp32"
     with tempfile.TemporaryDirectory(prefix="compress-lmq-") as wd:
         wd = Path(wd)
         # MatMulNBits and quantize_dynamic both rename a Gemm; as MatMul first, the names a plan uses hold
@@ -125,78 +129,27 @@ def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows:
         layers = [layer for layer in backend.weighted_layers(source) if layer.linear]
         if not layers:
             raise StageError(f"quantize: {mode} found no MatMul with constant weights in the decoder")
-        names = [layer.name for layer in layers]
-        only, excl = _builders(source, mode, block_size, accuracy_level, per_channel, names, fallback)
+        only, excl = _builders(source, mode, block_size, accuracy_level, per_channel, [la.name for la in layers], fallback)
         scorer = BpbScorer(src, val_windows)
-        info: dict = {"mode": mode, "max_bpb_increase": budget, "fallback": fallback, "linear_layers": len(layers),
-                      "source_val_bits_per_byte": round(scorer.ref_bits_per_byte, 5), "notes": [], "tables": []}
-        if mode == "int8_dynamic":
-            info["per_channel"] = per_channel
-        else:
-            info.update(block_size=block_size, accuracy_level=accuracy_level)
-        first = excl([], wd / "all.onnx")
-        s0 = scorer(first)
-        if s0.within(budget):
-            chosen, kept, met = first, [], True
-            info["notes"].append(f"All {len(layers)} linear layers {what}: validation bits/byte "
-                                 f"{s0.bits_per_byte:.4f}, {s0.drop:+.4f} over the fp32 export, within the budget of "
-                                 f"{budget:g}; no layer needs to be kept {kept_as}.")
-        else:
-            sens = sensitivity(layers, only, scorer, wd, "lm")
-            order = most_sensitive_first(layers, sens)
-            res = greedy_fp32(order, excl, scorer, budget, wd, "lm")
-            chosen, kept, met = res.chosen.path, list(res.chosen.fp32), res.met
-            rank = {layer.name: i + 1 for i, layer in enumerate(order)}
-            info["tables"] += [_sensitivity_table(layers, sens, rank, kept, what, kept_as),
-                               _greedy_table(res.trials, budget, res.chosen.path, kept_as)]
-            s = res.chosen.score
-            if met:
-                info["notes"].append(
-                    f"All {len(layers)} linear layers {what} added {s0.drop:+.4f} bits/byte on validation (budget "
-                    f"{budget:g}); keeping the {len(kept)} most sensitive {kept_as} ({', '.join(kept)}) brings it to "
-                    f"{s.drop:+.4f}. Sensitivity: each layer quantized alone, ranked by its validation bits/byte "
-                    "increase.")
-            else:
-                info["notes"].append(
-                    f"No plan met the budget of {budget:g} bits/byte: all {len(layers)} layers {what} added "
-                    f"{s0.drop:+.4f}, and keeping up to {len(layers) - 1} of them {kept_as} did not bring the increase "
-                    f"within it. Kept the best file found ({len(kept)} layer(s) {kept_as}, {s.drop:+.4f} bits/byte); "
-                    "see the sensitivity table.")
+        chosen, info = accuracy_aware(layers, only, excl, scorer, budget, wd, "lm", what, BPB,
+                                      fallback.upper() if fallback == "int8" else "fp32")
         with atomic_path(dst) as tmp:
             shutil.copyfile(chosen, tmp)
         final = scorer(dst)  # re-measured on the file that ships
     ops = [n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node]
-    info.update({f"{fallback}_layers": kept}, quantized_layers=len(layers) - len(kept), budget_met=final.within(budget),
+    met = info["budget_met"]
+    info.update(mode=mode, max_bpb_increase=budget, fallback=fallback, linear_layers=len(layers),
+                source_val_bits_per_byte=round(scorer.ref_bits_per_byte, 5),
+                quantized_layers=len(layers) - len(info[f"{fallback}_layers"]), budget_met=final.within(budget),
                 val_bits_per_byte=round(final.bits_per_byte, 5), val_bpb_increase=round(final.drop, 5),
-                val_agreement_with_fp32=round(final.agreement, 4), files_scored=scorer.calls)
-    if mode != "int8_dynamic":
-        info["matmulnbits_nodes"] = ops.count("MatMulNBits")
-    info["int8_matmuls"] = ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul")
+                val_agreement_with_fp32=round(final.agreement, 4), files_scored=scorer.calls,
+                int8_matmuls=ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul"),
+                **({"per_channel": per_channel} if mode == "int8_dynamic" else
+                   {"block_size": block_size, "accuracy_level": accuracy_level, "matmulnbits_nodes": ops.count("MatMulNBits")}))
     if met != info["budget_met"]:  # the copy should score as the chosen file did; the shipped file's score counts
         info["notes"].append(f"The shipped file re-scored {final.drop:+.6f} bits/byte on validation, on the other side "
                              "of the budget from the file the search chose (onnxruntime was not deterministic).")
     return info
-
-
-def _sensitivity_table(layers, sens: dict, rank: dict, kept: list[str], what: str, kept_as: str) -> dict:
-    rows = []
-    for layer in layers:
-        s = sens[layer.name]
-        why = (f"kept {kept_as}: rank {rank[layer.name]}, among the {len(kept)} most sensitive" if layer.name in kept
-               else what)
-        rows.append([layer.name, f"{layer.weights:,}", f"{s.bits_per_byte:.4f}", f"{s.drop:+.4f}",
-                     f"{s.logit_error:.2e}", rank[layer.name], why])
-    return {"title": f"Per-layer sensitivity on validation ({what}, each layer quantized alone)",
-            "columns": ["layer", "weights", "val bits/byte", "increase vs fp32", "logit error", "sensitivity rank",
-                        "decision"], "rows": rows}
-
-
-def _greedy_table(trials, budget: float, chosen: Path, kept_as: str) -> dict:
-    rows = [[len(t.fp32), t.fp32[-1] if t.fp32 else "(none: all quantized)", f"{t.score.bits_per_byte:.4f}",
-             f"{t.score.drop:+.4f}", "yes" if t.score.within(budget) else "no", "shipped" if t.path == chosen else ""]
-            for t in trials]
-    return {"title": "Greedy steps (validation)", "columns": [f"layers {kept_as}", "added", "val bits/byte", "increase",
-                                                               "within budget", ""], "rows": rows}
 
 
 def _bpb(x: float) -> str:

@@ -14,7 +14,8 @@ import numpy as np
 
 from compress.quantization.backend import Layer
 
-__all__ = ["Score", "ValScorer", "sensitivity", "greedy_fp32", "Candidate", "time_files", "choose", "EPS"]
+__all__ = ["Score", "ValScorer", "sensitivity", "greedy_fp32", "Candidate", "time_files", "choose", "EPS", "Yardstick",
+           "ACCURACY", "accuracy_aware"]
 
 EPS = 1e-9  # drops are multiples of 1/len(val); compare them to the budget without float noise
 
@@ -96,6 +97,67 @@ def greedy_fp32(order: list[Layer], build: Callable[[list[str], Path], Path], sc
             return GreedyResult(trials[-1], trials, True)
     best = min(trials, key=lambda t: (t.score.drop, len(t.fp32)))
     return GreedyResult(best, trials, False)
+
+
+@dataclass(frozen=True)
+class Yardstick:
+    """How a task's validation score reads in notes, tables and info keys: its value and how much a file loses."""
+
+    name: str  # "val acc", "val bits/byte"
+    value: Callable[[object], float]  # score -> its value
+    fmt: Callable[[float], str]  # a value
+    delta: Callable[[float], str]  # a drop (or increase) and the budget
+    loss: str  # what a file loses: "drop", "increase"
+    keys: tuple[str, str]  # info keys of the shipped file's value and loss
+
+
+ACCURACY = Yardstick("val acc", lambda s: s.accuracy, "{:.2%}".format, "{:+.2%}".format, "drop", ("val_accuracy", "val_drop"))
+
+
+def accuracy_aware(layers: list[Layer], build_only, build_excl, scorer, budget: float, wd: Path, tag: str, what: str,
+                   ys: Yardstick = ACCURACY, kept_as: str = "fp32") -> tuple[Path, dict]:
+    """All layers quantized if that is within ``budget``; else each layer's sensitivity (quantized alone) and the
+    greedy plan that keeps the most sensitive ones out of the mode (``kept_as``: fp32, or INT8 inside an INT4 file)
+    until it is. Returns the chosen file and the report's info (notes, the two tables, ``<kept_as>_layers``)."""
+    first = build_excl([], Path(wd) / f"{tag}_all.onnx")
+    s0 = scorer(first)
+    kept_key, b = f"{kept_as.lower()}_layers", ys.delta(budget).lstrip("+")
+    info: dict = {"notes": [], "tables": []}
+    if s0.within(budget) or not layers:
+        why = (f"within the budget of {b}; no layer needs to stay {kept_as}." if s0.within(budget) else
+               f"above the budget of {b}, and the file has no weighted layer to keep {kept_as}.")
+        info["notes"].append(f"All {len(layers)} layers {what}: validation {ys.name} {ys.fmt(ys.value(s0))}, {ys.loss} "
+                             f"{ys.delta(s0.drop)} against the fp32 source, {why}")
+        info.update({kept_key: [], "budget_met": s0.within(budget), ys.keys[0]: ys.value(s0), ys.keys[1]: s0.drop})
+        return first, info
+    sens = sensitivity(layers, build_only, scorer, wd, tag)
+    order = most_sensitive_first(layers, sens)
+    res = greedy_fp32(order, build_excl, scorer, budget, wd, tag)
+    kept, s = list(res.chosen.fp32), res.chosen.score
+    rank = {layer.name: i + 1 for i, layer in enumerate(order)}
+    info["tables"] += [
+        {"title": f"Per-layer sensitivity on validation ({what}, each layer quantized alone)",
+         "columns": ["layer", "op", "weights", ys.name, f"{ys.loss} vs fp32", "logit error", "sensitivity rank", "decision"],
+         "rows": [[layer.name, layer.op, f"{layer.weights:,}", ys.fmt(ys.value(sens[layer.name])),
+                   ys.delta(sens[layer.name].drop), f"{sens[layer.name].logit_error:.2e}", rank[layer.name],
+                   f"kept {kept_as}" if layer.name in kept else what] for layer in layers]},
+        {"title": "Greedy steps (validation)",
+         "columns": [f"layers {kept_as}", "added", ys.name, ys.loss, "within budget", ""],
+         "rows": [[len(t.fp32), t.fp32[-1] if t.fp32 else "(none: all quantized)", ys.fmt(ys.value(t.score)),
+                   ys.delta(t.score.drop), "yes" if t.score.within(budget) else "no",
+                   "chosen" if t is res.chosen else ""] for t in res.trials]}]
+    info.update({kept_key: kept, "budget_met": res.met, ys.keys[0]: ys.value(s), ys.keys[1]: s.drop})
+    if res.met:
+        info["notes"].append(f"All layers {what}: {ys.loss} {ys.delta(s0.drop)} on validation (budget {b}); "
+                             f"keeping the {len(kept)} most sensitive layer(s) {kept_as} ({', '.join(kept)}) brings it to "
+                             f"{ys.delta(s.drop)}. Sensitivity: each layer quantized alone, ranked by its validation "
+                             f"{ys.loss}, then by its logit error.")
+    else:
+        info["notes"].append(f"No plan met the budget of {b}: all layers {what} gave a {ys.loss} of "
+                             f"{ys.delta(s0.drop)}, and keeping up to {len(layers) - 1} of {len(layers)} layers {kept_as} "
+                             f"did not bring it within the budget. Kept the best file found ({len(kept)} layer(s) "
+                             f"{kept_as}, {ys.loss} {ys.delta(s.drop)}); see the sensitivity table.")
+    return res.chosen.path, info
 
 
 @dataclass

@@ -30,8 +30,8 @@ from compress.errors import StageError
 from compress.quantization import backend
 from compress.quantization.backend import Reader as _Reader
 from compress.quantization.backend import gemm_to_matmul, matmul_name
-from compress.quantization.search import (CANDIDATE_COLUMNS, Candidate, ValScorer, candidate_rows, choose, greedy_fp32,
-                                          most_sensitive_first, sensitivity, time_files)
+from compress.quantization.search import (CANDIDATE_COLUMNS, Candidate, ValScorer, accuracy_aware, candidate_rows, choose,
+                                          time_files)
 from compress.stages.base import StageConfig, register_stage
 
 __all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul", "reduce_range", "DEFAULT_BUDGET",
@@ -146,63 +146,9 @@ def _pct(x: float) -> str:
     return f"{x:+.2%}"
 
 
-def _sensitivity_table(title: str, layers, sens: dict, decision: dict[str, str]) -> dict:
-    order = {layer.name: i + 1 for i, layer in enumerate(most_sensitive_first(layers, sens))}
-    rows = [[layer.name, layer.op, f"{layer.weights:,}", _pct(sens[layer.name].drop), f"{sens[layer.name].logit_error:.2e}",
-             order[layer.name], decision.get(layer.name, "")] for layer in layers]
-    return {"title": title, "columns": ["layer", "op", "weights", "val acc drop (this layer alone quantized)",
-                                        "logit error", "sensitivity rank", "decision"], "rows": rows}
-
-
-def _greedy_table(res, budget: float) -> dict:
-    rows = [[len(t.fp32), t.fp32[-1] if t.fp32 else "(none: all quantized)", f"{t.score.accuracy:.2%}",
-             _pct(t.score.drop), "yes" if t.score.within(budget) else "no"] for t in res.trials]
-    return {"title": "Greedy steps (validation)", "columns": ["layers fp32", "added", "val acc", "drop", "within budget"],
-            "rows": rows}
-
-
-def _accuracy_aware(layers, build_only, build_excl, scorer: ValScorer, budget: float, wd: Path, tag: str,
-                    what: str) -> tuple[Path, dict]:
-    """All layers quantized if that meets ``budget``; else sensitivity per layer and greedy fp32 exclusion."""
-    first = build_excl([], wd / f"{tag}_all.onnx")
-    s0 = scorer(first)
-    info: dict = {"notes": [], "tables": []}
-    if s0.within(budget):
-        info["notes"].append(f"All {len(layers)} layers {what}: validation accuracy {s0.accuracy:.2%}, drop {_pct(s0.drop)} "
-                             f"against the fp32 source, within the budget of {budget:.2%}; no layer needs to stay fp32.")
-        info.update(fp32_layers=[], budget_met=True, val_accuracy=s0.accuracy, val_drop=s0.drop)
-        return first, info
-    if not layers:
-        info["notes"].append(f"The file has no weighted layer (Conv, Gemm, MatMul with constant weights) to keep fp32; "
-                             f"it loses {s0.drop:.2%} of validation accuracy, above the budget of {budget:.2%}.")
-        info.update(fp32_layers=[], budget_met=False, val_accuracy=s0.accuracy, val_drop=s0.drop)
-        return first, info
-    sens = sensitivity(layers, build_only, scorer, wd, tag)
-    res = greedy_fp32(most_sensitive_first(layers, sens), build_excl, scorer, budget, wd, tag)
-    kept = list(res.chosen.fp32)
-    decision = {n: "kept fp32" for n in kept}
-    for layer in layers:
-        decision.setdefault(layer.name, what)
-    info["tables"] += [_sensitivity_table(f"Per-layer sensitivity on validation ({what})", layers, sens, decision),
-                       _greedy_table(res, budget)]
-    s = res.chosen.score
-    info.update(fp32_layers=kept, budget_met=res.met, val_accuracy=s.accuracy, val_drop=s.drop)
-    if res.met:
-        info["notes"].append(f"All layers {what} lost {s0.drop:.2%} of validation accuracy (budget {budget:.2%}); keeping "
-                             f"the {len(kept)} most sensitive layer(s) fp32 ({', '.join(kept)}) brings the drop to "
-                             f"{_pct(s.drop)}. Sensitivity: each layer quantized alone, ranked by its validation "
-                             "accuracy drop, then by its logit error.")
-    else:
-        info["notes"].append(f"No plan met the budget of {budget:.2%}: all layers {what} lost {s0.drop:.2%}, and keeping "
-                             f"up to {len(layers) - 1} of {len(layers)} layers fp32 did not bring the drop within it. "
-                             f"Kept the best file found ({len(kept)} layer(s) fp32, drop {_pct(s.drop)}); see the "
-                             "sensitivity table.")
-    return res.chosen.path, info
-
-
 def _search_int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     st = _static(art.path, wd, cfg, ctx)
-    path, info = _accuracy_aware(
+    path, info = accuracy_aware(
         st.layers, lambda layer, p: st.write(p, only=[layer.name], fmt=cfg.format),
         lambda ex, p: st.write(p, exclude=ex, fmt=cfg.format), scorer, budget, wd, "int8", "INT8")
     info.update(_static_info(st, cfg))
@@ -216,7 +162,7 @@ def _search_int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]
     src = wd / "dyn_src.onnx"
     onnx.save(gemm_to_matmul(onnx.load(str(art.path))), str(src))
     layers = backend.weighted_layers(src)
-    path, info = _accuracy_aware(
+    path, info = accuracy_aware(
         layers, lambda layer, p: backend.int8_dynamic(src, p, per_channel=cfg.per_channel, only=[layer.name]),
         lambda ex, p: backend.int8_dynamic(src, p, per_channel=cfg.per_channel, exclude=ex),
         scorer, budget, wd, "dyn", "dynamic INT8")
@@ -243,7 +189,7 @@ def _search_int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     if cfg.accuracy_level == "auto":
         return _int4_levels(art, cfg, ctx, wd, scorer, budget, layers)
     only, excl = _int4_builders(art.path, layers, cfg, cfg.accuracy_level)
-    path, info = _accuracy_aware(layers, only, excl, scorer, budget, wd, "int4", "INT4")
+    path, info = accuracy_aware(layers, only, excl, scorer, budget, wd, "int4", "INT4")
     info.update(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
                 matmulnbits_nodes=len(layers) - len(info["fp32_layers"]))
     return path, info
@@ -300,7 +246,7 @@ def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     st = _static(art.path, wd, cfg, ctx)
     layers = st.layers
     # INT8 first, accuracy-aware (the same greedy as int8_static with max_accuracy_drop)
-    p8, info = _accuracy_aware(layers, lambda layer, p: st.write(p, only=[layer.name]),
+    p8, info = accuracy_aware(layers, lambda layer, p: st.write(p, only=[layer.name]),
                                lambda ex, p: st.write(p, exclude=ex), scorer, budget, wd, "int8", "INT8")
     plan = {layer.name: "fp32" if layer.name in info["fp32_layers"] else "int8" for layer in layers}
     big = [layer for layer in _linear(layers) if layer.weights >= cfg.int4_min_weights and plan[layer.name] == "int8"]
@@ -348,7 +294,7 @@ def _search_auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
         cands.append(Candidate(f"INT8 static {fmt.upper()}", st.write(wd / f"auto_int8_{fmt}.onnx", fmt=fmt)))
     extra: dict = {"notes": [], "tables": []}
     if not scorer(cands[1].path).within(budget):
-        path, extra = _accuracy_aware(st.layers, lambda layer, p: st.write(p, only=[layer.name]),
+        path, extra = accuracy_aware(st.layers, lambda layer, p: st.write(p, only=[layer.name]),
                                       lambda ex, p: st.write(p, exclude=ex), scorer, budget, wd, "int8", "INT8")
         cands.append(Candidate(f"INT8 static QDQ, {len(extra['fp32_layers'])} layer(s) fp32", path))
     cands.append(Candidate("INT8 dynamic", backend.int8_dynamic(src, wd / "auto_dyn.onnx", per_channel=cfg.per_channel)))

@@ -48,17 +48,15 @@ class LMPrepared:
         return self.splits.digest
 
 
-def _load_weights(model, path: Path, recipe: LMRecipe, *key):
-    from safetensors.torch import load_file
+def _weights(model, recipe: LMRecipe, role: str):
+    """``model`` with the recipe's ``<role>.weights`` loaded (every mismatch named at that key), or as it is."""
+    from compress.models import load_weights
 
-    if not path.exists():
-        raise recipe.error_at(f"weights file {path} not found", *key)
+    path = getattr(recipe, role).weights
     try:
-        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - shape mismatch, bad file: one clear message
-        raise ModelError(f"{path}: weights do not fit {model.cfg}: {str(exc).splitlines()[0]}") from None
-    return model.eval()
+        return load_weights(model, path).eval() if path else model
+    except ModelError as exc:
+        raise recipe.error_at(str(exc), role, "weights") from None
 
 
 class LMTask:
@@ -80,13 +78,9 @@ class LMTask:
         hf = {role: build_lm(cfg.model) for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student))
               if cfg.model.hf is not None}
         torch.manual_seed(recipe.seed)
-        teacher = hf.get("teacher") or build_lm(recipe.teacher.model)
-        if recipe.teacher.weights:
-            teacher = _load_weights(teacher, recipe.teacher.weights, recipe, "teacher", "weights")
+        teacher = _weights(hf.get("teacher") or build_lm(recipe.teacher.model), recipe, "teacher")
         torch.manual_seed(recipe.seed + 1)
-        student = hf.get("student") or build_lm(recipe.student.model)
-        if recipe.student.weights:
-            student = _load_weights(student, recipe.student.weights, recipe, "student", "weights")
+        student = _weights(hf.get("student") or build_lm(recipe.student.model), recipe, "student")
         export = next((st for st in recipe.stages if st.type == "export"), None)
         return LMPrepared(splits, teacher, student, hf, (export.opset, export.tolerance) if export else (17, 1e-3))
 
@@ -307,14 +301,20 @@ class LMTask:
 
     @staticmethod
     def timers(files: dict[str, Path], *, batch: int, threads: int) -> dict:
-        """One call: ``DECODE_TOKENS`` greedy tokens with the KV cache after a fixed prompt (what an app waits for)."""
+        """One call: ``DECODE_TOKENS`` greedy tokens with the KV cache after an 8-byte prompt (what an app waits for),
+        fewer when the files' position table is shorter (a recipe's context may be as small as 8)."""
         from compress.lm import onnx as lmonnx
 
+        limit = min(filter(None, (_positions(p) for p in files.values())), default=None)
+        prompt_len, tokens = 8, DECODE_TOKENS
+        if limit is not None and prompt_len + tokens > limit:
+            prompt_len = max(1, min(prompt_len, limit // 4))
+            tokens = max(1, limit - prompt_len)
         out = {}
         for name, path in files.items():
             dec = lmonnx.OrtDecoder(path, threads=threads)
-            prompt = np.full((batch, 8), ord(" "), np.int64)
-            out[name] = lambda dec=dec, prompt=prompt: dec.generate(prompt, DECODE_TOKENS)
+            prompt = np.full((batch, prompt_len), ord(" "), np.int64)
+            out[name] = lambda dec=dec, prompt=prompt: dec.generate(prompt, tokens)
         return out
 
     # --- the report ----------------------------------------------------------------------------------------

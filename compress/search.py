@@ -4,11 +4,29 @@ Every variant is the recipe with those three values changed, built by ``pipeline
 shared cache, so variants share the teacher, the scratch baseline and every stage before the first one
 that differs (a second ratio re-runs prune and what follows it, never distill). Nothing is timed per
 variant: the final model of every candidate, the teacher and the scratch student are measured together
-at the end, in one interleaved session (``pipeline.measure``), on the test split that no stage trained
-or calibrated on. The Pareto frontier is taken over (test accuracy up, p50 latency at batch 1 down,
-file size down).
+at the end, in one interleaved session, on the test split that no stage trained or calibrated on. The
+Pareto frontier is taken over (test quality, p50 latency, file size down), quality oriented by the task's
+metric.
 
-Ratio 0 means "no prune stage"; mode ``fp32`` means "no quantize stage" (the exported fp32 file).
+What varies, by the recipe's task (``recipe.task``; ``_TASKS`` holds one small adapter per task):
+
+- ``classify``: the ratio is every prune stage's ``ratio``; every quantize stage takes the mode (fp32 + the
+  modes of compress.stages.quantize); the width is the built-in student's (cnn, mlp). Quality is test accuracy
+  (higher is better), latency p50 at batch 1 on 1 thread (``pipeline.measure``); the probe is validation
+  accuracy and a rough batch-1 latency. Models at chance level are flagged.
+- ``lm``: the ratio sets the prune stage's ``heads`` and ``mlp`` fractions, each one the recipe gives above 0
+  (a recipe that prunes MLP units only keeps its heads; no ratio can reproduce ``heads: 0.5, mlp: 0.25``, so
+  the recipe's own build is then listed as "recipe"); the mode is fp32 + the modes of
+  compress.stages.lm_quantize, and a variant keeps ONE quantize stage, the recipe's last, with that mode
+  (keys of INT4 only, ``block_size``, ``accuracy_level`` and ``fallback``, reset to their defaults when the
+  mode changes; ``max_bpb_increase`` and ``per_channel`` apply to both modes and are kept); the width is the
+  ``arch: gpt`` student's (an ``hf:`` student has none to change). Quality is test bits per byte (lower is
+  better) and latency the decode time per token at 1 thread (``LMTask.measure``); the probe is validation
+  bits/byte of the file and a rough per-token decode time.
+
+For both, ratio 0 means "no prune stage"; mode ``fp32`` means "no quantize stage" (the exported fp32 file), and
+a quantize stage ``{type: quantize, mode: M}`` is appended after the last stage (the export) when the recipe
+has none.
 
 With ``--storage URL`` the search is an optuna study that any number of worker processes, on one machine or
 several sharing the output root, build from (each variant once; a crashed worker's variant is queued again);
@@ -19,6 +37,7 @@ optuna storage" below.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import typing
@@ -30,9 +49,9 @@ import numpy as np
 
 from compress._io import write_json, write_text
 from compress._progress import say
-from compress.errors import CompressError, MissingExtraError
+from compress.errors import CompressError, MissingExtraError, RecipeError
 
-__all__ = ["Axes", "Point", "SearchError", "parse_axes", "quantize_modes", "variant", "pareto", "search",
+__all__ = ["Axes", "Point", "SearchError", "parse_axes", "quantize_modes", "variant", "objectives", "pareto", "search",
            "open_storage", "markdown", "plot", "print_table"]
 
 FP32 = "fp32"
@@ -45,11 +64,12 @@ class SearchError(CompressError):
     exit_code = 2
 
 
-def quantize_modes() -> list[str]:
-    """``fp32`` plus every mode the quantize stage accepts (read off its config, so new modes join)."""
-    from compress.stages.quantize import QuantizeConfig
+def quantize_modes(task: str = "classify") -> list[str]:
+    """``fp32`` plus every mode the task's quantize stage accepts (read off its config, so new modes join)."""
+    from compress.stages.base import stages_for
 
-    return [FP32, *typing.get_args(QuantizeConfig.model_fields["mode"].annotation)]
+    config = stages_for(task)["quantize"].config
+    return [FP32, *typing.get_args(config.model_fields["mode"].annotation)]
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,215 @@ class Axes:
         return [Point(r, m, w) for w in self.widths for r in self.ratios for m in self.modes]
 
 
+# --- what differs between tasks ----------------------------------------------------------------------
+
+
+class _Task:
+    """What a search asks of the recipe's task; the metric and its direction come from the pipeline's task adapter."""
+
+    name = ""
+
+    @functools.cached_property
+    def _metric(self) -> tuple[str, bool]:
+        from compress.pipeline import task_named
+
+        return task_named(self.name).metric
+
+    @property
+    def metric(self) -> str:
+        """The quality measured on the test split: ``accuracy`` or ``bits_per_byte``."""
+        return self._metric[0]
+
+    @property
+    def higher(self) -> bool:
+        return self._metric[1]
+
+    @staticmethod
+    def dump(recipe) -> dict:
+        return recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"})
+
+
+class _Classify(_Task):
+    """``task: classify``: the ratio is every prune stage's ``ratio`` and every quantize stage takes the mode; the
+    probe is validation accuracy and a rough batch-1 latency; the final session is ``pipeline.measure``."""
+
+    name = "classify"
+    one_quantize = False  # quantize stages in a row each quantize the one before: every one takes the mode
+    prune_example = "{type: prune, ratio: 0.3}"
+    width_unit = "channels (cnn) or units (mlp)"
+    no_width = ("the student is built by a factory; a search can change the width of a built-in student only "
+                "(student.model.arch: cnn or mlp)")
+    columns = ("test acc", "val acc", "p50 b1 (us)")  # the table's quality and latency columns
+    quality = "accuracy"  # search.md's figure
+    latency = "p50 ms, batch 1, 1 thread, min"
+    ylabel = "test accuracy (%)"
+    xlabel = "latency p50, batch 1, 1 thread (us, log scale; one interleaved session)"
+
+    @staticmethod
+    def set_ratio(st: dict, cfg, ratio: float) -> dict:
+        return {**st, "ratio": ratio}
+
+    @staticmethod
+    def own_ratio(cfg) -> float:
+        return cfg.ratio
+
+    @staticmethod
+    def set_mode(st: dict, cfg, mode: str) -> dict:
+        return {**st, "mode": mode}
+
+    @staticmethod
+    def probe(path, prep, recipe) -> dict:
+        return _probe(path, prep.splits, recipe.bench)
+
+    @staticmethod
+    def session(probes: list[dict], recipe) -> float:
+        return _session_estimate(probes, recipe.bench)
+
+    @staticmethod
+    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], str, bool, dict]:
+        """Test accuracy and interleaved latency (pipeline.measure); models at chance level flagged. Returns the
+        models, the measurement's cache key, whether it came from the cache, and what search.json adds."""
+        from compress import pipeline
+        from compress.report import chance_level
+
+        splits = prep.splits
+        reused = cache.get_json("eval", pipeline.measure_key(recipe, splits, entries)) is not None
+        models, eval_key = pipeline.measure(recipe, splits, entries, cache, quiet=True)
+        chance = chance_level(np.bincount(splits.test.y, minlength=splits.num_classes).tolist())
+        for m in models:
+            m["at_chance"] = m["accuracy"] <= chance["threshold"]
+        return models, eval_key, reused, {"chance": chance}
+
+    @staticmethod
+    def fmt(v: float) -> str:
+        return f"{v:.2%}"
+
+    @staticmethod
+    def plot_y(v: float) -> float:
+        return v * 100
+
+    @staticmethod
+    def notes(result: dict) -> list[str]:
+        b = result["bench"]
+        return ["Test accuracy on the held-out test split (no stage trained, selected or calibrated on it); "
+                "val acc is the validation split's, the one to choose by. Latency: every candidate, the teacher and "
+                f"the scratch student timed in one interleaved onnxruntime session ({b['rounds']} rounds x "
+                f"{b['calls']} calls at batch 1 on 1 thread; batch {b['batch']} on "
+                f"{b['threads'] or 'all'} thread(s)).",
+                "Frontier: no other candidate is at least as accurate, as fast (p50, batch 1) and as small, and "
+                "better in one. Points whose latencies differ by less than the run-to-run noise (a few %) can "
+                "swap places between runs."]
+
+
+class _LM(_Task):
+    """``task: lm``: the ratio sets the prune stage's ``heads`` and ``mlp`` (each one the recipe gives above 0) and
+    one quantize stage, the recipe's last, takes the mode; the probe is validation bits/byte and a rough decode time
+    per token; the final session is ``LMTask.measure``."""
+
+    name = "lm"
+    one_quantize = True  # quantize stages in a row sit side by side on one export: a variant keeps the last one
+    int4_only = ("block_size", "accuracy_level", "fallback")  # reset to their defaults when the mode changes
+    prune_example = "{type: prune, heads: 0.3, mlp: 0.3}"
+    width_unit = "units (the gpt student's width)"
+    no_width = ("the student is a Hugging Face folder (hf:), whose width is its config's; a search can change the "
+                "width of the built-in student only (student.model.arch: gpt)")
+    columns = ("test bpb", "val bpb", "p50/token (us)")
+    quality = "bits/byte"
+    latency = "p50 ms per decoded token (KV cache), 1 thread, min"
+    ylabel = "test bits per byte (lower is better)"
+    xlabel = "decode latency per token p50, 1 thread (us, log scale; one interleaved session)"
+
+    @staticmethod
+    def dump(recipe) -> dict:
+        # Only what the recipe set: an hf model spec refuses width/layers/heads, and a teacher's missing ``train``
+        # means "used as loaded" (compress.lm.task), so defaults must stay unset.
+        return recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"}, exclude_unset=True)
+
+    @staticmethod
+    def set_ratio(st: dict, cfg, ratio: float) -> dict:
+        return {**st, **{k: ratio for k in ("heads", "mlp") if getattr(cfg, k) > 0}}
+
+    @staticmethod
+    def own_ratio(cfg) -> float:
+        return max(cfg.heads, cfg.mlp)
+
+    def set_mode(self, st: dict, cfg, mode: str) -> dict:
+        if cfg.mode == mode:
+            return st
+        drop = self.int4_only if mode != "int4_weight_only" else ()
+        return {**{k: v for k, v in st.items() if k not in drop}, "mode": mode}
+
+    @staticmethod
+    def probe(path, prep, recipe) -> dict:
+        return _probe_lm(path, prep, recipe)
+
+    @staticmethod
+    def session(probes: list[dict], recipe) -> float:
+        return _lm_session_estimate(probes, recipe)
+
+    @staticmethod
+    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], str | None, bool, dict]:
+        """Test bits/byte, perplexity, agreement and per-token decode latency (LMTask.measure, one interleaved
+        benchmark); the models, the measurement's cache key, whether it came from the cache, nothing more."""
+        from compress.pipeline import task_of
+
+        seen = _Seen(cache)
+        models, _ = task_of(recipe).measure(recipe, prep, entries, seen, quiet=True)
+        return models, seen.key, not seen.stored, {}
+
+    @staticmethod
+    def fmt(v: float) -> str:
+        return f"{v:.4f}"
+
+    @staticmethod
+    def plot_y(v: float) -> float:
+        return v
+
+    @staticmethod
+    def notes(result: dict) -> list[str]:
+        b = result["bench"]
+        return ["Test bits per byte (lower is better) on the held-out test split's documents (no stage trained, "
+                "selected or calibrated on them); val bpb is the validation split's, the one to choose by. Latency: "
+                "decode time per token with the KV cache on 1 thread, every candidate, the teacher and the scratch "
+                f"student timed in one interleaved onnxruntime session ({b['rounds']} rounds x {b['calls']} calls "
+                f"of {b['new_tokens']} tokens after a {b['prompt']}-byte prompt).",
+                "Frontier: no other candidate has at most its bits per byte, decode latency (p50) and size, and is "
+                "better in one. Points whose latencies differ by less than the run-to-run noise (a few %) can swap "
+                "places between runs."]
+
+
+_TASKS: dict[str, _Task] = {"classify": _Classify(), "lm": _LM()}
+
+
+def _task(recipe_or_result) -> _Task:
+    """The adapter of a recipe (its ``task``) or of a search.json (its ``task``; classify before it was written)."""
+    name = recipe_or_result.get("task") if isinstance(recipe_or_result, dict) else recipe_or_result.task
+    return _TASKS[name or "classify"]
+
+
+class _Seen:
+    """A cache that notes the ``eval`` entry it was asked for and whether one was stored (measured afresh)."""
+
+    def __init__(self, cache):
+        self._cache, self.key, self.stored = cache, None, False
+
+    def get_json(self, kind: str, key: str):
+        if kind == "eval":
+            self.key = key
+        return self._cache.get_json(kind, key)
+
+    def put_json(self, kind: str, key: str, value) -> None:
+        if kind == "eval":
+            self.key, self.stored = key, True
+        return self._cache.put_json(kind, key, value)
+
+    def __getattr__(self, name: str):
+        return getattr(self._cache, name)
+
+
+# --- the axes and the variants -------------------------------------------------------------------------
+
+
 def _split(values) -> list[str]:
     """``("0.2,0.3", "0.5")`` -> ``["0.2", "0.3", "0.5"]``: repeated flags and comma lists both work."""
     out = []
@@ -89,10 +318,11 @@ def _split(values) -> list[str]:
 def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
     """The search axes from the command line's strings (None: the defaults), checked against the recipe.
 
-    Defaults: ratios 0.2, 0.3, 0.5 and the recipe's own; every quantization mode and fp32; the recipe's width.
+    Defaults: ratios 0.2, 0.3, 0.5 and the recipe's own; every quantization mode of the task and fp32; the
+    recipe's width.
     """
     own = own_point(recipe)
-    valid_modes = quantize_modes()
+    valid_modes = quantize_modes(recipe.task)
     got_ratios = []
     for v in _split(ratios) if ratios else ["0.2", "0.3", "0.5", f"{own.ratio:g}"]:
         try:
@@ -120,7 +350,7 @@ def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
         try:
             w = int(v)
         except ValueError:
-            raise SearchError(f"--widths: {v!r} is not a whole number of channels (cnn) or units (mlp)") from None
+            raise SearchError(f"--widths: {v!r} is not a whole number of {_task(recipe).width_unit}") from None
         if not 1 <= w <= 4096:
             raise SearchError(f"--widths: {w} is out of range; a student width is 1 to 4096")
         got_widths.append(w)
@@ -131,57 +361,64 @@ def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
 
 
 def own_point(recipe) -> Point:
-    """The recipe's own values: its first prune ratio (0 without one), its last quantize mode (fp32 without
-    one), its student's width (None for a factory student)."""
+    """The recipe's own values: its first prune stage's ratio (0 without one; an LM's larger of ``heads`` and
+    ``mlp``), its last quantize mode (fp32 without one), its student's width (None for a factory or hf student)."""
     prunes = [st for st in recipe.stages if st.type == "prune"]
     quants = [st for st in recipe.stages if st.type == "quantize"]
     spec = recipe.student.model
-    return Point(prunes[0].ratio if prunes else 0.0, quants[-1].mode if quants else FP32,
+    return Point(_task(recipe).own_ratio(prunes[0]) if prunes else 0.0, quants[-1].mode if quants else FP32,
                  spec.width if spec.arch is not None else None)
 
 
 def _check_recipe_allows(recipe, axes: Axes) -> None:
     """Each axis needs something in the recipe to change; say what to add, at the recipe key."""
-    from compress.stages.base import STAGES
+    from compress.stages.base import stages_for
 
-    own = own_point(recipe)
+    own, task = own_point(recipe), _task(recipe)
     types = [st.type for st in recipe.stages]
     if "prune" not in types and any(r > 0 for r in axes.ratios):
         raise recipe.error_at("--ratios: the recipe has no prune stage to set a ratio on; add one, e.g. "
-                              "{type: prune, ratio: 0.3}, or search --ratios 0 only", "stages")
+                              f"{task.prune_example}, or search --ratios 0 only", "stages")
     if "quantize" not in types and any(m != FP32 for m in axes.modes):
-        if STAGES[recipe.stages[-1].type].produces != "onnx":
+        if stages_for(recipe.task)[recipe.stages[-1].type].produces != "onnx":
             raise recipe.error_at("--modes: the recipe has no quantize stage and its chain ends in a torch model; "
                                   "add {type: export} so that a quantize stage can follow, or search --modes fp32 only",
                                   "stages")
     if any(w != own.width for w in axes.widths):
         if own.width is None:
-            raise recipe.error_at("--widths: the student is built by a factory; a search can change the width of a "
-                                  "built-in student only (student.model.arch: cnn or mlp)", "student", "model")
-        if recipe.student.from_teacher is not None:
+            raise recipe.error_at(f"--widths: {task.no_width}", "student", "model")
+        if getattr(recipe.student, "from_teacher", None) is not None:
             raise recipe.error_at("--widths: the student is derived from the teacher (from_teacher); give it "
                                   "student.model instead to search over its width", "student", "from_teacher")
+        for w in axes.widths:  # a width the student's spec refuses (a gpt's heads must divide it): named here
+            try:
+                variant(recipe, Point(own.ratio, own.mode, w))
+            except RecipeError as exc:
+                raise recipe.error_at(f"--widths {w}: {exc.message}", "student", "model") from None
 
 
 def variant(recipe, p: Point, name: str | None = None):
     """The recipe with ``p``'s ratio, mode and width, re-validated (a bad combination fails here, at no cost).
 
     Ratio 0 drops every prune stage; ``fp32`` drops every quantize stage; a quantize stage is appended
-    after the last stage when the recipe has none.
+    after the last stage when the recipe has none. How a stage takes the ratio and the mode is the task's
+    (``_TASKS``): an LM variant keeps one quantize stage, the recipe's last.
     """
     from compress.recipe import parse_recipe
 
-    data = recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"})
+    task = _task(recipe)
+    data = task.dump(recipe)
+    last_quantize = max((i for i, st in enumerate(recipe.stages) if st.type == "quantize"), default=None)
     stages = []
-    for st in data["stages"]:
+    for i, (cfg, st) in enumerate(zip(recipe.stages, data["stages"])):
         if st["type"] == "prune":
             if p.ratio == 0:
                 continue
-            st = {**st, "ratio": p.ratio}
+            st = task.set_ratio(st, cfg, p.ratio)
         elif st["type"] == "quantize":
-            if p.mode == FP32:
+            if p.mode == FP32 or (task.one_quantize and i != last_quantize):
                 continue
-            st = {**st, "mode": p.mode}
+            st = task.set_mode(st, cfg, p.mode)
         stages.append(st)
     if p.mode != FP32 and not any(st["type"] == "quantize" for st in stages):
         stages.append({"type": "quantize", "mode": p.mode})
@@ -202,19 +439,21 @@ def variant(recipe, p: Point, name: str | None = None):
 # --- the frontier ----------------------------------------------------------------------------------
 
 
-def _objectives(m: dict) -> tuple[float, float, float]:
-    return m["accuracy"], m["latency_ms"]["p50"], m["size_bytes"]
+def objectives(m: dict, metric: tuple[str, bool] = ("accuracy", True)) -> tuple[float, float, float]:
+    """(quality, p50 latency, file size) of a measured model, the quality (``metric``: name, higher is better)
+    oriented so that higher is better (bits per byte negated): what ``dominates`` and ``pareto`` compare."""
+    name, higher = metric
+    return (m[name] if higher else -m[name]), m["latency_ms"]["p50"], m["size_bytes"]
 
 
 def dominates(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
-    """``a`` is at least as accurate, as fast and as small as ``b``, and strictly better in one of them."""
+    """``a`` is at least as good (quality up), as fast and as small as ``b``, and strictly better in one of them."""
     return a[0] >= b[0] and a[1] <= b[1] and a[2] <= b[2] and (a[0] > b[0] or a[1] < b[1] or a[2] < b[2])
 
 
 def pareto(points: list[tuple[float, float, float]]) -> list[bool]:
-    """For each (accuracy, latency, size): True when no other point dominates it."""
+    """For each (quality, latency, size), quality higher-is-better: True when no other point dominates it."""
     return [not any(dominates(q, p) for j, q in enumerate(points) if j != i) for i, p in enumerate(points)]
-
 
 # --- running ---------------------------------------------------------------------------------------
 
@@ -296,6 +535,59 @@ def _session_estimate(probes: list[dict], bench) -> float:
     return total
 
 
+def _probe_lm(path, prep, recipe) -> dict:
+    """Validation bits/byte of one LM file (compress.lm.train.evaluate_lm on the validation split's windows) and
+    a rough decode time per token at 1 thread (greedy, with the KV cache, after the bench prompt): what TPE
+    optimizes and what the budget reserves for the final session. Never reported as the candidate's latency."""
+    from compress.lm.data import eval_windows
+    from compress.lm.onnx import OrtDecoder
+    from compress.lm.train import evaluate_lm
+
+    t0 = time.perf_counter()
+    val = eval_windows(prep.splits.val, recipe.teacher.model.context, recipe.eval.max_tokens)
+    bpb = evaluate_lm(OrtDecoder(path, threads=0).logits, val).bits_per_byte
+    eval_s = time.perf_counter() - t0
+    b = recipe.bench
+    dec, prompt = OrtDecoder(path, threads=1), val[:1, :b.prompt]
+    prefill, per_token = [], []
+    for i in range(2 + 5):  # 2 warm-up calls
+        a = time.perf_counter()
+        logits, past = dec.step(prompt, dec.empty_past(1))
+        m = time.perf_counter()
+        for _ in range(b.new_tokens):
+            logits, past = dec.step(logits[:, -1].argmax(-1)[:, None], past)
+        if i >= 2:
+            prefill.append(m - a)
+            per_token.append((time.perf_counter() - m) / b.new_tokens)
+    return {"val_bits_per_byte": float(bpb), "latency_ms": float(np.median(per_token)) * 1e3,
+            "prefill_ms": float(np.median(prefill)) * 1e3, "eval_s": eval_s}
+
+
+def _lm_session_estimate(probes: list[dict], recipe) -> float:
+    """Seconds LMTask.measure will take for files with these probes: each scored on the test split (about as long
+    as on validation: both capped at eval.max_tokens), prefill + decode timed 2 + rounds x calls times at 1 and at
+    all threads, and the greedy samples."""
+    from compress.lm.onnx import all_threads
+
+    b, s, total = recipe.bench, recipe.samples, 0.0
+    for p in probes:
+        call = (p["prefill_ms"] + b.new_tokens * p["latency_ms"]) / 1e3
+        total += p["eval_s"] + len({1, all_threads()}) * (2 + b.rounds * b.calls) * call
+        total += s.count * (p["prefill_ms"] + s.new_tokens * p["latency_ms"]) / 1e3
+    return total
+
+
+def _scores(m: dict, probe: dict, metric: str) -> dict:
+    """A measured model's numbers in search.json: the task's metric on the test split (``accuracy`` or
+    ``bits_per_byte``, plus an LM's ``perplexity``) and on validation (the probe's ``val_<metric>``), agreement with
+    the teacher, size, latency. What a task does not measure (an LM's errors, MACs, batch latency) is None; the
+    chance-level flag is classification's."""
+    return {metric: m[metric], "errors": m.get("errors"), f"val_{metric}": probe[f"val_{metric}"],
+            **({"perplexity": m["perplexity"]} if "perplexity" in m else {}), "agreement": m.get("agreement"),
+            "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"], "latency_batch_ms": m.get("latency_batch_ms"),
+            "params": m["params"], "macs": m.get("macs"), **({"at_chance": m["at_chance"]} if "at_chance" in m else {})}
+
+
 class _Search:
     """What every way of searching shares: the recipe and its axes, the data and models prepared once per
     student width, the output root's cache, the search folder, the candidates known by their stage keys and
@@ -307,13 +599,15 @@ class _Search:
 
         self.recipe, self.axes, self.budget, self.quiet, self.clock, self.started = (recipe, axes, budget, quiet,
                                                                                      clock, started)
+        self.task = _task(recipe)
         self.out_dir = pipeline.output_dir(recipe, output)
         self.search_dir, self.cache = inside(self.out_dir, "search"), pipeline.output_cache(self.out_dir)
         self.preps: dict = {}
         own = own_point(recipe)
         self.base = _Candidate(own, own.name, recipe, pipeline.chain_keys(recipe, self.prep_for(recipe)), is_recipe=True)
         if pipeline.chain_keys(variant(recipe, own), self.preps[own.width]) != self.base.keys:
-            self.base.name = "recipe"  # e.g. two prune stages with different ratios: no grid point is the recipe
+            self.base.name = "recipe"  # e.g. two prune stages with different ratios, or an LM's several quantize
+            # stages side by side: no grid point is the recipe
         self.known: dict[tuple, _Candidate] = {tuple(self.base.keys): self.base}  # same stage keys = the same model
         self.stage_seconds: dict[tuple[int, str], float] = {}  # (index, type) -> the longest fresh computation seen
         self.done: list[_Candidate] = []
@@ -372,8 +666,8 @@ class _Search:
         if not session:
             return total
         probes = [d.probe for d in self.done if d.probe] + [r["probe"] for r in self.refs]
-        worst = max(probes, key=lambda p: p["latency_ms"] + p["batch_ms"]) if probes else None
-        return total + _session_estimate(probes + ([worst] if worst else []), bench=self.recipe.bench)
+        worst = max(probes, key=lambda p: self.task.session([p], self.recipe)) if probes else None
+        return total + self.task.session(probes + ([worst] if worst else []), self.recipe)
 
     def fits(self, c: _Candidate, session: bool = True) -> tuple[bool, float | None]:
         if self.budget is None:
@@ -425,10 +719,10 @@ class _Search:
                 self.stage_seconds[(i, s["type"])] = max(self.stage_seconds.get((i, s["type"]), 0.0), took)
         final = built.measured[-1]
         c.entry = {**final, "name": c.name, "role": "candidate"}
-        splits = self.prep_for(c.recipe).splits
-        c.probe = _probe(final["path"], splits, self.recipe.bench)
+        prep = self.prep_for(c.recipe)
+        c.probe = self.task.probe(final["path"], prep, self.recipe)
         if c.is_recipe:  # the references: the recipe's own build trains the teacher and the scratch student
-            self.refs = [{**m, "probe": _probe(m["path"], splits, self.recipe.bench)}
+            self.refs = [{**m, "probe": self.task.probe(m["path"], prep, self.recipe)}
                          for m in built.measured if m["role"] in ("teacher", "scratch")]
         self.known[tuple(c.keys)] = c
         self.done.append(c)
@@ -443,11 +737,10 @@ class _Search:
         from compress import pipeline
         from compress._io import claim_file, inside
         from compress.bench import cpu_info
-        from compress.report import chance_level
 
-        done, refs, recipe, search_dir = self.done, self.refs, self.recipe, self.search_dir
+        done, refs, recipe, search_dir, task = self.done, self.refs, self.recipe, self.search_dir, self.task
         say(f"[bold]measuring[/bold] {len(done)} candidate(s), the teacher and the scratch student together "
-            "(test accuracy; latency interleaved in one session, cached by the models' keys)", self.quiet)
+            f"(test {task.quality}; latency interleaved in one session, cached by the models' keys)", self.quiet)
         t0 = self.clock()
         # Byte-identical files (two ratios that round to the same channel counts, say) are one model:
         # measured once and listed under every name, so timing noise cannot make a model dominate itself.
@@ -455,16 +748,12 @@ class _Search:
         same_as = {c.name: first.setdefault(pipeline.file_digest(Path(c.entry["path"])), c.name) for c in done}
         unique = [c for c in done if same_as[c.name] == c.name]
         entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in unique]
-        splits = self.prep_for(recipe).splits
-        reused = self.cache.get_json("eval", pipeline.measure_key(recipe, splits, entries)) is not None
-        models, eval_key = pipeline.measure(recipe, splits, entries, self.cache, quiet=True)
+        models, eval_key, reused, measured_extra = task.measure(recipe, self.prep_for(recipe), entries, self.cache)
         measure_seconds = self.clock() - t0
-        chance = chance_level(np.bincount(splits.test.y, minlength=splits.num_classes).tolist())
-        for m in models:
-            m["at_chance"] = m["accuracy"] <= chance["threshold"]
 
         by_name = {m["name"]: m for m in models}
-        objective = {c.name: _objectives(by_name[c.name]) for c in unique}
+        metric = (task.metric, task.higher)
+        objective = {c.name: objectives(by_name[c.name], metric) for c in unique}
         on_front = dict(zip(objective, pareto(list(objective.values()))))
         rows = []
         for c in done:
@@ -473,24 +762,17 @@ class _Search:
             dominated_by = None if on else next(n for n in objective if dominates(objective[n], objective[src]))
             rows.append({"name": c.name, **c.point.as_dict(), "recipe": c.is_recipe, "frontier": on,
                          "dominated_by": dominated_by, "same_as": None if src == c.name else src,
-                         "accuracy": m["accuracy"], "errors": m["errors"],
-                         "val_accuracy": c.probe["val_accuracy"], "agreement": m["agreement"],
-                         "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"],
-                         "latency_batch_ms": m["latency_batch_ms"], "params": m["params"], "macs": m["macs"],
-                         "at_chance": m["at_chance"], "path": str(c.entry["path"]), "key": c.entry["key"],
+                         **_scores(m, c.probe, task.metric), "path": str(c.entry["path"]), "key": c.entry["key"],
                          "build_seconds": round(c.seconds, 2), "stages": c.stages,
                          **({"built_by": c.worker, "trial": c.trial} if c.worker is not None else {})})
-        references = [{"name": m["name"], "role": m["role"], "accuracy": m["accuracy"], "errors": m["errors"],
-                       "at_chance": m["at_chance"],
-                       "val_accuracy": r["probe"]["val_accuracy"], "size_bytes": m["size_bytes"],
-                       "latency_ms": m["latency_ms"], "latency_batch_ms": m["latency_batch_ms"],
-                       "params": m["params"], "macs": m["macs"], "path": m["path"]}
+        references = [{"name": m["name"], "role": m["role"], **_scores(m, r["probe"], task.metric), "path": m["path"]}
                       for r, m in zip(refs, models)]
         result = {
-            "name": recipe.name, "recipe_file": recipe.source_file, "method": method,
+            "name": recipe.name, "recipe_file": recipe.source_file, "task": recipe.task, "metric": task.metric,
+            "method": method,
             "axes": {"ratios": list(self.axes.ratios), "modes": list(self.axes.modes),
                      "widths": list(self.axes.widths)},
-            "objectives": {"accuracy": "test split, max", "latency": "p50 ms, batch 1, 1 thread, min",
+            "objectives": {task.metric: "test split, " + ("max" if task.higher else "min"), "latency": task.latency,
                            "size": "file bytes, min"},
             "budget_seconds": self.budget, "variants_planned": n_planned, "variants_run": len(done),
             "stopped_by_budget": bool(self.skipped), "skipped": self.skipped,
@@ -498,7 +780,7 @@ class _Search:
             "candidates": rows, "references": references, "measured_together": [m["name"] for m in models],
             "bench": recipe.bench.model_dump(), "cpu": cpu_info(), "eval_key": eval_key,
             "build_seconds": round(build_seconds, 2), "measure_seconds": round(measure_seconds, 2),
-            "measurements_cached": reused, "chance": chance,
+            "measurements_cached": reused, **measured_extra,
             "search_seconds": round(self.clock() - self.started, 2),
             "files": {k: str(search_dir / f"search.{k}") for k in ("json", "md", "png")},
             **(extra or {}),
@@ -622,10 +904,10 @@ def _in_space(distributions: dict, p: Point) -> dict:
 
 
 def _tpe(optuna, s: _Search, trials: int) -> None:
-    """Multi-objective TPE (optuna) over (validation accuracy, probe latency, size): the sampler never sees
+    """Multi-objective TPE (optuna) over (the validation metric, probe latency, size): the sampler never sees
     the test split. The ratio is continuous between the smallest and largest given (steps of 0.01)."""
     sampler = optuna.samplers.TPESampler(seed=s.recipe.seed, n_startup_trials=min(5, trials))
-    study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
+    study = optuna.create_study(directions=_directions(s), sampler=sampler)
     base = s.base
     seen = {base.point: base}
 
@@ -642,14 +924,16 @@ def _tpe(optuna, s: _Search, trials: int) -> None:
                 break
             s.run_one(c, len(s.done) + 1)
         seen[p] = c
-        study.tell(trial, _values(c))
+        study.tell(trial, _values(s, c))
 
 
-DIRECTIONS = ["maximize", "minimize", "minimize"]  # validation accuracy, probe latency, file size
+def _directions(s: _Search) -> list[str]:
+    """The study's directions: the validation metric (accuracy up, bits/byte down), probe latency, file size."""
+    return ["maximize" if s.task.higher else "minimize", "minimize", "minimize"]
 
 
-def _values(c: _Candidate) -> list[float]:
-    return [c.probe["val_accuracy"], c.probe["latency_ms"], float(Path(c.entry["path"]).stat().st_size)]
+def _values(s: _Search, c: _Candidate) -> list[float]:
+    return [c.probe[f"val_{s.task.metric}"], c.probe["latency_ms"], float(Path(c.entry["path"]).stat().st_size)]
 
 
 HEARTBEAT = 60  # seconds between a storage worker's heartbeats; a variant is given up after two missed
@@ -888,14 +1172,15 @@ def _identity(c: _Candidate) -> dict:
     return {"variant": c.name, "key": c.key, "point": c.point.as_dict(), "recipe": c.is_recipe}
 
 
-def _open_study(optuna, store: Store, name: str, plan: dict, queue: list[_Candidate], sampler, *, create: bool):
+def _open_study(optuna, store: Store, name: str, plan: dict, queue: list[_Candidate], sampler, *, create: bool,
+                directions: list[str] | None = None):
     """The study ``name``: created with its queue when it does not exist (and ``create``), else loaded and its
     plan checked against this command's. Returns (study, whether this process created it)."""
     from optuna.trial import TrialState, create_trial
 
     if create:
         try:
-            study = optuna.create_study(study_name=name, storage=store.storage, sampler=sampler, directions=DIRECTIONS)
+            study = optuna.create_study(study_name=name, storage=store.storage, sampler=sampler, directions=directions)
         except optuna.exceptions.DuplicatedStudyError:
             pass
         else:
@@ -1011,7 +1296,7 @@ def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c
                 store.storage.set_trial_state_values(tid, TrialState.FAIL)
                 raise
             c.worker, c.trial = me, number
-            _tell(optuna, study, store, tid, number, _values(c), _built_attrs(s, c, me))
+            _tell(optuna, study, store, tid, number, _values(s, c), _built_attrs(s, c, me))
             return "built"
 
 
@@ -1029,7 +1314,8 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, trials: int 
     n_planned = len(queue) if method == "grid" else (trials or 20)
     sampler = (optuna.samplers.TPESampler(n_startup_trials=min(5, n_planned), constant_liar=True)
                if method == "tpe" else optuna.samplers.RandomSampler())
-    study, created = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, sampler, create=True)
+    study, created = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, sampler, create=True,
+                                 directions=_directions(s))
     me = f"{socket.gethostname()}:{os.getpid()}"
     say(f"[bold]compress search[/bold] worker {me}: {method} study {name!r} in {store.shown} "
         + (f"(created; {len(queue)} variant(s) queued)" if created else "(joined)")
@@ -1203,9 +1489,24 @@ HEADER = ["candidate", "ratio", "mode", "width", "frontier", "test acc", "val ac
           "size", "params", "stages cached", "note"]
 
 
+def _header(result: dict) -> list[str]:
+    """The table's columns: the task's quality and latency columns (``test bpb``, ``p50/token (us)`` for an LM)."""
+    return [*HEADER[:5], *_task(result).columns, *HEADER[8:]]
+
+
 def _rows(result: dict) -> list[list[str]]:
+    task = _task(result)
+    metric, fmt = task.metric, task.fmt
     rows = []
-    cands = sorted(result["candidates"], key=lambda r: (not r["frontier"], -r["accuracy"], r["latency_ms"]["p50"]))
+    better = (lambda r: -r[metric]) if task.higher else (lambda r: r[metric])  # noqa: E731
+    cands = sorted(result["candidates"], key=lambda r: (not r["frontier"], better(r), r["latency_ms"]["p50"]))
+
+    def numbers(r: dict) -> list[str]:
+        batch = r.get("latency_batch_ms")
+        return [fmt(r[metric]), fmt(r[f"val_{metric}"]), f"{r['latency_ms']['p50'] * 1e3:.1f}",
+                "-" if batch is None else f"{batch['p50']:.3f}", _size(r["size_bytes"]),
+                f"{r['params']:,}" if r["params"] else "-"]
+
     for r in cands:
         note = "; ".join(n for n in ("the recipe's own" if r["recipe"] else "",
                                      f"same file as {r['same_as']}" if r.get("same_as") else "") if n)
@@ -1215,14 +1516,9 @@ def _rows(result: dict) -> list[list[str]]:
             note = "AT CHANCE" + ("; " + note if note else "")
         cached = sum(s["cached"] for s in r["stages"])
         rows.append([r["name"], f"{r['ratio']:g}", r["mode"], "-" if r["width"] is None else str(r["width"]),
-                     "yes" if r["frontier"] else "", f"{r['accuracy']:.2%}", f"{r['val_accuracy']:.2%}",
-                     f"{r['latency_ms']['p50'] * 1e3:.1f}", f"{r['latency_batch_ms']['p50']:.3f}",
-                     _size(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-",
-                     f"{cached}/{len(r['stages'])}", note])
+                     "yes" if r["frontier"] else "", *numbers(r), f"{cached}/{len(r['stages'])}", note])
     for r in result["references"]:
-        rows.append([r["name"], "", "", "", "", f"{r['accuracy']:.2%}", f"{r['val_accuracy']:.2%}",
-                     f"{r['latency_ms']['p50'] * 1e3:.1f}", f"{r['latency_batch_ms']['p50']:.3f}",
-                     _size(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-", "",
+        rows.append([r["name"], "", "", "", "", *numbers(r), "",
                      "reference; AT CHANCE: not a baseline to beat" if r.get("at_chance") else "reference"])
     return rows
 
@@ -1266,19 +1562,11 @@ def _summary(result: dict) -> list[str]:
                          + ", ".join(s["name"] for s in result["skipped"]) + ".")
         else:
             lines.append(f"Every planned variant fitted in the budget of {result['budget_seconds']:g} s.")
-    b = result["bench"]
-    lines.append("Test accuracy on the held-out test split (no stage trained, selected or calibrated on it); "
-                 "val acc is the validation split's, the one to choose by. Latency: every candidate, the teacher and "
-                 f"the scratch student timed in one interleaved onnxruntime session ({b['rounds']} rounds x "
-                 f"{b['calls']} calls at batch 1 on 1 thread; batch {b['batch']} on "
-                 f"{b['threads'] or 'all'} thread(s)).")
-    lines.append("Frontier: no other candidate is at least as accurate, as fast (p50, batch 1) and as small, and "
-                 "better in one. Points whose latencies differ by less than the run-to-run noise (a few %) can "
-                 "swap places between runs.")
-    return lines
+    return lines + _task(result).notes(result)
 
 
 def markdown(result: dict) -> str:
+    header, task = _header(result), _task(result)
     out = [f"# compress search: {result['name']}", ""]
     out += [f"- {line}" for line in _summary(result)]
     a = result["axes"]
@@ -1286,20 +1574,23 @@ def markdown(result: dict) -> str:
             f"{', '.join('-' if w is None else str(w) for w in a['widths'])}. Ratio 0 = no prune stage; "
             "fp32 = no quantize stage.",
             f"- CPU: {result['cpu'].get('model') or result['cpu'].get('machine')}", "",
-            "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" if h in ("candidate", "mode", "note") else "---:" for h in HEADER) + "|"]
+            "| " + " | ".join(header) + " |", "|" + "|".join("---" if h in ("candidate", "mode", "note") else "---:" for h in header) + "|"]
     out += ["| " + " | ".join(c or " " for c in row) + " |" for row in _rows(result)]
     if result["skipped"]:
         out += ["", "Not built:" if result.get("study") else "Not built (budget):", ""]
         out += [f"- {s['name']}" + (f" (estimated {s['estimated_seconds']:.1f} s)" if s["estimated_seconds"] else "")
                 + (f": {s['why']}" if s.get("why") else "") for s in result["skipped"]]
-    out += ["", f"![accuracy vs latency]({Path(result['files']['png']).name})", ""]
+    out += ["", f"![{task.quality} vs latency]({Path(result['files']['png']).name})", ""]
     return "\n".join(out)
 
 
 def plot(result: dict, path: Path) -> None:
-    """Test accuracy vs p50 latency (batch 1), marker area = file size, the frontier connected; the
-    teacher, the scratch student and the recipe's own result marked."""
+    """Test quality (accuracy, or an LM's bits/byte) vs p50 latency (batch 1, or per decoded token), marker area =
+    file size, the frontier connected; the teacher, the scratch student and the recipe's own result marked."""
     from compress._plot import figure, label_points, plain_log_ticks, save
+
+    task = _task(result)
+    metric, y_of = task.metric, task.plot_y
 
     # Areas scale with the candidates' sizes (a teacher 50x bigger would shrink them all to dots); a
     # larger reference is drawn at the largest area.
@@ -1308,31 +1599,31 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = figure()
     labels = []
     for m in result["candidates"]:
-        x, y = m["latency_ms"]["p50"] * 1e3, m["accuracy"] * 100
+        x, y = m["latency_ms"]["p50"] * 1e3, y_of(m[metric])
         ax.scatter([x], [y], s=area(m), c="#2ca02c" if m["frontier"] else "#1f77b4", alpha=0.55,
                    edgecolors="black", linewidths=1.8 if m["recipe"] else 0.5, zorder=3)
         labels.append((x, y, m["name"] + (" (recipe)" if m["recipe"] else ""), "black"))
-    # The line: the accuracy-latency frontier (a staircase); the green points: the frontier with size counted too.
-    two = [(m["accuracy"], m["latency_ms"]["p50"], 0.0) for m in result["candidates"]]
+    # The line: the quality-latency frontier (a staircase); the green points: the frontier with size counted too.
+    two = [objectives({**m, "size_bytes": 0}, (metric, task.higher)) for m in result["candidates"]]
     front = sorted((m for m, on in zip(result["candidates"], pareto(two)) if on), key=lambda m: m["latency_ms"]["p50"])
     if front:
-        ax.step([m["latency_ms"]["p50"] * 1e3 for m in front], [m["accuracy"] * 100 for m in front], where="post",
-                color="#2ca02c", lw=1.2, zorder=2, label="accuracy-latency frontier")
+        ax.step([m["latency_ms"]["p50"] * 1e3 for m in front], [y_of(m[metric]) for m in front], where="post",
+                color="#2ca02c", lw=1.2, zorder=2, label=f"{task.quality}-latency frontier")
     marks = {"teacher": ("*", "#d62728"), "scratch": ("s", "#7f7f7f")}
     for m in result["references"]:
         mk, col = marks.get(m["role"], ("o", "black"))
-        x, y = m["latency_ms"]["p50"] * 1e3, m["accuracy"] * 100
+        x, y = m["latency_ms"]["p50"] * 1e3, y_of(m[metric])
         ax.scatter([x], [y], s=area(m), marker=mk, c=col, alpha=0.7, edgecolors="black", linewidths=0.5, zorder=3)
         labels.append((x, y, m["name"], col))
     ax.set_xscale("log")
     label_points(ax, fig, labels, width=120, step=12, offset=7, fontsize=7)
     plain_log_ticks(ax, labelsize=7)
-    ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale; one interleaved session)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel(task.xlabel)
+    ax.set_ylabel(task.ylabel)
     ax.set_title(f"{result['name']}: {result['variants_run']} candidates, {len(result['frontier'])} on the frontier "
                  "(marker area = file size)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.scatter([], [], c="#2ca02c", alpha=0.55, label="frontier (accuracy, latency, size)")
+    ax.scatter([], [], c="#2ca02c", alpha=0.55, label=f"frontier ({task.quality}, latency, size)")
     ax.scatter([], [], c="#1f77b4", alpha=0.55, label="dominated")
     ax.scatter([], [], facecolors="none", edgecolors="black", linewidths=1.8, label="the recipe's own")
     for role, (mk, col) in marks.items():
@@ -1355,7 +1646,7 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"compress search: {result['name']} (test split; latency interleaved in one session)")
-    for h in HEADER:
+    for h in _header(result):
         table.add_column(h, justify="left" if h in ("candidate", "mode", "note") else "right",
                          no_wrap=h in ("candidate", "mode"))
     for row in _rows(result):

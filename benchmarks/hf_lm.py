@@ -56,8 +56,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from compress.lm.pipeline import run
-    from compress.lm.recipe import load_lm_recipe
+    from compress.lm.report import student
+    from compress.pipeline import run
+    from compress.recipe import load_recipe
 
     out = Path(args.output)
     folders = make_folders(out / "hf-models")
@@ -75,43 +76,49 @@ def main() -> None:
                                            "train": base["teacher"]["train"]}},
     }
     console = Console(width=170)
-    files = {}
+    files, ref = {}, None
     for name, change in variants.items():
         data = {**base, **change, "name": name}
         path = out / "hf-models" / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
-        report = run(load_lm_recipe(path), output=out, quiet=True)
-        t = Table(title=f"{name} ({report['seconds']:.0f} s): test split, {report['models'][0]['tokens']:,} bytes")
+        report = run(load_recipe(path), output=out, quiet=True)
+        t = Table(title=f"{name} ({report['run_seconds']:.0f} s): test split, {report['models'][0]['tokens']:,} bytes")
         for c in ("model", "params", "file", "test bits/byte", "agreement", "tok/s @1 thread", "TTFT p50 ms"):
             t.add_column(c, justify="left" if c == "model" else "right")
+        first = {}  # sha256 -> the first model holding that file (the name its generation rows carry)
+        for m in report["models"]:
+            first.setdefault(m["sha256"], m["name"])
         bench = {r["model"]: r for r in report["bench"] if r["threads"] == 1}
         for m in report["models"]:
-            b = bench.get(m["name"].removesuffix(".onnx"))
-            t.add_row(m["name"], f"{m['params']:,}" if m["params"] else "", f"{m['size_bytes'] / 1e3:.0f} kB" if m["size_bytes"] else "",
-                      f"{m['bits_per_byte']:.4f}", f"{m['agreement']:.1%}",
-                      f"{b['tokens_per_s']:.0f}" if b and m["format"] == "onnx" else "",
-                      f"{b['ttft_ms']['p50']:.2f}" if b and m["format"] == "onnx" else "")
+            b = bench.get(first[m["sha256"]])
+            t.add_row(m["name"], f"{m['params']:,}" if m["params"] else "", f"{m['size_bytes'] / 1e3:.0f} kB",
+                      f"{m['bits_per_byte']:.4f}", f"{m['agreement']:.1%}", f"{b['tokens_per_s']:.0f}" if b else "",
+                      f"{b['ttft_ms']['p50']:.2f}" if b else "")
         console.print(t)
-        exports = [s for s in report["stages"] if s["stage"] == "export"]
-        files |= {f"{name}/{m['name']}": Path(m["file"]) for m in report["models"] if m["format"] == "onnx"}
+        exports = [m for m in report["models"] if m["role"] == "stage" and m["name"].endswith("_export")]
         console.print("export parity (max |torch - onnxruntime| logits, full / KV cache): " + ", ".join(
-            f"{s['model']} {s['info']['max_abs_logits_full']:.1e} / {s['info']['max_abs_logits_kv_cache']:.1e}"
-            for s in exports))
+            f"{m['name']} {m['info']['max_abs_logits_full']:.1e} / {m['info']['max_abs_logits_kv_cache']:.1e}"
+            for m in exports))
+        # every distinct file once (an export equals the file of the stage before it, the final its last stage's)
+        files |= {f"{name}/{n}": Path(next(m["path"] for m in report["models"] if m["name"] == n))
+                  for n in dict.fromkeys(first.values())}
+        if name == "tiny-lm":
+            ref = f"{name}/{first[student(report['models'])['sha256']]}"  # the fp32 student of the shipped recipe
 
     from compress.lm.data import eval_windows, load_text
     from compress.lm.onnx import bench_generation
 
-    b = load_lm_recipe(path).bench
-    windows = eval_windows(load_text(load_lm_recipe(path).data, base["seed"]).test, ctx, 4096)
+    b = load_recipe(path).bench
+    windows = eval_windows(load_text(load_recipe(path).data, base["seed"]).test, ctx, 4096)
     rows = bench_generation(dict(sorted(files.items(), key=lambda kv: kv[0].split("/")[1])), windows[:1, :b.prompt],
                             b.new_tokens, threads=[1], rounds=b.rounds, calls=b.calls)
-    ref = next(r for r in rows if r["model"] == "tiny-lm/student.onnx")
+    ref_row = next(r for r in rows if r["model"] == ref)
     t = Table(title=f"every ONNX file, 1 thread, {b.rounds} interleaved rounds, prompt {b.prompt}, {b.new_tokens} new tokens")
-    for c in ("file", "size", "decode tok/s", "vs tiny-lm student.onnx", "decode p50 / p90 ms", "TTFT p50 ms"):
+    for c in ("file", "size", "decode tok/s", f"vs {ref} (fp32 student)", "decode p50 / p90 ms", "TTFT p50 ms"):
         t.add_column(c, justify="left" if c == "file" else "right")
     for r in rows:
         t.add_row(r["model"], f"{r['size_bytes'] / 1e3:.0f} kB", f"{r['tokens_per_s']:.0f}",
-                  f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x",
+                  f"{r['tokens_per_s'] / ref_row['tokens_per_s']:.2f}x",
                   f"{r['decode_ms']['p50']:.2f} / {r['decode_ms']['p90']:.2f}", f"{r['ttft_ms']['p50']:.2f}")
     console.print(t)
 

@@ -31,7 +31,9 @@ VARIANTS = {  # name -> prune stage (None: no prune); every variant but "student
 
 def variant_recipe(recipe, name: str, prune, steps: int):
     """The recipe with its torch stages, then (prune +) finetune, then export; no quantize, no scratch."""
-    from compress.lm.recipe import LMExportConfig, LMFinetuneConfig, LMPruneConfig
+    from compress.stages.lm_export import LMExportConfig
+    from compress.stages.lm_finetune import LMFinetuneConfig
+    from compress.stages.lm_prune import LMPruneConfig
 
     torch_stages = [st for st in recipe.stages if st.type in ("distill", "prune", "finetune")]
     export = next((st for st in recipe.stages if st.type == "export"), LMExportConfig(type="export"))
@@ -91,18 +93,19 @@ def main() -> None:
     from rich.table import Table
 
     from compress.lm.data import eval_windows, load_text
-    from compress.lm.pipeline import run
-    from compress.lm.recipe import load_lm_recipe
+    from compress.lm.report import student
+    from compress.pipeline import run
+    from compress.recipe import load_recipe
 
-    recipe = load_lm_recipe(args.recipe)
+    recipe = load_recipe(args.recipe)
     rows, files = {}, {}
     for name, prune in VARIANTS.items():
         r = variant_recipe(recipe, name, prune, args.steps)
         print(f"{name}: running {r.name}", flush=True)
         report = run(r, output=args.output, quiet=True)
-        by = {m["name"]: m for m in report["models"]}
-        rows[name] = (by["student"]["params"], by["student.onnx"])
-        files[name] = Path(by["student.onnx"]["file"])
+        fp32 = student(report["models"])  # the export stage's file (the variant's last stage)
+        rows[name] = (fp32["params"], fp32)
+        files[name] = Path(fp32["path"])
 
     splits = load_text(recipe.data, recipe.seed)
     windows = eval_windows(splits.test, recipe.teacher.model.context, recipe.eval.max_tokens)

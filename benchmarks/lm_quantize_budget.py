@@ -3,7 +3,8 @@
     python benchmarks/lm_quantize_budget.py [recipes/tiny-lm.yaml] [--output exported] [--budgets 0.002 0.005 0.01]
 
 Runs the recipe (trained models from the cache after the first run), then, for every budget and fallback,
-the search of ``compress.lm.quantize.quantize_within`` on the fp32 student export (validation split).
+the search of ``compress.lm.quantize.quantize_within`` on the fp32 student file (the last stage file that is not
+quantized: the export; validation split).
 Each shipped file is scored on the test split (bits/byte, agreement with the teacher's ONNX file) and all
 files are timed decoding at 1 thread, interleaved, as ratios to the fp32 student (``lm_pruning.decode_ratios``).
 """
@@ -29,14 +30,15 @@ def main() -> None:
     from benchmarks.lm_pruning import decode_ratios
     from compress.lm.data import eval_windows, load_text
     from compress.lm.onnx import OrtDecoder, quantize_decoder
-    from compress.lm.pipeline import run
     from compress.lm.quantize import quantize_within
-    from compress.lm.recipe import load_lm_recipe
+    from compress.lm.report import student
     from compress.lm.train import evaluate_lm
+    from compress.pipeline import run
+    from compress.recipe import load_recipe
 
-    recipe = load_lm_recipe(args.recipe)
-    run(recipe, output=args.output, quiet=True)
-    out = Path(args.output) / recipe.name
+    recipe = load_recipe(args.recipe)
+    report = run(recipe, output=args.output, quiet=True)
+    out = Path(report["files"]["dir"])
     q = next((st for st in recipe.stages if st.type == "quantize" and st.mode == "int4_weight_only"), None)
     block, level = (q.block_size, q.accuracy_level) if q else (32, 4)
     splits = load_text(recipe.data, recipe.seed)
@@ -46,7 +48,7 @@ def main() -> None:
     work = Path(args.output) / ".cache" / "lm" / "int4-budget"
     work.mkdir(parents=True, exist_ok=True)
 
-    src = out / "student.onnx"
+    src = out / student(report["models"])["file"]  # the fp32 student: the last stage file that is not quantized
     files = {"fp32": src, "all INT4": work / "all-int4.onnx"}
     quantize_decoder(src, files["all INT4"], "int4_weight_only", block_size=block, accuracy_level=level)
     infos = {}

@@ -3,7 +3,7 @@
     python benchmarks/tiny_lm.py [recipes/tiny-lm.yaml] [--output exported] [--rounds 8]
 
 Runs the recipe (trained models come from the cache after the first run), prints its targets table,
-then quantizes the fp32 student and teacher ONNX files with MatMulNBits at every block size (32, 64, 128) and
+then quantizes the fp32 student (the last stage file that is not quantized) and teacher ONNX files with MatMulNBits at every block size (32, 64, 128) and
 accuracy_level (0 = default, 1 = fp32 compute, 4 = INT8 compute), scores each on the test split
 (bits per byte, onnxruntime) and times decoding at 1 thread, all files interleaved in one process.
 """
@@ -30,26 +30,27 @@ def main() -> None:
 
     from compress.lm.data import eval_windows, load_text
     from compress.lm.onnx import OrtDecoder, bench_generation, quantize_decoder
-    from compress.lm.pipeline import run
-    from compress.lm.recipe import load_lm_recipe
+    from compress.lm.report import student
     from compress.lm.train import evaluate_lm
+    from compress.pipeline import run
+    from compress.recipe import load_recipe
 
-    recipe = load_lm_recipe(args.recipe)
+    recipe = load_recipe(args.recipe)
     report = run(recipe, output=args.output, quiet=True)
     console = Console(width=160)
-    t = Table(title=f"targets: {recipe.name} (run took {report['seconds']:.0f} s; see report.md)")
+    t = Table(title=f"targets: {recipe.name} (run took {report['run_seconds']:.0f} s; see report.md)")
     for c in ("target", "measured", "met"):
         t.add_column(c)
     for row in report["targets"]:
         t.add_row(row["target"], row["measured"], "yes" if row["met"] else "NO")
     console.print(t)
 
-    out = Path(args.output) / recipe.name
+    out = Path(report["files"]["dir"])
+    sources = {"student": out / student(report["models"])["file"], "teacher": out / "teacher.onnx"}
     splits = load_text(recipe.data, recipe.seed)
     windows = eval_windows(splits.test, recipe.teacher.model.context, recipe.eval.max_tokens)
     grid = Path(args.output) / ".cache" / "lm" / "int4-grid"
-    for model in ("student", "teacher"):
-        src = out / f"{model}.onnx"
+    for model, src in sources.items():
         files, quality = {"fp32": src}, {}
         for block in (32, 64, 128):
             for level in (0, 1, 4):

@@ -1,4 +1,5 @@
-"""compress.run / compress.validate (compress/_api.py): a recipe or its path goes to the pipeline of its task."""
+"""compress.run / compress.validate (compress/_api.py): a recipe or its path goes to compress.pipeline, which runs it
+by its task (classify or lm)."""
 
 import json
 
@@ -35,8 +36,9 @@ def _lm_recipe(tmp_path, lm_docs):
 def test_validate_dispatches_an_lm_recipe_path_and_object(tmp_path, lm_docs):
     path = _lm_recipe(tmp_path, lm_docs)
     lines = compress.validate(str(path), output=tmp_path / "out")
-    assert lines[0].startswith("data: text, train 6 docs")
-    assert lines[-1] == f"output: {tmp_path / 'out' / 'api'}"
+    assert lines[0] == f"output: {tmp_path / 'out' / 'api'}"
+    assert lines[1].startswith("data: text, train 6 docs")
+    assert lines[-2:] == ["stage 1: distill (torch -> torch)", "stage 2: export (torch -> onnx)"]
     recipe = compress.load_recipe(path)
     assert isinstance(recipe, LMRecipe)
     assert compress.validate(recipe, output=tmp_path / "out") == lines
@@ -46,9 +48,12 @@ def test_run_dispatches_an_lm_recipe_path(tmp_path, lm_docs):
     path = _lm_recipe(tmp_path, lm_docs)
     report = compress.run(path, output=tmp_path / "out", quiet=True)
     assert report["task"] == "lm"
-    assert [m["name"] for m in report["models"]] == ["teacher", "student", "teacher.onnx", "student.onnx"]
+    assert [(m["name"], m["role"]) for m in report["models"]] == [
+        ("teacher", "teacher"), ("01_distill", "stage"), ("02_export", "stage"), ("final", "final")]
     on_disk = json.loads((tmp_path / "out" / "api" / "report.json").read_text())
     assert on_disk["models"] == report["models"]
+    assert (tmp_path / "out" / "api" / "model.onnx").read_bytes() == (tmp_path / "out" / "api" / "stages" /
+                                                                      "02_export.onnx").read_bytes()
 
 
 def test_validate_still_runs_the_vision_pipeline(tmp_path):

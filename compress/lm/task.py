@@ -59,6 +59,18 @@ def _weights(model, recipe: LMRecipe, role: str):
         raise recipe.error_at(str(exc), role, "weights") from None
 
 
+def _positions(path: Path) -> int | None:
+    """The positions a decoder file can take: the rows of its learned position table (a 2-D initializer gathered by
+    something other than ``input_ids``), or None when it has none (rotary positions)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tables = {i.name: list(i.dims) for i in graph.initializer if len(i.dims) == 2}
+    rows = [tables[n.input[0]][0] for n in graph.node
+            if n.op_type == "Gather" and n.input[0] in tables and n.input[1] != "input_ids"]
+    return min(rows, default=None)
+
+
 class LMTask:
     name = "lm"
     metric = METRIC
@@ -190,7 +202,13 @@ class LMTask:
 
     @staticmethod
     def fresh(art: Artifact, prep: LMPrepared, seed: int) -> Artifact:
-        return art  # no BatchNorm in a decoder
+        """No BatchNorm in a decoder. A Hugging Face model's tied weights (head = embedding) are tied again: one
+        loaded from the stage cache has one Parameter per checkpoint tensor, and untied it would train (and export)
+        as another model than the one a run without the cache makes."""
+        hf = getattr(art.model, "hf", None)
+        if hf is not None and hasattr(hf, "tie_weights"):
+            hf.tie_weights()
+        return art
 
     @staticmethod
     def export(model, path: Path, prep: LMPrepared) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from compress._progress import say, warn
 from compress.artifact import Artifact
@@ -48,16 +48,26 @@ class LMQuantizeConfig(StageConfig):
     def budget(self) -> float | None:
         return AUTO_BPB_BUDGET if self.max_bpb_increase is None and self.auto else self.max_bpb_increase
 
-    @model_validator(mode="after")
-    def _settings(self):
-        if self.fallback == "int8" and (self.mode != "int4_weight_only" or self.budget is None):
+    # Field validators (not one model validator): a recipe error names the key itself (stages[2].fallback), with
+    # its line. Every field they read is declared above the one they check.
+    @field_validator("block_size", "accuracy_level")
+    @classmethod
+    def _auto_is_int4(cls, v, info: ValidationInfo):
+        mode = info.data.get("mode")
+        if v == "auto" and mode is not None and mode != "int4_weight_only":
+            raise ValueError(f"{info.field_name} auto chooses MatMulNBits settings, for mode int4_weight_only; mode "
+                             f"{mode} has none")
+        return v
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, v, info: ValidationInfo):
+        d = info.data
+        auto = "auto" in (d.get("block_size"), d.get("accuracy_level"))
+        if v == "int8" and (d.get("mode") != "int4_weight_only" or (d.get("max_bpb_increase") is None and not auto)):
             raise ValueError("fallback int8 is for mode int4_weight_only with max_bpb_increase (the layers the search "
                              "keeps out of INT4 become INT8); use fallback: fp32")
-        if self.mode != "int4_weight_only" and self.auto:
-            key = "block_size" if self.block_size == "auto" else "accuracy_level"
-            raise ValueError(f"{key} auto chooses MatMulNBits settings, for mode int4_weight_only; mode {self.mode} "
-                             "has none")
-        return self
+        return v
 
     @property
     def tag(self) -> str:
@@ -100,4 +110,5 @@ def quantize(art: Artifact, cfg: LMQuantizeConfig, ctx) -> Artifact:
         info["notes"] = ["INT8 weights use the full 8-bit range: the shared int8_dynamic quantizer takes no "
                          "reduce_range, although this CPU lacks VNNI (where u8s8 kernels can saturate); compare "
                          "its test bits/byte with the fp32 student's in the table."]
-    return art.derive("quantize", path=dst, model=None, info={**info, "tag": cfg.tag})
+    # the torch student rides along (as on the vision quantize stage): a Hugging Face student is saved from it
+    return art.derive("quantize", path=dst, info={**info, "tag": cfg.tag})

@@ -15,7 +15,7 @@ from compress.errors import RecipeError  # noqa: E402
 from compress.lm import hf as lmhf  # noqa: E402
 from compress.lm import onnx as lmonnx  # noqa: E402
 from compress.lm.model import generate  # noqa: E402
-from compress.lm.recipe import load_lm_recipe  # noqa: E402
+from compress.recipe import load_recipe  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -129,7 +129,7 @@ def _error(tmp_path, teacher="{hf: m, context: 32}", student="{arch: gpt, width:
     p = tmp_path / "r.yaml"
     p.write_text(BASE.format(teacher=teacher, student=student, extra=extra))
     with pytest.raises(RecipeError) as info:
-        load_lm_recipe(p)
+        load_recipe(p)
     return str(info.value).replace(str(tmp_path) + "/", "")
 
 
@@ -137,7 +137,7 @@ def test_relative_hf_path_resolves_against_the_recipe(tmp_path):
     gpt2_folder(tmp_path / "m")
     p = tmp_path / "r.yaml"
     p.write_text(BASE.format(teacher="{hf: m, context: 32}", student="{hf: m, context: 32}", extra=""))
-    recipe = load_lm_recipe(p)
+    recipe = load_recipe(p)
     assert recipe.teacher.model.hf == tmp_path / "m" and recipe.student.model.hf == tmp_path / "m"
 
 
@@ -235,44 +235,66 @@ def test_lm_run_with_hf_models(tmp_path, student, lm_docs):
     report = json.loads((out / "report.json").read_text())
     by = {m["name"]: m for m in report["models"]}
     chain = ["assistant0"] if student == "gpt" else []
-    within = [] if student == "gpt" else ["student-int8-max0.onnx"]
-    assert list(by) == ["teacher", *chain, "scratch", "student", "teacher.onnx", "student.onnx", "student-int4-b32-a4.onnx",
-                        *within]
+    within = [] if student == "gpt" else ["05_quantize"]
+    assert list(by) == ["teacher", "scratch", *chain, "01_distill", "02_finetune", "03_export", "04_quantize", *within,
+                        "final"]
     for m in by.values():
-        assert 0 < m["bits_per_byte"] < 12 and 0 <= m["agreement"] <= 1
-    assert abs(by["teacher.onnx"]["bits_per_byte"] - by["teacher"]["bits_per_byte"]) < 1e-4
-    assert abs(by["student.onnx"]["bits_per_byte"] - by["student"]["bits_per_byte"]) < 1e-4
-    exports = [s["info"] for s in report["stages"] if s["stage"] == "export"]
-    assert len(exports) == 2 and all(e["max_abs_logits_kv_cache"] < 1e-3 for e in exports)
-    teacher_stage = report["stages"][0]["info"]
+        assert 0 < m["bits_per_byte"] < 12 and 0 <= m["agreement"] <= 1 and m["format"] == "onnx"
+    assert by["teacher"]["agreement"] == 1.0
+    # the export stage's file is the finetuned student's, byte for byte, checked against torch with the KV cache
+    assert by["03_export"]["sha256"] == by["02_finetune"]["sha256"]
+    assert by["03_export"]["info"]["max_abs_logits_kv_cache"] < 1e-3 and by["03_export"]["info"]["kv_cache"]
+    assert by["04_quantize"]["info"]["tag"] == "int4-b32-a4" and by["04_quantize"]["info"]["matmulnbits_nodes"] > 0
+    teacher = by["teacher"]["info"]
+    assert teacher["spec"].startswith("hf ") and "(gpt2), 2 layers, context 16" in teacher["spec"]
     if student == "gpt":
-        assert teacher_stage["note"].startswith("used as loaded") and "steps" not in teacher_stage
+        assert teacher["note"].startswith("used as loaded") and "steps" not in teacher
     else:
-        assert teacher_stage["steps"] == 2 and "note" not in teacher_stage
+        assert teacher["steps"] == 2 and "note" not in teacher
     samples = report["samples"][0]["continuations"]
-    assert set(samples) == {"teacher", *chain, "scratch", "student", "student-int4-b32-a4.onnx", *within}
-    scratch = next(s for s in report["stages"] if s["stage"] == "scratch")["info"]
+    assert set(samples) == {"teacher", "scratch", *chain, "01_distill", "02_finetune", "04_quantize", *within}
+    scratch = by["scratch"]["info"]
     if student == "gpt":
         assert not (out / "student-hf").exists()
-        assert [s["model"] for s in report["stages"] if s["stage"] == "0:distill"] == ["assistant0", "student"]
+        assert by["assistant0"]["role"] == "assistant" and by["assistant0"]["info"]["steps"] == 2  # its finetune
+        assert by["assistant0"]["params"] > by["01_distill"]["params"]
         return
-    q = next(s for s in report["stages"] if s["model"] == "student-int8-max0")["info"]
-    # budget 0 forces the per-layer search: every linear layer of the GPT-2 graph gets a sensitivity row
-    assert len(q["tables"][0]["rows"]) == q["quantized_layers"] + len(q["fp32_layers"]) >= 4
+    q = by["05_quantize"]["info"]
+    assert q["tag"] == "int8-max0" and by["final"]["sha256"] == by["05_quantize"]["sha256"]
+    # every linear layer of the GPT-2 graph is found; budget 0: unless the all-INT8 file already scores no worse on
+    # validation, the per-layer search runs and gives each of them a sensitivity row
+    assert q["linear_layers"] == q["quantized_layers"] + len(q["fp32_layers"]) >= 4
+    if q["tables"]:
+        assert len(q["tables"][0]["rows"]) == q["linear_layers"]
+    else:
+        assert q["budget_met"] and q["val_bpb_increase"] <= 0 and "no layer needs to stay fp32" in q["notes"][0]
     assert scratch["note"].startswith("the student's config")
     assert scratch["note"].endswith("trained with CE only for the student's 5 steps of 8 windows at lr 0.003")
     # the trained student, saved as an HF folder, reloads to the exported student's logits
-    saved = next(s for s in report["stages"] if s["stage"] == "save")["info"]
+    saved = by["final"]["info"]["hf_folder"]
     assert saved["folder"] == str(out / "student-hf") and "model.safetensors" in saved["files"]
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(out / "student-hf"), local_files_only=True).eval()
     x = np.random.default_rng(0).integers(0, 256, (2, 16)).astype(np.int64)
-    ort_logits = lmonnx.OrtDecoder(out / "student.onnx").logits(x)
-    with torch.no_grad():
-        ref = reloaded(torch.from_numpy(x)).logits.numpy()
-    assert np.abs(ref - ort_logits).max() < 1e-4
+
+    def reloaded_matches_the_export():
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(out / "student-hf"), local_files_only=True).eval()
+        ort_logits = lmonnx.OrtDecoder(out / "stages" / "03_export.onnx").logits(x)
+        with torch.no_grad():
+            ref = reloaded(torch.from_numpy(x)).logits.numpy()
+        assert np.abs(ref - ort_logits).max() < 1e-4
+        return ref
+
+    ref = reloaded_matches_the_export()
     src = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "student-src"), local_files_only=True).eval()
     with torch.no_grad():
         assert np.abs(src(torch.from_numpy(x)).logits.numpy() - ref).max() > 1e-3  # it was trained
-    # a second run reuses every trained model (tied embeddings go through the cache)
+    # a second run reuses every trained model and stage (tied embeddings go through the cache), and saves the same folder
     res = runner.invoke(cli, [str(recipe), "-o", str(tmp_path / "out")])
-    assert res.exit_code == 0 and res.output.count("reused from the cache") == 4, res.output
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert sum("reusing cached weights" in ln for ln in lines) == 2, res.output
+    assert sum(ln.startswith("stage ") and ": cached " in ln for ln in lines) == 5, res.output
+    # the same files, byte for byte (a cached model keeps its tied head), so the measurements come from the cache too
+    assert "measurements: cached" in res.output
+    again = json.loads((out / "report.json").read_text())
+    assert [m["sha256"] for m in again["models"]] == [m["sha256"] for m in report["models"]]
+    assert np.array_equal(reloaded_matches_the_export(), ref)

@@ -69,12 +69,15 @@ class RecipeBase(Strict):
 def check_chain(recipe: RecipeBase, lines: dict[tuple, int] | None = None) -> None:
     """Each stage must accept what the one before it produces; the student enters as a torch model."""
     lines = lines or {}
-    produced, prev = "torch", "the student model"
+    produced, prev, specs = "torch", "the student model", stages_for(recipe.task)
     for i, st in enumerate(recipe.stages):
-        spec = stages_for(recipe.task)[st.type]
+        spec = specs[st.type]
         if produced not in spec.accepts:
+            # the stages that turn what it gets into what it takes (export: torch -> onnx); else it belongs earlier
+            makers = sorted(n for n, s in specs.items() if produced in s.accepts and s.produces in spec.accepts)
+            where = f"after an {' or '.join(makers)} stage" if makers else "before it"
             raise ChainError(
                 f"stage '{st.type}' cannot follow {prev}: '{st.type}' takes {' or '.join(sorted(spec.accepts))} models "
-                f"but {prev} produces {produced} models; put '{st.type}' before it",
+                f"but {prev} produces {produced} models; put '{st.type}' {where}",
                 recipe.source_file, lines.get(("stages", i)), f"stages[{i}]")
         produced, prev = spec.produces, f"stage '{st.type}' (stages[{i}])"

@@ -477,17 +477,19 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
         add("scratch", "scratch", scratch, out_dir / "scratch.onnx")
     run = _StageRun(recipe, prep, task, cache, StageCache(cache), out_dir, quiet, writer,
                     last_good_dir or inside(out_dir, "last_good"))
-    tutor = teacher
+    tutor, chain_log = teacher, []
     for j, assistant in enumerate(task.assistants(recipe, prep)):  # teacher -> assistants -> student, each every torch stage
-        art, _ = run.stages(assistant, tutor, f"assistant{j}", torch_only=True)
+        art, log = run.stages(assistant, tutor, f"assistant{j}", torch_only=True)
         if art is None:
             return None
+        chain_log += log
         add(f"assistant{j}", "assistant", art, out_dir / f"assistant{j}.onnx")
         tutor = dataclasses.replace(art, key=cache_key("assistant-id", tutor.key, j, art.key))
     pos = len(measured)
     art, stage_log = run.stages(task.student(recipe, prep), tutor, "student", add=add)
     if art is None:
         return None
+    stage_log = chain_log + stage_log
     stage_entries = measured[pos:]
     del measured[pos:]
     for name, model in run.assistants:  # made by a stage on the way (a distill chain): measured before the stages

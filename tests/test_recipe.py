@@ -114,7 +114,7 @@ def test_configs_are_frozen(tmp_path):
     (GOOD.replace("  - {type: distill, temperature: 4, alpha: 0.5, epochs: 30}\n", "").replace(
         "  - {type: prune", "  - {type: quantize}\n  - {type: prune"),
      "recipe.yaml:12: stages[0]: stage 'quantize' cannot follow the student model: 'quantize' takes onnx models "
-     "but the student model produces torch models; put 'quantize' before it"),
+     "but the student model produces torch models; put 'quantize' after an export or qat stage"),
 ])
 def test_bad_recipe_message(tmp_path, text, expected):
     assert error_of(tmp_path, text) == expected

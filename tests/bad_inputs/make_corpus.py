@@ -167,7 +167,7 @@ case("prune_after_export", BASE.replace("  - {type: quantize, mode: int8_static}
 case("quantize_before_export", BASE.replace("  - {type: export, format: onnx}\n  - {type: quantize, mode: int8_static}",
                                             "  - {type: quantize, mode: int8_static}\n  - {type: export, format: onnx}"),
      "{dir}/recipe.yaml:12: stages[1]: stage 'quantize' cannot follow stage 'distill' (stages[0]): 'quantize' takes onnx "
-     "models but stage 'distill' (stages[0]) produces torch models; put 'quantize' before it")
+     "models but stage 'distill' (stages[0]) produces torch models; put 'quantize' after an export or qat stage")
 case("npz_without_path", BASE.replace("source: digits", "source: npz"),
      "{dir}/recipe.yaml:3: data: source 'npz' needs a path")
 case("missing_data_file", with_data("nothere.npz"),

@@ -95,7 +95,8 @@ def test_lm_recipe_end_to_end(tmp_path, lm_docs):
     assert [(s["index"], s["type"]) for s in report["stages"] if "model" not in s] == [
         (1, "distill"), (2, "prune"), (3, "finetune"), (4, "export"), (5, "quantize"), (6, "quantize")]
     assert not any(s["cached"] for s in report["stages"])
-    assert report["stages"][0]["config"]["level"] == "both" and report["stages"][4]["config"]["mode"] == "int8_dynamic"
+    own = [s for s in report["stages"] if "model" not in s]
+    assert own[0]["config"]["level"] == "both" and own[4]["config"]["mode"] == "int8_dynamic"
     md = (out / "report.md").read_text()
     assert "## Generated samples" in md and "**teacher**" in md and "06_quantize (int4-b32-a4)" in md
     assert "![bits per byte vs decode speed](report.png)" in md
@@ -176,8 +177,6 @@ def test_rerun_after_an_interrupt_reuses_the_finished_models(tmp_path, monkeypat
     assert report["stages"][0]["cached"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="compress.pipeline.build drops the stage log of a top-level assistant "
-                                       "(art, _ = run.stages(assistant, ...)); report['stages'] has only the student's")
 def test_the_stage_log_names_the_assistants_stages(tmp_path, lm_docs):
     path = _small(tmp_path, lm_docs, SMALL.replace(
         "student:", "assistants:\n  - model: {arch: gpt, width: 12, layers: 1, heads: 2, context: 16}\nstudent:"))

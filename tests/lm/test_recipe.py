@@ -113,8 +113,6 @@ def test_stage_order_is_checked_by_the_shared_chain_rule(tmp_path):
     assert [st.type for st in r.stages] == ["distill", "export", "quantize", "quantize"]
 
 
-@pytest.mark.xfail(strict=True, reason="compress.config.check_chain advises \"put 'quantize' before it\" when quantize "
-                                       "follows a torch stage; moving it earlier cannot help: it needs an export before it")
 def test_quantize_before_export_is_told_to_follow_an_export(tmp_path):
     assert _quantize_before_export(tmp_path).endswith("put 'quantize' after an export stage")
 

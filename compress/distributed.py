@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "threads_per_process", "shutdown", "rank", "world_size", "is_writer", "agree", "sync_module",
-           "all_reduce_"]
+           "all_reduce_", "shard", "sum_grads_"]
 
 
 def init_from_env() -> bool:
@@ -83,3 +83,24 @@ def all_reduce_(tensor: torch.Tensor, mean: bool = True) -> torch.Tensor:
         if mean:
             tensor /= world_size()
     return tensor
+
+
+def shard(n: int) -> slice:
+    """This rank's contiguous share of ``n`` rows, ``[r * n // W, (r + 1) * n // W)``: the shares cover every row once,
+    differ by at most one row (and may be empty when ``n < W``), and in one process are all ``n`` rows."""
+    r, w = rank(), world_size()
+    return slice(r * n // w, (r + 1) * n // w)
+
+
+def sum_grads_(params) -> None:
+    """Sum the gradients of ``params`` over the ranks in one all-reduce (a missing gradient counts as zeros)."""
+    if world_size() == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compress import distributed
 from compress.errors import StageError
 from compress.lm.data import random_windows
 from compress.lm.model import GPT, generate
@@ -76,6 +77,13 @@ def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teache
     ``level``: ``token`` (real windows; with a teacher, token KD, else CE), ``sequence`` (CE on the teacher's
     continuations ``sequences``, positions after ``prompt_len``), ``both`` (half of each batch each way).
     Every step sees ``batch_size`` windows whatever the level, so budgets compare.
+
+    Under torchrun (``compress.distributed``) every rank draws the same global batch from the same generator (the
+    RNG stream of one process), takes its contiguous rows of each part (``distributed.shard``: real windows and
+    sequences are split separately, so the teacher's forward is split too) and weights each part's mean loss by
+    its rows / ``batch_size``: the ranks' losses sum to the one-process loss, so the summed gradients are the
+    full-batch gradient. Clipping and the step follow the all-reduce, identical on every rank; ``final_loss`` is
+    the full batch's. In one process the code and the numbers are those of the single-process loop.
     """
     ctx = model.cfg.context
     gen = torch.Generator().manual_seed(seed)
@@ -84,6 +92,7 @@ def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teache
         teacher.eval()
     n_seq = {"token": 0, "sequence": budget.batch_size, "both": budget.batch_size // 2}[level]
     losses = []
+    world = distributed.world_size()
     model.train()
     for step in range(budget.steps):
         for g in opt.param_groups:
@@ -91,38 +100,54 @@ def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teache
         loss = 0.0
         n_real = budget.batch_size - n_seq
         if n_real:
-            x = random_windows(train, n_real, ctx + 1, gen)
-            logits, _ = model(x[:, :-1])
-            t_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x[:, :-1])[0]
-            loss = loss + token_kd_loss(logits, t_logits, x[:, 1:], temperature, alpha) * n_real / budget.batch_size
+            x = random_windows(train, n_real, ctx + 1, gen)[distributed.shard(n_real)]
+            if len(x):
+                logits, _ = model(x[:, :-1])
+                t_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x[:, :-1])[0]
+                loss = loss + token_kd_loss(logits, t_logits, x[:, 1:], temperature, alpha) * len(x) / budget.batch_size
         if n_seq:
-            idx = torch.randint(0, len(sequences), (n_seq,), generator=gen).numpy()
-            x = torch.from_numpy(sequences[idx].astype(np.int64))
-            logits, _ = model(x[:, :-1])
-            mask = torch.zeros(x.shape[1] - 1, dtype=torch.bool)
-            mask[prompt_len - 1:] = True  # predict the continuation, not the prompt
-            loss = loss + token_kd_loss(logits, None, x[:, 1:], temperature, 1.0, mask.expand(n_seq, -1)) * n_seq / budget.batch_size
-        if not torch.isfinite(loss):
-            raise StageError(f"{what}: the loss became {loss.item()} at step {step}; lower lr (now {budget.lr})")
+            idx = torch.randint(0, len(sequences), (n_seq,), generator=gen).numpy()[distributed.shard(n_seq)]
+            if len(idx):
+                x = torch.from_numpy(sequences[idx].astype(np.int64))
+                logits, _ = model(x[:, :-1])
+                mask = torch.zeros(x.shape[1] - 1, dtype=torch.bool)
+                mask[prompt_len - 1:] = True  # predict the continuation, not the prompt
+                seq_loss = token_kd_loss(logits, None, x[:, 1:], temperature, 1.0, mask.expand(len(x), -1))
+                loss = loss + seq_loss * len(x) / budget.batch_size
+        # the full batch's loss; every rank must take the same decision, or the others wait in the next all-reduce
+        total = distributed.all_reduce_(torch.as_tensor(loss).detach().clone(), mean=False) if world > 1 else loss
+        if not torch.isfinite(total):
+            raise StageError(f"{what}: the loss became {total.item()} at step {step}; lower lr (now {budget.lr})")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if torch.is_tensor(loss):  # else this rank's share of the batch is empty: its gradients count as zeros
+            loss.backward()
+        distributed.sum_grads_(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(total.item())
         if progress:
             progress(step, losses[-1])
+    distributed.sync_module(model)  # the ranks' steps are identical; this makes sure of it
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
     return {"steps": budget.steps, "batch_size": budget.batch_size, "tokens": budget.steps * budget.batch_size * ctx,
-            "lr": budget.lr, "final_loss": float(np.mean(tail)), "level": level}
+            "lr": budget.lr, "final_loss": float(np.mean(tail)), "level": level,
+            **({"processes": world} if world > 1 else {})}
 
 
 def teacher_continuations(teacher: GPT, train: np.ndarray, count: int, prompt_len: int, temperature: float,
                           seed: int, batch: int = 64) -> np.ndarray:
-    """(count, context + 1) uint8: training-split prompts of ``prompt_len`` bytes + the teacher's continuation."""
+    """(count, context + 1) uint8: training-split prompts of ``prompt_len`` bytes + the teacher's continuation.
+
+    Under torchrun a collective (call it on every rank): rank 0 generates and broadcasts the result. Generation
+    draws from one generator batch after batch, so splitting it would change the sequences; rank 0 alone takes
+    the time every rank would, and the broadcast guarantees every rank trains on the very same bytes.
+    """
+    if distributed.rank() != 0:
+        return distributed.agree(None)
     new = teacher.cfg.context + 1 - prompt_len
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -137,7 +162,7 @@ def teacher_continuations(teacher: GPT, train: np.ndarray, count: int, prompt_le
         nxt = (torch.multinomial(F.softmax(last / temperature, -1), 1, generator=gen) if temperature > 0
                else last.argmax(-1, keepdim=True))
         out.append(torch.cat([seq, nxt], 1).numpy().astype(np.uint8))
-    return np.concatenate(out)
+    return distributed.agree(np.concatenate(out))
 
 
 @dataclass

@@ -66,8 +66,12 @@ class LMContext:
 
     def sequences(self, tutor: torch.nn.Module, tutor_key: str, sc) -> tuple[np.ndarray, dict]:
         """The tutor's continuations of training prompts (sequence-level KD), cached keyed by tutor + settings."""
+        from compress import distributed
+
         key = cache_key("lm-seq", tutor_key, sc.model_dump(), self.recipe.seed)
-        entry = self.cache.get("lm-seq", key)
+        # Every rank takes the same branch (teacher_continuations is collective): rank 0's cache hit decides.
+        entry = self.cache.get("lm-seq", key) if distributed.agree(self.cache.get("lm-seq", key) is not None
+                                                                    if distributed.is_writer() else None) else None
         if entry is not None:
             try:
                 seq = np.load(io.BytesIO(entry.read_bytes("seq.npy")), allow_pickle=False)

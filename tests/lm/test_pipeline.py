@@ -479,3 +479,25 @@ def test_the_gates_decode_timer_fits_the_files_context(tmp_path, context):
     lengths = {name: fn().shape for name, fn in timers.items()}
     assert lengths == {"final": (2, 6), "teacher": (2, 6)} if context == 8 else {
         "final": (2, DECODE_TOKENS), "teacher": (2, DECODE_TOKENS)}
+
+
+@pytest.mark.slow
+def test_nproc_2_trains_an_lm_recipe_like_one_process(tmp_path, lm_docs):
+    """`compress run --nproc 2` on a language-model recipe: every training step data-parallel (the same global batch
+    shared between the ranks, compress.lm.train), the teacher's sequences made once; only rank 0 writes."""
+    import subprocess
+    import sys
+
+    path = _small(tmp_path, lm_docs, SMALL.replace("  - {type: distill, steps: 2, batch_size: 4}",
+                                                   "  - {type: distill, level: both, steps: 4, batch_size: 4, "
+                                                   "sequence: {samples: 4, prompt: 4}}\n  - {type: export}")
+                  .replace("baseline: none", "baseline: scratch"))
+    reports = {}
+    for n in (1, 2):
+        done = subprocess.run([sys.executable, "-m", "compress", "run", str(path), "-o", str(tmp_path / f"n{n}"), "-q",
+                               "--nproc", str(n)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports[n] = {m["name"]: m for m in json.loads((tmp_path / f"n{n}" / "small" / "report.json").read_text())["models"]}
+    assert list(reports[1]) == list(reports[2]) == ["teacher", "scratch", "01_distill", "02_export", "final"]
+    for name, m in reports[1].items():  # float summation order differs between 1 and 2 processes, nothing else
+        assert reports[2][name]["bits_per_byte"] == pytest.approx(m["bits_per_byte"], abs=1e-3), name

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["Timing", "time_interleaved", "time_rounds", "peak_rss_bytes", "bench_files", "cpu_info"]
+__all__ = ["Timing", "time_interleaved", "time_rounds", "peak_rss_bytes", "bench_files", "cpu_info", "batch_of"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def peak_rss_bytes() -> int | None:
     return None
 
 
-def _batch_of(x: np.ndarray, n: int) -> np.ndarray:
+def batch_of(x: np.ndarray, n: int) -> np.ndarray:
     """``n`` rows of ``x`` (repeated when ``x`` has fewer), contiguous float32."""
     reps = -(-n // len(x))
     rows = np.concatenate([x] * reps)[:n] if reps > 1 else x[:n]
@@ -116,7 +116,7 @@ def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int
         before = peak_rss_bytes()
         runner = load(path, runtime, threads=threads)
         sample = x if x is not None else np.zeros((1, *runner.input_shape), np.float32)
-        xb = _batch_of(sample, batch)
+        xb = batch_of(sample, batch)
         fn = runner.timer(xb)
         fn()
         after = peak_rss_bytes()

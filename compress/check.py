@@ -220,11 +220,11 @@ def measure(run: Run, *, rounds: int = 30, calls: int = 20, batch: int = 1, thre
 
 
 def _latency(final: Path, teacher: Path, *, rounds: int, calls: int, batch: int, threads: int, seed: int) -> dict:
-    from compress.bench import _batch_of, time_rounds
+    from compress.bench import batch_of, time_rounds
     from compress.runtimes import load
 
     runners = {"final": load(final, threads=threads), "teacher": load(teacher, threads=threads)}
-    x = _batch_of(np.zeros((1, *runners["teacher"].input_shape), np.float32), batch)
+    x = batch_of(np.zeros((1, *runners["teacher"].input_shape), np.float32), batch)
     samples = time_rounds({k: r.timer(x) for k, r in runners.items()}, rounds=rounds, calls=calls, seed=seed)
     ratio = latency_ratio(samples["final"], samples["teacher"], seed=seed)
     ratio.update(batch=batch, threads=threads, calls=calls)

@@ -26,7 +26,7 @@ from compress.errors import ChainError, RecipeError
 from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES
 
-__all__ = ["Recipe", "load_recipe", "parse_recipe", "DataConfig", "ModelSpec", "TrainConfig", "check_chain"]
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "DataConfig", "ModelSpec", "TrainConfig", "check_chain", "fmt_path"]
 
 
 class Strict(BaseModel):
@@ -239,7 +239,7 @@ class Recipe(Strict):
     def error_at(self, message: str, *path) -> RecipeError:
         """A RecipeError at a key path, for problems found after parsing (missing files, data, shapes)."""
         line = next((self._lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self._lines), None)
-        return RecipeError(message, self.source_file, line, _fmt_path(path) or None)
+        return RecipeError(message, self.source_file, line, fmt_path(path) or None)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def _line_map(node, path=(), out=None, paths=None) -> dict[tuple, int]:
     return out
 
 
-def _fmt_path(path) -> str:
+def fmt_path(path) -> str:
     s = ""
     for p in path:
         s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
@@ -449,7 +449,7 @@ def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines
         for err in errors[:5]:
             loc, msg = _message(err, data, types_, schema, stage_configs)
             line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-            found.append(RecipeError(msg, file, line, _fmt_path(loc) or None))
+            found.append(RecipeError(msg, file, line, fmt_path(loc) or None))
         first = found[0]
         if len(found) > 1:
             more = "".join(f"\n  also: {e}" for e in found[1:])
@@ -564,7 +564,7 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
             loader.dispose()
     except _DuplicateKey as exc:
         mark = exc.problem_mark
-        raise RecipeError(exc.problem, file, mark.line + 1, _fmt_path(exc.key_path)) from None
+        raise RecipeError(exc.problem, file, mark.line + 1, fmt_path(exc.key_path)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or str(exc)

@@ -13,12 +13,12 @@ from compress.preprocess import read_preprocessing
 from compress.schema import REPORT_VERSION as SCHEMA_VERSION
 from compress.schema import validate_report
 
-__all__ = ["build", "write", "print_table", "digests", "SCHEMA_VERSION", "MODEL_SUFFIXES"]
+__all__ = ["build", "write", "print_table", "digests", "versions", "SCHEMA_VERSION", "MODEL_SUFFIXES"]
 
 MODEL_SUFFIXES = (".onnx", ".ort", ".pte", ".tflite")
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import onnx
     import onnxruntime
     import torch
@@ -83,7 +83,7 @@ def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: P
         "name": recipe.name,
         "recipe_file": str(Path(source).absolute()) if source else None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": versions(),
         "cpu": cpu_info(),
         "recipe": recipe.model_dump(mode="json", by_alias=True),
         "data": data,

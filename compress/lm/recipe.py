@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 
 from compress.errors import ChainError, RecipeError
-from compress.recipe import SplitConfig, Strict, _fmt_path, read_yaml, validate_schema
+from compress.recipe import SplitConfig, Strict, fmt_path, read_yaml, validate_schema
 
 __all__ = ["LMRecipe", "load_lm_recipe", "parse_lm_recipe", "is_lm", "LM_STAGES", "check_hf_folders", "model_specs"]
 
@@ -213,7 +213,7 @@ class LMRecipe(Strict):
 
     def error_at(self, message: str, *path) -> RecipeError:
         line = next((self._lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self._lines), None)
-        return RecipeError(message, self.source_file, line, _fmt_path(path) or None)
+        return RecipeError(message, self.source_file, line, fmt_path(path) or None)
 
 
 def is_lm(data: Any) -> bool:
@@ -256,7 +256,7 @@ def _check(recipe: LMRecipe, lines: dict) -> None:
                                   "folder", *path[:-1], "weights")
         if prune is not None and path[0] in ("assistants", "student"):  # chain steps are distilled, never pruned
             raise recipe.error_at(f"stage 'prune' slices heads and MLP units of the built-in GPT; "
-                                  f"{_fmt_path(path[:-1])} is an hf model, which prune does not handle (use arch: gpt "
+                                  f"{fmt_path(path[:-1])} is an hf model, which prune does not handle (use arch: gpt "
                                   "or drop the prune stage)", "stages", prune)
     t = recipe.teacher.model
     for path, spec, _ in model_specs(recipe)[1:]:

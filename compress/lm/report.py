@@ -7,14 +7,9 @@ from pathlib import Path
 
 from compress._io import write_json, write_text
 from compress.bench import cpu_info
+from compress.report import versions
 
 __all__ = ["build", "write", "print_table", "targets"]
-
-
-def _versions() -> dict:
-    from compress.report import _versions as base
-
-    return base()
 
 
 def targets(models: list[dict], bench: list[dict]) -> list[dict]:
@@ -46,7 +41,7 @@ def build(recipe, data: dict, models: list[dict], stages: list[dict], bench: lis
     return {
         "schema_version": 1, "task": "lm", "name": recipe.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(), "cpu": cpu_info(), "recipe": recipe.model_dump(mode="json"),
+        "versions": versions(), "cpu": cpu_info(), "recipe": recipe.model_dump(mode="json"),
         "data": data, "models": models, "stages": stages, "bench": bench, "samples": samples,
         "targets": targets(models, bench), "seconds": round(seconds, 1),
         "metrics": {"bits_per_byte": "mean next-byte cross-entropy in bits on the test split's documents "

@@ -20,7 +20,7 @@ Questions (each a table):
                val loss, the last epoch, early stopping (patience 10 / 20) -- read off the budget and lr
                runs, whose every epoch is scored
   final        the shipped code: the recipe's first distill stage (its keys, the rest default) against
-               the scratch baseline ``compress run`` trains for it (compress/pipeline.py _scratch_budget)
+               the scratch baseline ``compress run`` trains for it (compress/pipeline.py scratch_budget)
 
 The loop of the first five questions is ``compress.training.fit`` with two knobs it does not have (a
 constant schedule; the test split scored at every epoch, for the rule table): Adam, batches of 64,
@@ -215,11 +215,11 @@ def _final(recipe, splits, teacher, seed: int, output: str) -> list[dict]:
     from compress.artifact import Artifact
     from compress.cache import Cache, cache_key
     from compress.context import Context
-    from compress.pipeline import _scratch_budget, prepare, train_cached
+    from compress.pipeline import scratch_budget, prepare, train_cached
     from compress.stages import STAGES
 
     prep = prepare(recipe)
-    budget = _scratch_budget(recipe)
+    budget = scratch_budget(recipe)
     out = []
     t0 = time.perf_counter()
     key = cache_key("bench-budget-scratch", recipe.student.model.model_dump(), budget, seed, splits.fingerprint)

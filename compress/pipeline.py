@@ -26,13 +26,13 @@ from compress.errors import CompressError, DataError, ModelError
 from compress.evaluate import evaluate
 from compress.models import build_model, check_io, describe_spec, load_weights
 from compress.recipe import Recipe, check_chain
-from compress.stages.base import STAGES, stages_for
-from compress.stages.prune import count_macs_params, head_table
+from compress.stages.base import STAGES, CheckContext, stages_for
+from compress.stages.prune import count_macs_params
 from compress.stages.train import cross_entropy
 from compress.training import cached_model, fit
 
 __all__ = ["prepare", "validate", "run", "output_dir", "output_cache", "exclusive", "build", "measure", "chain_keys",
-           "file_digest", "relocate", "refuse_planted_links", "OWNED"]
+           "file_digest", "relocate", "refuse_planted_links", "scratch_budget", "OWNED"]
 
 # Names a run writes in its folder: replaced as a whole when a run is published (compress._io.publish).
 OWNED = ("teacher.onnx", "scratch.onnx", "assistant*.onnx", "model.*", "report.json", "report.md", "report.png", "stages",
@@ -82,14 +82,16 @@ def output_cache(out_dir: Path, force: bool = False) -> Cache:
 def prepare(recipe):
     """Everything checked that can be without training (chain, files, data, shapes, weights), by the recipe's task;
     returns what the build starts from. Every problem is raised as a RecipeError at the recipe key that caused it."""
-    return task_of(recipe).prepare(recipe)
+    prep = task_of(recipe).prepare(recipe)
+    for i, st in enumerate(recipe.stages):  # each stage's own rules (its StageSpec.check)
+        spec = stages_for(recipe.task)[st.type]
+        if spec.check:
+            spec.check(st, CheckContext(recipe, i, prep.teacher, prep.student, prep.splits))
+    return prep
 
 
 def prepare_classify(recipe: Recipe) -> Prepared:
-    """Check everything that can be checked without training: chain, files, data, shapes, weights.
-
-    Every problem is raised as a RecipeError at the recipe key that caused it.
-    """
+    """Data and models of a classification recipe, every file and shape checked (a RecipeError at its key)."""
     check_chain(recipe)
     try:
         splits = load_data(recipe.data, recipe.seed)
@@ -97,80 +99,7 @@ def prepare_classify(recipe: Recipe) -> Prepared:
         raise recipe.error_at(str(exc), "data", "path" if recipe.data.path else "source") from None
     teacher = _model_for(recipe, "teacher", splits, seed=recipe.seed)
     student = _model_for(recipe, "student", splits, seed=recipe.seed + 1)  # the scratch baseline starts here too
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in student.modules())
-    for i, st in enumerate(recipe.stages):
-        if st.type == "prune" and st.importance == "bn_scale" and not has_bn:
-            raise recipe.error_at("importance 'bn_scale' needs BatchNorm layers and the student has none; "
-                                  "valid choices for this model: l1, l2, taylor", "stages", i, "importance")
-        if st.type == "prune" and st.head_ratio > 0 and not head_table(student):
-            raise recipe.error_at("'head_ratio' removes attention heads of the built-in transformers (arch: transformer or text_transformer), "
-                                  "and the student has none; drop head_ratio", "stages", i, "head_ratio")
-        if st.type == "prune" and st.layer_ratios:
-            from compress.stages.prune import layer_ratio_problem
-
-            problem = layer_ratio_problem(student, st, splits.input_shape)
-            if problem:
-                raise recipe.error_at(problem[1], "stages", i, "layer_ratios", problem[0])
-    _check_losses(recipe, teacher, student, splits.input_shape, splits.num_classes)
     return Prepared(splits, teacher.eval(), recipe.teacher.weights is not None, student)
-
-
-def _check_losses(recipe: Recipe, teacher: torch.nn.Module, student: torch.nn.Module, input_shape,
-                  num_classes: int) -> None:
-    """Every stage's ``loss`` list: layer names exist, shapes can be projected (one forward pass each, no training)."""
-    from compress.losses.combine import build_terms
-
-    for i, st in enumerate(recipe.stages):
-        _check_teachers(recipe, i, st, teacher, input_shape)
-        _check_chain_models(recipe, i, st, input_shape, num_classes)
-        if not getattr(st, "loss", None):
-            continue
-        # the student's teachers: the recipe's (or the last assistant), and itself for born-again generations
-        first = teacher
-        for spec in getattr(st, "chain", None) or []:
-            torch.manual_seed(recipe.seed)
-            first = spec.build(input_shape, num_classes).eval()
-        teachers = [first] + ([student] if getattr(st, "generations", 1) > 1 else [])
-        for t in teachers:
-            build_terms(st.loss, t, student, input_shape,
-                        {"temperature": st.temperature, "alpha": st.alpha}, at=("stages", i, "loss"), recipe=recipe)
-
-
-def _check_chain_models(recipe: Recipe, i: int, st, input_shape, num_classes: int) -> None:
-    """Every ``chain`` step builds and gives one score per class (a bad factory fails here, not mid-run)."""
-    for j, spec in enumerate(getattr(st, "chain", None) or []):
-        try:
-            spec.build(input_shape, num_classes)
-        except ModelError as exc:
-            raise recipe.error_at(str(exc), "stages", i, "chain", j) from None
-
-
-def _check_teachers(recipe: Recipe, i: int, st, teacher: torch.nn.Module, input_shape) -> None:
-    """A ``teachers`` list: every member loads and gives one score per class; no layers asked of an ensemble."""
-    sources = getattr(st, "teachers", None)
-    if not sources or (len(sources) == 1 and sources[0].is_recipe):
-        return
-    from compress.teachers import member_logits
-
-    splits = load_data(recipe.data, recipe.seed)
-    ctx = Context(recipe=recipe, splits=splits, teacher=teacher, out_dir=Path("."), quiet=True)
-    for j, src in enumerate(sources):
-        try:
-            out = member_logits(src, ctx, np.zeros((2, *input_shape), np.float32)) if not src.logits else member_logits(src, ctx)
-        except CompressError as exc:
-            raise recipe.error_at(str(exc), "stages", i, "teachers", j) from None
-        except Exception as exc:  # onnxruntime and factories raise their own types
-            raise recipe.error_at(f"{src.describe()}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                                  "stages", i, "teachers", j) from None
-        if out.ndim != 2 or out.shape[1] != splits.num_classes:
-            raise recipe.error_at(f"{src.describe()} gives outputs of shape {tuple(out.shape)}; expected "
-                                  f"{splits.num_classes} class scores per sample", "stages", i, "teachers", j)
-    for j, entry in enumerate(getattr(st, "loss", None) or []):
-        if getattr(entry, "pairs", None) or getattr(entry, "teacher", None):
-            kinds = ", ".join(s.describe() for s in sources)
-            raise recipe.error_at(f"loss '{entry.kind}' reads teacher layers, but this stage's teachers ({kinds}) give "
-                                  "only outputs (a black box or an ensemble has no layers to read); use hinton, kl, "
-                                  "mse, or rkd without layer names", "stages", i, "loss", j)
 
 
 def _model_for(recipe: Recipe, role: str, splits: Splits, seed: int) -> torch.nn.Module:
@@ -193,7 +122,7 @@ def validate(recipe, output: str | Path | None = None) -> list[str]:
     """What a run would do, as lines; raises the first problem found. Trains and writes nothing."""
     target = output_dir(recipe, output)
     task = task_of(recipe)
-    lines = [f"output: {target}", *task.validate(recipe, task.prepare(recipe))]
+    lines = [f"output: {target}", *task.validate(recipe, prepare(recipe))]
     produced, specs = "torch", stages_for(recipe.task)
     for i, st in enumerate(recipe.stages):
         lines.append(f"stage {i + 1}: {st.type} ({produced} -> {specs[st.type].produces})")
@@ -242,18 +171,18 @@ def train_cached(cache: Cache, key: str, model: torch.nn.Module, splits: Splits,
     return cached_model(cache, "weights", key, model, make, desc=desc, quiet=quiet)
 
 
-def _scratch_budget(recipe: Recipe) -> dict | None:
+def scratch_budget(recipe: Recipe) -> dict | None:
     """Same architecture, same number of training epochs as the student gets over the whole chain, with the first
     training stage's learning rate, batch size, weight decay and augmentation (the same treatment)."""
-    trained = [st for st in recipe.stages if STAGES[st.type].trains]
+    trained = [(st, STAGES[st.type]) for st in recipe.stages if STAGES[st.type].trains]
     if recipe.baseline == "none" or not trained:
         return None
     # Student-sized training epochs: born-again generations and mutual peers each count (equal compute).
-    budget = {"epochs": sum(st.student_epochs() if hasattr(st, "student_epochs") else st.epochs for st in trained), "lr": trained[0].lr, "batch_size": trained[0].batch_size,
-              "weight_decay": trained[0].weight_decay}
-    augment = getattr(trained[0], "augment", None)
-    if augment is not None:  # only when set: the cache keys of recipes without it stay as they were
-        budget["augment"] = augment.model_dump()
+    first = trained[0][0]
+    budget = {"epochs": sum(spec.student_epochs(st) if spec.student_epochs else st.epochs for st, spec in trained),
+              "lr": first.lr, "batch_size": first.batch_size, "weight_decay": first.weight_decay}
+    if (augment := first.augmentation()) is not None:  # only when set: cache keys without it stay as they were
+        budget["augment"] = augment
     return budget
 
 
@@ -737,7 +666,7 @@ class ClassifyTask:
             "spec": describe_spec(recipe.teacher.model), **info, **({"bn_recalibrated": why} if why else {})})
 
     def scratch(self, recipe: Recipe, prep: Prepared, cache: Cache, quiet: bool) -> Artifact | None:
-        budget = _scratch_budget(recipe)
+        budget = scratch_budget(recipe)
         if not budget:
             return None
         key = cache_key("scratch", recipe.student.model.model_dump(), budget, recipe.seed, prep.splits.fingerprint)

@@ -28,7 +28,7 @@ from compress.errors import ChainError, RecipeError
 from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES, stages_for
 
-__all__ = ["Recipe", "load_recipe", "parse_recipe", "DataConfig", "ModelSpec", "TrainConfig", "check_chain"]
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "DataConfig", "ModelSpec", "TrainConfig", "check_chain", "fmt_path"]
 
 
 IMAGE_SOURCES = ("digits", "imagefolder")  # sources whose size and channels a recipe can choose

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from compress.errors import ModelError
 from compress.models.spec import ModelSpec
 
-__all__ = ["TeacherSource", "ensemble_logits"]
+__all__ = ["TeacherSource", "ensemble_logits", "member_logits"]
 
 
 class TeacherSource(BaseModel):

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from compress import stages as _stages  # noqa: F401  (registers every stage)
-from compress.config import RecipeBase, SplitConfig, Strict, check_chain, fmt_path
+from compress.config import RecipeBase, SplitConfig, Strict, check_chain
 from compress.lm.spec import LMModelSpec
 from compress.stages.base import stages_for
 
@@ -109,7 +109,6 @@ class LMRecipe(RecipeBase):
                                 "stages", chains[0], "chain")
         if len(chains) > 1:
             raise self.error_at("only one distill stage can carry a 'chain'", "stages", chains[1], "chain")
-        prune = types.index("prune") if "prune" in types else None
         for path, spec, cfg in model_specs(self):
             if spec.hf is None:
                 continue
@@ -121,19 +120,11 @@ class LMRecipe(RecipeBase):
             if getattr(cfg, "weights", None) is not None:
                 raise self.error_at("'weights' is for arch: gpt; an hf model's weights are the *.safetensors in its "
                                     "folder", *path[:-1], "weights")
-            if prune is not None and path[0] in ("assistants", "student"):  # chain steps are distilled, never pruned
-                raise self.error_at(f"stage 'prune' slices heads and MLP units of the built-in GPT; "
-                                    f"{fmt_path(path[:-1])} is an hf model, which prune does not handle (use arch: gpt "
-                                    "or drop the prune stage)", "stages", prune)
         t = self.teacher.model
         for path, spec, _ in model_specs(self)[1:]:
             if spec.context != t.context:
                 raise self.error_at(f"context {spec.context} differs from the teacher's ({t.context}); distillation "
                                     "compares them window by window, so they must match", *path, "context")
-        for i, st in enumerate(self.stages):
-            if st.type == "distill" and st.level != "token" and st.sequence.prompt >= t.context:
-                raise self.error_at(f"prompt ({st.sequence.prompt}) must be shorter than the context ({t.context})",
-                                    "stages", i, "sequence", "prompt")
         if self.bench.prompt + self.bench.new_tokens + 1 > t.context:
             raise self.error_at(f"prompt + new_tokens ({self.bench.prompt} + {self.bench.new_tokens}) must fit the "
                                 f"context ({t.context}) with one token to spare", "bench")

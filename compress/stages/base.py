@@ -1,17 +1,19 @@
-"""The stage registry: a stage is a frozen config class plus one function over artifacts, registered for the
-tasks it serves (``classify``, ``lm``). Adding a stage is one file and one import in compress/stages/__init__.py."""
+"""The stage registry: a stage is a frozen config class plus one function over artifacts, and the rules it owns,
+registered for the tasks it serves (``classify``, ``lm``). Adding a stage is one file and one import in
+compress/stages/__init__.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from compress.artifact import Artifact
+    from compress.errors import RecipeError
 
-__all__ = ["StageConfig", "StageSpec", "STAGES", "REGISTRY", "TASKS", "register_stage", "stages_for"]
+__all__ = ["StageConfig", "StageSpec", "CheckContext", "STAGES", "REGISTRY", "TASKS", "register_stage", "stages_for"]
 
 TASKS = ("classify", "lm")
 
@@ -22,16 +24,38 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     type: str
 
+    def augmentation(self) -> dict | None:
+        """The training augmentation a training stage applies (the scratch baseline copies the first one's)."""
+        return None
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What a stage's ``check`` sees (``compress validate`` and ``pipeline.prepare``, before any compute): the
+    recipe, the stage's position, and what the task prepared (``teacher``, ``student``, ``splits``)."""
+
+    recipe: Any
+    index: int  # the stage's position in recipe.stages
+    teacher: Any
+    student: Any
+    splits: Any
+
+    def error(self, message: str, *keys) -> RecipeError:
+        """A RecipeError at ``stages[index].<keys>`` (file and line of the key)."""
+        return self.recipe.error_at(message, "stages", self.index, *keys)
+
 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
     config: type[StageConfig]
-    fn: Callable[["Artifact", StageConfig, object], "Artifact"]
+    fn: Callable[["Artifact", StageConfig, Any], "Artifact"]
     accepts: frozenset[str]
     produces: str
     trains: bool  # consumes training budget; counted into the scratch baseline's budget
-    tasks: frozenset[str] = frozenset({"classify"})
+    tasks: tuple[str, ...] = ("classify",)
+    check: Callable[[StageConfig, CheckContext], None] | None = None  # raises ctx.error(...) for a bad config
+    student_epochs: Callable[[StageConfig], int] | None = None  # epochs on student-sized models; None: cfg.epochs
     # A branch stage right after another branch stage takes that stage's input, not its output: several sit
     # side by side on one model (the LM's INT8 and INT4 files of one fp32 export), each keyed by that input.
     branches: bool = False
@@ -48,7 +72,7 @@ def stages_for(task: str) -> dict[str, StageSpec]:
 
 
 def register_stage(config: type[StageConfig], *, accepts: set[str], produces: str, trains: bool = False,
-                   tasks: tuple[str, ...] = ("classify",), branches: bool = False):
+                   tasks: tuple[str, ...] = ("classify",), check=None, student_epochs=None, branches: bool = False):
     """Register ``fn`` under the literal value of ``config.type`` for each of ``tasks``; a duplicate raises."""
     name = config.model_fields["type"].annotation.__args__[0]
 
@@ -57,8 +81,8 @@ def register_stage(config: type[StageConfig], *, accepts: set[str], produces: st
             if name in REGISTRY[task]:
                 raise ValueError(f"stage {name!r} is registered twice for task {task!r} "
                                  f"({REGISTRY[task][name].fn.__module__} and {fn.__module__})")
-            REGISTRY[task][name] = StageSpec(name, config, fn, frozenset(accepts), produces, trains,
-                                             frozenset(tasks), branches)
+            REGISTRY[task][name] = StageSpec(name, config, fn, frozenset(accepts), produces, trains, tuple(tasks),
+                                             check, student_epochs, branches)
         return fn
 
     return wrap

@@ -14,19 +14,22 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
+import numpy as np
+import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from compress.artifact import Artifact
+from compress.errors import CompressError, ModelError, StageError
 from compress.losses import hinton_kd_loss
 from compress.losses.combine import Objective, build_terms, loss_union
 from compress.losses.mutual import Peers, mutual_loss
 from compress.models.spec import ModelSpec
 from compress.teachers import TeacherSource, ensemble_logits
-from compress.stages.base import StageConfig, register_stage
+from compress.stages.base import CheckContext, StageConfig, register_stage
 from compress.training import fit
 
 __all__ = ["DistillConfig", "KDOptions", "ChainModel", "AugmentConfig", "augmenter", "distill", "kd_train", "kd_loss_fn",
-           "online_kd_loss_fn", "LossList", "loss_fit_kwargs"]
+           "online_kd_loss_fn", "LossList", "loss_fit_kwargs", "check_kd"]
 
 LossList = list[loss_union()]  # type: ignore[misc]
 
@@ -63,8 +66,6 @@ class AugmentConfig(BaseModel):
 
 def _shift(x, k, dim: int):
     """``x`` with sample b moved by ``k[b]`` positions along ``dim``; positions moved in from outside are 0."""
-    import torch
-
     n = x.shape[dim]
     pos = torch.arange(n)[None, :] - k[:, None]  # source position of each output position, per sample
     shape = [x.shape[0]] + [1] * (x.dim() - 1)
@@ -78,12 +79,9 @@ def augmenter(cfg: AugmentConfig | None, input_shape):
     signals C x L or images C x H x W; flat N x F features (and byte text) can only take noise."""
     if cfg is None or (cfg.shift == 0 and cfg.noise == 0):
         return None
-    from compress.errors import StageError
-
     if cfg.shift and len(input_shape) not in (2, 3):
         raise StageError(f"augment.shift moves signals (C x L) or images (C x H x W) along their axes; this data's "
                          f"input is {tuple(input_shape)}: use augment.noise only, or no augment")
-    import torch
 
     def augment(x, gen):
         if cfg.shift:
@@ -136,6 +134,9 @@ class KDOptions(StageConfig):
         train one): the scratch baseline gets the same, so that it is compared at equal compute."""
         return self.epochs * self.generations * self.peers
 
+    def augmentation(self) -> dict | None:
+        return None if self.augment is None else self.augment.model_dump()
+
 
 class DistillConfig(KDOptions):
     type: Literal["distill"]
@@ -180,8 +181,6 @@ def kd_loss_fn(ctx, temperature: float, alpha: float):
 
 def online_kd_loss_fn(teacher, temperature: float, alpha: float):
     """Hinton KD with the teacher run on each training batch as the student sees it (augmented), not cached."""
-    import torch
-
     teacher.eval()
 
     def loss(logits, targets, _idx, inputs):
@@ -193,7 +192,57 @@ def online_kd_loss_fn(teacher, temperature: float, alpha: float):
     return loss
 
 
-@register_stage(DistillConfig, accepts={"torch"}, produces="torch", trains=True)
+def check_kd(cfg: KDOptions, ctx: CheckContext) -> None:
+    """Before any compute: every ``teachers`` member loads and gives one score per class, every ``chain`` step
+    builds, and the ``loss`` list's layer names exist and project (one forward pass each, no training)."""
+    shape, classes = ctx.splits.input_shape, ctx.splits.num_classes
+    if cfg.teachers and not (len(cfg.teachers) == 1 and cfg.teachers[0].is_recipe):
+        _check_teachers(cfg, ctx)
+    for j, spec in enumerate(cfg.chain):
+        try:
+            spec.build(shape, classes)
+        except ModelError as exc:
+            raise ctx.error(str(exc), "chain", j) from None
+    if not cfg.loss:
+        return
+    first = ctx.teacher  # the student's teachers: the recipe's (or the last assistant), itself for born-again
+    for spec in cfg.chain:
+        torch.manual_seed(ctx.recipe.seed)
+        first = spec.build(shape, classes).eval()
+    for t in [first] + ([ctx.student] if cfg.generations > 1 else []):
+        build_terms(cfg.loss, t, ctx.student, shape, {"temperature": cfg.temperature, "alpha": cfg.alpha},
+                    at=("stages", ctx.index, "loss"), recipe=ctx.recipe)
+
+
+def _check_teachers(cfg: KDOptions, ctx: CheckContext) -> None:
+    """A ``teachers`` list: every member gives one score per class; no layers asked of an ensemble."""
+    from pathlib import Path
+
+    from compress.context import Context
+    from compress.teachers import member_logits
+
+    splits = ctx.splits
+    run_ctx = Context(recipe=ctx.recipe, splits=splits, teacher=ctx.teacher, out_dir=Path("."), quiet=True)
+    for j, src in enumerate(cfg.teachers):
+        try:
+            out = member_logits(src, run_ctx, None if src.logits else np.zeros((2, *splits.input_shape), np.float32))
+        except CompressError as exc:
+            raise ctx.error(str(exc), "teachers", j) from None
+        except Exception as exc:  # onnxruntime and factories raise their own types
+            raise ctx.error(f"{src.describe()}: {type(exc).__name__}: {str(exc).splitlines()[0]}", "teachers", j) from None
+        if out.ndim != 2 or out.shape[1] != splits.num_classes:
+            raise ctx.error(f"{src.describe()} gives outputs of shape {tuple(out.shape)}; expected "
+                            f"{splits.num_classes} class scores per sample", "teachers", j)
+    for j, entry in enumerate(cfg.loss or []):
+        if getattr(entry, "pairs", None) or getattr(entry, "teacher", None):
+            kinds = ", ".join(s.describe() for s in cfg.teachers)
+            raise ctx.error(f"loss '{entry.kind}' reads teacher layers, but this stage's teachers ({kinds}) give "
+                            "only outputs (a black box or an ensemble has no layers to read); use hinton, kl, "
+                            "mse, or rkd without layer names", "loss", j)
+
+
+@register_stage(DistillConfig, accepts={"torch"}, produces="torch", trains=True, check=check_kd,
+                student_epochs=DistillConfig.student_epochs)
 def distill(art: Artifact, cfg: DistillConfig, ctx) -> Artifact:
     art, init_info = _maybe_init_from_teacher(art, cfg, ctx)
     out = kd_train(art, cfg, ctx, "distill")
@@ -266,8 +315,6 @@ def _maybe_init_from_teacher(art: Artifact, cfg: DistillConfig, ctx) -> tuple[Ar
 
 def _assistant_chain(cfg: KDOptions, ctx):
     """Train each chain step by Hinton KD from the one before; return the context whose teacher is the last."""
-    import torch
-
     teacher_ctx, chain = ctx, []
     for j, spec in enumerate(cfg.chain):
         torch.manual_seed(ctx.recipe.seed + ctx.stage_index + 500 + j)

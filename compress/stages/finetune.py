@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from compress.artifact import Artifact
 from compress.stages.base import register_stage
-from compress.stages.distill import KDOptions, augmenter, kd_train
+from compress.stages.distill import KDOptions, augmenter, check_kd, kd_train
 from compress.stages.train import cross_entropy
 from compress.training import fit
 
@@ -40,7 +40,8 @@ class FinetuneConfig(KDOptions):
         return super().student_epochs() if self.distill else self.epochs
 
 
-@register_stage(FinetuneConfig, accepts={"torch"}, produces="torch", trains=True)
+@register_stage(FinetuneConfig, accepts={"torch"}, produces="torch", trains=True, check=check_kd,
+                student_epochs=FinetuneConfig.student_epochs)
 def finetune(art: Artifact, cfg: FinetuneConfig, ctx) -> Artifact:
     if cfg.distill:
         out = kd_train(art, cfg, ctx, "finetune")

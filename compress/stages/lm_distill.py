@@ -60,7 +60,13 @@ def distill_into(ctx, what: str, model, tutor, tutor_key: str, key: str, cfg) ->
     return model, {**info, **({"sequence_data": seq_info} if seq_info else {})}
 
 
-@register_stage(LMDistillConfig, accepts={"torch"}, produces="torch", trains=True, tasks=("lm",))
+def check(cfg: LMDistillConfig, ctx) -> None:
+    context = ctx.recipe.teacher.model.context
+    if cfg.level != "token" and cfg.sequence.prompt >= context:
+        raise ctx.error(f"prompt ({cfg.sequence.prompt}) must be shorter than the context ({context})", "sequence", "prompt")
+
+
+@register_stage(LMDistillConfig, accepts={"torch"}, produces="torch", trains=True, tasks=("lm",), check=check)
 def distill(art: Artifact, cfg: LMDistillConfig, ctx) -> Artifact:
     tutor, tutor_key, chain, made = ctx.teacher, ctx.teacher_key, [], []
     for j, spec in enumerate(cfg.chain):  # teacher -> chain[0] -> ... -> the student

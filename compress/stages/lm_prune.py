@@ -27,7 +27,16 @@ class LMPruneConfig(StageConfig):
         return self
 
 
-@register_stage(LMPruneConfig, accepts={"torch"}, produces="torch", tasks=("lm",))
+def check(cfg: LMPruneConfig, ctx) -> None:
+    """Prune slices the built-in GPT; the models it runs on (the student, every top-level assistant) must be one."""
+    r = ctx.recipe
+    for name, spec in [("student", r.student.model), *[(f"assistants[{i}]", a.model) for i, a in enumerate(r.assistants)]]:
+        if spec.hf is not None:
+            raise ctx.error(f"stage 'prune' slices heads and MLP units of the built-in GPT; {name} is an hf model, "
+                            "which prune does not handle (use arch: gpt or drop the prune stage)")
+
+
+@register_stage(LMPruneConfig, accepts={"torch"}, produces="torch", tasks=("lm",), check=check)
 def prune(art: Artifact, cfg: LMPruneConfig, ctx) -> Artifact:
     from compress.lm.prune import prune_gpt
 

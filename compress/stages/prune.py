@@ -51,11 +51,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from compress.artifact import Artifact
-from compress.stages.base import StageConfig, register_stage
+from compress.stages.base import CheckContext, StageConfig, register_stage
 
 __all__ = ["PruneConfig", "PruneTarget", "prune", "count_macs_params", "channel_table", "head_table",
            "output_layers", "recalibrate_bn", "measure_latency", "kept_channels", "layer_ratio_problem",
-           "MAX_EXTRA_CUT"]
+           "MAX_EXTRA_CUT", "check_prune"]
 
 FLOOR_TOLERANCE = 0.03  # two p50s within 3 % are "as fast" (run-to-run drift on a shared machine is ~4 %)
 MAX_EXTRA_CUT = 0.1  # rounding may remove at most this much more of a layer than its asked ratio
@@ -350,7 +350,20 @@ def _pruner(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, ratio: fl
     return pruner, asked
 
 
-@register_stage(PruneConfig, accepts={"torch"}, produces="torch")
+def check_prune(cfg: PruneConfig, ctx: CheckContext) -> None:
+    """Before any compute: the student has what ``importance``, ``head_ratio`` and ``layer_ratios`` ask for."""
+    if cfg.importance == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ctx.student.modules()):
+        raise ctx.error("importance 'bn_scale' needs BatchNorm layers and the student has none; "
+                        "valid choices for this model: l1, l2, taylor", "importance")
+    if cfg.head_ratio > 0 and not head_table(ctx.student):
+        raise ctx.error("'head_ratio' removes attention heads of the built-in transformers (arch: transformer or "
+                        "text_transformer), and the student has none; drop head_ratio", "head_ratio")
+    problem = layer_ratio_problem(ctx.student, cfg, ctx.splits.input_shape)
+    if problem:
+        raise ctx.error(problem[1], "layer_ratios", problem[0])
+
+
+@register_stage(PruneConfig, accepts={"torch"}, produces="torch", check=check_prune)
 def prune(art: Artifact, cfg: PruneConfig, ctx) -> Artifact:
     from compress.errors import StageError
 

@@ -9,7 +9,7 @@ import torch
 from compress.artifact import Artifact
 from compress.errors import RecipeError, StageError
 from compress.models.zoo import cnn
-from compress.pipeline import _scratch_budget
+from compress.pipeline import scratch_budget
 from compress.recipe import parse_recipe
 from compress.stages import STAGES
 from compress.stages.distill import AugmentConfig, augmenter
@@ -112,10 +112,10 @@ def test_teacher_runs_on_the_augmented_batches(make_ctx):
 def test_scratch_gets_the_same_augmentation():
     r = parse_recipe(recipe({"type": "distill", "epochs": 3, "lr": 0.01, "augment": {"shift": 2, "noise": 0.1}},
                             {"type": "finetune", "epochs": 1, "distill": True}))
-    assert _scratch_budget(r) == {"epochs": 4, "lr": 0.01, "batch_size": 64, "weight_decay": 0.0,
+    assert scratch_budget(r) == {"epochs": 4, "lr": 0.01, "batch_size": 64, "weight_decay": 0.0,
                                   "augment": {"shift": 2, "noise": 0.1}}
     plain = parse_recipe(recipe({"type": "distill", "epochs": 3}))
-    assert "augment" not in _scratch_budget(plain)  # recipes without it keep their cache keys
+    assert "augment" not in scratch_budget(plain)  # recipes without it keep their cache keys
 
 
 def test_scratch_is_trained_with_the_augmentation(monkeypatch, tmp_path, splits):

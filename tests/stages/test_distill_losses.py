@@ -312,12 +312,12 @@ def test_finetune_kd_keys_need_distill(keys, words):
 
 
 def test_scratch_budget_counts_every_student_sized_model_trained():
-    from compress.pipeline import _scratch_budget
+    from compress.pipeline import scratch_budget
 
     r = parse_recipe(recipe({"type": "distill", "epochs": 5, "generations": 3}, {"type": "prune", "ratio": 0.3},
                             {"type": "finetune", "epochs": 2, "distill": True, "peers": 2},
                             {"type": "finetune", "epochs": 1, "chain": [{"arch": "cnn"}], "distill": True}))
-    assert _scratch_budget(r)["epochs"] == 5 * 3 + 2 * 2 + 1
+    assert scratch_budget(r)["epochs"] == 5 * 3 + 2 * 2 + 1
 
 
 def test_loss_layers_are_checked_against_every_teacher_of_the_student():

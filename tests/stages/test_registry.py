@@ -86,3 +86,67 @@ def test_stage_smoke(name, trained_cnn, as_artifact, make_ctx, splits, tmp_path)
     if spec.trains:
         # one epoch was asked for
         assert out.info.get("best_epoch") == 1
+
+
+def test_stages_own_their_checks_and_tasks():
+    assert all(spec.tasks == ("classify",) for spec in STAGES.values())
+    assert STAGES["prune"].check is not None and STAGES["distill"].check is STAGES["finetune"].check
+    assert STAGES["export"].check is None and STAGES["train"].student_epochs is None
+
+
+def test_a_stage_check_runs_in_prepare_and_names_its_key(monkeypatch, tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from compress.errors import RecipeError
+    from compress.pipeline import validate
+    from compress.recipe import load_recipe
+    from compress.stages.base import register_stage
+    from conftest import MINIMAL_RECIPE
+
+    seen = []
+
+    def check(cfg, ctx):
+        seen.append((cfg.type, ctx.index, ctx.splits.num_classes, isinstance(ctx.student, torch.nn.Module)))
+        raise ctx.error("no export today", "format")
+
+    monkeypatch.setitem(STAGES, "export", dataclasses.replace(STAGES["export"], check=check))
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL_RECIPE, "stages": [{"type": "export", "format": ["onnx"]}]},
+                                   sort_keys=False))
+    with pytest.raises(RecipeError) as err:
+        validate(load_recipe(path), output=tmp_path / "out")
+    assert seen == [("export", 0, 10, True)]
+    line = path.read_text().splitlines().index("  format:") + 1
+    assert str(err.value) == f"{path}:{line}: stages[0].format: no export today"
+
+    # register_stage stores tasks, check and student_epochs on the spec
+    monkeypatch.delitem(STAGES, "train")
+    from compress.stages.train import TrainStageConfig
+
+    register_stage(TrainStageConfig, accepts={"torch"}, produces="torch", trains=True, tasks=("lm",), check=check,
+                   student_epochs=lambda cfg: 7)(lambda a, c, x: a)
+    spec = STAGES["train"]
+    assert (spec.tasks, spec.check, spec.student_epochs(None)) == (("lm",), check, 7)
+
+
+def test_the_scratch_budget_counts_each_stage_s_student_epochs(monkeypatch):
+    import dataclasses
+
+    from compress.pipeline import scratch_budget
+    from compress.recipe import parse_recipe
+    from conftest import MINIMAL_RECIPE
+
+    r = parse_recipe({**MINIMAL_RECIPE, "stages": [{"type": "train", "epochs": 3, "lr": 0.01},
+                                                   {"type": "distill", "epochs": 2, "generations": 2},
+                                                   {"type": "export"}]})
+    assert scratch_budget(r) == {"epochs": 3 + 4, "lr": 0.01, "batch_size": 64, "weight_decay": 0.0}
+    monkeypatch.setitem(STAGES, "train", dataclasses.replace(STAGES["train"], student_epochs=lambda cfg: 10 * cfg.epochs))
+    assert scratch_budget(r)["epochs"] == 30 + 4
+
+
+def test_the_pipeline_asks_stages_instead_of_probing_them():
+    source = (Path(__file__).resolve().parents[2] / "compress" / "pipeline.py").read_text()
+    for probe in ("st.type ==", "getattr(st", "hasattr(st"):
+        assert probe not in source, f"compress/pipeline.py probes stage configs ({probe!r}): use a StageSpec hook"

@@ -105,7 +105,7 @@ POP = textwrap.dedent("""
         for t in waiting:
             if store.pop(study, t.number) is not None:
                 got.append(t.number)
-                time.sleep(0.002)  # a worker builds between claims: let the other one claim too
+                time.sleep(0.02)  # a worker builds between claims: let the other one claim too (even on a busy machine)
                 break
     print(json.dumps(got))
 """)

@@ -15,6 +15,7 @@ from compress.errors import RecipeError  # noqa: E402
 from compress.lm import hf as lmhf  # noqa: E402
 from compress.lm import onnx as lmonnx  # noqa: E402
 from compress.lm.model import generate  # noqa: E402
+from compress.pipeline import validate  # noqa: E402
 from compress.recipe import load_recipe  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()
@@ -176,9 +177,14 @@ def test_hf_rules(tmp_path, monkeypatch):
     gpt2_folder(tmp_path / "m")
     msg = _error(tmp_path, teacher="{hf: m, width: 64, context: 32}")
     assert "teacher.model" in msg and "width come from the folder's config.json with 'hf:'" in msg
-    msg = _error(tmp_path, student="{hf: m, context: 32}", extra="  - {type: prune, heads: 0.5}\n")
-    assert msg.startswith("r.yaml:9: stages[1]: stage 'prune' slices heads and MLP units of the built-in GPT; "
-                          "student is an hf model")
+    # prune's own rule (its StageSpec.check), run by compress validate before any compute
+    p = tmp_path / "r.yaml"
+    p.write_text(BASE.format(teacher="{hf: m, context: 32}", student="{hf: m, context: 32}",
+                             extra="  - {type: prune, heads: 0.5}\n"))
+    with pytest.raises(RecipeError) as info:
+        validate(load_recipe(p), output=tmp_path / "out")
+    assert str(info.value).replace(str(tmp_path) + "/", "").startswith(
+        "r.yaml:9: stages[1]: stage 'prune' slices heads and MLP units of the built-in GPT; student is an hf model")
     monkeypatch.setattr(lmhf, "have_transformers", lambda: False)
     assert _error(tmp_path) == ("r.yaml:4: teacher.model.hf: model: {hf: ...} needs the optional package "
                                 "'transformers': pip install 'compress[hf]'")

@@ -182,3 +182,17 @@ def test_int4_settings_auto_has_a_default_budget_and_is_int4_only(tmp_path):
     msg = _error(tmp_path, GOOD.replace("mode: int4_weight_only, block_size: 64}", "mode: int8_dynamic, accuracy_level: auto}"))
     assert msg == ("r.yaml:10: stages[2].accuracy_level: accuracy_level auto chooses MatMulNBits settings, for mode "
                    "int4_weight_only; mode int8_dynamic has none (got 'auto')")
+
+
+def test_a_sequence_prompt_longer_than_the_context_is_the_distill_stage_s_own_rule(tmp_path, lm_docs):
+    """compress/stages/lm_distill.py's StageSpec.check, run by compress validate before any compute."""
+    from compress.pipeline import validate
+
+    lm_docs()
+    p = tmp_path / "r.yaml"
+    p.write_text(GOOD.replace("{type: distill, steps: 5}", "{type: distill, steps: 5, level: both, sequence: {prompt: 40}}")
+                 .replace("task: lm\n", "task: lm\ndata: {source: text, path: docs, max_bytes: 100000}\n"))
+    with pytest.raises(RecipeError) as info:
+        validate(load_recipe(p), output=tmp_path / "out")
+    assert str(info.value).replace(str(p), "r.yaml") == (
+        "r.yaml:9: stages[0].sequence.prompt: prompt (40) must be shorter than the context (32)")

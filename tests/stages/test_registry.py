@@ -121,14 +121,19 @@ def test_a_stage_check_runs_in_prepare_and_names_its_key(monkeypatch, tmp_path):
     line = path.read_text().splitlines().index("  format:") + 1
     assert str(err.value) == f"{path}:{line}: stages[0].format: no export today"
 
-    # register_stage stores tasks, check and student_epochs on the spec
-    monkeypatch.delitem(STAGES, "train")
+    # register_stage stores tasks, check and student_epochs on the spec, in the registry of each task it names
+    from compress.stages.base import REGISTRY, stages_for
     from compress.stages.train import TrainStageConfig
 
-    register_stage(TrainStageConfig, accepts={"torch"}, produces="torch", trains=True, tasks=("lm",), check=check,
-                   student_epochs=lambda cfg: 7)(lambda a, c, x: a)
-    spec = STAGES["train"]
-    assert (spec.tasks, spec.check, spec.student_epochs(None)) == (("lm",), check, 7)
+    monkeypatch.setitem(REGISTRY, "classify", {k: v for k, v in STAGES.items() if k != "train"})
+    monkeypatch.setitem(REGISTRY, "lm", dict(REGISTRY["lm"]))
+    register_stage(TrainStageConfig, accepts={"torch"}, produces="torch", trains=True, tasks=("classify", "lm"),
+                   check=check, student_epochs=lambda cfg: 7)(lambda a, c, x: a)
+    spec = stages_for("lm")["train"]
+    assert (spec.tasks, spec.check, spec.student_epochs(None)) == (("classify", "lm"), check, 7)
+    assert stages_for("classify")["train"] == spec
+    with pytest.raises(ValueError, match="registered twice for task 'lm'"):
+        register_stage(TrainStageConfig, accepts={"torch"}, produces="torch", tasks=("lm",))(lambda a, c, x: a)
 
 
 def test_the_scratch_budget_counts_each_stage_s_student_epochs(monkeypatch):

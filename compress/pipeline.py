@@ -346,12 +346,22 @@ def stage_key(recipe, fingerprint: str, i: int, input_key: str, teacher: str) ->
 
 
 def chain_keys(recipe, prep) -> list[str]:
-    """Every stage's cache key, computed without running anything (a stage's output key is its key)."""
+    """Every stage's cache key of the student's chain, computed without running anything (a stage's output key is
+    its key; a top-level assistant chain, as ``build`` runs it, makes the student's tutor)."""
     task = task_of(recipe)
-    t_key, keys = task.teacher_key(recipe, prep), []
-    walk = _Chain(recipe, task.student_key(recipe, prep))
-    for i in range(len(recipe.stages)):
-        keys.append(stage_key(recipe, prep.fingerprint, i, walk.input_key(i), t_key))
+    tutor = task.teacher_key(recipe, prep)
+    for j, assistant in enumerate(task.assistants(recipe, prep)):
+        keys = _keys(recipe, prep, assistant.key, tutor, torch_only=True)
+        tutor = cache_key("assistant-id", tutor, j, keys[-1] if keys else assistant.key)
+    return _keys(recipe, prep, task.student_key(recipe, prep), tutor)
+
+
+def _keys(recipe, prep, start: str, tutor: str, torch_only: bool = False) -> list[str]:
+    walk, keys, specs = _Chain(recipe, start), [], stages_for(recipe.task)
+    for i, st in enumerate(recipe.stages):
+        if torch_only and specs[st.type].produces != "torch":
+            break
+        keys.append(stage_key(recipe, prep.fingerprint, i, walk.input_key(i), tutor))
         walk.done(i, keys[-1])
     return keys
 

@@ -501,3 +501,20 @@ def test_nproc_2_trains_an_lm_recipe_like_one_process(tmp_path, lm_docs):
     assert list(reports[1]) == list(reports[2]) == ["teacher", "scratch", "01_distill", "02_export", "final"]
     for name, m in reports[1].items():  # float summation order differs between 1 and 2 processes, nothing else
         assert reports[2][name]["bits_per_byte"] == pytest.approx(m["bits_per_byte"], abs=1e-3), name
+
+
+def test_chain_keys_are_the_keys_the_build_uses_with_assistants_and_branches(tmp_path, lm_docs):
+    """compress search tells models apart by pipeline.chain_keys: they must be the stage keys the run stores."""
+    from compress.cache import Cache, StageCache
+
+    path = _small(tmp_path, lm_docs, SMALL.replace(
+        "student:", "assistants:\n  - model: {arch: gpt, width: 12, layers: 1, heads: 2, context: 16}\nstudent:").replace(
+        "  - {type: distill, steps: 2, batch_size: 4}",
+        "  - {type: distill, steps: 2, batch_size: 4}\n  - {type: export}\n  - {type: quantize, mode: int8_dynamic}\n"
+        "  - {type: quantize, mode: int4_weight_only}"))
+    recipe = load_recipe(path)
+    pipeline.run(recipe, output=tmp_path / "out", quiet=True)
+    keys = pipeline.chain_keys(recipe, pipeline.prepare(recipe))
+    assert len(keys) == 4 and len(set(keys)) == 4
+    cache = Cache(tmp_path / "out" / ".cache")
+    assert all(cache.has(StageCache.KIND, k) for k in keys)

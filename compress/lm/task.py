@@ -202,13 +202,7 @@ class LMTask:
 
     @staticmethod
     def fresh(art: Artifact, prep: LMPrepared, seed: int) -> Artifact:
-        """No BatchNorm in a decoder. A Hugging Face model's tied weights (head = embedding) are tied again: one
-        loaded from the stage cache has one Parameter per checkpoint tensor, and untied it would train (and export)
-        as another model than the one a run without the cache makes."""
-        hf = getattr(art.model, "hf", None)
-        if hf is not None and hasattr(hf, "tie_weights"):
-            hf.tie_weights()
-        return art
+        return art  # no BatchNorm in a decoder
 
     @staticmethod
     def export(model, path: Path, prep: LMPrepared) -> None:

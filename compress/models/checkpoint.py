@@ -68,6 +68,9 @@ def load_model_bytes(template: nn.Module, data: bytes, where: str) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - struct, json and safetensors raise their own types
         raise ModelError(f"{where}: unreadable model checkpoint ({exc})") from None
     own = dict(model.named_modules())
+    tied: dict[int, list[str]] = {}  # a parameter shared by two layers (an LM's head and embedding) stays shared
+    for name, p in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(p), []).append(name)
     for key, value in tensors.items():
         mod_name, _, attr = key.rpartition(".")
         mod = own.get(mod_name)
@@ -79,6 +82,11 @@ def load_model_bytes(template: nn.Module, data: bytes, where: str) -> nn.Module:
             mod._buffers[attr] = value
         else:
             raise ModelError(f"{where}: tensor {key} does not exist in this architecture")
+    for first, *aliases in (names for names in tied.values() if len(names) > 1):
+        m, _, a = first.rpartition(".")
+        for alias in aliases:
+            am, _, aa = alias.rpartition(".")
+            own[am]._parameters[aa] = own[m]._parameters[a]
     if not isinstance(attrs, dict):
         raise ModelError(f"{where}: unreadable layer attributes")
     for name, values in attrs.items():

@@ -20,6 +20,7 @@ from compress.artifact import Artifact
 from compress.bench import cpu_info
 from compress.cache import Cache, StageCache, cache_key, runtime_files, sha256_file
 from compress import bn, distributed
+from compress import report as reporting
 from compress.context import Context
 from compress.data import Splits, load_data
 from compress.errors import CompressError, DataError, ModelError
@@ -242,8 +243,6 @@ def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, f
 
 def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool, started: float,
          writer: bool) -> dict:
-    from compress import report as reporting
-
     task = task_of(recipe)
     cache = output_cache(out_dir, force)
     if not writer:  # the other ranks train with rank 0 and write nothing of the run (a private scratch folder)
@@ -273,8 +272,6 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool
 
 def report_classify(recipe: Recipe, prep: Prepared, built: Built, run_dir: Path, cache: Cache, quiet: bool) -> dict:
     """Measure every model (and the final one on every runtime) and build the classification report."""
-    from compress import report as reporting
-
     splits = prep.splits
     models, eval_key = measure(recipe, splits, built.measured, cache, quiet=quiet)
     fp32 = fp32_counterpart(built.measured)
@@ -631,23 +628,9 @@ class ClassifyTask:
         x = batch_of(np.zeros((1, *shape), np.float32), batch)
         return {k: r.timer(x) for k, r in runners.items()}
 
-    @staticmethod
-    def markdown(report: dict) -> str:
-        from compress import report as reporting
-
-        return reporting.markdown(report)
-
-    @staticmethod
-    def plot(report: dict, path: Path) -> None:
-        from compress import report as reporting
-
-        reporting.plot(report, path)
-
-    @staticmethod
-    def print_table(report: dict) -> None:
-        from compress import report as reporting
-
-        reporting.print_table(report)
+    markdown = staticmethod(reporting.markdown)  # report.md, report.png and the terminal table
+    plot = staticmethod(reporting.plot)
+    print_table = staticmethod(reporting.print_table)
 
     @staticmethod
     def teacher_key(recipe: Recipe, prep: Prepared) -> str:

@@ -21,6 +21,8 @@ from compress._progress import say
 from compress.artifact import Artifact
 from compress.cache import cache_key, sha256_file
 from compress.errors import ModelError
+from compress import report as reporting
+from compress.lm import report as lmreport
 from compress.lm.context import LMContext, budget_of
 from compress.lm.train import Budget
 from compress.lm.data import TextSplits, eval_windows, load_text
@@ -332,27 +334,10 @@ class LMTask:
     # --- the report ----------------------------------------------------------------------------------------
 
     def report(self, recipe: LMRecipe, prep: LMPrepared, built, run_dir: Path, cache, quiet: bool) -> dict:
-        from compress import report as reporting
-        from compress.lm import report as lmreport
-
         models, extra = self.measure(recipe, prep, built.measured, cache, quiet)
         return reporting.build(recipe, prep.splits.describe(), models, built.stage_log, run_dir, METRIC,
                                **lmreport.sections(models, extra["bench"], extra["samples"]))
 
-    @staticmethod
-    def markdown(report: dict) -> str:
-        from compress.lm.report import markdown
-
-        return markdown(report)
-
-    @staticmethod
-    def plot(report: dict, path: Path) -> None:
-        from compress.lm.report import plot
-
-        plot(report, path)
-
-    @staticmethod
-    def print_table(report: dict) -> None:
-        from compress.lm.report import print_table
-
-        print_table(report)
+    markdown = staticmethod(lmreport.markdown)  # report.md, report.png and the terminal tables
+    plot = staticmethod(lmreport.plot)
+    print_table = staticmethod(lmreport.print_table)

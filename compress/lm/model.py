@@ -1,7 +1,7 @@
 """A small GPT-style decoder (pre-LayerNorm, learned positions, untied head), byte vocabulary.
 
 Attention has explicit ``q``/``k``/``v``/``o`` Linear layers and a per-layer head count, and the MLP a
-per-layer hidden size, so whole heads and hidden units can be sliced out (``compress.lm.prune``) and
+per-layer hidden size, so whole heads and hidden units can be sliced out (``compress.stages.lm_prune``) and
 the decoder can run with a key/value cache (``past`` in, ``present`` out), which the ONNX export keeps.
 """
 

@@ -1,9 +1,9 @@
-"""compress/lm/prune.py: the lowest-norm heads and hidden units go; the rest compute exactly as before."""
+"""compress/stages/lm_prune.py: the lowest-norm heads and hidden units go; the rest compute exactly as before."""
 
 import torch
 
 from compress.lm.model import GPT, GPTConfig
-from compress.lm.prune import head_scores, prune_gpt
+from compress.stages.lm_prune import head_scores, prune_gpt
 
 
 def test_prune_removes_weak_heads_and_units_exactly():

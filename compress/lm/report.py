@@ -9,7 +9,7 @@ from compress.report import md_table as _md_table
 from compress.report import size_text as _size
 from compress.report import stage_details
 
-__all__ = ["sections", "targets", "markdown", "plot", "print_table", "student"]
+__all__ = ["sections", "targets", "slower_notes", "markdown", "plot", "print_table", "student"]
 
 
 def student(models: list[dict]) -> dict | None:
@@ -52,9 +52,26 @@ def targets(models: list[dict], bench: list[dict]) -> list[dict]:
     return out
 
 
+def slower_notes(models: list[dict], bench: list[dict]) -> list[str]:
+    """Every quantized file that decodes slower than the fp32 student's file at 1 thread, with both speeds."""
+    first: dict = {}
+    for m in models:
+        first.setdefault(m["sha256"], m["name"])
+    speed = {r["model"]: r["tokens_per_s"] for r in bench if r["threads"] == 1}
+    fp32 = student(models)
+    base = speed.get(first[fp32["sha256"]]) if fp32 else None
+    out = []
+    for m in models:
+        mine = speed.get(m["name"]) if first[m["sha256"]] == m["name"] else None
+        if base and mine and "mode" in m.get("info", {}) and mine < base:
+            out.append(f"{_label(m)} decodes slower than the fp32 student ({fp32['name']}) at 1 thread: {mine:.0f} vs "
+                       f"{base:.0f} tokens/s ({mine / base:.2f}x), in the same interleaved session.")
+    return out
+
+
 def sections(models: list[dict], bench: list[dict], samples: list[dict]) -> dict:
     """The LM keys of report.json beside the shared ones."""
-    return {"bench": bench, "samples": samples, "targets": targets(models, bench),
+    return {"bench": bench, "samples": samples, "targets": targets(models, bench), "notes": slower_notes(models, bench),
             "metrics": {"bits_per_byte": "mean next-byte cross-entropy in bits on the test split's documents "
                                          "(non-overlapping context windows), from the file itself (onnxruntime)",
                         "perplexity": "per byte, 2 ** bits_per_byte",
@@ -93,6 +110,7 @@ def markdown(report: dict) -> str:
                "measured on the model file itself (onnxruntime); files with the same sha256 are measured once.", "",
              "## Targets", "", _md_table(["target", "measured", "met"],
                                           [[t["target"], t["measured"], "yes" if t["met"] else "**NO**"] for t in report["targets"]]),
+             *(["", "## Notes", "", *[f"- {n}" for n in report.get("notes", [])]] if report.get("notes") else []),
              "", "## Held-out quality (test split)", "", _md_table(*_model_rows(report)), "",
              *[f"- {k}: {v}" for k, v in report["metrics"].items()], ""]
     if report["bench"]:
@@ -167,4 +185,6 @@ def print_table(report: dict) -> None:
     for row in report["targets"]:
         t.add_row(row["target"], row["measured"], "[green]yes[/green]" if row["met"] else "[red]NO[/red]")
     console.print(t)
+    for n in report.get("notes", []):
+        console.print(f"[yellow]note:[/yellow] {n}")
     console.print(f"report: {report['files']['report_md']}")

@@ -11,7 +11,7 @@ report.json, ``schema_version`` 3 (what changed from 2): one schema for every ta
     stage | final`` (its former roles ``student`` and ``onnx`` and names like ``student-int8.onnx`` are gone:
     every model is measured from its own file and named by its stage, ``03_quantize``), ``metric`` is
     ``bits_per_byte`` (lower is better), a stage log entry may name the ``model`` it ran on (an assistant),
-    and its own sections are ``bench`` (generation), ``samples``, ``targets`` and ``metrics``. A classification
+    and its own sections are ``bench`` (generation), ``samples``, ``targets``, ``metrics`` and ``notes``. A classification
     report changed only its ``schema_version``.
 
 report.json, ``schema_version`` 2 (what changed from 1):

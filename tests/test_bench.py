@@ -71,3 +71,18 @@ def test_cli_bench_json_table_and_npz(files, tmp_path, splits):
     assert r.exit_code == 1 and "no runtime loads '.bin' files" in r.output
     r = runner.invoke(cli, ["bench", str(files[0]), "--runtime", "nope"])
     assert r.exit_code == 2
+
+
+def test_cli_bench_names_a_language_model_decoder_instead_of_failing(tmp_path):
+    """A KV-cache decoder (input_ids + past keys/values) is not a one-input model: a clear error, no traceback."""
+    import torch
+
+    from compress.lm.model import GPT, GPTConfig
+    from compress.lm.onnx import export_decoder
+
+    torch.manual_seed(0)
+    path = export_decoder(GPT(GPTConfig(width=16, layers=1, heads=2, context=16)), tmp_path / "lm.onnx")
+    res = CliRunner().invoke(cli, ["bench", str(path)])
+    assert res.exit_code == 1
+    assert "takes 3 inputs (input_ids, past_key_0, past_value_0, ...): a decoder with a key/value cache" in res.output
+    assert "Traceback" not in res.output

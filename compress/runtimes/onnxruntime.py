@@ -47,15 +47,24 @@ class OrtRunner(Runner):
     """An onnxruntime CPU session (any batch size); ``.onnx`` and ``.ort`` files alike."""
 
     def __init__(self, path, threads: int = 1, opt_level: str = "all"):
+        from compress.errors import ModelError
+
         super().__init__(path)
         self.session = session(path, threads=threads, opt_level=opt_level)
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        if len(inputs) > 1:  # a language model's decoder: input_ids and its key/value cache
+            raise ModelError(f"{path} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs[:3])}, ...): a "
+                             "decoder with a key/value cache, not a one-input model; its generation speed is timed by "
+                             "compress run (the report's generation benchmark) and compress check")
+        self.input_name = inputs[0].name
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        from compress.errors import DataError
+
         dims = self.session.get_inputs()[0].shape[1:]
         if not all(isinstance(d, int) for d in dims):
-            raise ValueError(f"{self.path}: input has symbolic non-batch dimensions {dims}; pass data")
+            raise DataError(f"{self.path}: input has symbolic non-batch dimensions {dims}; pass --data")
         return tuple(dims)
 
     def run(self, x: np.ndarray) -> np.ndarray:

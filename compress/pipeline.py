@@ -1,4 +1,7 @@
-"""``check`` + ``run``: the whole chain. Everything that can fail without compute fails in ``prepare``."""
+"""The one pipeline, for every task: ``prepare`` (every check that needs no compute), ``build`` (teacher, scratch
+baseline, assistants and the stages, each from the verified cache when it is there), ``run`` (build, measure,
+report, publish) and ``validate``. What differs between tasks comes from a task adapter (``task_of``):
+``ClassifyTask`` below, ``compress.lm.task.LMTask`` for language models."""
 
 from __future__ import annotations
 
@@ -398,14 +401,14 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
     teacher = task.teacher(recipe, prep, cache, quiet)
     measured: list[dict] = []
 
-    def add(name: str, role: str, art: Artifact, path: Path, info: dict | None = None) -> None:
+    def add(name: str, role: str, art: Artifact, path: Path) -> None:
         if not writer:  # other ranks only train
             return
         if art.format == "torch":
             task.export(art.model, path, prep)
         measured.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
-                         "params": art.params, "macs": art.macs, "lineage": list(art.lineage),
-                         "info": {**(info or {}), **art.info}, "key": art.key})
+                         "params": art.params, "macs": art.macs, "lineage": list(art.lineage), "info": dict(art.info),
+                         "key": art.key})
 
     add("teacher", "teacher", teacher, out_dir / "teacher.onnx")
     scratch = task.scratch(recipe, prep, cache, quiet)

@@ -137,6 +137,8 @@ class _Classify(_Task):
     no_width = ("the student is built by a factory; a search can change the width of a built-in student only "
                 "(student.model.arch: cnn or mlp)")
     columns = ("test acc", "val acc", "p50 b1 (us)")  # the table's quality and latency columns
+    number = ".2%"  # how the table writes the metric
+    plot_scale = 100  # the figure's y: accuracy in %
     quality = "accuracy"  # search.md's figure
     latency = "p50 ms, batch 1, 1 thread, min"
     ylabel = "test accuracy (%)"
@@ -156,11 +158,44 @@ class _Classify(_Task):
 
     @staticmethod
     def probe(path, prep, recipe) -> dict:
-        return _probe(path, prep.splits, recipe.bench)
+        """Validation accuracy and a rough latency of one file: what TPE optimizes and what the budget
+        reserves for the final session. Never reported as the candidate's latency (that comes from the one
+        interleaved session at the end)."""
+        from compress.runtimes.onnxruntime import predict, session
+
+        splits, bench = prep.splits, recipe.bench
+        t0 = time.perf_counter()
+        s = session(path, threads=1)
+        val_acc = float((predict(s, splits.val.x).argmax(1) == splits.val.y).mean())
+        x1 = np.ascontiguousarray(splits.test.x[:1])
+        name = s.get_inputs()[0].name
+        for _ in range(3):
+            s.run(None, {name: x1})
+        t = []
+        for _ in range(7):
+            a = time.perf_counter()
+            s.run(None, {name: x1})
+            t.append(time.perf_counter() - a)
+        setup = time.perf_counter() - t0 - sum(t)
+        reps = -(-bench.batch // len(splits.test.x))
+        xb = np.ascontiguousarray(np.concatenate([splits.test.x] * reps)[:bench.batch])
+        sb = session(path, threads=bench.threads)
+        sb.run(None, {name: xb})
+        a = time.perf_counter()
+        sb.run(None, {name: xb})
+        tb = time.perf_counter() - a
+        return {"val_accuracy": val_acc, "latency_ms": float(np.median(t)) * 1e3, "batch_ms": tb * 1e3,
+                "setup_s": setup}
 
     @staticmethod
     def session(probes: list[dict], recipe) -> float:
-        return _session_estimate(probes, recipe.bench)
+        """Seconds the final interleaved session will take for models with these probes (evaluate's protocol:
+        10 warm-up calls + rounds x calls at batch 1, 3 + rounds x calls/4 at the large batch, 3 sessions each)."""
+        bench, total = recipe.bench, 0.0
+        for p in probes:
+            total += 3 * p["setup_s"] + (10 + bench.rounds * bench.calls) * p["latency_ms"] / 1e3
+            total += (3 + bench.rounds * max(1, bench.calls // 4)) * p["batch_ms"] / 1e3
+        return total
 
     @staticmethod
     def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], str, bool, dict]:
@@ -176,14 +211,6 @@ class _Classify(_Task):
         for m in models:
             m["at_chance"] = m["accuracy"] <= chance["threshold"]
         return models, eval_key, reused, {"chance": chance}
-
-    @staticmethod
-    def fmt(v: float) -> str:
-        return f"{v:.2%}"
-
-    @staticmethod
-    def plot_y(v: float) -> float:
-        return v * 100
 
     @staticmethod
     def notes(result: dict) -> list[str]:
@@ -211,6 +238,8 @@ class _LM(_Task):
     no_width = ("the student is a Hugging Face folder (hf:), whose width is its config's; a search can change the "
                 "width of the built-in student only (student.model.arch: gpt)")
     columns = ("test bpb", "val bpb", "p50/token (us)")
+    number = ".4f"
+    plot_scale = 1
     quality = "bits/byte"
     latency = "p50 ms per decoded token (KV cache), 1 thread, min"
     ylabel = "test bits per byte (lower is better)"
@@ -238,11 +267,45 @@ class _LM(_Task):
 
     @staticmethod
     def probe(path, prep, recipe) -> dict:
-        return _probe_lm(path, prep, recipe)
+        """Validation bits/byte of one LM file (compress.lm.train.evaluate_lm on the validation split's windows) and
+        a rough decode time per token at 1 thread (greedy, with the KV cache, after the bench prompt): what TPE
+        optimizes and what the budget reserves for the final session. Never reported as the candidate's latency."""
+        from compress.lm.data import eval_windows
+        from compress.lm.onnx import OrtDecoder
+        from compress.lm.train import evaluate_lm
+
+        t0 = time.perf_counter()
+        val = eval_windows(prep.splits.val, recipe.teacher.model.context, recipe.eval.max_tokens)
+        bpb = evaluate_lm(OrtDecoder(path, threads=0).logits, val).bits_per_byte
+        eval_s = time.perf_counter() - t0
+        b = recipe.bench
+        dec, prompt = OrtDecoder(path, threads=1), val[:1, :b.prompt]
+        prefill, per_token = [], []
+        for i in range(2 + 5):  # 2 warm-up calls
+            a = time.perf_counter()
+            logits, past = dec.step(prompt, dec.empty_past(1))
+            m = time.perf_counter()
+            for _ in range(b.new_tokens):
+                logits, past = dec.step(logits[:, -1].argmax(-1)[:, None], past)
+            if i >= 2:
+                prefill.append(m - a)
+                per_token.append((time.perf_counter() - m) / b.new_tokens)
+        return {"val_bits_per_byte": float(bpb), "latency_ms": float(np.median(per_token)) * 1e3,
+                "prefill_ms": float(np.median(prefill)) * 1e3, "eval_s": eval_s}
 
     @staticmethod
     def session(probes: list[dict], recipe) -> float:
-        return _lm_session_estimate(probes, recipe)
+        """Seconds LMTask.measure will take for files with these probes: each scored on the test split (about as
+        long as on validation: both capped at eval.max_tokens), prefill + decode timed 2 + rounds x calls times at 1
+        and at all threads, and the greedy samples."""
+        from compress.lm.onnx import all_threads
+
+        b, s, total = recipe.bench, recipe.samples, 0.0
+        for p in probes:
+            call = (p["prefill_ms"] + b.new_tokens * p["latency_ms"]) / 1e3
+            total += p["eval_s"] + len({1, all_threads()}) * (2 + b.rounds * b.calls) * call
+            total += s.count * (p["prefill_ms"] + s.new_tokens * p["latency_ms"]) / 1e3
+        return total
 
     @staticmethod
     def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], str | None, bool, dict]:
@@ -253,14 +316,6 @@ class _LM(_Task):
         seen = _Seen(cache)
         models, _ = task_of(recipe).measure(recipe, prep, entries, seen, quiet=True)
         return models, seen.key, not seen.stored, {}
-
-    @staticmethod
-    def fmt(v: float) -> str:
-        return f"{v:.4f}"
-
-    @staticmethod
-    def plot_y(v: float) -> float:
-        return v
 
     @staticmethod
     def notes(result: dict) -> list[str]:
@@ -495,88 +550,6 @@ def _optuna(what: str = "compress search --method tpe"):
     return optuna
 
 
-def _probe(path, splits, bench) -> dict:
-    """Validation accuracy and a rough latency of one file: what TPE optimizes and what the budget
-    reserves for the final session. Never reported as the candidate's latency (that comes from the one
-    interleaved session at the end)."""
-    from compress.runtimes.onnxruntime import predict, session
-
-    t0 = time.perf_counter()
-    s = session(path, threads=1)
-    val_acc = float((predict(s, splits.val.x).argmax(1) == splits.val.y).mean())
-    x1 = np.ascontiguousarray(splits.test.x[:1])
-    name = s.get_inputs()[0].name
-    for _ in range(3):
-        s.run(None, {name: x1})
-    t = []
-    for _ in range(7):
-        a = time.perf_counter()
-        s.run(None, {name: x1})
-        t.append(time.perf_counter() - a)
-    setup = time.perf_counter() - t0 - sum(t)
-    reps = -(-bench.batch // len(splits.test.x))
-    xb = np.ascontiguousarray(np.concatenate([splits.test.x] * reps)[:bench.batch])
-    sb = session(path, threads=bench.threads)
-    sb.run(None, {name: xb})
-    a = time.perf_counter()
-    sb.run(None, {name: xb})
-    tb = time.perf_counter() - a
-    return {"val_accuracy": val_acc, "latency_ms": float(np.median(t)) * 1e3, "batch_ms": tb * 1e3,
-            "setup_s": setup}
-
-
-def _session_estimate(probes: list[dict], bench) -> float:
-    """Seconds the final interleaved session will take for models with these probes (evaluate's protocol:
-    10 warm-up calls + rounds x calls at batch 1, 3 + rounds x calls/4 at the large batch, 3 sessions each)."""
-    total = 0.0
-    for p in probes:
-        total += 3 * p["setup_s"] + (10 + bench.rounds * bench.calls) * p["latency_ms"] / 1e3
-        total += (3 + bench.rounds * max(1, bench.calls // 4)) * p["batch_ms"] / 1e3
-    return total
-
-
-def _probe_lm(path, prep, recipe) -> dict:
-    """Validation bits/byte of one LM file (compress.lm.train.evaluate_lm on the validation split's windows) and
-    a rough decode time per token at 1 thread (greedy, with the KV cache, after the bench prompt): what TPE
-    optimizes and what the budget reserves for the final session. Never reported as the candidate's latency."""
-    from compress.lm.data import eval_windows
-    from compress.lm.onnx import OrtDecoder
-    from compress.lm.train import evaluate_lm
-
-    t0 = time.perf_counter()
-    val = eval_windows(prep.splits.val, recipe.teacher.model.context, recipe.eval.max_tokens)
-    bpb = evaluate_lm(OrtDecoder(path, threads=0).logits, val).bits_per_byte
-    eval_s = time.perf_counter() - t0
-    b = recipe.bench
-    dec, prompt = OrtDecoder(path, threads=1), val[:1, :b.prompt]
-    prefill, per_token = [], []
-    for i in range(2 + 5):  # 2 warm-up calls
-        a = time.perf_counter()
-        logits, past = dec.step(prompt, dec.empty_past(1))
-        m = time.perf_counter()
-        for _ in range(b.new_tokens):
-            logits, past = dec.step(logits[:, -1].argmax(-1)[:, None], past)
-        if i >= 2:
-            prefill.append(m - a)
-            per_token.append((time.perf_counter() - m) / b.new_tokens)
-    return {"val_bits_per_byte": float(bpb), "latency_ms": float(np.median(per_token)) * 1e3,
-            "prefill_ms": float(np.median(prefill)) * 1e3, "eval_s": eval_s}
-
-
-def _lm_session_estimate(probes: list[dict], recipe) -> float:
-    """Seconds LMTask.measure will take for files with these probes: each scored on the test split (about as long
-    as on validation: both capped at eval.max_tokens), prefill + decode timed 2 + rounds x calls times at 1 and at
-    all threads, and the greedy samples."""
-    from compress.lm.onnx import all_threads
-
-    b, s, total = recipe.bench, recipe.samples, 0.0
-    for p in probes:
-        call = (p["prefill_ms"] + b.new_tokens * p["latency_ms"]) / 1e3
-        total += p["eval_s"] + len({1, all_threads()}) * (2 + b.rounds * b.calls) * call
-        total += s.count * (p["prefill_ms"] + s.new_tokens * p["latency_ms"]) / 1e3
-    return total
-
-
 def _scores(m: dict, probe: dict, metric: str) -> dict:
     """A measured model's numbers in search.json: the task's metric on the test split (``accuracy`` or
     ``bits_per_byte``, plus an LM's ``perplexity``) and on validation (the probe's ``val_<metric>``), agreement with
@@ -641,10 +614,16 @@ class _Search:
                 planned.append(c)
         return planned
 
-    def check_widths(self) -> None:
-        """Every width is checked before any compute, as the grid's are (TPE samples the rest later)."""
+    def plan(self, method: str, trials: int | None) -> tuple[list[_Candidate], int]:
+        """What is queued and how many variants are planned: a grid's every distinct point (the recipe's own first);
+        for TPE, the recipe's own point and ``trials`` (default 20), every width checked before any compute as the
+        grid's are (TPE samples the rest later)."""
+        if method == "grid":
+            queue = self.grid()
+            return queue, len(queue)
         for w in self.axes.widths:
             self.candidate(Point(self.axes.ratios[0], self.axes.modes[0], w))
+        return [self.base], trials or 20
 
     def estimate(self, c: _Candidate, session: bool = True) -> float | None:
         """Seconds to build ``c`` (and, with ``session``, to measure it in the final session); None when
@@ -730,6 +709,15 @@ class _Search:
     def run_one(self, c: _Candidate, index: int) -> None:
         with self.lock(c):
             self.build(c, index)
+
+    def run_if_it_fits(self, c: _Candidate) -> bool:
+        """Build ``c`` when the budget affords it (and its measurement); else note it skipped. Whether it was built."""
+        ok, est = self.fits(c)
+        if not ok:
+            self.skipped.append(self.skip(c, est))
+            return False
+        self.run_one(c, len(self.done) + 1)
+        return True
 
     def finish(self, method: str, n_planned: int, build_seconds: float, extra: dict | None = None) -> dict:
         """Measure every candidate, the teacher and the scratch student in one interleaved session; the
@@ -837,33 +825,23 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
         optuna = _optuna()
     store = open_storage(storage, heartbeat or HEARTBEAT) if storage is not None else None  # a bad URL too
     s = _Search(recipe, output, axes, budget=budget, quiet=quiet, clock=clock, started=started)
+    queue, n_planned = s.plan(method, trials)
     if store is not None:
-        return (_report if report else _work)(s, optuna, store, study or recipe.name, method, trials)
-
-    if method == "grid":
-        planned = s.grid()
-        n_planned = len(planned)
-    else:
-        n_planned = trials or 20
-        s.check_widths()
+        return (_report if report else _work)(s, optuna, store, study or recipe.name, method, queue, n_planned)
     say(f"[bold]compress search[/bold] {recipe.name}: {method}, {n_planned} variant(s) planned over "
         f"ratios {', '.join(f'{r:g}' for r in axes.ratios)} x modes {', '.join(axes.modes)}"
         + (f" x widths {', '.join(str(w) for w in axes.widths)}" if len(axes.widths) > 1 else "")
         + (f", budget {budget:g} s" if budget else ""), quiet)
     s.run_one(s.base, 1)
     if method == "grid":
-        for c in planned[1:]:
-            ok, est = s.fits(c)
-            if not ok:
-                s.skipped.append(s.skip(c, est))
-                continue
-            s.run_one(c, len(s.done) + 1)
+        for c in queue[1:]:
+            s.run_if_it_fits(c)
     else:
         _tpe(optuna, s, n_planned)
     return s.finish(method, n_planned, clock() - started)
 
 
-def _distributions(optuna, axes: Axes, method: str) -> dict:
+def _distributions(axes: Axes, method: str) -> dict:
     """The search space as optuna distributions: TPE's ratio is continuous (steps of 0.01) between the smallest
     and the largest given; a grid's axes are categorical. An axis with one value is not a parameter for TPE."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -911,18 +889,14 @@ def _tpe(optuna, s: _Search, trials: int) -> None:
     base = s.base
     seen = {base.point: base}
 
-    study.enqueue_trial(_in_space(_distributions(optuna, s.axes, "tpe"), base.point))  # the first trial: the recipe's own point
+    study.enqueue_trial(_in_space(_distributions(s.axes, "tpe"), base.point))  # the first trial: the recipe's own point
     for _ in range(trials):
         trial = study.ask()
         p = _suggest(trial, s.axes)
         c = seen.get(p) or s.candidate(p)
-        if not any(d is c for d in s.done):
-            ok, est = s.fits(c)
-            if not ok:
-                s.skipped.append(s.skip(c, est))
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                break
-            s.run_one(c, len(s.done) + 1)
+        if not any(d is c for d in s.done) and not s.run_if_it_fits(c):
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            break
         seen[p] = c
         study.tell(trial, _values(s, c))
 
@@ -1184,7 +1158,7 @@ def _open_study(optuna, store: Store, name: str, plan: dict, queue: list[_Candid
         except optuna.exceptions.DuplicatedStudyError:
             pass
         else:
-            dists = _distributions(optuna, Axes(**{k: tuple(v) for k, v in plan["axes"].items()}), plan["method"])
+            dists = _distributions(Axes(**{k: tuple(v) for k, v in plan["axes"].items()}), plan["method"])
             for c in queue:
                 params = _in_space(dists, c.point)
                 study.add_trial(create_trial(state=TrialState.WAITING, params=params,
@@ -1251,21 +1225,21 @@ def _tell(optuna, study, store: Store, tid: int, number: int, values, attrs: dic
                                  user_attrs={**frozen.user_attrs, **attrs, "late": number}))
 
 
-def _rel(s: _Search, path) -> str:
-    return str(Path(path).relative_to(s.search_dir))
-
-
-def _built_attrs(s: _Search, c: _Candidate, me: str) -> dict:
+def _recorded(s: _Search, m: dict, **more) -> dict:
+    """A built file as a trial records it: its path relative to the search folder (the workers may see the output
+    root at other paths) and its digest, which the report checks."""
     from compress import pipeline
 
     keep = ("name", "role", "params", "macs", "key", "lineage")
-    entry = {**{k: c.entry.get(k) for k in keep}, "path": _rel(s, c.entry["path"]),
-             "sha256": pipeline.file_digest(Path(c.entry["path"]))}
-    attrs = {**_identity(c), "worker": me, "built": True, "entry": entry, "keys": list(c.keys), "stages": c.stages,
-             "seconds": round(c.seconds, 2), "probe": c.probe}
+    return {**{k: m.get(k) for k in keep}, "path": str(Path(m["path"]).relative_to(s.search_dir)), **more,
+            "sha256": pipeline.file_digest(Path(m["path"]))}
+
+
+def _built_attrs(s: _Search, c: _Candidate, me: str) -> dict:
+    attrs = {**_identity(c), "worker": me, "built": True, "entry": _recorded(s, c.entry), "keys": list(c.keys),
+             "stages": c.stages, "seconds": round(c.seconds, 2), "probe": c.probe}
     if c.is_recipe:
-        attrs["refs"] = [{**{k: r.get(k) for k in keep}, "path": _rel(s, r["path"]), "probe": r["probe"],
-                          "sha256": pipeline.file_digest(Path(r["path"]))} for r in s.refs]
+        attrs["refs"] = [_recorded(s, r, probe=r["probe"]) for r in s.refs]
     return attrs
 
 
@@ -1300,7 +1274,7 @@ def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c
             return "built"
 
 
-def _work(s: _Search, optuna, store: Store, name: str, method: str, trials: int | None) -> dict:
+def _work(s: _Search, optuna, store: Store, name: str, method: str, queue: list[_Candidate], n_planned: int) -> dict:
     """One worker: claim queued variants (and, for TPE, sample new ones) until the study has built everything,
     this worker's budget is spent, or nothing is left that it could afford. Measures nothing together."""
     import os
@@ -1308,10 +1282,6 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, trials: int 
 
     from optuna.trial import TrialState
 
-    queue = s.grid() if method == "grid" else [s.base]
-    if method == "tpe":
-        s.check_widths()
-    n_planned = len(queue) if method == "grid" else (trials or 20)
     sampler = (optuna.samplers.TPESampler(n_startup_trials=min(5, n_planned), constant_liar=True)
                if method == "tpe" else optuna.samplers.RandomSampler())
     study, created = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, sampler, create=True,
@@ -1365,8 +1335,7 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, trials: int 
         if s.budget is not None and s.clock() - s.started >= s.budget:
             break
         time.sleep(poll)  # other workers are building: one that crashes comes back to the queue here
-    counts = {st.name.lower(): n for st in TrialState
-              if (n := sum(t.state == st for t in study.get_trials(deepcopy=False)))}
+    counts = _counts(study.get_trials(deepcopy=False))
     summary = {"worker": me, "study": name, "storage": store.shown, "method": method, "created": created,
                "built": built, "reused": reused, "skipped": s.skipped, "recovered": recovered,
                "trials": counts, "variants_planned": n_planned,
@@ -1382,19 +1351,13 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, trials: int 
     return summary
 
 
-def _report(s: _Search, optuna, store: Store, name: str, method: str, trials: int | None) -> dict:
+def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: list[_Candidate], n_planned: int) -> dict:
     """Measure the study's built candidates, the teacher and the scratch student in one interleaved session on
     this machine and write the frontier, as a one-process search does at its end. Refuses while a worker is
     building (its load would distort the timings); a candidate whose file changed since its worker recorded it
     is built again from the cache."""
-    from compress import pipeline
-    from compress._io import inside
     from optuna.trial import TrialState
 
-    queue = s.grid() if method == "grid" else [s.base]
-    if method == "tpe":
-        s.check_widths()
-    n_planned = len(queue) if method == "grid" else (trials or 20)
     study, _ = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, optuna.samplers.RandomSampler(),
                            create=False)
     given_up = store.recover(study)
@@ -1406,12 +1369,12 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, trials: in
             + ", ".join(f"{t.user_attrs.get('variant')} by {t.user_attrs.get('worker')}" for t in running)
             + "); --report times every candidate in one session while no worker runs: run it once they have finished "
             f"(a crashed worker's variant is given up after {store.grace} s without a heartbeat)")
+    built = sorted((t for t in now if t.state == TrialState.COMPLETE and t.user_attrs.get("built")),
+                   key=lambda t: t.number)
     first: dict[str, object] = {}
-    for t in sorted(now, key=lambda t: t.number):
-        if t.state == TrialState.COMPLETE and t.user_attrs.get("built"):
-            first.setdefault(t.user_attrs["key"], t)
-    base_trial = next((t for t in first.values() if t.user_attrs.get("recipe")), None)
-    if base_trial is None:
+    for t in built:
+        first.setdefault(t.user_attrs["key"], t)
+    if not any(t.user_attrs.get("recipe") for t in first.values()):
         raise CompressError(f"study {name!r}: the recipe's own variant has not been built yet; start a worker "
                             "(the same command without --report)")
     order = {c.key: i for i, c in enumerate(queue)}
@@ -1421,30 +1384,27 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, trials: in
     for t in trials_in_order:
         a = t.user_attrs
         c = _from_trial(s, a, t.number)
-        files = [a["entry"]] + (a.get("refs") or [])
-        intact = all(_intact(s, f) for f in files)
-        if not intact:  # missing or changed since the worker recorded it: built again (its stages are cached)
+        if not all(_intact(s, f) for f in [a["entry"], *(a.get("refs") or [])]):  # missing or changed since the worker recorded it: built again (its stages are cached)
             say(f"[yellow]{c.name}: its files changed since trial {t.number} recorded them; building it again "
                 "from the cache[/yellow]", s.quiet)
             with s.lock(c):
                 s.build(c, len(s.done) + 1)
             rebuilt.append(c.name)
         else:
-            c.entry = {**{k: v for k, v in a["entry"].items() if k != "sha256"},
-                       "path": inside(s.search_dir, a["entry"]["path"])}
-            c.probe, c.stages, c.seconds = a["probe"], a["stages"], a["seconds"]
+            c.entry, c.probe, c.stages = _local(s, a["entry"]), a["probe"], a["stages"]
             if c.is_recipe:
-                s.refs = [{**{k: v for k, v in r.items() if k != "sha256"}, "path": inside(s.search_dir, r["path"])}
-                          for r in a["refs"]]
+                s.refs = [_local(s, r) for r in a["refs"]]
             s.known[tuple(c.keys)] = c
             s.done.append(c)
         c.worker, c.trial = a.get("worker"), t.number
         c.seconds = a["seconds"]
-    pending = [t for t in now if t.state == TrialState.WAITING]
-    s.skipped = ([{**t.user_attrs.get("point", {}), "name": t.user_attrs.get("variant"), "estimated_seconds": None,
-                   "why": "budget"} for t in now if t.state == TrialState.PRUNED and t.user_attrs.get("skipped")]
-                 + [{**t.user_attrs.get("point", {}), "name": t.user_attrs.get("variant"), "estimated_seconds": None,
-                     "why": "not built yet (queued)"} for t in pending])
+
+    def not_built(t, why: str) -> dict:
+        return {**t.user_attrs.get("point", {}), "name": t.user_attrs.get("variant"), "estimated_seconds": None,
+                "why": why}
+
+    s.skipped = ([not_built(t, "budget") for t in now if t.state == TrialState.PRUNED and t.user_attrs.get("skipped")]
+                 + [not_built(t, "not built yet (queued)") for t in now if t.state == TrialState.WAITING])
     retried = {n for t in now for n in t.system_attrs.get("retry_history", [])}
     failed = [{"name": t.user_attrs.get("variant"), "trial": t.number, "worker": t.user_attrs.get("worker"),
                "error": t.user_attrs.get("error") or ("the worker stopped (no heartbeat); " + (
@@ -1459,11 +1419,24 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, trials: in
     ends = [t.datetime_complete for t in first.values() if t.datetime_complete]
     extra = {"stopped_by_budget": any(x["why"] == "budget" for x in s.skipped),
              "study": {"name": name, "storage": store.shown, "workers": workers, "failed": failed,
-                       "queued_again": given_up, "rebuilt": rebuilt, "built_once": len(first) == sum(
-                           1 for t in now if t.state == TrialState.COMPLETE and t.user_attrs.get("built")),
+                       "queued_again": given_up, "rebuilt": rebuilt, "built_once": len(first) == len(built),
                        "wall_seconds": round((max(ends) - min(starts)).total_seconds(), 2) if starts and ends else None,
-                       "trials": {st.name.lower(): n for st in TrialState if (n := sum(t.state == st for t in now))}}}
+                       "trials": _counts(now)}}
     return s.finish(method, n_planned, sum(c.seconds for c in s.done), extra)
+
+
+def _counts(trials) -> dict[str, int]:
+    """How many trials are in each state (``{"complete": 4, "fail": 1}``), the states with none left out."""
+    from optuna.trial import TrialState
+
+    return {st.name.lower(): n for st in TrialState if (n := sum(t.state == st for t in trials))}
+
+
+def _local(s: _Search, f: dict) -> dict:
+    """A file a worker recorded (``_recorded``) as this machine sees it: its path under the search folder."""
+    from compress._io import inside
+
+    return {**{k: v for k, v in f.items() if k != "sha256"}, "path": inside(s.search_dir, f["path"])}
 
 
 def _intact(s: _Search, f: dict) -> bool:
@@ -1496,7 +1469,11 @@ def _header(result: dict) -> list[str]:
 
 def _rows(result: dict) -> list[list[str]]:
     task = _task(result)
-    metric, fmt = task.metric, task.fmt
+    metric = task.metric
+
+    def fmt(v: float) -> str:
+        return format(v, task.number)
+
     rows = []
     better = (lambda r: -r[metric]) if task.higher else (lambda r: r[metric])  # noqa: E731
     cands = sorted(result["candidates"], key=lambda r: (not r["frontier"], better(r), r["latency_ms"]["p50"]))
@@ -1590,7 +1567,10 @@ def plot(result: dict, path: Path) -> None:
     from compress._plot import figure, label_points, plain_log_ticks, save
 
     task = _task(result)
-    metric, y_of = task.metric, task.plot_y
+    metric = task.metric
+
+    def y_of(v: float) -> float:
+        return v * task.plot_scale
 
     # Areas scale with the candidates' sizes (a teacher 50x bigger would shrink them all to dots); a
     # larger reference is drawn at the largest area.

@@ -14,7 +14,7 @@ from compress.schema import REPORT_VERSION as SCHEMA_VERSION
 from compress.schema import validate_report
 
 __all__ = ["build", "classify", "write", "print_table", "markdown", "plot", "digests", "versions", "stage_details",
-           "md_table", "size_text", "SCHEMA_VERSION", "MODEL_SUFFIXES"]
+           "md_table", "rich_table", "console", "size_text", "SCHEMA_VERSION", "MODEL_SUFFIXES"]
 
 MODEL_SUFFIXES = (".onnx", ".ort", ".pte", ".tflite")
 
@@ -183,10 +183,35 @@ def size_text(n: int | None) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def md_table(cols, rows) -> str:
-    out = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+def md_table(cols, rows, left=None) -> str:
+    """A markdown table; given ``left`` (column names), every other column is right-aligned (``---:``: numbers)."""
+    out = ["| " + " | ".join(map(str, cols)) + " |",
+           "|" + "".join("---|" if left is None or c in left else "---:|" for c in cols)]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def rich_table(title: str, cols, rows, left=(), no_wrap=(), style=None):
+    """The terminal's table of ``rows``: the ``left`` columns left-aligned, the others right-aligned (numbers);
+    ``style(row)``, when given, styles a row (the search's frontier in green)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c, justify="left" if c in left else "right", no_wrap=c in no_wrap)
+    for r in rows:
+        table.add_row(*r, style=style(r) if style else None)
+    return table
+
+
+def console(width: int):
+    """A rich console as wide as the terminal, or ``width`` columns when piped or logged (so that a wide table is not
+    crushed into 80)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else width)
 
 
 def _us(ms: float) -> str:
@@ -224,8 +249,7 @@ def markdown(report: dict) -> str:
              "", f"Data: {d['train']} train / {d['val']} val / {d['test']} test samples; every accuracy below is on the "
              "**test** split, which no stage trained, selected or calibrated on, measured by onnxruntime on the model file itself.",
              "Speed-ups are ratios to the teacher timed interleaved in one process after warm-up.", "",
-             "| " + " | ".join(_header(report)) + " |", "|" + "---|" * len(_header(report))]
-    lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
+             md_table(_header(report), _rows(report))]
     s = report["summary"]
     if "final_vs_teacher" in s:
         f = s["final_vs_teacher"]
@@ -250,10 +274,10 @@ def markdown(report: dict) -> str:
         lines.append("")
         if "layers" in i:
             lines += [f"params {i['params_before']:,} -> {i['params_after']:,}; MACs {i['macs_before']:,} -> {i['macs_after']:,}", "",
-                      "| layer | channels before | after | removed | asked |", "|---|---|---|---|---|"]
-            lines += [f"| {r['layer']} | {r['before']} | {r['after']} | {r['cut']:.0%} | "
-                      f"{'-' if r.get('asked') is None else format(r['asked'], '.0%')}"
-                      f"{' **deeper than asked**' if r.get('deeper_than_asked') else ''} |" for r in i["layers"]]
+                      md_table(["layer", "channels before", "after", "removed", "asked"],
+                               [[r["layer"], r["before"], r["after"], f"{r['cut']:.0%}",
+                                 ("-" if r.get("asked") is None else format(r["asked"], ".0%"))
+                                 + (" **deeper than asked**" if r.get("deeper_than_asked") else "")] for r in i["layers"]])]
         for k in ("best_epoch", "val_accuracy", "parity_max_abs_diff", "ort_parity_max_abs_diff", "mode", "calibration",
                   "calibration_samples", "calibration_split", "block_size", "matmulnbits_nodes"):
             if k in i:
@@ -275,9 +299,7 @@ def stage_details(info: dict) -> list[str]:
     (``{"title", "columns", "rows"}``), so a stage can explain itself without report.py knowing it."""
     lines = [f"- {n}" for n in info.get("notes", [])]
     for t in info.get("tables", []):
-        lines += ["", f"**{t['title']}**", "", "| " + " | ".join(map(str, t["columns"])) + " |",
-                  "|" + "---|" * len(t["columns"])]
-        lines += ["| " + " | ".join(map(str, r)) + " |" for r in t["rows"]]
+        lines += ["", f"**{t['title']}**", "", *md_table(t["columns"], t["rows"]).splitlines()]
     return lines
 
 
@@ -308,8 +330,7 @@ def runtime_markdown(report: dict) -> list[str]:
     lines = ["", "## Runtimes", "",
              "The final model in every exported format, timed in the same interleaved rounds as the teacher "
              "(onnxruntime). A static-batch file (ExecuTorch, LiteRT) runs the large batch as several calls of its batch.", "",
-             "| " + " | ".join(_runtime_header(report)) + " |", "|" + "---|" * len(_runtime_header(report))]
-    lines += ["| " + " | ".join(r) + " |" for r in _runtime_rows(report)]
+             md_table(_runtime_header(report), _runtime_rows(report))]
     mu = report.get("mobile_usability")
     if mu:
         lines += ["", "ORT Mobile usability (onnxruntime's `check_onnx_model_mobile_usability`, on model.onnx): "
@@ -370,25 +391,12 @@ def write(report: dict, out_dir: Path, to_markdown=None, to_plot=None) -> None:
 
 
 def print_table(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"compress: {report['name']} (test split, onnxruntime CPU)")
-    for h in _header(report):
-        table.add_column(h, justify="left" if h in ("model", "role") else "right")
-    for r in _rows(report):
-        table.add_row(*r)
-    import sys
-
-    console = Console(width=None if sys.stdout.isatty() else 200)  # piped or logged: don't crush 13 columns into 80
-    console.print(table)
+    out = console(200)
+    out.print(rich_table(f"compress: {report['name']} (test split, onnxruntime CPU)", _header(report), _rows(report),
+                         left=("model", "role")))
     if report.get("runtimes"):
-        rt = Table(title="final model on every runtime (teacher: onnxruntime), interleaved")
-        for h in _runtime_header(report):
-            rt.add_column(h, justify="left" if h in ("file", "runtime") else "right")
-        for r in _runtime_rows(report):
-            rt.add_row(*r)
-        console.print(rt)
+        out.print(rich_table("final model on every runtime (teacher: onnxruntime), interleaved", _runtime_header(report),
+                             _runtime_rows(report), left=("file", "runtime")))
     for n in report["notes"]:
-        console.print(f"[yellow]note:[/yellow] {n}")
-    console.print(f"report: {report['files']['report_md']}")
+        out.print(f"[yellow]note:[/yellow] {n}")
+    out.print(f"report: {report['files']['report_md']}")

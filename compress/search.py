@@ -1458,13 +1458,13 @@ def _size(n: int) -> str:
     return f"{n / 1e3:,.1f} kB" if n < 1e6 else f"{n / 1e6:,.2f} MB"
 
 
-HEADER = ["candidate", "ratio", "mode", "width", "frontier", "test acc", "val acc", "p50 b1 (us)", "p50 batch (ms)",
-          "size", "params", "stages cached", "note"]
+_LEFT = ("candidate", "mode", "note")  # the table's text columns; the others are numbers, right-aligned
 
 
 def _header(result: dict) -> list[str]:
     """The table's columns: the task's quality and latency columns (``test bpb``, ``p50/token (us)`` for an LM)."""
-    return [*HEADER[:5], *_task(result).columns, *HEADER[8:]]
+    return ["candidate", "ratio", "mode", "width", "frontier", *_task(result).columns, "p50 batch (ms)", "size",
+            "params", "stages cached", "note"]
 
 
 def _rows(result: dict) -> list[list[str]]:
@@ -1543,7 +1543,9 @@ def _summary(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
-    header, task = _header(result), _task(result)
+    from compress.report import md_table
+
+    task = _task(result)
     out = [f"# compress search: {result['name']}", ""]
     out += [f"- {line}" for line in _summary(result)]
     a = result["axes"]
@@ -1551,8 +1553,7 @@ def markdown(result: dict) -> str:
             f"{', '.join('-' if w is None else str(w) for w in a['widths'])}. Ratio 0 = no prune stage; "
             "fp32 = no quantize stage.",
             f"- CPU: {result['cpu'].get('model') or result['cpu'].get('machine')}", "",
-            "| " + " | ".join(header) + " |", "|" + "|".join("---" if h in ("candidate", "mode", "note") else "---:" for h in header) + "|"]
-    out += ["| " + " | ".join(c or " " for c in row) + " |" for row in _rows(result)]
+            md_table(_header(result), [[c or " " for c in row] for row in _rows(result)], left=_LEFT)]
     if result["skipped"]:
         out += ["", "Not built:" if result.get("study") else "Not built (budget):", ""]
         out += [f"- {s['name']}" + (f" (estimated {s['estimated_seconds']:.1f} s)" if s["estimated_seconds"] else "")
@@ -1620,19 +1621,12 @@ def write(result: dict, out_dir: Path) -> None:
 
 
 def print_table(result: dict) -> None:
-    import sys
+    from compress.report import console, rich_table
 
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"compress search: {result['name']} (test split; latency interleaved in one session)")
-    for h in _header(result):
-        table.add_column(h, justify="left" if h in ("candidate", "mode", "note") else "right",
-                         no_wrap=h in ("candidate", "mode"))
-    for row in _rows(result):
-        table.add_row(*row, style="bold green" if row[4] == "yes" else None)
-    console = Console(width=None if sys.stdout.isatty() else 180)
-    console.print(table)
+    out = console(180)
+    out.print(rich_table(f"compress search: {result['name']} (test split; latency interleaved in one session)",
+                         _header(result), _rows(result), left=_LEFT, no_wrap=("candidate", "mode"),
+                         style=lambda row: "bold green" if row[4] == "yes" else None))
     for line in _summary(result)[:2]:
-        console.print(line)
-    console.print(f"search: {result['files']['md']}")
+        out.print(line)
+    out.print(f"search: {result['files']['md']}")

@@ -38,6 +38,22 @@ def test_stage_details_renders_notes_and_tables():
     assert stage_details({}) == []
 
 
+def test_md_table_aligns_numbers_right_when_told_the_text_columns():
+    from compress.report import md_table
+
+    assert md_table(["name", "n"], [["a|b", 1]]) == "| name | n |\n|---|---|\n| a\\|b | 1 |"
+    assert md_table(["name", "n"], [["a", 1]], left=("name",)).splitlines()[1] == "|---|---:|"
+
+
+def test_rich_table_justifies_wraps_and_styles_by_column_and_row():
+    from compress.report import rich_table
+
+    table = rich_table("t", ["name", "n"], [["a", "1"], ["b", "2"]], left=("name",), no_wrap=("name",),
+                       style=lambda row: "green" if row[0] == "b" else None)
+    assert [(c.header, c.justify, c.no_wrap) for c in table.columns] == [("name", "left", True), ("n", "right", False)]
+    assert [r.style for r in table.rows] == [None, "green"]
+
+
 def test_chance_level_worked_by_hand():
     from compress.report import chance_level
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from compress.report import console, rich_table, stage_details
 from compress.report import md_table as _md_table
 from compress.report import size_text as _size
-from compress.report import stage_details
 
 __all__ = ["sections", "targets", "slower_notes", "markdown", "plot", "print_table", "student"]
 
@@ -165,26 +165,12 @@ def plot(report: dict, path: Path) -> None:
 
 
 def print_table(report: dict) -> None:
-    import sys
-
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 160)  # piped or logged: don't wrap at 80 columns
-    for title, (cols, rows) in ((f"compress: {report['name']} (test split, from the files)", _model_rows(report)),
-                                ("generation (onnxruntime, KV cache, interleaved)", _bench_rows(report))):
-        table = Table(title=title)
-        for c in cols:
-            table.add_column(c, justify="left" if c in ("model", "role") else "right")
-        for r in rows:
-            table.add_row(*r)
-        console.print(table)
-    t = Table(title="targets")
-    for c in ("target", "measured", "met"):
-        t.add_column(c)
-    for row in report["targets"]:
-        t.add_row(row["target"], row["measured"], "[green]yes[/green]" if row["met"] else "[red]NO[/red]")
-    console.print(t)
+    out = console(160)
+    out.print(rich_table(f"compress: {report['name']} (test split, from the files)", *_model_rows(report),
+                         left=("model", "role")))
+    out.print(rich_table("generation (onnxruntime, KV cache, interleaved)", *_bench_rows(report), left=("model", "role")))
+    rows = [[t["target"], t["measured"], "[green]yes[/green]" if t["met"] else "[red]NO[/red]"] for t in report["targets"]]
+    out.print(rich_table("targets", ["target", "measured", "met"], rows, left=("target", "measured", "met")))
     for n in report.get("notes", []):
-        console.print(f"[yellow]note:[/yellow] {n}")
-    console.print(f"report: {report['files']['report_md']}")
+        out.print(f"[yellow]note:[/yellow] {n}")
+    out.print(f"report: {report['files']['report_md']}")

@@ -97,6 +97,9 @@ class Axes:
     def grid(self) -> list[Point]:
         return [Point(r, m, w) for w in self.widths for r in self.ratios for m in self.modes]
 
+    def as_dict(self) -> dict:
+        return {"ratios": list(self.ratios), "modes": list(self.modes), "widths": list(self.widths)}
+
 
 # --- what differs between tasks ----------------------------------------------------------------------
 
@@ -758,8 +761,7 @@ class _Search:
         result = {
             "name": recipe.name, "recipe_file": recipe.source_file, "task": recipe.task, "metric": task.metric,
             "method": method,
-            "axes": {"ratios": list(self.axes.ratios), "modes": list(self.axes.modes),
-                     "widths": list(self.axes.widths)},
+            "axes": self.axes.as_dict(),
             "objectives": {task.metric: "test split, " + ("max" if task.higher else "min"), "latency": task.latency,
                            "size": "file bytes, min"},
             "budget_seconds": self.budget, "variants_planned": n_planned, "variants_run": len(done),
@@ -972,6 +974,10 @@ class Store:
             return None
         return tid if ok else None
 
+    def set_attrs(self, tid: int, attrs: dict) -> None:
+        for k, v in attrs.items():
+            self.storage.set_trial_user_attr(tid, k, v)
+
     def beat(self, tid: int) -> None:
         if self.kind == "journal":
             self.storage.set_trial_system_attr(tid, _BEAT, time.time())
@@ -1137,9 +1143,7 @@ def _serialize_sqlite(engine) -> None:
 
 
 def _plan(s: _Search, method: str, n_planned: int) -> dict:
-    return {"method": method, "axes": {"ratios": list(s.axes.ratios), "modes": list(s.axes.modes),
-                                       "widths": list(s.axes.widths)},
-            "trials": n_planned if method == "tpe" else None, "recipe": s.recipe.name, "keys": list(s.base.keys)}
+    return {"method": method, "axes": s.axes.as_dict(), "trials": n_planned if method == "tpe" else None, "recipe": s.recipe.name, "keys": list(s.base.keys)}
 
 
 def _identity(c: _Candidate) -> dict:
@@ -1213,8 +1217,7 @@ def _tell(optuna, study, store: Store, tid: int, number: int, values, attrs: dic
     from optuna.trial import TrialState, create_trial
 
     try:
-        for k, v in attrs.items():
-            store.storage.set_trial_user_attr(tid, k, v)
+        store.set_attrs(tid, attrs)
         study.tell(number, values)
         return
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
@@ -1247,8 +1250,7 @@ def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c
     """Build ``c`` for trial ``number`` (claimed by this worker) and finish the trial: "built", or "reused" when a
     finished trial already built the same model."""
     with store.beating(tid):
-        for k, v in {**_identity(c), "worker": me}.items():
-            store.storage.set_trial_user_attr(tid, k, v)
+        store.set_attrs(tid, {**_identity(c), "worker": me})
         with s.lock(c):
             done = _finished(study, c.key)
             if done is not None:
@@ -1309,20 +1311,21 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, queue: list[
         active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in now)
         if job is None and method == "tpe" and not unaffordable and active < n_planned:
             trial = study.ask()
-            store.beat(store.trial_id(study, trial.number))  # at once: a RUNNING trial without a beat is never given up
+            tid = store.trial_id(study, trial.number)
+            store.beat(tid)  # at once: a RUNNING trial without a beat is never given up
             point = trial.user_attrs.get("point")  # a trial queued meanwhile (a retry) keeps its own variant
             c = _from_trial(s, trial.user_attrs, trial.number) if point else s.candidate(_suggest(trial, s.axes))
             ok, est = s.fits(c, session=False)
-            if not ok and point:  # a queued variant this worker cannot afford: back to the queue for another
+            if ok:
+                job = (tid, trial.number, c)
+            elif point:  # a queued variant this worker cannot afford: back to the queue for another
                 unaffordable.append(s.skip(c, est))
-                store.give_back(study, store.trial_id(study, trial.number))
-            elif not ok:
+                store.give_back(study, tid)
+            else:
                 unaffordable.append(s.skip(c, est))
                 for k, v in {**_identity(c), "worker": me, "skipped": "budget"}.items():
                     trial.set_user_attr(k, v)
                 study.tell(trial, state=TrialState.PRUNED)
-            else:
-                job = (store.trial_id(study, trial.number), trial.number, c)
         if job is not None:
             tid, number, c = job
             (built if _run_trial(optuna, s, study, store, tid, number, c, me) == "built" else reused).append(c.name)

@@ -218,20 +218,28 @@ def _us(ms: float) -> str:
     return f"{ms * 1000:.1f}"
 
 
+def _speedup(teacher: dict | None, m: dict, key: str) -> str:
+    """How many times faster than the teacher ``m`` is at p50 (``key``: latency_ms, latency_batch_ms), or "-"."""
+    sp = _ratio(teacher[key]["p50"], m[key]["p50"]) if teacher else None
+    return f"{sp:.2f}x" if sp else "-"
+
+
+def _accuracy(m: dict) -> str:
+    return f"{m['accuracy']:.2%}" + (" AT CHANCE" if m.get("at_chance") else "")
+
+
 def _rows(report: dict) -> list[list[str]]:
     teacher = next((m for m in report["models"] if m["role"] == "teacher"), None)
     rows = []
     for m in report["models"]:
-        sp1 = _ratio(teacher["latency_ms"]["p50"], m["latency_ms"]["p50"]) if teacher else None
-        spb = _ratio(teacher["latency_batch_ms"]["p50"], m["latency_batch_ms"]["p50"]) if teacher else None
         smaller = _ratio(teacher["size_bytes"], m["size_bytes"]) if teacher else None
-        rows.append([m["name"], m["role"], f"{m['accuracy']:.2%}" + (" AT CHANCE" if m.get("at_chance") else ""), str(m["errors"]),
+        rows.append([m["name"], m["role"], _accuracy(m), str(m["errors"]),
                      f"{m['agreement']:.2%}" if m.get("agreement") is not None else "-",
                      f"{m['params']:,}" if m.get("params") else "-", f"{m['macs'] / 1e6:.2f}M" if m.get("macs") else "-",
                      size_text(m["size_bytes"]), f"{smaller:.1f}x" if smaller else "-",
                      f"{_us(m['latency_ms']['p50'])} / {_us(m['latency_ms']['p90'])} / {_us(m['latency_ms']['p99'])}",
-                     f"{sp1:.2f}x" if sp1 else "-",
-                     f"{_us(m['latency_batch_ms']['p50'])}", f"{spb:.2f}x" if spb else "-"])
+                     _speedup(teacher, m, "latency_ms"), f"{_us(m['latency_batch_ms']['p50'])}",
+                     _speedup(teacher, m, "latency_batch_ms")])
     return rows
 
 
@@ -306,15 +314,10 @@ def stage_details(info: dict) -> list[str]:
 def _runtime_rows(report: dict) -> list[list[str]]:
     rows = report.get("runtimes") or []
     teacher = next((r for r in rows if r["model"] == "teacher"), None)
-    out = []
-    for r in rows:
-        sp = _ratio(teacher["latency_ms"]["p50"], r["latency_ms"]["p50"]) if teacher else None
-        spb = _ratio(teacher["latency_batch_ms"]["p50"], r["latency_batch_ms"]["p50"]) if teacher else None
-        out.append([r["name"], r["runtime"], f"{r['accuracy']:.2%}" + (" AT CHANCE" if r.get("at_chance") else ""),
-                    size_text(r["size_bytes"]), str(r["static_batch"] or "any"),
-                    f"{_us(r['latency_ms']['p50'])} / {_us(r['latency_ms']['p90'])}", f"{sp:.2f}x" if sp else "-",
-                    f"{_us(r['latency_batch_ms']['p50'])} / {_us(r['latency_batch_ms']['p90'])}", f"{spb:.2f}x" if spb else "-"])
-    return out
+    return [[r["name"], r["runtime"], _accuracy(r), size_text(r["size_bytes"]), str(r["static_batch"] or "any"),
+             f"{_us(r['latency_ms']['p50'])} / {_us(r['latency_ms']['p90'])}", _speedup(teacher, r, "latency_ms"),
+             f"{_us(r['latency_batch_ms']['p50'])} / {_us(r['latency_batch_ms']['p90'])}",
+             _speedup(teacher, r, "latency_batch_ms")] for r in rows]
 
 
 def _runtime_header(report: dict) -> list[str]:

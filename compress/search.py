@@ -1390,8 +1390,7 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
         if not all(_intact(s, f) for f in [a["entry"], *(a.get("refs") or [])]):  # missing or changed since the worker recorded it: built again (its stages are cached)
             say(f"[yellow]{c.name}: its files changed since trial {t.number} recorded them; building it again "
                 "from the cache[/yellow]", s.quiet)
-            with s.lock(c):
-                s.build(c, len(s.done) + 1)
+            s.run_one(c, len(s.done) + 1)
             rebuilt.append(c.name)
         else:
             c.entry, c.probe, c.stages = _local(s, a["entry"]), a["probe"], a["stages"]

@@ -23,6 +23,12 @@ def _label(m: dict) -> str:
     return f"{m['name']} ({tag})" if tag and m["role"] != "final" else m["name"]
 
 
+def _first_names(models: list[dict]) -> dict[str, str]:
+    """sha256 -> the name of the first model holding that file, which names its bench row (files with the same sha256
+    are measured once; an export equals the torch stage before it)."""
+    return {m["sha256"]: m["name"] for m in reversed(models)}  # reversed: the first one is written last and wins
+
+
 def targets(models: list[dict], bench: list[dict]) -> list[dict]:
     """Three targets, measured: distilled < scratch bits per byte; INT4 >= 5x smaller than the teacher's fp32 ONNX;
     student tokens/s at 1 thread >= 4x the teacher's."""
@@ -38,10 +44,7 @@ def targets(models: list[dict], bench: list[dict]) -> list[dict]:
         out.append({"target": f"INT4 student file >= 5x smaller than teacher fp32 ONNX ({_label(int4)})",
                     "measured": f"{ratio:.1f}x ({by['teacher']['size_bytes']:,} / {int4['size_bytes']:,} bytes)",
                     "met": ratio >= 5})
-    # a bench row is named after the first model holding its file (an export equals the torch stage before it)
-    first: dict = {}
-    for m in models:
-        first.setdefault(m["sha256"], m["name"])
+    first = _first_names(models)
     one = {r["model"]: r for r in bench if r["threads"] == 1}
     s_row, t_row = (one.get(first[m["sha256"]]) if m else None for m in (fp32, by.get("teacher")))
     if s_row and t_row:
@@ -54,9 +57,7 @@ def targets(models: list[dict], bench: list[dict]) -> list[dict]:
 
 def slower_notes(models: list[dict], bench: list[dict]) -> list[str]:
     """Every quantized file that decodes slower than the fp32 student's file at 1 thread, with both speeds."""
-    first: dict = {}
-    for m in models:
-        first.setdefault(m["sha256"], m["name"])
+    first = _first_names(models)
     speed = {r["model"]: r["tokens_per_s"] for r in bench if r["threads"] == 1}
     fp32 = student(models)
     base = speed.get(first[fp32["sha256"]]) if fp32 else None

@@ -820,12 +820,9 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
     if heartbeat is not None and not heartbeat >= 1:
         raise SearchError(f"--heartbeat: {heartbeat} seconds; give a whole number of seconds >= 1")
     axes = parse_axes(recipe, ratios, modes, widths)
-    optuna = None  # a missing extra fails before any compute
-    if storage is not None:
-        optuna = _optuna("compress search --storage")
-    elif method == "tpe":
-        optuna = _optuna()
-    store = open_storage(storage, heartbeat or HEARTBEAT) if storage is not None else None  # a bad URL too
+    # A missing optuna (named for --storage by open_storage) and a bad storage URL fail before any compute.
+    store = open_storage(storage, heartbeat or HEARTBEAT) if storage is not None else None
+    optuna = _optuna() if store is not None or method == "tpe" else None
     s = _Search(recipe, output, axes, budget=budget, quiet=quiet, clock=clock, started=started)
     queue, n_planned = s.plan(method, trials)
     if store is not None:

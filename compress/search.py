@@ -1467,29 +1467,23 @@ def _header(result: dict) -> list[str]:
 
 
 def _rows(result: dict) -> list[list[str]]:
+    """The table's rows: the candidates, the frontier first and the best first, then the references."""
     task = _task(result)
     metric = task.metric
 
-    def fmt(v: float) -> str:
-        return format(v, task.number)
-
-    rows = []
-    better = (lambda r: -r[metric]) if task.higher else (lambda r: r[metric])  # noqa: E731
-    cands = sorted(result["candidates"], key=lambda r: (not r["frontier"], better(r), r["latency_ms"]["p50"]))
-
     def numbers(r: dict) -> list[str]:
         batch = r.get("latency_batch_ms")
-        return [fmt(r[metric]), fmt(r[f"val_{metric}"]), f"{r['latency_ms']['p50'] * 1e3:.1f}",
-                "-" if batch is None else f"{batch['p50']:.3f}", _size(r["size_bytes"]),
-                f"{r['params']:,}" if r["params"] else "-"]
+        return [format(r[metric], task.number), format(r[f"val_{metric}"], task.number),
+                f"{r['latency_ms']['p50'] * 1e3:.1f}", "-" if batch is None else f"{batch['p50']:.3f}",
+                _size(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-"]
 
-    for r in cands:
-        note = "; ".join(n for n in ("the recipe's own" if r["recipe"] else "",
-                                     f"same file as {r['same_as']}" if r.get("same_as") else "") if n)
-        if r["dominated_by"]:
-            note = (note + "; " if note else "") + f"dominated by {r['dominated_by']}"
-        if r.get("at_chance"):
-            note = "AT CHANCE" + ("; " + note if note else "")
+    rows = []
+    for r in sorted(result["candidates"], key=lambda r: (not r["frontier"], -r[metric] if task.higher else r[metric],
+                                                         r["latency_ms"]["p50"])):
+        note = "; ".join(n for n in ("AT CHANCE" if r.get("at_chance") else "",
+                                     "the recipe's own" if r["recipe"] else "",
+                                     f"same file as {r['same_as']}" if r.get("same_as") else "",
+                                     f"dominated by {r['dominated_by']}" if r["dominated_by"] else "") if n)
         cached = sum(s["cached"] for s in r["stages"])
         rows.append([r["name"], f"{r['ratio']:g}", r["mode"], "-" if r["width"] is None else str(r["width"]),
                      "yes" if r["frontier"] else "", *numbers(r), f"{cached}/{len(r['stages'])}", note])
@@ -1528,9 +1522,9 @@ def _summary(result: dict) -> list[str]:
     if same:
         lines.append(f"{len(same)} candidate(s) gave a file byte-identical to another's (e.g. two ratios that round to "
                      "the same channel counts): measured once, listed under each name.")
-    if study and any(s.get("why") == "budget" for s in result["skipped"]):
-        lines.append("Left out by the workers' budgets: " + ", ".join(
-            s["name"] for s in result["skipped"] if s.get("why") == "budget") + ".")
+    by_budget = [s["name"] for s in result["skipped"] if s.get("why") == "budget"]
+    if study and by_budget:
+        lines.append(f"Left out by the workers' budgets: {', '.join(by_budget)}.")
     if result["budget_seconds"]:
         if result["stopped_by_budget"]:
             lines.append(f"The budget of {result['budget_seconds']:g} s left out {len(result['skipped'])} variant(s) "

@@ -1561,10 +1561,9 @@ def plot(result: dict, path: Path) -> None:
     from compress._plot import figure, label_points, plain_log_ticks, save
 
     task = _task(result)
-    metric = task.metric
 
-    def y_of(v: float) -> float:
-        return v * task.plot_scale
+    def xy(m: dict) -> tuple[float, float]:
+        return m["latency_ms"]["p50"] * 1e3, m[task.metric] * task.plot_scale
 
     # Areas scale with the candidates' sizes (a teacher 50x bigger would shrink them all to dots); a
     # larger reference is drawn at the largest area.
@@ -1573,20 +1572,20 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = figure()
     labels = []
     for m in result["candidates"]:
-        x, y = m["latency_ms"]["p50"] * 1e3, y_of(m[metric])
+        x, y = xy(m)
         ax.scatter([x], [y], s=area(m), c="#2ca02c" if m["frontier"] else "#1f77b4", alpha=0.55,
                    edgecolors="black", linewidths=1.8 if m["recipe"] else 0.5, zorder=3)
         labels.append((x, y, m["name"] + (" (recipe)" if m["recipe"] else ""), "black"))
     # The line: the quality-latency frontier (a staircase); the green points: the frontier with size counted too.
-    two = [objectives({**m, "size_bytes": 0}, (metric, task.higher)) for m in result["candidates"]]
+    two = [objectives({**m, "size_bytes": 0}, (task.metric, task.higher)) for m in result["candidates"]]
     front = sorted((m for m, on in zip(result["candidates"], pareto(two)) if on), key=lambda m: m["latency_ms"]["p50"])
     if front:
-        ax.step([m["latency_ms"]["p50"] * 1e3 for m in front], [y_of(m[metric]) for m in front], where="post",
-                color="#2ca02c", lw=1.2, zorder=2, label=f"{task.quality}-latency frontier")
+        ax.step(*zip(*map(xy, front)), where="post", color="#2ca02c", lw=1.2, zorder=2,
+                label=f"{task.quality}-latency frontier")
     marks = {"teacher": ("*", "#d62728"), "scratch": ("s", "#7f7f7f")}
     for m in result["references"]:
         mk, col = marks.get(m["role"], ("o", "black"))
-        x, y = m["latency_ms"]["p50"] * 1e3, y_of(m[metric])
+        x, y = xy(m)
         ax.scatter([x], [y], s=area(m), marker=mk, c=col, alpha=0.7, edgecolors="black", linewidths=0.5, zorder=3)
         labels.append((x, y, m["name"], col))
     ax.set_xscale("log")

@@ -607,26 +607,21 @@ class _Search:
         c = _Candidate(p, p.name, r, pipeline.chain_keys(r, self.prep_for(r)))
         return self.known.get(tuple(c.keys), c)
 
-    def grid(self) -> list[_Candidate]:
-        """The recipe's own variant, then every grid point that is a different model."""
-        planned = [self.base]
+    def plan(self, method: str, trials: int | None) -> tuple[list[_Candidate], int]:
+        """What is queued and how many variants are planned: for a grid, the recipe's own variant, then every grid
+        point that is a different model; for TPE, the recipe's own point and ``trials`` (default 20), every width
+        checked before any compute as the grid's are (TPE samples the rest later)."""
+        if method == "tpe":
+            for w in self.axes.widths:
+                self.candidate(Point(self.axes.ratios[0], self.axes.modes[0], w))
+            return [self.base], trials or 20
+        queue = [self.base]
         for p in self.axes.grid():
             c = self.candidate(p)
             if tuple(c.keys) not in self.known:
                 self.known[tuple(c.keys)] = c
-                planned.append(c)
-        return planned
-
-    def plan(self, method: str, trials: int | None) -> tuple[list[_Candidate], int]:
-        """What is queued and how many variants are planned: a grid's every distinct point (the recipe's own first);
-        for TPE, the recipe's own point and ``trials`` (default 20), every width checked before any compute as the
-        grid's are (TPE samples the rest later)."""
-        if method == "grid":
-            queue = self.grid()
-            return queue, len(queue)
-        for w in self.axes.widths:
-            self.candidate(Point(self.axes.ratios[0], self.axes.modes[0], w))
-        return [self.base], trials or 20
+                queue.append(c)
+        return queue, len(queue)
 
     def estimate(self, c: _Candidate, session: bool = True) -> float | None:
         """Seconds to build ``c`` (and, with ``session``, to measure it in the final session); None when
@@ -1140,7 +1135,8 @@ def _serialize_sqlite(engine) -> None:
 
 
 def _plan(s: _Search, method: str, n_planned: int) -> dict:
-    return {"method": method, "axes": s.axes.as_dict(), "trials": n_planned if method == "tpe" else None, "recipe": s.recipe.name, "keys": list(s.base.keys)}
+    return {"method": method, "axes": s.axes.as_dict(), "trials": n_planned if method == "tpe" else None,
+            "recipe": s.recipe.name, "keys": list(s.base.keys)}
 
 
 def _identity(c: _Candidate) -> dict:

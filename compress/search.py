@@ -691,8 +691,7 @@ class _Search:
             if not s["cached"]:
                 self.cache.put_json("search-seconds", key, {"type": s["type"], "seconds": s["seconds"]})
             took = s["seconds"] if not s["cached"] else (self.cache.get_json("search-seconds", key) or {}).get("seconds")
-            took = took if isinstance(took, (int, float)) else None
-            if took is not None:
+            if isinstance(took, (int, float)):
                 self.stage_seconds[(i, s["type"])] = max(self.stage_seconds.get((i, s["type"]), 0.0), took)
         final = built.measured[-1]
         c.entry = {**final, "name": c.name, "role": "candidate"}
@@ -755,8 +754,7 @@ class _Search:
                       for r, m in zip(refs, models)]
         result = {
             "name": recipe.name, "recipe_file": recipe.source_file, "task": recipe.task, "metric": task.metric,
-            "method": method,
-            "axes": self.axes.as_dict(),
+            "method": method, "axes": self.axes.as_dict(),
             "objectives": {task.metric: "test split, " + ("max" if task.higher else "min"), "latency": task.latency,
                            "size": "file bytes, min"},
             "budget_seconds": self.budget, "variants_planned": n_planned, "variants_run": len(done),
@@ -880,10 +878,8 @@ def _tpe(optuna, s: _Search, trials: int) -> None:
     the test split. The ratio is continuous between the smallest and largest given (steps of 0.01)."""
     sampler = optuna.samplers.TPESampler(seed=s.recipe.seed, n_startup_trials=min(5, trials))
     study = optuna.create_study(directions=_directions(s), sampler=sampler)
-    base = s.base
-    seen = {base.point: base}
-
-    study.enqueue_trial(_in_space(_distributions(s.axes, "tpe"), base.point))  # the first trial: the recipe's own point
+    seen = {s.base.point: s.base}
+    study.enqueue_trial(_in_space(_distributions(s.axes, "tpe"), s.base.point))  # the first trial: the recipe's own point
     for _ in range(trials):
         trial = study.ask()
         p = _suggest(trial, s.axes)

@@ -274,24 +274,19 @@ def markdown(report: dict) -> str:
     lines += ["", "![accuracy vs latency](report.png)", "", "## Stages", ""]
     info = {m["name"]: m.get("info", {}) for m in report["models"]}
     for st in report["stages"]:
-        name = f"{st['index']:02d}_{st['type']}"
-        i = info.get(name, {})
-        lines.append(f"### {st['index']}. {st['type']} ({st['seconds']} s)")
-        lines.append("")
-        lines.append("`" + ", ".join(f"{k}={v}" for k, v in st["config"].items() if k != "type") + "`")
-        lines.append("")
+        i = info.get(f"{st['index']:02d}_{st['type']}", {})
+        lines += [f"### {st['index']}. {st['type']} ({st['seconds']} s)", "",
+                  "`" + ", ".join(f"{k}={v}" for k, v in st["config"].items() if k != "type") + "`", ""]
         if "layers" in i:
             lines += [f"params {i['params_before']:,} -> {i['params_after']:,}; MACs {i['macs_before']:,} -> {i['macs_after']:,}", "",
                       md_table(["layer", "channels before", "after", "removed", "asked"],
                                [[r["layer"], r["before"], r["after"], f"{r['cut']:.0%}",
                                  ("-" if r.get("asked") is None else format(r["asked"], ".0%"))
                                  + (" **deeper than asked**" if r.get("deeper_than_asked") else "")] for r in i["layers"]])]
-        for k in ("best_epoch", "val_accuracy", "parity_max_abs_diff", "ort_parity_max_abs_diff", "mode", "calibration",
-                  "calibration_samples", "calibration_split", "block_size", "matmulnbits_nodes"):
-            if k in i:
-                lines.append(f"- {k}: {i[k]}")
-        lines += stage_details(i)
-        lines.append("")
+        lines += [f"- {k}: {i[k]}" for k in ("best_epoch", "val_accuracy", "parity_max_abs_diff", "ort_parity_max_abs_diff",
+                                             "mode", "calibration", "calibration_samples", "calibration_split",
+                                             "block_size", "matmulnbits_nodes") if k in i]
+        lines += [*stage_details(i), ""]
     return "\n".join(lines) + "\n"
 
 

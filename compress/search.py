@@ -124,9 +124,10 @@ class _Task:
     def higher(self) -> bool:
         return self._metric[1]
 
-    @staticmethod
-    def dump(recipe) -> dict:
-        return recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"})
+    exclude_unset = False  # what variant() edits: the recipe's keys, defaults included
+
+    def dump(self, recipe) -> dict:
+        return recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"}, exclude_unset=self.exclude_unset)
 
 
 class _Classify(_Task):
@@ -247,12 +248,9 @@ class _LM(_Task):
     latency = "p50 ms per decoded token (KV cache), 1 thread, min"
     ylabel = "test bits per byte (lower is better)"
     xlabel = "decode latency per token p50, 1 thread (us, log scale; one interleaved session)"
-
-    @staticmethod
-    def dump(recipe) -> dict:
-        # Only what the recipe set: an hf model spec refuses width/layers/heads, and a teacher's missing ``train``
-        # means "used as loaded" (compress.lm.task), so defaults must stay unset.
-        return recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"}, exclude_unset=True)
+    # Only what the recipe set: an hf model spec refuses width/layers/heads, and a teacher's missing ``train`` means
+    # "used as loaded" (compress.lm.task), so defaults must stay unset.
+    exclude_unset = True
 
     @staticmethod
     def set_ratio(st: dict, cfg, ratio: float) -> dict:

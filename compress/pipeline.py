@@ -598,13 +598,11 @@ class ClassifyTask:
     @staticmethod
     def remeasure(report: dict, final: Path) -> tuple[float | None, str]:
         """Test accuracy of ``final`` from the recipe and data a report names; (None, why) when they cannot load."""
-        from compress.recipe import parse_recipe
+        from compress.recipe import recipe_and_data
 
-        try:
-            recipe = parse_recipe(dict(report["recipe"]), report.get("recipe_file"))
-            splits = load_data(recipe.data, recipe.seed)
-        except CompressError as exc:
-            return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
+        recipe, splits = recipe_and_data(report, lambda r: load_data(r.data, r.seed))
+        if recipe is None:
+            return None, splits
         if splits.fingerprint != report["data"].get("fingerprint"):
             return None, "the data named in the report changed since the run (its fingerprint differs)"
         from compress.runtimes.onnxruntime import predict, session

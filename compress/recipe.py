@@ -28,7 +28,7 @@ from compress.errors import ChainError, RecipeError
 from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES, stages_for
 
-__all__ = ["Recipe", "load_recipe", "parse_recipe", "DataConfig", "ModelSpec", "TrainConfig", "check_chain", "fmt_path"]
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "recipe_and_data", "DataConfig", "ModelSpec", "TrainConfig", "check_chain", "fmt_path"]
 
 
 IMAGE_SOURCES = ("digits", "imagefolder")  # sources whose size and channels a recipe can choose
@@ -396,6 +396,18 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
     if file is not None:
         _factory_base(recipe, Path(file).parent)
     return recipe
+
+
+def recipe_and_data(report: dict, load: Any) -> tuple[RecipeBase | None, Any]:
+    """``(recipe, load(recipe))`` for the recipe a report.json holds (how compress check re-measures), or
+    ``(None, why)`` when the recipe or its data cannot be loaded as they were."""
+    from compress.errors import CompressError
+
+    try:
+        recipe = parse_recipe(dict(report["recipe"]), report.get("recipe_file"))
+        return recipe, load(recipe)
+    except CompressError as exc:
+        return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
 
 
 def _factory_base(obj, folder: Path) -> None:

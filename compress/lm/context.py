@@ -70,8 +70,9 @@ class LMContext:
 
         key = cache_key("lm-seq", tutor_key, sc.model_dump(), self.recipe.seed)
         # Every rank takes the same branch (teacher_continuations is collective): rank 0's cache hit decides.
-        entry = self.cache.get("lm-seq", key) if distributed.agree(self.cache.get("lm-seq", key) is not None
-                                                                    if distributed.is_writer() else None) else None
+        entry = self.cache.get("lm-seq", key) if distributed.is_writer() else None
+        if distributed.agree(entry is not None) and entry is None:
+            entry = self.cache.get("lm-seq", key)  # rank 0 found it: the other ranks read it too
         if entry is not None:
             try:
                 seq = np.load(io.BytesIO(entry.read_bytes("seq.npy")), allow_pickle=False)

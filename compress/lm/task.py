@@ -291,16 +291,13 @@ class LMTask:
 
     def remeasure(self, report: dict, final: Path) -> tuple[float | None, str]:
         """Test bits/byte of ``final`` from the recipe and corpus a report names; (None, why) when they cannot load."""
-        from compress.errors import CompressError
         from compress.lm import onnx as lmonnx
         from compress.lm.train import evaluate_lm
-        from compress.recipe import parse_recipe
+        from compress.recipe import recipe_and_data
 
-        try:
-            recipe = parse_recipe(dict(report["recipe"]), report.get("recipe_file"))
-            splits = load_text(recipe.data, recipe.seed)
-        except CompressError as exc:
-            return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
+        recipe, splits = recipe_and_data(report, lambda r: load_text(r.data, r.seed))
+        if recipe is None:
+            return None, splits
         if splits.digest != report["data"].get("digest"):
             return None, "the corpus named in the report changed since the run (its digest differs)"
         test = eval_windows(splits.test, recipe.teacher.model.context, recipe.eval.max_tokens)

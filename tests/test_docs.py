@@ -21,15 +21,7 @@ LINK = re.compile(r"(?<!!)\[(?:[^\[\]]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\"
 
 def _prose(text: str) -> str:
     """``text`` without fenced code blocks and inline code spans (links there are not links)."""
-    out, fence = [], None
-    for line in text.splitlines():
-        m = re.match(r"\s*(`{3,}|~{3,})", line)
-        if m and (fence is None or m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence)):
-            fence = m.group(1) if fence is None else None
-            continue
-        if fence is None:
-            out.append(line)
-    return re.sub(r"`[^`\n]*`", "", "\n".join(out))
+    return re.sub(r"`[^`\n]*`", "", _prose_keep_code_spans(text))
 
 
 def _slug(heading: str) -> str:

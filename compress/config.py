@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from compress.errors import ChainError, RecipeError
 from compress.stages.base import stages_for
 
-__all__ = ["Strict", "SplitConfig", "RecipeBase", "fmt_path", "check_chain"]
+__all__ = ["Strict", "SplitConfig", "RecipeBase", "fmt_path", "check_chain", "nodes"]
 
 
 class Strict(BaseModel):
@@ -62,8 +62,33 @@ class RecipeBase(Strict):
         """Checks of the files a recipe names that need no compute (a model folder's config), after resolve_paths."""
 
     def resolve_paths(self, base: Path) -> "RecipeBase":
-        """Relative paths made absolute against the recipe's folder (the task's recipe knows its path keys)."""
-        return self
+        """Every relative path of the recipe made absolute against ``base``, the recipe's folder, as a user reading
+        it expects, so that the report's copy of the recipe names the same files from anywhere (compress check
+        re-measures). ``output`` stays relative to where compress runs, like ``--output``."""
+
+        def fix(obj):
+            if isinstance(obj, Path):
+                return obj if obj.is_absolute() else (base / obj).absolute()
+            if isinstance(obj, BaseModel):
+                new = {n: fix(getattr(obj, n)) for n in type(obj).model_fields if n != "output"}
+                return obj.model_copy(update={n: v for n, v in new.items() if v is not getattr(obj, n)})
+            if isinstance(obj, (list, tuple)):
+                return type(obj)(fix(v) for v in obj)
+            return obj
+
+        return fix(self)
+
+
+def nodes(obj):
+    """Every value of a recipe tree, depth first: the models, their fields' values and the items of lists and dicts."""
+    yield obj
+    if isinstance(obj, BaseModel):
+        obj = [getattr(obj, n) for n in type(obj).model_fields]
+    elif isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from nodes(v)
 
 
 def check_chain(recipe: RecipeBase, lines: dict[tuple, int] | None = None) -> None:

@@ -29,6 +29,7 @@ from compress.data import Splits, load_data
 from compress.errors import CompressError, DataError, ModelError
 from compress.evaluate import evaluate
 from compress.models import build_model, check_io, describe_spec, load_weights
+from compress.config import nodes
 from compress.recipe import Recipe, check_chain
 from compress.stages.base import STAGES, CheckContext, stages_for
 from compress.stages.prune import count_macs_params
@@ -193,25 +194,7 @@ def scratch_budget(recipe: Recipe) -> dict | None:
 def _named_files(cfg) -> list:
     """Digests of the files a stage config names (teachers' weights, ONNX files, logits): editing such a
     file in place must invalidate the stage's cache entry, as editing the config does."""
-    from pydantic import BaseModel
-
-    found: list = []
-
-    def walk(value) -> None:
-        if isinstance(value, Path):
-            found.append((str(value), file_digest(value) if value.is_file() else None))
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name))
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                walk(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-
-    walk(cfg)
-    return found
+    return [(str(p), file_digest(p) if p.is_file() else None) for p in nodes(cfg) if isinstance(p, Path)]
 
 
 def file_digest(path: Path | None) -> str | None:

@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
-from compress.config import RecipeBase, SplitConfig, Strict, check_chain, fmt_path
+from compress.config import RecipeBase, SplitConfig, Strict, check_chain, fmt_path, nodes
 from compress.lm.recipe import LMRecipe
 from compress.errors import ChainError, RecipeError
 from compress.models.spec import ModelSpec
@@ -221,8 +221,6 @@ class Recipe(RecipeBase):
     def check(self) -> None:
         check_chain(self, self._lines)
 
-    def resolve_paths(self, base: Path) -> "Recipe":
-        return _resolve_paths(self, base)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -410,20 +408,14 @@ def recipe_and_data(report: dict, load: Any) -> tuple[RecipeBase | None, Any]:
         return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
 
 
-def _factory_base(obj, folder: Path) -> None:
+def _factory_base(recipe, folder: Path) -> None:
     """Every factory model of the recipe (teacher, student, chain steps, ensemble members) looks for its module in the
     recipe's folder first (compress.models.build_model), as a user whose module sits beside the recipe expects."""
     from compress.models import set_factory_base
 
-    if isinstance(obj, ModelSpec):
-        if obj.factory is not None:
-            set_factory_base(obj, folder)
-    elif isinstance(obj, BaseModel):
-        for name in type(obj).model_fields:
-            _factory_base(getattr(obj, name), folder)
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            _factory_base(item, folder)
+    for spec in nodes(recipe):
+        if isinstance(spec, ModelSpec) and spec.factory is not None:
+            set_factory_base(spec, folder)
 
 
 def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines: dict[tuple, int],
@@ -584,19 +576,3 @@ def load_recipe(path: str | Path) -> RecipeBase:
     fixed.check_files()
     return fixed
 
-
-def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    """Relative paths in a recipe are relative to the recipe file, as a user reading it expects. They become
-    absolute, so the report's copy of the recipe still names the data from anywhere (compress check re-measures)."""
-
-    def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else (base / p).absolute()
-
-    updates: dict[str, Any] = {}
-    if recipe.data.path is not None and not recipe.data.path.is_absolute():
-        updates["data"] = recipe.data.model_copy(update={"path": fix(recipe.data.path)})
-    for role in ("teacher", "student"):
-        cfg = getattr(recipe, role)
-        if cfg.weights is not None and not cfg.weights.is_absolute():
-            updates[role] = cfg.model_copy(update={"weights": fix(cfg.weights)})
-    return recipe.model_copy(update=updates) if updates else recipe

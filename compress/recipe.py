@@ -298,6 +298,11 @@ def _keys_of(cls: type[BaseModel]) -> list[str]:
     return [f.alias or n for n, f in cls.model_fields.items() if not f.exclude]
 
 
+def _hint(got, choices) -> str:
+    close = difflib.get_close_matches(str(got), choices, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
 def _message(err: dict, data, stage_types: list[str], root: type[BaseModel] | None = None,
              stage_configs: dict | None = None) -> tuple[tuple, str]:
     loc = _data_path(data, err["loc"])
@@ -306,27 +311,23 @@ def _message(err: dict, data, stage_types: list[str], root: type[BaseModel] | No
         key = loc[-1]
         parent = _parent_model(data, loc[:-1], root, stage_configs)
         valid = _keys_of(parent) if parent else []
-        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        return loc, f"unknown key '{key}'; {hint}valid keys: {', '.join(valid)}"
+        return loc, f"unknown key '{key}'; {_hint(key, valid)}valid keys: {', '.join(valid)}"
     if kind == "missing":
         return loc, "required key is missing"
-    if kind in ("union_tag_invalid", "union_tag_not_found") and "kind" in str(ctx.get("discriminator", "")):
-        return _loss_kind_message(loc, ctx)
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # a stage's type, or a loss's kind
+        from compress.losses import LOSSES
+
+        loss = "kind" in str(ctx.get("discriminator", ""))
+        tag, what, choices = ("kind", "loss", sorted(LOSSES)) if loss else ("type", "stage", stage_types)
         got = ctx.get("tag")
-        path = loc if loc and loc[-1] == "type" else loc + ("type",)
-        close = difflib.get_close_matches(str(got), stage_types, n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        what = f"unknown stage type '{got}'" if got is not None else "stage needs a 'type'"
-        return path, f"{what}; {hint}valid choices: {', '.join(stage_types)}"
+        path = loc if loc and loc[-1] == tag else loc + (tag,)
+        problem = f"unknown {what} {tag} '{got}'" if got is not None else f"{'a loss' if loss else 'stage'} needs a '{tag}'"
+        return path, f"{problem}; {_hint(got, choices)}valid choices: {', '.join(choices)}"
     if kind in ("literal_error", "enum"):
         expected = ctx.get("expected", "")
         choices = [a or b for a, b in re.findall(r"'([^']*)'|(-?\d+)", expected)]
         got = err.get("input")
-        close = difflib.get_close_matches(str(got), choices, n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        return loc, f"invalid value {got!r}; {hint}valid choices: {', '.join(choices)}"
+        return loc, f"invalid value {got!r}; {_hint(got, choices)}valid choices: {', '.join(choices)}"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -334,18 +335,6 @@ def _message(err: dict, data, stage_types: list[str], root: type[BaseModel] | No
     if kind not in ("model_type", "dict_type") and not isinstance(got, (dict, list)):
         msg += f" (got {got!r})"
     return loc, msg
-
-
-def _loss_kind_message(loc, ctx) -> tuple[tuple, str]:
-    from compress.losses import LOSSES
-
-    got = ctx.get("tag")
-    kinds = sorted(LOSSES)
-    path = loc if loc and loc[-1] == "kind" else loc + ("kind",)
-    close = difflib.get_close_matches(str(got), kinds, n=1, cutoff=0.6)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    what = f"unknown loss kind '{got}'" if got is not None else "a loss needs a 'kind'"
-    return path, f"{what}; {hint}valid choices: {', '.join(kinds)}"
 
 
 def _loss_entry_model(data, path) -> type[BaseModel] | None:

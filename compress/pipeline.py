@@ -62,9 +62,6 @@ def output_dir(recipe: Recipe, output: str | Path | None = None, folder: str | N
     user made, but nothing below it may be (compress._io.inside)."""
     root = Path(output or recipe.output or "exported")
     target = inside(root, folder or recipe.name)
-    for p in (root, target):
-        if p.exists() and not p.is_dir():
-            raise CompressError(f"output path {p} is a file, not a folder; pass --output DIR")
     existing = next(p for p in (target, *target.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise CompressError(f"output path {existing} is a file, not a folder; pass --output DIR")
@@ -521,15 +518,6 @@ class _StageRun:
             raise type(exc)(message) from None
 
 
-def _fresh_bn(art: Artifact, splits: Splits, seed: int) -> Artifact:
-    """A torch artifact whose BatchNorm statistics match its weights before the next stage, export or measurement
-    (compress/bn.py); the stage's info says when they had to be re-estimated."""
-    if art.format != "torch" or art.model is None:
-        return art
-    model, why = bn.fresh(art.model, splits.train.x, seed)
-    return dataclasses.replace(art, model=model, info={**art.info, "bn_recalibrated": why}) if why else art
-
-
 def measure_key(recipe: Recipe, splits: Splits, measured: list[dict]) -> str:
     """The measurements' cache key: the files measured (by their sha256, with their names and roles), the
     bench settings, the data and the CPU. Keyed by the bytes measured, not by how they were made: a file
@@ -678,7 +666,12 @@ class ClassifyTask:
 
     @staticmethod
     def fresh(art: Artifact, prep: Prepared, seed: int) -> Artifact:
-        return _fresh_bn(art, prep.splits, seed)
+        """A torch artifact whose BatchNorm statistics match its weights before the next stage, export or
+        measurement (compress/bn.py); the stage's info says when they had to be re-estimated."""
+        if art.format != "torch" or art.model is None:
+            return art
+        model, why = bn.fresh(art.model, prep.splits.train.x, seed)
+        return dataclasses.replace(art, model=model, info={**art.info, "bn_recalibrated": why}) if why else art
 
     @staticmethod
     def export(model: torch.nn.Module, path: Path, prep: Prepared) -> None:

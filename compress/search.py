@@ -2,43 +2,18 @@
 
 Every variant is the recipe with those three values changed, built by ``pipeline.build`` against the
 shared cache, so variants share the teacher, the scratch baseline and every stage before the first one
-that differs (a second ratio re-runs prune and what follows it, never distill). Nothing is timed per
-variant: the final model of every candidate, the teacher and the scratch student are measured together
-at the end, in one interleaved session, on the test split that no stage trained or calibrated on. The
-Pareto frontier is taken over (test quality, p50 latency, file size down), quality oriented by the task's
-metric.
-
-What varies, by the recipe's task (``recipe.task``; ``_TASKS`` holds one small adapter per task):
-
-- ``classify``: the ratio is every prune stage's ``ratio``; every quantize stage takes the mode (fp32 + the
-  modes of compress.stages.quantize); the width is the built-in student's (cnn, mlp). Quality is test accuracy
-  (higher is better), latency p50 at batch 1 on 1 thread (``pipeline.measure``); the probe is validation
-  accuracy and a rough batch-1 latency. Models at chance level are flagged.
-- ``lm``: the ratio sets the prune stage's ``heads`` and ``mlp`` fractions, each one the recipe gives above 0
-  (a recipe that prunes MLP units only keeps its heads; no ratio can reproduce ``heads: 0.5, mlp: 0.25``, so
-  the recipe's own build is then listed as "recipe"); the mode is fp32 + the modes of
-  compress.stages.lm_quantize, and a variant keeps ONE quantize stage, the recipe's last, with that mode
-  (keys of INT4 only, ``block_size``, ``accuracy_level`` and ``fallback``, reset to their defaults when the
-  mode changes; ``max_bpb_increase`` and ``per_channel`` apply to both modes and are kept); the width is the
-  ``arch: gpt`` student's (an ``hf:`` student has none to change). Quality is test bits per byte (lower is
-  better) and latency the decode time per token at 1 thread (``LMTask.measure``); the probe is validation
-  bits/byte of the file and a rough per-token decode time.
-
-For both, ratio 0 means "no prune stage"; mode ``fp32`` means "no quantize stage" (the exported fp32 file), and
-a quantize stage ``{type: quantize, mode: M}`` is appended after the last stage (the export) when the recipe
-has none.
-
-With ``--storage URL`` the search is an optuna study that any number of worker processes, on one machine or
-several sharing the output root, build from (each variant once; a crashed worker's variant is queued again);
-``--report`` then measures the finished candidates together on one machine, as above. See "a search on an
-optuna storage" below.
+that differs. Nothing is timed per variant: the final model of every candidate, the teacher and the
+scratch student are measured together at the end, in one interleaved session, on the test split that no
+stage trained or calibrated on. The Pareto frontier is taken over (test quality, p50 latency, file size
+down), quality oriented by the task's metric. How each task takes the three values: ``_Classify``, ``_LM``
+and docs/search.md. With ``--storage URL`` the search is an optuna study that many worker processes build
+from; ``--report`` then measures the finished candidates together (see "a search on an optuna storage").
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 import typing
 from dataclasses import dataclass, field
@@ -64,7 +39,7 @@ class SearchError(CompressError):
     exit_code = 2
 
 
-def quantize_modes(task: str = "classify") -> list[str]:
+def quantize_modes(task: str) -> list[str]:
     """``fp32`` plus every mode the task's quantize stage accepts (read off its config, so new modes join)."""
     from compress.stages.base import stages_for
 
@@ -108,23 +83,17 @@ class _Task:
     """What a search asks of the recipe's task; the metric and its direction come from the pipeline's task adapter."""
 
     name = ""
+    exclude_unset = False  # what variant() edits: the recipe's keys, defaults included
 
     @functools.cached_property
     def _metric(self) -> tuple[str, bool]:
+        """The quality measured on the test split (``accuracy`` or ``bits_per_byte``) and whether higher is better."""
         from compress.pipeline import task_named
 
         return task_named(self.name).metric
 
-    @property
-    def metric(self) -> str:
-        """The quality measured on the test split: ``accuracy`` or ``bits_per_byte``."""
-        return self._metric[0]
-
-    @property
-    def higher(self) -> bool:
-        return self._metric[1]
-
-    exclude_unset = False  # what variant() edits: the recipe's keys, defaults included
+    metric = property(lambda self: self._metric[0])
+    higher = property(lambda self: self._metric[1])
 
     def dump(self, recipe) -> dict:
         return recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"}, exclude_unset=self.exclude_unset)
@@ -202,19 +171,18 @@ class _Classify(_Task):
         return total
 
     @staticmethod
-    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], str, bool, dict]:
+    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
         """Test accuracy and interleaved latency (pipeline.measure); models at chance level flagged. Returns the
-        models, the measurement's cache key, whether it came from the cache, and what search.json adds."""
+        models and what search.json adds."""
         from compress import pipeline
         from compress.report import chance_level
 
         splits = prep.splits
-        reused = cache.get_json("eval", pipeline.measure_key(recipe, splits, entries)) is not None
-        models, eval_key = pipeline.measure(recipe, splits, entries, cache, quiet=True)
+        models, _ = pipeline.measure(recipe, splits, entries, cache, quiet=True)
         chance = chance_level(np.bincount(splits.test.y, minlength=splits.num_classes).tolist())
         for m in models:
             m["at_chance"] = m["accuracy"] <= chance["threshold"]
-        return models, eval_key, reused, {"chance": chance}
+        return models, {"chance": chance}
 
     @staticmethod
     def notes(result: dict) -> list[str]:
@@ -309,14 +277,12 @@ class _LM(_Task):
         return total
 
     @staticmethod
-    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], str | None, bool, dict]:
+    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
         """Test bits/byte, perplexity, agreement and per-token decode latency (LMTask.measure, one interleaved
-        benchmark); the models, the measurement's cache key, whether it came from the cache, nothing more."""
+        benchmark); the models, nothing more for search.json."""
         from compress.pipeline import task_of
 
-        seen = _Seen(cache)
-        models, _ = task_of(recipe).measure(recipe, prep, entries, seen, quiet=True)
-        return models, seen.key, not seen.stored, {}
+        return task_of(recipe).measure(recipe, prep, entries, cache, quiet=True)[0], {}
 
     @staticmethod
     def notes(result: dict) -> list[str]:
@@ -365,9 +331,20 @@ class _Seen:
 
 def _split(values) -> list[str]:
     """``("0.2,0.3", "0.5")`` -> ``["0.2", "0.3", "0.5"]``: repeated flags and comma lists both work."""
+    return [p.strip() for v in values for p in str(v).split(",") if p.strip()]
+
+
+def _numbers(flag: str, values: list, kind, what: str, ok, out_of_range: str) -> list:
+    """``values`` as numbers of ``kind`` (None stays None), each checked by ``ok``."""
     out = []
-    for v in values or ():
-        out += [p.strip() for p in str(v).split(",") if p.strip()]
+    for v in values:
+        try:
+            x = v if v is None else kind(v)
+        except ValueError:
+            raise SearchError(f"{flag}: {v!r} is not {what}") from None
+        if x is not None and not ok(x):
+            raise SearchError(f"{flag}: {v} is out of range; {out_of_range}")
+        out.append(x)
     return out
 
 
@@ -379,16 +356,9 @@ def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
     """
     own = own_point(recipe)
     valid_modes = quantize_modes(recipe.task)
-    got_ratios = []
-    for v in _split(ratios) if ratios else ["0.2", "0.3", "0.5", f"{own.ratio:g}"]:
-        try:
-            r = float(v)
-        except ValueError:
-            raise SearchError(f"--ratios: {v!r} is not a number; give fractions of channels removed, e.g. 0.2,0.3,0.5 "
-                              "(0 = no prune stage)") from None
-        if not (0 <= r < 1) or math.isnan(r):
-            raise SearchError(f"--ratios: {v} is out of range; a ratio is in [0, 1) (0 = no prune stage)")
-        got_ratios.append(round(r, 4))
+    got_ratios = _numbers("--ratios", _split(ratios) if ratios else ["0.2", "0.3", "0.5", f"{own.ratio:g}"], float,
+                          "a number; give fractions of channels removed, e.g. 0.2,0.3,0.5 (0 = no prune stage)",
+                          lambda r: 0 <= r < 1, "a ratio is in [0, 1) (0 = no prune stage)")
     got_modes = _split(modes) if modes else [m for m in valid_modes if m in (FP32, "int8_static", "int8_dynamic",
                                                                                "int4_weight_only")]
     for m in got_modes:
@@ -398,19 +368,10 @@ def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
             close = difflib.get_close_matches(m, valid_modes, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise SearchError(f"--modes: unknown mode {m!r}; {hint}valid choices: {', '.join(valid_modes)}")
-    got_widths: list[int | None] = []
-    for v in _split(widths) if widths else [own.width]:
-        if v is None:
-            got_widths.append(None)
-            continue
-        try:
-            w = int(v)
-        except ValueError:
-            raise SearchError(f"--widths: {v!r} is not a whole number of {_task(recipe).width_unit}") from None
-        if not 1 <= w <= 4096:
-            raise SearchError(f"--widths: {w} is out of range; a student width is 1 to 4096")
-        got_widths.append(w)
-    axes = Axes(tuple(dict.fromkeys(sorted(got_ratios))), tuple(dict.fromkeys(got_modes)),
+    got_widths = _numbers("--widths", _split(widths) if widths else [own.width], int,
+                          f"a whole number of {_task(recipe).width_unit}", lambda w: 1 <= w <= 4096,
+                          "a student width is 1 to 4096")
+    axes = Axes(tuple(dict.fromkeys(sorted(round(r, 4) for r in got_ratios))), tuple(dict.fromkeys(got_modes)),
                 tuple(dict.fromkeys(got_widths)))
     _check_recipe_allows(recipe, axes)
     return axes
@@ -731,7 +692,8 @@ class _Search:
         same_as = {c.name: first.setdefault(pipeline.file_digest(Path(c.entry["path"])), c.name) for c in done}
         unique = [c for c in done if same_as[c.name] == c.name]
         entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in unique]
-        models, eval_key, reused, measured_extra = task.measure(recipe, self.prep_for(recipe), entries, self.cache)
+        seen = _Seen(self.cache)  # the measurement's cache key, and whether it came from the cache
+        models, measured_extra = task.measure(recipe, self.prep_for(recipe), entries, seen)
         measure_seconds = self.clock() - t0
 
         by_name = {m["name"]: m for m in models}
@@ -759,9 +721,9 @@ class _Search:
             "stopped_by_budget": bool(self.skipped), "skipped": self.skipped,
             "frontier": [r["name"] for r in rows if r["frontier"]],
             "candidates": rows, "references": references, "measured_together": [m["name"] for m in models],
-            "bench": recipe.bench.model_dump(), "cpu": cpu_info(), "eval_key": eval_key,
+            "bench": recipe.bench.model_dump(), "cpu": cpu_info(), "eval_key": seen.key,
             "build_seconds": round(build_seconds, 2), "measure_seconds": round(measure_seconds, 2),
-            "measurements_cached": reused, **measured_extra,
+            "measurements_cached": not seen.stored, **measured_extra,
             "search_seconds": round(self.clock() - self.started, 2),
             "files": {k: str(search_dir / f"search.{k}") for k in ("json", "md", "png")},
             **(extra or {}),

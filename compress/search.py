@@ -141,17 +141,14 @@ class _Classify(_Task):
         s = session(path, threads=1)
         val_acc = float((predict(s, splits.val.x).argmax(1) == splits.val.y).mean())
         x1 = np.ascontiguousarray(splits.test.x[:1])
-        name = s.get_inputs()[0].name
-        for _ in range(3):
-            s.run(None, {name: x1})
-        t = []
-        for _ in range(7):
+        name, t = s.get_inputs()[0].name, []
+        for i in range(3 + 7):  # 3 warm-up calls
             a = time.perf_counter()
             s.run(None, {name: x1})
-            t.append(time.perf_counter() - a)
+            if i >= 3:
+                t.append(time.perf_counter() - a)
         setup = time.perf_counter() - t0 - sum(t)
-        reps = -(-bench.batch // len(splits.test.x))
-        xb = np.ascontiguousarray(np.concatenate([splits.test.x] * reps)[:bench.batch])
+        xb = np.resize(splits.test.x, (bench.batch, *splits.test.x.shape[1:]))  # the test split repeated to a batch
         sb = session(path, threads=bench.threads)
         sb.run(None, {name: xb})
         a = time.perf_counter()
@@ -587,18 +584,14 @@ class _Search:
         nothing is known yet."""
         from compress.cache import StageCache
 
-        total = 0.0
+        total, seen = 0.0, self.stage_seconds
         for i, (st, key) in enumerate(zip(c.recipe.stages, c.keys)):
             if self.cache.has(StageCache.KIND, key):
                 continue
-            if (i, st.type) in self.stage_seconds:
-                total += self.stage_seconds[(i, st.type)]
-            elif any(t == st.type for _, t in self.stage_seconds):
-                total += max(s for (_, t), s in self.stage_seconds.items() if t == st.type)
-            elif self.stage_seconds:
-                total += max(self.stage_seconds.values())  # a stage type not computed yet: the slowest seen
-            else:
+            if not seen:
                 return None  # nothing computed yet (a warm cache): launch it and learn
+            # This stage's time, else the slowest of its type, else (a type not computed yet) the slowest seen.
+            total += seen.get((i, st.type), max([s for (_, t), s in seen.items() if t == st.type] or seen.values()))
         if not session:
             return total
         probes = [d.probe for d in self.done if d.probe] + [r["probe"] for r in self.refs]
@@ -742,18 +735,14 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
            budget: float | None = None, trials: int | None = None, quiet: bool = False,
            clock: Callable[[], float] = time.monotonic, storage: str | None = None, study: str | None = None,
            report: bool = False, heartbeat: int | None = None) -> dict:
-    """Build every variant (grid) or ``trials`` of them (TPE), measure all together, write the frontier.
+    """Build every variant (grid) or ``trials`` of them (TPE), measure all together, write the frontier; returns
+    the ``search.json`` content. ``budget`` (seconds of wall time, the final measurement included) stops launching
+    variants whose estimated build and measurement would not fit.
 
-    Returns the ``search.json`` content. ``budget`` (seconds of wall time, the final measurement
-    included) stops launching variants that would not fit, estimated from the times of the stages each
-    would have to compute (cached stages cost nothing) and from the measurement session it would add to.
-
-    With ``storage`` (an optuna storage URL, see ``open_storage``) this process is one worker of the
-    study ``study`` (default: the recipe's name): it builds variants the study has not built yet and records
-    them there, measuring nothing together; ``budget`` bounds this worker's building. Any number of workers,
-    on any machines sharing the output root, pull from one study. ``report=True`` builds nothing: it measures
-    the study's finished candidates together and writes the frontier. Returns the worker's summary, or the
-    ``search.json`` content for a report.
+    With ``storage`` (an optuna storage URL, see ``open_storage``) this process is one worker of the study
+    ``study`` (default: the recipe's name): it builds what the study has not built yet, measures nothing together
+    and returns its summary; ``budget`` bounds its building. ``report=True`` builds nothing: it measures the
+    study's finished candidates together and writes the frontier.
     """
     started = clock()
     method = method or "grid"
@@ -906,9 +895,17 @@ class Store:
         return self.storage.get_trial_id_from_study_id_trial_number(
             self.storage.get_study_id_from_name(study.study_name), number)
 
+    def _move(self, tid: int, state) -> bool:
+        """Set trial ``tid``'s state; False when another worker moved it first (the storage refuses or raises)."""
+        import optuna
+
+        try:
+            return self.storage.set_trial_state_values(tid, state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
     def pop(self, study, number: int) -> int | None:
         """Claim queued trial ``number`` (WAITING -> RUNNING); its trial id, or None when another worker has it."""
-        import optuna
         from optuna.trial import TrialState
 
         tid = self.trial_id(study, number)
@@ -916,11 +913,7 @@ class Store:
             # optuna never gives up a RUNNING trial that has no heartbeat yet: beat first, so that a worker dying
             # right after its claim still leaves a trial that goes stale (a lost race beats another's trial once).
             self.beat(tid)
-        try:
-            ok = self.storage.set_trial_state_values(tid, TrialState.RUNNING)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return None
-        return tid if ok else None
+        return tid if self._move(tid, TrialState.RUNNING) else None
 
     def set_attrs(self, tid: int, attrs: dict) -> None:
         for k, v in attrs.items():
@@ -957,20 +950,16 @@ class Store:
             stop.set()
             thread.join()
 
-    def retry(self, study, tid: int) -> None:
-        """Queue a given-up trial again (a new WAITING trial with its parameters and attributes)."""
-        _retry_callback()(study, self.storage.get_trial(tid))
-
-    def give_back(self, study, tid: int) -> None:
-        """This worker stops (Ctrl-C): its trial goes back to the queue at once, without waiting for the grace period."""
-        import optuna
+    def give_up(self, study, tid: int) -> bool:
+        """Fail trial ``tid`` and queue it again (a new WAITING trial with its parameters and attributes): a trial
+        whose worker stopped beating, or this worker's when it stops (Ctrl-C) or cannot afford it. False when
+        another worker gave it up first (the journal applies one FAIL) and so queued the retry."""
         from optuna.trial import TrialState
 
-        try:
-            if self.storage.set_trial_state_values(tid, TrialState.FAIL):
-                self.retry(study, tid)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+        if not self._move(tid, TrialState.FAIL):
+            return False
+        _retry_callback()(study, self.storage.get_trial(tid))
+        return True
 
     def recover(self, study) -> list[int]:
         """Give up the RUNNING trials whose worker stopped beating, and queue them again; their numbers."""
@@ -985,16 +974,8 @@ class Store:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             # The later of the last heartbeat and the claim: a retried trial carries its predecessor's old beat.
             last = max(t.system_attrs.get(_BEAT, 0.0), t.datetime_start.timestamp() if t.datetime_start else now)
-            if now - last <= self.grace:
-                continue
-            tid = self.trial_id(study, t.number)
-            try:
-                if not self.storage.set_trial_state_values(tid, TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker gave it up first (the journal applies one FAIL): it queued the retry
-            self.retry(study, tid)
-            given_up.append(t.number)
+            if now - last > self.grace and self.give_up(study, self.trial_id(study, t.number)):
+                given_up.append(t.number)
         return given_up
 
 
@@ -1007,14 +988,8 @@ def _retry_callback():
 
 
 def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
-    """The optuna storage of ``--storage URL``:
-
-    - ``sqlite:///search.db`` (relative) or ``sqlite:////abs/search.db``: one machine, any number of workers;
-    - ``journal:///shared/search.log`` (absolute) or ``journal:search.log`` (relative): optuna's journal file
-      storage, for workers on several machines sharing a filesystem (no database server);
-    - any other SQLAlchemy URL (``postgresql://user:password@host/db``, ``mysql+pymysql://...``): optuna's
-      RDBStorage, for a cluster (the database driver must be installed).
-    """
+    """The optuna storage of ``--storage URL``: a sqlite file (one machine), optuna's journal file (machines sharing
+    a filesystem) or any other SQLAlchemy URL (a cluster); the forms are in ``forms`` and docs/search.md."""
     optuna = _optuna("compress search --storage")
     forms = ("give sqlite:///search.db (one machine), journal:///shared/search.log (a filesystem the workers share) "
              "or a database URL such as postgresql://user@host/db")
@@ -1209,7 +1184,7 @@ def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c
             try:
                 s.build(c, len(s.done) + 1)
             except KeyboardInterrupt:
-                store.give_back(study, tid)
+                store.give_up(study, tid)
                 raise
             except BaseException as exc:
                 import traceback
@@ -1267,14 +1242,13 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, queue: list[
             ok, est = s.fits(c, session=False)
             if ok:
                 job = (tid, trial.number, c)
-            elif point:  # a queued variant this worker cannot afford: back to the queue for another
-                unaffordable.append(s.skip(c, est))
-                store.give_back(study, tid)
             else:
                 unaffordable.append(s.skip(c, est))
-                for k, v in {**_identity(c), "worker": me, "skipped": "budget"}.items():
-                    trial.set_user_attr(k, v)
-                study.tell(trial, state=TrialState.PRUNED)
+                if point:  # a queued variant this worker cannot afford: back to the queue for another
+                    store.give_up(study, tid)
+                else:
+                    store.set_attrs(tid, {**_identity(c), "worker": me, "skipped": "budget"})
+                    study.tell(trial, state=TrialState.PRUNED)
         if job is not None:
             tid, number, c = job
             (built if _run_trial(optuna, s, study, store, tid, number, c, me) == "built" else reused).append(c.name)

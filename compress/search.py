@@ -95,9 +95,6 @@ class _Task:
     metric = property(lambda self: self._metric[0])
     higher = property(lambda self: self._metric[1])
 
-    def dump(self, recipe) -> dict:
-        return recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"}, exclude_unset=self.exclude_unset)
-
 
 class _Classify(_Task):
     """``task: classify``: the ratio is every prune stage's ``ratio`` and every quantize stage takes the mode; the
@@ -421,7 +418,7 @@ def variant(recipe, p: Point, name: str | None = None):
     from compress.recipe import parse_recipe
 
     task = _task(recipe)
-    data = task.dump(recipe)
+    data = recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"}, exclude_unset=task.exclude_unset)
     last_quantize = max((i for i, st in enumerate(recipe.stages) if st.type == "quantize"), default=None)
     stages = []
     for i, (cfg, st) in enumerate(zip(recipe.stages, data["stages"])):
@@ -437,17 +434,14 @@ def variant(recipe, p: Point, name: str | None = None):
     if p.mode != FP32 and not any(st["type"] == "quantize" for st in stages):
         stages.append({"type": "quantize", "mode": p.mode})
     data["stages"] = stages
-    student = dict(data["student"])
+    student = data["student"]
     if student.get("from_teacher") is not None:
         student.pop("model")  # derived again, identically, by the recipe's validator
     elif p.width is not None:
         student["model"] = {**student["model"], "width": p.width}
-    data["student"] = student
     if name is not None:
         data["name"] = name
-    out = parse_recipe(data, recipe.source_file, dict(recipe._lines))
-    out._lines = dict(recipe._lines)
-    return out
+    return parse_recipe(data, recipe.source_file, dict(recipe._lines))
 
 
 # --- the frontier ----------------------------------------------------------------------------------
@@ -559,7 +553,6 @@ class _Search:
 
         r = variant(self.recipe, p, name=f"{self.recipe.name}.{p.name}")
         r = r.model_copy(update={"baseline": "none"})  # the scratch baseline comes from the recipe's own build
-        r._lines = dict(self.recipe._lines)
         c = _Candidate(p, p.name, r, pipeline.chain_keys(r, self.prep_for(r)))
         return self.known.get(tuple(c.keys), c)
 
@@ -619,14 +612,14 @@ class _Search:
         with claim_file(inside(folder, f"{c.name}.lock")):
             yield
 
-    def build(self, c: _Candidate, index: int) -> None:
+    def build(self, c: _Candidate) -> None:
         """Build ``c`` (its stages from the cache where they are there) into ``search/variants/<name>/`` and probe it.
         Hold ``lock(c)`` around it."""
         from compress import pipeline
         from compress._io import inside, publish, staging
 
-        say(f"[bold magenta]variant {index}[/bold magenta] {c.name}" + (" (the recipe's own)" if c.is_recipe else ""),
-            self.quiet)
+        say(f"[bold magenta]variant {len(self.done) + 1}[/bold magenta] {c.name}"
+            + (" (the recipe's own)" if c.is_recipe else ""), self.quiet)
         t0 = self.clock()
         # Built in a staging folder and published whole: an earlier search's files for this variant are
         # replaced only by a complete new set.
@@ -655,9 +648,9 @@ class _Search:
         self.known[tuple(c.keys)] = c
         self.done.append(c)
 
-    def run_one(self, c: _Candidate, index: int) -> None:
+    def run_one(self, c: _Candidate) -> None:
         with self.lock(c):
-            self.build(c, index)
+            self.build(c)
 
     def run_if_it_fits(self, c: _Candidate) -> bool:
         """Build ``c`` when the budget affords it (and its measurement); else note it skipped. Whether it was built."""
@@ -665,7 +658,7 @@ class _Search:
         if not ok:
             self.skipped.append(self.skip(c, est))
             return False
-        self.run_one(c, len(self.done) + 1)
+        self.run_one(c)
         return True
 
     def finish(self, method: str, n_planned: int, build_seconds: float, extra: dict | None = None) -> dict:
@@ -773,7 +766,7 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
         f"ratios {', '.join(f'{r:g}' for r in axes.ratios)} x modes {', '.join(axes.modes)}"
         + (f" x widths {', '.join(str(w) for w in axes.widths)}" if len(axes.widths) > 1 else "")
         + (f", budget {budget:g} s" if budget else ""), quiet)
-    s.run_one(s.base, 1)
+    s.run_one(s.base)
     if method == "grid":
         for c in queue[1:]:
             s.run_if_it_fits(c)
@@ -1182,7 +1175,7 @@ def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c
                 _tell(optuna, study, store, tid, number, done.values, {"same_as": done.number})
                 return "reused"
             try:
-                s.build(c, len(s.done) + 1)
+                s.build(c)
             except KeyboardInterrupt:
                 store.give_up(study, tid)
                 raise
@@ -1310,10 +1303,11 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
     for t in trials_in_order:
         a = t.user_attrs
         c = _from_trial(s, a, t.number)
-        if not all(_intact(s, f) for f in [a["entry"], *(a.get("refs") or [])]):  # missing or changed since the worker recorded it: built again (its stages are cached)
+        # A file missing or changed since the worker recorded it: built again (its stages are cached).
+        if not all(_intact(s, f) for f in [a["entry"], *(a.get("refs") or [])]):
             say(f"[yellow]{c.name}: its files changed since trial {t.number} recorded them; building it again "
                 "from the cache[/yellow]", s.quiet)
-            s.run_one(c, len(s.done) + 1)
+            s.run_one(c)
             rebuilt.append(c.name)
         else:
             c.entry, c.probe, c.stages = _local(s, a["entry"]), a["probe"], a["stages"]

@@ -343,11 +343,8 @@ def _numbers(flag: str, values: list, kind, what: str, ok, out_of_range: str) ->
 
 
 def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
-    """The search axes from the command line's strings (None: the defaults), checked against the recipe.
-
-    Defaults: ratios 0.2, 0.3, 0.5 and the recipe's own; every quantization mode of the task and fp32; the
-    recipe's width.
-    """
+    """The search axes from the command line's strings, checked against the recipe. None: the defaults, ratios 0.2,
+    0.3, 0.5 and the recipe's own; fp32 and the task's int8_static, int8_dynamic, int4_weight_only; its width."""
     own = own_point(recipe)
     valid_modes = quantize_modes(recipe.task)
     got_ratios = _numbers("--ratios", _split(ratios) if ratios else ["0.2", "0.3", "0.5", f"{own.ratio:g}"], float,
@@ -410,11 +407,8 @@ def _check_recipe_allows(recipe, axes: Axes) -> None:
 
 def variant(recipe, p: Point, name: str | None = None):
     """The recipe with ``p``'s ratio, mode and width, re-validated (a bad combination fails here, at no cost).
-
-    Ratio 0 drops every prune stage; ``fp32`` drops every quantize stage; a quantize stage is appended
-    after the last stage when the recipe has none. How a stage takes the ratio and the mode is the task's
-    (``_TASKS``): an LM variant keeps one quantize stage, the recipe's last.
-    """
+    Ratio 0 drops every prune stage, ``fp32`` every quantize stage; a quantize stage is appended after the last
+    stage when the recipe has none. How a stage takes the ratio and the mode is the task's (``_TASKS``)."""
     from compress.recipe import parse_recipe
 
     task = _task(recipe)
@@ -504,10 +498,9 @@ def _optuna(what: str = "compress search --method tpe"):
 
 
 def _scores(m: dict, probe: dict, metric: str) -> dict:
-    """A measured model's numbers in search.json: the task's metric on the test split (``accuracy`` or
-    ``bits_per_byte``, plus an LM's ``perplexity``) and on validation (the probe's ``val_<metric>``), agreement with
-    the teacher, size, latency. What a task does not measure (an LM's errors, MACs, batch latency) is None; the
-    chance-level flag is classification's."""
+    """A measured model's numbers in search.json: the task's metric on the test split (plus an LM's ``perplexity``)
+    and on validation (the probe's ``val_<metric>``), agreement, size, latency. What a task does not measure (an
+    LM's errors, MACs, batch latency) is None; the chance-level flag is classification's."""
     return {metric: m[metric], "errors": m.get("errors"), f"val_{metric}": probe[f"val_{metric}"],
             **({"perplexity": m["perplexity"]} if "perplexity" in m else {}), "agreement": m.get("agreement"),
             "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"], "latency_batch_ms": m.get("latency_batch_ms"),
@@ -716,7 +709,9 @@ class _Search:
         }
         search_dir.mkdir(parents=True, exist_ok=True)
         with claim_file(inside(search_dir, ".lock")):  # two searches finishing together write one set of files each
-            write(result, search_dir)
+            write_json(search_dir / "search.json", result)
+            write_text(search_dir / "search.md", markdown(result))
+            plot(result, search_dir / "search.png")
             result["search_seconds"] = round(self.clock() - self.started, 2)
             write_json(search_dir / "search.json", result)  # again, with the time the files took
         if not self.quiet:
@@ -1058,28 +1053,26 @@ def _serialize_sqlite(engine) -> None:
     engine.dispose()  # connections opened before the listeners existed are closed; new ones get them
 
 
-def _plan(s: _Search, method: str, n_planned: int) -> dict:
-    return {"method": method, "axes": s.axes.as_dict(), "trials": n_planned if method == "tpe" else None,
-            "recipe": s.recipe.name, "keys": list(s.base.keys)}
-
-
 def _identity(c: _Candidate) -> dict:
     return {"variant": c.name, "key": c.key, "point": c.point.as_dict(), "recipe": c.is_recipe}
 
 
-def _open_study(optuna, store: Store, name: str, plan: dict, queue: list[_Candidate], sampler, *, create: bool,
-                directions: list[str] | None = None):
+def _open_study(optuna, s: _Search, store: Store, name: str, method: str, n_planned: int, queue: list[_Candidate],
+                sampler, *, create: bool):
     """The study ``name``: created with its queue when it does not exist (and ``create``), else loaded and its
     plan checked against this command's. Returns (study, whether this process created it)."""
     from optuna.trial import TrialState, create_trial
 
+    plan = {"method": method, "axes": s.axes.as_dict(), "trials": n_planned if method == "tpe" else None,
+            "recipe": s.recipe.name, "keys": list(s.base.keys)}
     if create:
         try:
-            study = optuna.create_study(study_name=name, storage=store.storage, sampler=sampler, directions=directions)
+            study = optuna.create_study(study_name=name, storage=store.storage, sampler=sampler,
+                                        directions=_directions(s))
         except optuna.exceptions.DuplicatedStudyError:
             pass
         else:
-            dists = _distributions(Axes(**{k: tuple(v) for k, v in plan["axes"].items()}), plan["method"])
+            dists = _distributions(s.axes, method)
             for c in queue:
                 params = _in_space(dists, c.point)
                 study.add_trial(create_trial(state=TrialState.WAITING, params=params,
@@ -1184,8 +1177,7 @@ def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c
 
                 from optuna.trial import TrialState
 
-                store.storage.set_trial_user_attr(tid, "error", "".join(
-                    traceback.format_exception_only(type(exc), exc)).strip()[-2000:])
+                store.set_attrs(tid, {"error": "".join(traceback.format_exception_only(exc)).strip()[-2000:]})
                 store.storage.set_trial_state_values(tid, TrialState.FAIL)
                 raise
             c.worker, c.trial = me, number
@@ -1203,8 +1195,7 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, queue: list[
 
     sampler = (optuna.samplers.TPESampler(n_startup_trials=min(5, n_planned), constant_liar=True)
                if method == "tpe" else optuna.samplers.RandomSampler())
-    study, created = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, sampler, create=True,
-                                 directions=_directions(s))
+    study, created = _open_study(optuna, s, store, name, method, n_planned, queue, sampler, create=True)
     me = f"{socket.gethostname()}:{os.getpid()}"
     say(f"[bold]compress search[/bold] worker {me}: {method} study {name!r} in {store.shown} "
         + (f"(created; {len(queue)} variant(s) queued)" if created else "(joined)")
@@ -1277,7 +1268,7 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
     is built again from the cache."""
     from optuna.trial import TrialState
 
-    study, _ = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, optuna.samplers.RandomSampler(),
+    study, _ = _open_study(optuna, s, store, name, method, n_planned, queue, optuna.samplers.RandomSampler(),
                            create=False)
     given_up = store.recover(study)
     now = study.get_trials(deepcopy=False)
@@ -1290,9 +1281,7 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
             f"(a crashed worker's variant is given up after {store.grace} s without a heartbeat)")
     built = sorted((t for t in now if t.state == TrialState.COMPLETE and t.user_attrs.get("built")),
                    key=lambda t: t.number)
-    first: dict[str, object] = {}
-    for t in built:
-        first.setdefault(t.user_attrs["key"], t)
+    first = {t.user_attrs["key"]: t for t in reversed(built)}  # the first trial that built each model
     if not any(t.user_attrs.get("recipe") for t in first.values()):
         raise CompressError(f"study {name!r}: the recipe's own variant has not been built yet; start a worker "
                             "(the same command without --report)")
@@ -1373,10 +1362,6 @@ def _intact(s: _Search, f: dict) -> bool:
 # --- output ----------------------------------------------------------------------------------------
 
 
-def _size(n: int) -> str:
-    return f"{n / 1e3:,.1f} kB" if n < 1e6 else f"{n / 1e6:,.2f} MB"
-
-
 _LEFT = ("candidate", "mode", "note")  # the table's text columns; the others are numbers, right-aligned
 
 
@@ -1388,6 +1373,8 @@ def _header(result: dict) -> list[str]:
 
 def _rows(result: dict) -> list[list[str]]:
     """The table's rows: the candidates, the frontier first and the best first, then the references."""
+    from compress.report import size_text
+
     task = _task(result)
     metric = task.metric
 
@@ -1395,7 +1382,7 @@ def _rows(result: dict) -> list[list[str]]:
         batch = r.get("latency_batch_ms")
         return [format(r[metric], task.number), format(r[f"val_{metric}"], task.number),
                 f"{r['latency_ms']['p50'] * 1e3:.1f}", "-" if batch is None else f"{batch['p50']:.3f}",
-                _size(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-"]
+                size_text(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-"]
 
     rows = []
     for r in sorted(result["candidates"], key=lambda r: (not r["frontier"], -r[metric] if task.higher else r[metric],
@@ -1524,12 +1511,6 @@ def plot(result: dict, path: Path) -> None:
             ax.scatter([], [], marker=mk, c=col, label=role)
     ax.legend(loc="best", fontsize=7, framealpha=0.7)
     save(fig, path)
-
-
-def write(result: dict, out_dir: Path) -> None:
-    write_json(out_dir / "search.json", result)
-    write_text(out_dir / "search.md", markdown(result))
-    plot(result, out_dir / "search.png")
 
 
 def print_table(result: dict) -> None:

@@ -775,17 +775,10 @@ def _distributions(axes: Axes, method: str) -> dict:
     and the largest given; a grid's axes are categorical. An axis with one value is not a parameter for TPE."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    if method == "grid":
-        return {"ratio": CategoricalDistribution(list(axes.ratios)), "mode": CategoricalDistribution(list(axes.modes)),
-                "width": CategoricalDistribution(list(axes.widths))}
-    lo, hi = min(axes.ratios), max(axes.ratios)
-    out = {}
-    if hi > lo:
-        out["ratio"] = FloatDistribution(lo, hi, step=0.01)
-    if len(axes.modes) > 1:
-        out["mode"] = CategoricalDistribution(list(axes.modes))
-    if len(axes.widths) > 1:
-        out["width"] = CategoricalDistribution(list(axes.widths))
+    values = {"ratio": axes.ratios, "mode": axes.modes, "width": axes.widths}
+    out = {k: CategoricalDistribution(list(v)) for k, v in values.items() if method == "grid" or len(v) > 1}
+    if method == "tpe" and "ratio" in out:
+        out["ratio"] = FloatDistribution(min(axes.ratios), max(axes.ratios), step=0.01)
     return out
 
 
@@ -869,7 +862,6 @@ _PLAN = "plan"  # study user attr: what the study searches (method, axes, trials
 class Store:
     """An optuna storage and how its trials are claimed, kept alive and recovered."""
 
-    url: str
     shown: str  # the URL without its password, for messages and search.json
     kind: str  # "sqlite", "rdb" or "journal"
     storage: object
@@ -987,13 +979,12 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
         except ImportError:  # optuna < 4.0
             from optuna.storages import JournalFileStorage as JournalFileBackend, JournalStorage
 
-        path = url[len("journal:"):]
-        path = path[2:] if path.startswith("//") else path
+        path = url.removeprefix("journal:").removeprefix("//")
         if not path or path.endswith("/"):
             raise SearchError(f"--storage {url}: no file named; {forms}")
         if not Path(path).parent.is_dir():
             raise SearchError(f"--storage {url}: folder {Path(path).parent} does not exist")
-        return Store(url, url, "journal", JournalStorage(JournalFileBackend(path)), heartbeat)
+        return Store(url, "journal", JournalStorage(JournalFileBackend(path)), heartbeat)
     if "://" not in url:
         raise SearchError(f"--storage {url}: not a storage URL; {forms}")
     import sqlalchemy
@@ -1030,7 +1021,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
             time.sleep(0.3 * (attempt + 1))
     if sqlite:
         _serialize_sqlite(storage.engine)
-    return Store(url, shown, "sqlite" if sqlite else "rdb", storage, heartbeat)
+    return Store(shown, "sqlite" if sqlite else "rdb", storage, heartbeat)
 
 
 def _serialize_sqlite(engine) -> None:

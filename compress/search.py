@@ -570,14 +570,14 @@ class _Search:
         nothing is known yet."""
         from compress.cache import StageCache
 
-        total, seen = 0.0, self.stage_seconds
+        total, times = 0.0, self.stage_seconds
         for i, (st, key) in enumerate(zip(c.recipe.stages, c.keys)):
             if self.cache.has(StageCache.KIND, key):
                 continue
-            if not seen:
+            if not times:
                 return None  # nothing computed yet (a warm cache): launch it and learn
             # This stage's time, else the slowest of its type, else (a type not computed yet) the slowest seen.
-            total += seen.get((i, st.type), max([s for (_, t), s in seen.items() if t == st.type] or seen.values()))
+            total += times.get((i, st.type), max([s for (_, t), s in times.items() if t == st.type] or times.values()))
         if not session:
             return total
         probes = [d.probe for d in self.done if d.probe] + [r["probe"] for r in self.refs]

@@ -2,43 +2,18 @@
 
 Every variant is the recipe with those three values changed, built by ``pipeline.build`` against the
 shared cache, so variants share the teacher, the scratch baseline and every stage before the first one
-that differs (a second ratio re-runs prune and what follows it, never distill). Nothing is timed per
-variant: the final model of every candidate, the teacher and the scratch student are measured together
-at the end, in one interleaved session, on the test split that no stage trained or calibrated on. The
-Pareto frontier is taken over (test quality, p50 latency, file size down), quality oriented by the task's
-metric.
-
-What varies, by the recipe's task (``recipe.task``; ``_TASKS`` holds one small adapter per task):
-
-- ``classify``: the ratio is every prune stage's ``ratio``; every quantize stage takes the mode (fp32 + the
-  modes of compress.stages.quantize); the width is the built-in student's (cnn, mlp). Quality is test accuracy
-  (higher is better), latency p50 at batch 1 on 1 thread (``pipeline.measure``); the probe is validation
-  accuracy and a rough batch-1 latency. Models at chance level are flagged.
-- ``lm``: the ratio sets the prune stage's ``heads`` and ``mlp`` fractions, each one the recipe gives above 0
-  (a recipe that prunes MLP units only keeps its heads; no ratio can reproduce ``heads: 0.5, mlp: 0.25``, so
-  the recipe's own build is then listed as "recipe"); the mode is fp32 + the modes of
-  compress.stages.lm_quantize, and a variant keeps ONE quantize stage, the recipe's last, with that mode
-  (keys of INT4 only, ``block_size``, ``accuracy_level`` and ``fallback``, reset to their defaults when the
-  mode changes; ``max_bpb_increase`` and ``per_channel`` apply to both modes and are kept); the width is the
-  ``arch: gpt`` student's (an ``hf:`` student has none to change). Quality is test bits per byte (lower is
-  better) and latency the decode time per token at 1 thread (``LMTask.measure``); the probe is validation
-  bits/byte of the file and a rough per-token decode time.
-
-For both, ratio 0 means "no prune stage"; mode ``fp32`` means "no quantize stage" (the exported fp32 file), and
-a quantize stage ``{type: quantize, mode: M}`` is appended after the last stage (the export) when the recipe
-has none.
-
-With ``--storage URL`` the search is an optuna study that any number of worker processes, on one machine or
-several sharing the output root, build from (each variant once; a crashed worker's variant is queued again);
-``--report`` then measures the finished candidates together on one machine, as above. See "a search on an
-optuna storage" below.
+that differs. Nothing is timed per variant: the final model of every candidate, the teacher and the
+scratch student are measured together at the end, in one interleaved session, on the test split that no
+stage trained or calibrated on. The Pareto frontier is taken over (test quality, p50 latency, file size
+down), quality oriented by the task's metric. How each task takes the three values: ``_Classify``, ``_LM``
+and docs/search.md. With ``--storage URL`` the search is an optuna study that many worker processes build
+from; ``--report`` then measures the finished candidates together (see "a search on an optuna storage").
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 import typing
 from dataclasses import dataclass, field
@@ -64,7 +39,7 @@ class SearchError(CompressError):
     exit_code = 2
 
 
-def quantize_modes(task: str = "classify") -> list[str]:
+def quantize_modes(task: str) -> list[str]:
     """``fp32`` plus every mode the task's quantize stage accepts (read off its config, so new modes join)."""
     from compress.stages.base import stages_for
 
@@ -108,26 +83,17 @@ class _Task:
     """What a search asks of the recipe's task; the metric and its direction come from the pipeline's task adapter."""
 
     name = ""
+    exclude_unset = False  # what variant() edits: the recipe's keys, defaults included
 
     @functools.cached_property
     def _metric(self) -> tuple[str, bool]:
+        """The quality measured on the test split (``accuracy`` or ``bits_per_byte``) and whether higher is better."""
         from compress.pipeline import task_named
 
         return task_named(self.name).metric
 
-    @property
-    def metric(self) -> str:
-        """The quality measured on the test split: ``accuracy`` or ``bits_per_byte``."""
-        return self._metric[0]
-
-    @property
-    def higher(self) -> bool:
-        return self._metric[1]
-
-    exclude_unset = False  # what variant() edits: the recipe's keys, defaults included
-
-    def dump(self, recipe) -> dict:
-        return recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"}, exclude_unset=self.exclude_unset)
+    metric = property(lambda self: self._metric[0])
+    higher = property(lambda self: self._metric[1])
 
 
 class _Classify(_Task):
@@ -172,17 +138,14 @@ class _Classify(_Task):
         s = session(path, threads=1)
         val_acc = float((predict(s, splits.val.x).argmax(1) == splits.val.y).mean())
         x1 = np.ascontiguousarray(splits.test.x[:1])
-        name = s.get_inputs()[0].name
-        for _ in range(3):
-            s.run(None, {name: x1})
-        t = []
-        for _ in range(7):
+        name, t = s.get_inputs()[0].name, []
+        for i in range(3 + 7):  # 3 warm-up calls
             a = time.perf_counter()
             s.run(None, {name: x1})
-            t.append(time.perf_counter() - a)
+            if i >= 3:
+                t.append(time.perf_counter() - a)
         setup = time.perf_counter() - t0 - sum(t)
-        reps = -(-bench.batch // len(splits.test.x))
-        xb = np.ascontiguousarray(np.concatenate([splits.test.x] * reps)[:bench.batch])
+        xb = np.resize(splits.test.x, (bench.batch, *splits.test.x.shape[1:]))  # the test split repeated to a batch
         sb = session(path, threads=bench.threads)
         sb.run(None, {name: xb})
         a = time.perf_counter()
@@ -202,19 +165,18 @@ class _Classify(_Task):
         return total
 
     @staticmethod
-    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], str, bool, dict]:
+    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
         """Test accuracy and interleaved latency (pipeline.measure); models at chance level flagged. Returns the
-        models, the measurement's cache key, whether it came from the cache, and what search.json adds."""
+        models and what search.json adds."""
         from compress import pipeline
         from compress.report import chance_level
 
         splits = prep.splits
-        reused = cache.get_json("eval", pipeline.measure_key(recipe, splits, entries)) is not None
-        models, eval_key = pipeline.measure(recipe, splits, entries, cache, quiet=True)
+        models, _ = pipeline.measure(recipe, splits, entries, cache, quiet=True)
         chance = chance_level(np.bincount(splits.test.y, minlength=splits.num_classes).tolist())
         for m in models:
             m["at_chance"] = m["accuracy"] <= chance["threshold"]
-        return models, eval_key, reused, {"chance": chance}
+        return models, {"chance": chance}
 
     @staticmethod
     def notes(result: dict) -> list[str]:
@@ -309,14 +271,12 @@ class _LM(_Task):
         return total
 
     @staticmethod
-    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], str | None, bool, dict]:
+    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
         """Test bits/byte, perplexity, agreement and per-token decode latency (LMTask.measure, one interleaved
-        benchmark); the models, the measurement's cache key, whether it came from the cache, nothing more."""
+        benchmark); the models, nothing more for search.json."""
         from compress.pipeline import task_of
 
-        seen = _Seen(cache)
-        models, _ = task_of(recipe).measure(recipe, prep, entries, seen, quiet=True)
-        return models, seen.key, not seen.stored, {}
+        return task_of(recipe).measure(recipe, prep, entries, cache, quiet=True)[0], {}
 
     @staticmethod
     def notes(result: dict) -> list[str]:
@@ -365,30 +325,31 @@ class _Seen:
 
 def _split(values) -> list[str]:
     """``("0.2,0.3", "0.5")`` -> ``["0.2", "0.3", "0.5"]``: repeated flags and comma lists both work."""
+    return [p.strip() for v in values for p in str(v).split(",") if p.strip()]
+
+
+def _numbers(flag: str, values: list, kind, what: str, ok, out_of_range: str) -> list:
+    """``values`` as numbers of ``kind`` (None stays None), each checked by ``ok``."""
     out = []
-    for v in values or ():
-        out += [p.strip() for p in str(v).split(",") if p.strip()]
+    for v in values:
+        try:
+            x = v if v is None else kind(v)
+        except ValueError:
+            raise SearchError(f"{flag}: {v!r} is not {what}") from None
+        if x is not None and not ok(x):
+            raise SearchError(f"{flag}: {v} is out of range; {out_of_range}")
+        out.append(x)
     return out
 
 
 def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
-    """The search axes from the command line's strings (None: the defaults), checked against the recipe.
-
-    Defaults: ratios 0.2, 0.3, 0.5 and the recipe's own; every quantization mode of the task and fp32; the
-    recipe's width.
-    """
+    """The search axes from the command line's strings, checked against the recipe. None: the defaults, ratios 0.2,
+    0.3, 0.5 and the recipe's own; fp32 and the task's int8_static, int8_dynamic, int4_weight_only; its width."""
     own = own_point(recipe)
     valid_modes = quantize_modes(recipe.task)
-    got_ratios = []
-    for v in _split(ratios) if ratios else ["0.2", "0.3", "0.5", f"{own.ratio:g}"]:
-        try:
-            r = float(v)
-        except ValueError:
-            raise SearchError(f"--ratios: {v!r} is not a number; give fractions of channels removed, e.g. 0.2,0.3,0.5 "
-                              "(0 = no prune stage)") from None
-        if not (0 <= r < 1) or math.isnan(r):
-            raise SearchError(f"--ratios: {v} is out of range; a ratio is in [0, 1) (0 = no prune stage)")
-        got_ratios.append(round(r, 4))
+    got_ratios = _numbers("--ratios", _split(ratios) if ratios else ["0.2", "0.3", "0.5", f"{own.ratio:g}"], float,
+                          "a number; give fractions of channels removed, e.g. 0.2,0.3,0.5 (0 = no prune stage)",
+                          lambda r: 0 <= r < 1, "a ratio is in [0, 1) (0 = no prune stage)")
     got_modes = _split(modes) if modes else [m for m in valid_modes if m in (FP32, "int8_static", "int8_dynamic",
                                                                                "int4_weight_only")]
     for m in got_modes:
@@ -398,19 +359,10 @@ def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
             close = difflib.get_close_matches(m, valid_modes, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise SearchError(f"--modes: unknown mode {m!r}; {hint}valid choices: {', '.join(valid_modes)}")
-    got_widths: list[int | None] = []
-    for v in _split(widths) if widths else [own.width]:
-        if v is None:
-            got_widths.append(None)
-            continue
-        try:
-            w = int(v)
-        except ValueError:
-            raise SearchError(f"--widths: {v!r} is not a whole number of {_task(recipe).width_unit}") from None
-        if not 1 <= w <= 4096:
-            raise SearchError(f"--widths: {w} is out of range; a student width is 1 to 4096")
-        got_widths.append(w)
-    axes = Axes(tuple(dict.fromkeys(sorted(got_ratios))), tuple(dict.fromkeys(got_modes)),
+    got_widths = _numbers("--widths", _split(widths) if widths else [own.width], int,
+                          f"a whole number of {_task(recipe).width_unit}", lambda w: 1 <= w <= 4096,
+                          "a student width is 1 to 4096")
+    axes = Axes(tuple(dict.fromkeys(sorted(round(r, 4) for r in got_ratios))), tuple(dict.fromkeys(got_modes)),
                 tuple(dict.fromkeys(got_widths)))
     _check_recipe_allows(recipe, axes)
     return axes
@@ -455,15 +407,12 @@ def _check_recipe_allows(recipe, axes: Axes) -> None:
 
 def variant(recipe, p: Point, name: str | None = None):
     """The recipe with ``p``'s ratio, mode and width, re-validated (a bad combination fails here, at no cost).
-
-    Ratio 0 drops every prune stage; ``fp32`` drops every quantize stage; a quantize stage is appended
-    after the last stage when the recipe has none. How a stage takes the ratio and the mode is the task's
-    (``_TASKS``): an LM variant keeps one quantize stage, the recipe's last.
-    """
+    Ratio 0 drops every prune stage, ``fp32`` every quantize stage; a quantize stage is appended after the last
+    stage when the recipe has none. How a stage takes the ratio and the mode is the task's (``_TASKS``)."""
     from compress.recipe import parse_recipe
 
     task = _task(recipe)
-    data = task.dump(recipe)
+    data = recipe.model_dump(mode="json", by_alias=True, exclude={"source_file"}, exclude_unset=task.exclude_unset)
     last_quantize = max((i for i, st in enumerate(recipe.stages) if st.type == "quantize"), default=None)
     stages = []
     for i, (cfg, st) in enumerate(zip(recipe.stages, data["stages"])):
@@ -479,17 +428,14 @@ def variant(recipe, p: Point, name: str | None = None):
     if p.mode != FP32 and not any(st["type"] == "quantize" for st in stages):
         stages.append({"type": "quantize", "mode": p.mode})
     data["stages"] = stages
-    student = dict(data["student"])
+    student = data["student"]
     if student.get("from_teacher") is not None:
         student.pop("model")  # derived again, identically, by the recipe's validator
     elif p.width is not None:
         student["model"] = {**student["model"], "width": p.width}
-    data["student"] = student
     if name is not None:
         data["name"] = name
-    out = parse_recipe(data, recipe.source_file, dict(recipe._lines))
-    out._lines = dict(recipe._lines)
-    return out
+    return parse_recipe(data, recipe.source_file, dict(recipe._lines))
 
 
 # --- the frontier ----------------------------------------------------------------------------------
@@ -552,10 +498,9 @@ def _optuna(what: str = "compress search --method tpe"):
 
 
 def _scores(m: dict, probe: dict, metric: str) -> dict:
-    """A measured model's numbers in search.json: the task's metric on the test split (``accuracy`` or
-    ``bits_per_byte``, plus an LM's ``perplexity``) and on validation (the probe's ``val_<metric>``), agreement with
-    the teacher, size, latency. What a task does not measure (an LM's errors, MACs, batch latency) is None; the
-    chance-level flag is classification's."""
+    """A measured model's numbers in search.json: the task's metric on the test split (plus an LM's ``perplexity``)
+    and on validation (the probe's ``val_<metric>``), agreement, size, latency. What a task does not measure (an
+    LM's errors, MACs, batch latency) is None; the chance-level flag is classification's."""
     return {metric: m[metric], "errors": m.get("errors"), f"val_{metric}": probe[f"val_{metric}"],
             **({"perplexity": m["perplexity"]} if "perplexity" in m else {}), "agreement": m.get("agreement"),
             "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"], "latency_batch_ms": m.get("latency_batch_ms"),
@@ -601,7 +546,6 @@ class _Search:
 
         r = variant(self.recipe, p, name=f"{self.recipe.name}.{p.name}")
         r = r.model_copy(update={"baseline": "none"})  # the scratch baseline comes from the recipe's own build
-        r._lines = dict(self.recipe._lines)
         c = _Candidate(p, p.name, r, pipeline.chain_keys(r, self.prep_for(r)))
         return self.known.get(tuple(c.keys), c)
 
@@ -626,18 +570,14 @@ class _Search:
         nothing is known yet."""
         from compress.cache import StageCache
 
-        total = 0.0
+        total, times = 0.0, self.stage_seconds
         for i, (st, key) in enumerate(zip(c.recipe.stages, c.keys)):
             if self.cache.has(StageCache.KIND, key):
                 continue
-            if (i, st.type) in self.stage_seconds:
-                total += self.stage_seconds[(i, st.type)]
-            elif any(t == st.type for _, t in self.stage_seconds):
-                total += max(s for (_, t), s in self.stage_seconds.items() if t == st.type)
-            elif self.stage_seconds:
-                total += max(self.stage_seconds.values())  # a stage type not computed yet: the slowest seen
-            else:
+            if not times:
                 return None  # nothing computed yet (a warm cache): launch it and learn
+            # This stage's time, else the slowest of its type, else (a type not computed yet) the slowest seen.
+            total += times.get((i, st.type), max([s for (_, t), s in times.items() if t == st.type] or times.values()))
         if not session:
             return total
         probes = [d.probe for d in self.done if d.probe] + [r["probe"] for r in self.refs]
@@ -665,14 +605,14 @@ class _Search:
         with claim_file(inside(folder, f"{c.name}.lock")):
             yield
 
-    def build(self, c: _Candidate, index: int) -> None:
+    def build(self, c: _Candidate) -> None:
         """Build ``c`` (its stages from the cache where they are there) into ``search/variants/<name>/`` and probe it.
         Hold ``lock(c)`` around it."""
         from compress import pipeline
         from compress._io import inside, publish, staging
 
-        say(f"[bold magenta]variant {index}[/bold magenta] {c.name}" + (" (the recipe's own)" if c.is_recipe else ""),
-            self.quiet)
+        say(f"[bold magenta]variant {len(self.done) + 1}[/bold magenta] {c.name}"
+            + (" (the recipe's own)" if c.is_recipe else ""), self.quiet)
         t0 = self.clock()
         # Built in a staging folder and published whole: an earlier search's files for this variant are
         # replaced only by a complete new set.
@@ -701,9 +641,9 @@ class _Search:
         self.known[tuple(c.keys)] = c
         self.done.append(c)
 
-    def run_one(self, c: _Candidate, index: int) -> None:
+    def run_one(self, c: _Candidate) -> None:
         with self.lock(c):
-            self.build(c, index)
+            self.build(c)
 
     def run_if_it_fits(self, c: _Candidate) -> bool:
         """Build ``c`` when the budget affords it (and its measurement); else note it skipped. Whether it was built."""
@@ -711,7 +651,7 @@ class _Search:
         if not ok:
             self.skipped.append(self.skip(c, est))
             return False
-        self.run_one(c, len(self.done) + 1)
+        self.run_one(c)
         return True
 
     def finish(self, method: str, n_planned: int, build_seconds: float, extra: dict | None = None) -> dict:
@@ -731,7 +671,8 @@ class _Search:
         same_as = {c.name: first.setdefault(pipeline.file_digest(Path(c.entry["path"])), c.name) for c in done}
         unique = [c for c in done if same_as[c.name] == c.name]
         entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in unique]
-        models, eval_key, reused, measured_extra = task.measure(recipe, self.prep_for(recipe), entries, self.cache)
+        seen = _Seen(self.cache)  # the measurement's cache key, and whether it came from the cache
+        models, measured_extra = task.measure(recipe, self.prep_for(recipe), entries, seen)
         measure_seconds = self.clock() - t0
 
         by_name = {m["name"]: m for m in models}
@@ -759,16 +700,18 @@ class _Search:
             "stopped_by_budget": bool(self.skipped), "skipped": self.skipped,
             "frontier": [r["name"] for r in rows if r["frontier"]],
             "candidates": rows, "references": references, "measured_together": [m["name"] for m in models],
-            "bench": recipe.bench.model_dump(), "cpu": cpu_info(), "eval_key": eval_key,
+            "bench": recipe.bench.model_dump(), "cpu": cpu_info(), "eval_key": seen.key,
             "build_seconds": round(build_seconds, 2), "measure_seconds": round(measure_seconds, 2),
-            "measurements_cached": reused, **measured_extra,
+            "measurements_cached": not seen.stored, **measured_extra,
             "search_seconds": round(self.clock() - self.started, 2),
             "files": {k: str(search_dir / f"search.{k}") for k in ("json", "md", "png")},
             **(extra or {}),
         }
         search_dir.mkdir(parents=True, exist_ok=True)
         with claim_file(inside(search_dir, ".lock")):  # two searches finishing together write one set of files each
-            write(result, search_dir)
+            write_json(search_dir / "search.json", result)
+            write_text(search_dir / "search.md", markdown(result))
+            plot(result, search_dir / "search.png")
             result["search_seconds"] = round(self.clock() - self.started, 2)
             write_json(search_dir / "search.json", result)  # again, with the time the files took
         if not self.quiet:
@@ -780,18 +723,14 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
            budget: float | None = None, trials: int | None = None, quiet: bool = False,
            clock: Callable[[], float] = time.monotonic, storage: str | None = None, study: str | None = None,
            report: bool = False, heartbeat: int | None = None) -> dict:
-    """Build every variant (grid) or ``trials`` of them (TPE), measure all together, write the frontier.
+    """Build every variant (grid) or ``trials`` of them (TPE), measure all together, write the frontier; returns
+    the ``search.json`` content. ``budget`` (seconds of wall time, the final measurement included) stops launching
+    variants whose estimated build and measurement would not fit.
 
-    Returns the ``search.json`` content. ``budget`` (seconds of wall time, the final measurement
-    included) stops launching variants that would not fit, estimated from the times of the stages each
-    would have to compute (cached stages cost nothing) and from the measurement session it would add to.
-
-    With ``storage`` (an optuna storage URL, see ``open_storage``) this process is one worker of the
-    study ``study`` (default: the recipe's name): it builds variants the study has not built yet and records
-    them there, measuring nothing together; ``budget`` bounds this worker's building. Any number of workers,
-    on any machines sharing the output root, pull from one study. ``report=True`` builds nothing: it measures
-    the study's finished candidates together and writes the frontier. Returns the worker's summary, or the
-    ``search.json`` content for a report.
+    With ``storage`` (an optuna storage URL, see ``open_storage``) this process is one worker of the study
+    ``study`` (default: the recipe's name): it builds what the study has not built yet, measures nothing together
+    and returns its summary; ``budget`` bounds its building. ``report=True`` builds nothing: it measures the
+    study's finished candidates together and writes the frontier.
     """
     started = clock()
     method = method or "grid"
@@ -822,7 +761,7 @@ def search(recipe, output=None, *, ratios=None, modes=None, widths=None, method:
         f"ratios {', '.join(f'{r:g}' for r in axes.ratios)} x modes {', '.join(axes.modes)}"
         + (f" x widths {', '.join(str(w) for w in axes.widths)}" if len(axes.widths) > 1 else "")
         + (f", budget {budget:g} s" if budget else ""), quiet)
-    s.run_one(s.base, 1)
+    s.run_one(s.base)
     if method == "grid":
         for c in queue[1:]:
             s.run_if_it_fits(c)
@@ -836,17 +775,10 @@ def _distributions(axes: Axes, method: str) -> dict:
     and the largest given; a grid's axes are categorical. An axis with one value is not a parameter for TPE."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    if method == "grid":
-        return {"ratio": CategoricalDistribution(list(axes.ratios)), "mode": CategoricalDistribution(list(axes.modes)),
-                "width": CategoricalDistribution(list(axes.widths))}
-    lo, hi = min(axes.ratios), max(axes.ratios)
-    out = {}
-    if hi > lo:
-        out["ratio"] = FloatDistribution(lo, hi, step=0.01)
-    if len(axes.modes) > 1:
-        out["mode"] = CategoricalDistribution(list(axes.modes))
-    if len(axes.widths) > 1:
-        out["width"] = CategoricalDistribution(list(axes.widths))
+    values = {"ratio": axes.ratios, "mode": axes.modes, "width": axes.widths}
+    out = {k: CategoricalDistribution(list(v)) for k, v in values.items() if method == "grid" or len(v) > 1}
+    if method == "tpe" and "ratio" in out:
+        out["ratio"] = FloatDistribution(min(axes.ratios), max(axes.ratios), step=0.01)
     return out
 
 
@@ -930,7 +862,6 @@ _PLAN = "plan"  # study user attr: what the study searches (method, axes, trials
 class Store:
     """An optuna storage and how its trials are claimed, kept alive and recovered."""
 
-    url: str
     shown: str  # the URL without its password, for messages and search.json
     kind: str  # "sqlite", "rdb" or "journal"
     storage: object
@@ -944,9 +875,17 @@ class Store:
         return self.storage.get_trial_id_from_study_id_trial_number(
             self.storage.get_study_id_from_name(study.study_name), number)
 
+    def _move(self, tid: int, state) -> bool:
+        """Set trial ``tid``'s state; False when another worker moved it first (the storage refuses or raises)."""
+        import optuna
+
+        try:
+            return self.storage.set_trial_state_values(tid, state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
     def pop(self, study, number: int) -> int | None:
         """Claim queued trial ``number`` (WAITING -> RUNNING); its trial id, or None when another worker has it."""
-        import optuna
         from optuna.trial import TrialState
 
         tid = self.trial_id(study, number)
@@ -954,11 +893,7 @@ class Store:
             # optuna never gives up a RUNNING trial that has no heartbeat yet: beat first, so that a worker dying
             # right after its claim still leaves a trial that goes stale (a lost race beats another's trial once).
             self.beat(tid)
-        try:
-            ok = self.storage.set_trial_state_values(tid, TrialState.RUNNING)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return None
-        return tid if ok else None
+        return tid if self._move(tid, TrialState.RUNNING) else None
 
     def set_attrs(self, tid: int, attrs: dict) -> None:
         for k, v in attrs.items():
@@ -995,20 +930,16 @@ class Store:
             stop.set()
             thread.join()
 
-    def retry(self, study, tid: int) -> None:
-        """Queue a given-up trial again (a new WAITING trial with its parameters and attributes)."""
-        _retry_callback()(study, self.storage.get_trial(tid))
-
-    def give_back(self, study, tid: int) -> None:
-        """This worker stops (Ctrl-C): its trial goes back to the queue at once, without waiting for the grace period."""
-        import optuna
+    def give_up(self, study, tid: int) -> bool:
+        """Fail trial ``tid`` and queue it again (a new WAITING trial with its parameters and attributes): a trial
+        whose worker stopped beating, or this worker's when it stops (Ctrl-C) or cannot afford it. False when
+        another worker gave it up first (the journal applies one FAIL) and so queued the retry."""
         from optuna.trial import TrialState
 
-        try:
-            if self.storage.set_trial_state_values(tid, TrialState.FAIL):
-                self.retry(study, tid)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+        if not self._move(tid, TrialState.FAIL):
+            return False
+        _retry_callback()(study, self.storage.get_trial(tid))
+        return True
 
     def recover(self, study) -> list[int]:
         """Give up the RUNNING trials whose worker stopped beating, and queue them again; their numbers."""
@@ -1023,16 +954,8 @@ class Store:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             # The later of the last heartbeat and the claim: a retried trial carries its predecessor's old beat.
             last = max(t.system_attrs.get(_BEAT, 0.0), t.datetime_start.timestamp() if t.datetime_start else now)
-            if now - last <= self.grace:
-                continue
-            tid = self.trial_id(study, t.number)
-            try:
-                if not self.storage.set_trial_state_values(tid, TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker gave it up first (the journal applies one FAIL): it queued the retry
-            self.retry(study, tid)
-            given_up.append(t.number)
+            if now - last > self.grace and self.give_up(study, self.trial_id(study, t.number)):
+                given_up.append(t.number)
         return given_up
 
 
@@ -1045,14 +968,8 @@ def _retry_callback():
 
 
 def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
-    """The optuna storage of ``--storage URL``:
-
-    - ``sqlite:///search.db`` (relative) or ``sqlite:////abs/search.db``: one machine, any number of workers;
-    - ``journal:///shared/search.log`` (absolute) or ``journal:search.log`` (relative): optuna's journal file
-      storage, for workers on several machines sharing a filesystem (no database server);
-    - any other SQLAlchemy URL (``postgresql://user:password@host/db``, ``mysql+pymysql://...``): optuna's
-      RDBStorage, for a cluster (the database driver must be installed).
-    """
+    """The optuna storage of ``--storage URL``: a sqlite file (one machine), optuna's journal file (machines sharing
+    a filesystem) or any other SQLAlchemy URL (a cluster); the forms are in ``forms`` and docs/search.md."""
     optuna = _optuna("compress search --storage")
     forms = ("give sqlite:///search.db (one machine), journal:///shared/search.log (a filesystem the workers share) "
              "or a database URL such as postgresql://user@host/db")
@@ -1062,13 +979,12 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
         except ImportError:  # optuna < 4.0
             from optuna.storages import JournalFileStorage as JournalFileBackend, JournalStorage
 
-        path = url[len("journal:"):]
-        path = path[2:] if path.startswith("//") else path
+        path = url.removeprefix("journal:").removeprefix("//")
         if not path or path.endswith("/"):
             raise SearchError(f"--storage {url}: no file named; {forms}")
         if not Path(path).parent.is_dir():
             raise SearchError(f"--storage {url}: folder {Path(path).parent} does not exist")
-        return Store(url, url, "journal", JournalStorage(JournalFileBackend(path)), heartbeat)
+        return Store(url, "journal", JournalStorage(JournalFileBackend(path)), heartbeat)
     if "://" not in url:
         raise SearchError(f"--storage {url}: not a storage URL; {forms}")
     import sqlalchemy
@@ -1105,7 +1021,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
             time.sleep(0.3 * (attempt + 1))
     if sqlite:
         _serialize_sqlite(storage.engine)
-    return Store(url, shown, "sqlite" if sqlite else "rdb", storage, heartbeat)
+    return Store(shown, "sqlite" if sqlite else "rdb", storage, heartbeat)
 
 
 def _serialize_sqlite(engine) -> None:
@@ -1128,28 +1044,26 @@ def _serialize_sqlite(engine) -> None:
     engine.dispose()  # connections opened before the listeners existed are closed; new ones get them
 
 
-def _plan(s: _Search, method: str, n_planned: int) -> dict:
-    return {"method": method, "axes": s.axes.as_dict(), "trials": n_planned if method == "tpe" else None,
-            "recipe": s.recipe.name, "keys": list(s.base.keys)}
-
-
 def _identity(c: _Candidate) -> dict:
     return {"variant": c.name, "key": c.key, "point": c.point.as_dict(), "recipe": c.is_recipe}
 
 
-def _open_study(optuna, store: Store, name: str, plan: dict, queue: list[_Candidate], sampler, *, create: bool,
-                directions: list[str] | None = None):
+def _open_study(optuna, s: _Search, store: Store, name: str, method: str, n_planned: int, queue: list[_Candidate],
+                sampler, *, create: bool):
     """The study ``name``: created with its queue when it does not exist (and ``create``), else loaded and its
     plan checked against this command's. Returns (study, whether this process created it)."""
     from optuna.trial import TrialState, create_trial
 
+    plan = {"method": method, "axes": s.axes.as_dict(), "trials": n_planned if method == "tpe" else None,
+            "recipe": s.recipe.name, "keys": list(s.base.keys)}
     if create:
         try:
-            study = optuna.create_study(study_name=name, storage=store.storage, sampler=sampler, directions=directions)
+            study = optuna.create_study(study_name=name, storage=store.storage, sampler=sampler,
+                                        directions=_directions(s))
         except optuna.exceptions.DuplicatedStudyError:
             pass
         else:
-            dists = _distributions(Axes(**{k: tuple(v) for k, v in plan["axes"].items()}), plan["method"])
+            dists = _distributions(s.axes, method)
             for c in queue:
                 params = _in_space(dists, c.point)
                 study.add_trial(create_trial(state=TrialState.WAITING, params=params,
@@ -1245,17 +1159,16 @@ def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c
                 _tell(optuna, study, store, tid, number, done.values, {"same_as": done.number})
                 return "reused"
             try:
-                s.build(c, len(s.done) + 1)
+                s.build(c)
             except KeyboardInterrupt:
-                store.give_back(study, tid)
+                store.give_up(study, tid)
                 raise
             except BaseException as exc:
                 import traceback
 
                 from optuna.trial import TrialState
 
-                store.storage.set_trial_user_attr(tid, "error", "".join(
-                    traceback.format_exception_only(type(exc), exc)).strip()[-2000:])
+                store.set_attrs(tid, {"error": "".join(traceback.format_exception_only(exc)).strip()[-2000:]})
                 store.storage.set_trial_state_values(tid, TrialState.FAIL)
                 raise
             c.worker, c.trial = me, number
@@ -1273,8 +1186,7 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, queue: list[
 
     sampler = (optuna.samplers.TPESampler(n_startup_trials=min(5, n_planned), constant_liar=True)
                if method == "tpe" else optuna.samplers.RandomSampler())
-    study, created = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, sampler, create=True,
-                                 directions=_directions(s))
+    study, created = _open_study(optuna, s, store, name, method, n_planned, queue, sampler, create=True)
     me = f"{socket.gethostname()}:{os.getpid()}"
     say(f"[bold]compress search[/bold] worker {me}: {method} study {name!r} in {store.shown} "
         + (f"(created; {len(queue)} variant(s) queued)" if created else "(joined)")
@@ -1305,14 +1217,13 @@ def _work(s: _Search, optuna, store: Store, name: str, method: str, queue: list[
             ok, est = s.fits(c, session=False)
             if ok:
                 job = (tid, trial.number, c)
-            elif point:  # a queued variant this worker cannot afford: back to the queue for another
-                unaffordable.append(s.skip(c, est))
-                store.give_back(study, tid)
             else:
                 unaffordable.append(s.skip(c, est))
-                for k, v in {**_identity(c), "worker": me, "skipped": "budget"}.items():
-                    trial.set_user_attr(k, v)
-                study.tell(trial, state=TrialState.PRUNED)
+                if point:  # a queued variant this worker cannot afford: back to the queue for another
+                    store.give_up(study, tid)
+                else:
+                    store.set_attrs(tid, {**_identity(c), "worker": me, "skipped": "budget"})
+                    study.tell(trial, state=TrialState.PRUNED)
         if job is not None:
             tid, number, c = job
             (built if _run_trial(optuna, s, study, store, tid, number, c, me) == "built" else reused).append(c.name)
@@ -1348,7 +1259,7 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
     is built again from the cache."""
     from optuna.trial import TrialState
 
-    study, _ = _open_study(optuna, store, name, _plan(s, method, n_planned), queue, optuna.samplers.RandomSampler(),
+    study, _ = _open_study(optuna, s, store, name, method, n_planned, queue, optuna.samplers.RandomSampler(),
                            create=False)
     given_up = store.recover(study)
     now = study.get_trials(deepcopy=False)
@@ -1361,9 +1272,7 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
             f"(a crashed worker's variant is given up after {store.grace} s without a heartbeat)")
     built = sorted((t for t in now if t.state == TrialState.COMPLETE and t.user_attrs.get("built")),
                    key=lambda t: t.number)
-    first: dict[str, object] = {}
-    for t in built:
-        first.setdefault(t.user_attrs["key"], t)
+    first = {t.user_attrs["key"]: t for t in reversed(built)}  # the first trial that built each model
     if not any(t.user_attrs.get("recipe") for t in first.values()):
         raise CompressError(f"study {name!r}: the recipe's own variant has not been built yet; start a worker "
                             "(the same command without --report)")
@@ -1374,10 +1283,11 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
     for t in trials_in_order:
         a = t.user_attrs
         c = _from_trial(s, a, t.number)
-        if not all(_intact(s, f) for f in [a["entry"], *(a.get("refs") or [])]):  # missing or changed since the worker recorded it: built again (its stages are cached)
+        # A file missing or changed since the worker recorded it: built again (its stages are cached).
+        if not all(_intact(s, f) for f in [a["entry"], *(a.get("refs") or [])]):
             say(f"[yellow]{c.name}: its files changed since trial {t.number} recorded them; building it again "
                 "from the cache[/yellow]", s.quiet)
-            s.run_one(c, len(s.done) + 1)
+            s.run_one(c)
             rebuilt.append(c.name)
         else:
             c.entry, c.probe, c.stages = _local(s, a["entry"]), a["probe"], a["stages"]
@@ -1443,10 +1353,6 @@ def _intact(s: _Search, f: dict) -> bool:
 # --- output ----------------------------------------------------------------------------------------
 
 
-def _size(n: int) -> str:
-    return f"{n / 1e3:,.1f} kB" if n < 1e6 else f"{n / 1e6:,.2f} MB"
-
-
 _LEFT = ("candidate", "mode", "note")  # the table's text columns; the others are numbers, right-aligned
 
 
@@ -1458,6 +1364,8 @@ def _header(result: dict) -> list[str]:
 
 def _rows(result: dict) -> list[list[str]]:
     """The table's rows: the candidates, the frontier first and the best first, then the references."""
+    from compress.report import size_text
+
     task = _task(result)
     metric = task.metric
 
@@ -1465,7 +1373,7 @@ def _rows(result: dict) -> list[list[str]]:
         batch = r.get("latency_batch_ms")
         return [format(r[metric], task.number), format(r[f"val_{metric}"], task.number),
                 f"{r['latency_ms']['p50'] * 1e3:.1f}", "-" if batch is None else f"{batch['p50']:.3f}",
-                _size(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-"]
+                size_text(r["size_bytes"]), f"{r['params']:,}" if r["params"] else "-"]
 
     rows = []
     for r in sorted(result["candidates"], key=lambda r: (not r["frontier"], -r[metric] if task.higher else r[metric],
@@ -1594,12 +1502,6 @@ def plot(result: dict, path: Path) -> None:
             ax.scatter([], [], marker=mk, c=col, label=role)
     ax.legend(loc="best", fontsize=7, framealpha=0.7)
     save(fig, path)
-
-
-def write(result: dict, out_dir: Path) -> None:
-    write_json(out_dir / "search.json", result)
-    write_text(out_dir / "search.md", markdown(result))
-    plot(result, out_dir / "search.png")
 
 
 def print_table(result: dict) -> None:

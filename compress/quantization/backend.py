@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 __all__ = ["Layer", "weighted_layers", "gemm_to_matmul", "Int8Static", "int8_dynamic", "int4", "matmul_name",
-           "reduce_range", "Reader"]
+           "reduce_range", "Reader", "drop_unused_initializers"]
 
 # Operators with a constant weight: the layers a plan assigns precisions to. Pooling, activations and
 # additions follow their neighbours (QDQ quantizes them wherever their inputs are quantized).
@@ -61,12 +61,13 @@ class Reader:
         if len(idx) > batch_size:  # histogram calibrators (entropy, percentile) need equal batch sizes
             idx = idx[:len(idx) // batch_size * batch_size]
         self.samples = len(idx)
-        self._x, self._idx, self._name, self._bs, self._pos = x, np.sort(idx), input_name, batch_size, 0
+        self.rows = np.sort(idx)  # the training rows calibrated on, in order
+        self._x, self._name, self._bs, self._pos = x, input_name, batch_size, 0
 
     def get_next(self):
-        if self._pos >= len(self._idx):
+        if self._pos >= len(self.rows):
             return None
-        batch = self._idx[self._pos:self._pos + self._bs]
+        batch = self.rows[self._pos:self._pos + self._bs]
         self._pos += self._bs
         return {self._name: np.ascontiguousarray(self._x[batch])}
 
@@ -97,6 +98,11 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(helper.make_node("MatMul", [node.input[0], w_name], list(node.output), name=node.name + "_MatMul"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    return drop_unused_initializers(model)
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """In place: remove the initializers no node reads any more (a rewritten weight's original)."""
     used = {i for n in model.graph.node for i in n.input}
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]

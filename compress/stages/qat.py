@@ -26,6 +26,7 @@ from torch import nn
 from compress._onnx import export_onnx
 from compress.artifact import Artifact
 from compress.errors import StageError
+from compress.quantization.backend import drop_unused_initializers, reduce_range
 from compress.stages.base import StageConfig, register_stage
 from compress.training import fit
 
@@ -203,18 +204,8 @@ def _int8_weights(model: onnx.ModelProto, qmax: int) -> int:
     nodes = new_nodes + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(drop_unused_initializers(model))
     return done
-
-
-def _reduce(setting) -> bool:
-    from compress.quantization.backend import reduce_range
-
-    return reduce_range(setting)
 
 
 @register_stage(QatConfig, accepts={"torch"}, produces="onnx", trains=True)
@@ -222,7 +213,7 @@ def qat(art: Artifact, cfg: QatConfig, ctx) -> Artifact:
     from compress.runtimes.onnxruntime import predict, session
     from compress.stages.distill import kd_loss_fn
 
-    seven_bit = _reduce(cfg.reduce_range)
+    seven_bit = reduce_range(cfg.reduce_range)
     model = prepare_qat(art.model, qmax=63 if seven_bit else 127, momentum=cfg.momentum)
     observe(model, ctx.splits.train.x, cfg.calibration_samples, ctx.recipe.seed)
     res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
@@ -239,7 +230,7 @@ def qat(art: Artifact, cfg: QatConfig, ctx) -> Artifact:
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
     if not diff <= cfg.tolerance:
         hint = ("; this CPU lacks VNNI, where onnxruntime's u8s8 kernels saturate with 8-bit weights: use "
-                "reduce_range: auto" if not seven_bit and _reduce("auto") else "")
+                "reduce_range: auto" if not seven_bit and reduce_range("auto") else "")
         raise StageError(f"qat: onnxruntime's logits differ from torch's fake-quantized model by {diff:.3g} of the "
                          f"largest logit (tolerance {cfg.tolerance}); the file {path} is not trustworthy{hint}")
     kinds = [n.op_type for n in onnx.load(str(path)).graph.node]

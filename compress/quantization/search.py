@@ -155,14 +155,9 @@ class Candidate:
 def time_files(cands: list[Candidate], x1: np.ndarray, *, rounds: int, calls: int, seed: int = 0) -> None:
     """Batch 1 on one thread, every candidate in the same interleaved rounds after warm-up (``time_interleaved``)."""
     from compress.bench import time_interleaved
-    from compress.runtimes.onnxruntime import session
+    from compress.runtimes.onnxruntime import load
 
-    runners = {}
-    for c in cands:
-        if c.path is None:
-            continue
-        s = session(c.path, threads=1)
-        runners[c.name] = (lambda s=s, feed={s.get_inputs()[0].name: np.ascontiguousarray(x1)}: s.run(None, feed))
+    runners = {c.name: load(c.path, threads=1).timer(x1) for c in cands if c.path is not None}
     timings = time_interleaved(runners, rounds=rounds, calls=calls, seed=seed)
     for c in cands:
         if c.name in timings:

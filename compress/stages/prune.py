@@ -38,14 +38,14 @@ MAX_EXTRA_CUT = 0.1  # rounding may remove at most this much more of a layer tha
 _EPS = 1e-9  # float slack: 40 x (1 - 0.3 - 0.1) is 23.999999999999996, and 24 channels must count as allowed
 
 
-def kept_channels(width: int, ratio: float, round_to: int | None, max_extra_cut: float = MAX_EXTRA_CUT) -> int:
+def kept_channels(width: int, ratio: float, round_to: int | None) -> int:
     """Channels a layer of ``width`` keeps when ``ratio`` of them is asked removed, counts rounded to ``round_to``.
 
     1. ``round_to`` null: ``int(width * (1 - ratio))``, torch-pruning's own count.
     2. A layer of ``round_to`` channels or fewer, or a ratio of 0, keeps all of them.
     3. Otherwise the multiple of ``round_to`` nearest to ``width * (1 - ratio)``, ties towards the smaller
        (pruning was asked for), at least ``round_to``, at most ``width``.
-    4. If that removes more than ``ratio + max_extra_cut`` of the layer, the smallest multiple of ``round_to``
+    4. If that removes more than ``ratio + MAX_EXTRA_CUT`` of the layer, the smallest multiple of ``round_to``
        that does not (capped at ``width``): rounding never cuts a layer by more than the asked ratio + 0.1.
 
     At ratio 0.3 and round_to 8: 16 keeps 16 (nearest, 8, would remove 50 % > 40 %), 32 keeps 24, 64 keeps 48.
@@ -56,7 +56,7 @@ def kept_channels(width: int, ratio: float, round_to: int | None, max_extra_cut:
         return width
     nearest = math.ceil(width * (1 - ratio) / round_to - 0.5 - _EPS) * round_to
     keep = min(width, max(round_to, nearest))
-    least = width * (1 - ratio - max_extra_cut)  # fewest channels the layer may keep
+    least = width * (1 - ratio - MAX_EXTRA_CUT)  # fewest channels the layer may keep
     if keep < least - _EPS:
         keep = min(width, math.ceil(least / round_to - _EPS) * round_to)
     return keep
@@ -345,8 +345,6 @@ def prune(art: Artifact, cfg: PruneConfig, ctx) -> Artifact:
         # a target, not a ratio, decides every layer's cut; layer_ratios can only keep layers whole
         asked = {k: 0.0 if _named_ratio(k, cfg.layer_ratios) == 0 else None for k in before}
         model, info = _prune_to_target(model, cfg, ctx, example, rng, macs0, params0)
-    model.zero_grad(set_to_none=True)
-    model.eval()
     after = channel_table(model)
     whole = [k for k, v in after.items() if v == before.get(k)]
     if cfg.target is None and (cfg.ratio or cfg.layer_ratios) and cfg.round_to and whole:
@@ -565,11 +563,9 @@ def _describe(row: dict, macs0: int, params0: int) -> str:
 def _onnx_runner(model: nn.Module, input_shape, path: Path, x: np.ndarray, threads: int = 1):
     """A call of ``model``, exported to ONNX at ``path``, on ``x`` in an onnxruntime session."""
     from compress._onnx import export_onnx
-    from compress.runtimes.onnxruntime import session
+    from compress.runtimes.onnxruntime import load
 
-    sess = session(export_onnx(copy.deepcopy(model).eval(), tuple(input_shape), path), threads=threads)
-    feed, run = {sess.get_inputs()[0].name: x}, sess.run
-    return lambda: run(None, feed)
+    return load(export_onnx(copy.deepcopy(model).eval(), tuple(input_shape), path), threads=threads).timer(x)
 
 
 class _LatencyProbe:

@@ -34,10 +34,9 @@ class Layer:
         return self.op in ("Gemm", "MatMul")
 
 
-def weighted_layers(model: onnx.ModelProto | str | Path) -> list[Layer]:
+def weighted_layers(path: str | Path) -> list[Layer]:
     """Nodes of ``WEIGHTED_OPS`` whose weight (input 1) is an initializer, in graph order."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+    model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     out = []
     for node in model.graph.node:
@@ -225,7 +224,7 @@ def int8_dynamic(src: Path, dst: Path, *, per_channel: bool, exclude=(), only: l
     return Path(dst)
 
 
-def int4(src: Path | onnx.ModelProto, dst: Path, *, block_size: int, accuracy_level: int | None,
+def int4(src: Path, dst: Path, *, block_size: int, accuracy_level: int | None,
          include: list[str] | None = None) -> int:
     """MatMulNBits for the linear layers (those named by ``include``, as ``matmul_name`` gives, or all).
 
@@ -233,8 +232,7 @@ def int4(src: Path | onnx.ModelProto, dst: Path, *, block_size: int, accuracy_le
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    model = src if isinstance(src, onnx.ModelProto) else onnx.load(str(src))
-    model = gemm_to_matmul(model)
+    model = gemm_to_matmul(onnx.load(str(src)))
     if include is not None and not include:  # MatMulNBitsQuantizer reads an empty include list as "all"
         onnx.save(model, str(dst))
         return 0

@@ -51,5 +51,4 @@ def finetune(art: Artifact, cfg: FinetuneConfig, ctx) -> Artifact:
               weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index,
               desc="finetune", quiet=ctx.quiet, loss_fn=cross_entropy,
               augment=augmenter(cfg.augment, ctx.splits.input_shape))  # hard labels only, on augmented inputs
-    return art.derive("finetune", model=res.model,
-                      info={**res.info, "distill": False})
+    return art.derive("finetune", model=res.model, info={**res.info, "distill": False})

@@ -39,14 +39,10 @@ _EPS = 1e-9  # float slack: 40 x (1 - 0.3 - 0.1) is 23.999999999999996, and 24 c
 
 
 def kept_channels(width: int, ratio: float, round_to: int | None) -> int:
-    """Channels a layer of ``width`` keeps when ``ratio`` of them is asked removed, counts rounded to ``round_to``.
-
-    1. ``round_to`` null: ``int(width * (1 - ratio))``, torch-pruning's own count.
-    2. A layer of ``round_to`` channels or fewer, or a ratio of 0, keeps all of them.
-    3. Otherwise the multiple of ``round_to`` nearest to ``width * (1 - ratio)``, ties towards the smaller
-       (pruning was asked for), at least ``round_to``, at most ``width``.
-    4. If that removes more than ``ratio + MAX_EXTRA_CUT`` of the layer, the smallest multiple of ``round_to``
-       that does not (capped at ``width``): rounding never cuts a layer by more than the asked ratio + 0.1.
+    """Channels a layer of ``width`` keeps when ``ratio`` of them is asked removed, counts rounded to ``round_to``
+    (null: torch-pruning's own ``int(width * (1 - ratio))``): the multiple nearest to ``width * (1 - ratio)``, ties
+    towards the smaller, at least ``round_to``; where that removes more than ``ratio + MAX_EXTRA_CUT`` of the layer,
+    the smallest multiple that does not. A layer of ``round_to`` channels or fewer keeps them all.
 
     At ratio 0.3 and round_to 8: 16 keeps 16 (nearest, 8, would remove 50 % > 40 %), 32 keeps 24, 64 keeps 48.
     """
@@ -428,8 +424,7 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
     """Remove ``step`` of the remaining channels at a time until every goal of ``cfg.target`` is met."""
     from compress.training import evaluate_split
 
-    t, shape = cfg.target, ctx.splits.input_shape
-    val = ctx.splits.val
+    t, shape, val = cfg.target, ctx.splits.input_shape, ctx.splits.val
     outputs = output_layers(model, example)
     classifier = {n for n, m in model.named_modules() if m in outputs}
     channels0 = _prunable_channels(model, classifier)
@@ -520,8 +515,6 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
                                      f"({best_speedup:.2f}x the input's speed, within {FLOOR_TOLERANCE:.0%}); "
                                      f"stopped at step {step}.")
                         break
-        if timer is not None:
-            timer.close()
 
     kept = next((i for i, r in enumerate(rows) if r["met"]), None)
     if kept is None:
@@ -536,7 +529,7 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
         notes.insert(0, f"target met at step {kept}: {_describe(rows[kept], macs0, params0)}."
                      if kept else "the input model already meets the target: nothing was pruned.")
     if cfg.recover_steps:
-        seen = cfg.recover_steps * cfg.batch_size * max(kept, 0)
+        seen = cfg.recover_steps * cfg.batch_size * kept
         notes.append(f"recovery: {cfg.recover_steps} optimizer steps of KD (T=4, alpha=0.5) after every step, "
                      f"{seen / len(ctx.splits.train):.1f} epochs in all up to the kept step; not counted in the scratch student's budget.")
     table = {"title": "Pruning steps (p50: onnxruntime, batch 1, 1 thread; speed-up vs the input model, timed interleaved)",
@@ -586,9 +579,6 @@ class _LatencyProbe:
         t = time_interleaved(runners, rounds=self.rounds, calls=20, warmup=20, seed=self.seed)
         p50 = t[list(runners)[-1]].p50
         return p50, t["input"].p50 / p50
-
-    def close(self) -> None:
-        self.ref = None
 
 
 def measure_latency(models: dict[str, nn.Module], input_shape, *, batch: int = 1, threads: int = 1, rounds: int = 30,

@@ -1,14 +1,7 @@
-"""``qat``: quantization-aware fine-tuning in torch with KD from the teacher, written as a QDQ INT8 ONNX file.
-
-For when post-training INT8 loses too much. BatchNorm is folded into the preceding conv/linear layer
-first (as onnxruntime sees it after export), then every Conv2d/Linear trains with fake-quantized weights
-(per output channel, symmetric INT8, straight-through gradients) and fake-quantized input and output
-activations (per tensor, asymmetric UINT8, ranges observed as a moving average of batch min/max, frozen
-in eval mode). The result is exported to ONNX with QuantizeLinear/DequantizeLinear on the activations
-and INT8 weight initializers behind DequantizeLinear, which onnxruntime runs with INT8 kernels.
-
-The stage takes a torch model and produces the ONNX file (like ``export``), so it ends the chain: a
-``quantize`` after it would quantize an INT8 model again and refuses to.
+"""``qat``: quantization-aware fine-tuning in torch with KD from the teacher, written as a QDQ INT8 ONNX file, for
+when post-training INT8 loses too much (docs/quantization.md). BatchNorm is folded first (as onnxruntime sees the
+export); Conv/Linear layers train with fake-quantized INT8 weights (per channel, straight-through) and UINT8
+activations (moving-average ranges). It produces ONNX, so it ends the chain: ``quantize`` refuses its file.
 """
 
 from __future__ import annotations

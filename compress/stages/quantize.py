@@ -1,14 +1,8 @@
-"""``quantize``: onnxruntime post-training quantization of an exported ONNX model.
-
-Modes: ``int8_static`` (QDQ or QOperator, per-channel weights, activations calibrated on training samples),
-``int8_dynamic`` (weights INT8, activations quantized per call), ``int4_weight_only`` (MatMulNBits for the
-linear layers; everything else stays fp32), ``mixed`` (INT4 for the large linear layers, INT8 elsewhere,
-chosen per layer by sensitivity) and ``auto`` (fp32 and every mode measured on validation data and timed
-interleaved; the fastest file within the accuracy budget ships, fp32 included).
-
-With ``max_accuracy_drop``, the layers that hurt validation accuracy most stay fp32 until the drop against
-the fp32 source is within the budget (``compress.quantization.search``); when nothing meets it, the best
-file found is kept and the report says so.
+"""``quantize``: onnxruntime post-training quantization of an exported ONNX model (docs/quantization.md):
+``int8_static``, ``int8_dynamic``, ``int4_weight_only`` (MatMulNBits), ``mixed`` (INT4 for the large linear
+layers, INT8 elsewhere) and ``auto`` (every mode and fp32 measured; the fastest within the budget ships). With an
+accuracy budget the most sensitive layers stay fp32 until the validation drop holds
+(``compress.quantization.search``); when nothing meets it, the best file found is kept and the report says so.
 """
 
 from __future__ import annotations

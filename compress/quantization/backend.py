@@ -61,17 +61,15 @@ class Reader:
             idx = idx[:len(idx) // batch_size * batch_size]
         self.samples = len(idx)
         self.rows = np.sort(idx)  # the training rows calibrated on, in order
-        self._x, self._name, self._bs, self._pos = x, input_name, batch_size, 0
+        self._x, self._name, self._bs = x, input_name, batch_size
+        self.rewind()
 
     def get_next(self):
-        if self._pos >= len(self.rows):
-            return None
-        batch = self.rows[self._pos:self._pos + self._bs]
-        self._pos += self._bs
-        return {self._name: np.ascontiguousarray(self._x[batch])}
+        return next(self._batches, None)
 
     def rewind(self):
-        self._pos = 0
+        self._batches = ({self._name: np.ascontiguousarray(self._x[self.rows[i:i + self._bs]])}
+                         for i in range(0, len(self.rows), self._bs))
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -89,12 +87,11 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             w = w.T
         w_name = node.input[1] + "_kn"
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
-        if len(node.input) > 2 and node.input[2]:
-            mid = node.output[0] + "_matmul"
-            nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mid], name=node.name + "_MatMul"))
-            nodes.append(helper.make_node("Add", [mid, node.input[2]], list(node.output), name=node.name + "_Add"))
-        else:
-            nodes.append(helper.make_node("MatMul", [node.input[0], w_name], list(node.output), name=node.name + "_MatMul"))
+        bias = len(node.input) > 2 and node.input[2]
+        out = [node.output[0] + "_matmul"] if bias else list(node.output)
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], out, name=node.name + "_MatMul"))
+        if bias:
+            nodes.append(helper.make_node("Add", [out[0], node.input[2]], list(node.output), name=node.name + "_Add"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return drop_unused_initializers(model)

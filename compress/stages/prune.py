@@ -196,10 +196,10 @@ def _frozen(model: nn.Module, classifier: list[nn.Module]) -> list:
 _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-def _named_ratio(name: str, layer_ratios: dict[str, float]) -> float | None:
+def _named_ratio(name: str, layer_ratios: dict[str, float], default: float | None = None) -> float | None:
     """The ``layer_ratios`` entry covering module ``name``: its own, else its closest named container's."""
     covering = [key for key in layer_ratios if name == key or name.startswith(key + ".")]
-    return layer_ratios[max(covering, key=len)] if covering else None
+    return layer_ratios[max(covering, key=len)] if covering else default
 
 
 def layer_ratio_problem(model: nn.Module, cfg: PruneConfig, input_shape) -> tuple[str, str] | None:
@@ -234,31 +234,23 @@ def _pruner(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, ratio: fl
             iterative_steps: int = 1, only: str | None = None):
     """``(MetaPruner over model, layer name -> ratio asked of it)``, every layer's channel count decided here.
 
-    Per-layer pruning (``global`` off): torch-pruning's dependency graph couples layers whose output channels
-    must be removed together (a residual add, a depthwise conv and the conv before it, SE's expand conv and the
-    features it scales). Each such group is asked ``ratio``, or, when ``layer_ratios`` names any of its layers,
-    the smallest ratio named there (0 keeps the group whole); it keeps ``kept_channels(width, asked, round_to)``
-    channels, and is left whole when that is all of them. torch-pruning's own ``round_to`` rounds down (0.3 of 16
-    channels with round_to 8 would remove half), so it is not used. With ``iterative_steps`` torch-pruning
-    reaches that count in equal steps. Global pruning ranks channels across layers, so there torch-pruning's
-    rounding (down) is used, except for the groups ``layer_ratios`` names. Layers already at ``round_to``
-    channels or fewer are left alone (rounding down would empty them). Groups holding the classifier or an
-    ``nn.MultiheadAttention`` stay whole (their asked ratio is None). ``only``: prune the group holding this
-    layer, nothing else.
+    Each group of layers torch-pruning's graph couples (a residual add, a depthwise conv and the conv before it,
+    SE's expand conv and the features it scales) is asked ``ratio``, or the smallest ``layer_ratios`` entry naming
+    one of its layers, and keeps ``kept_channels`` of its width (reached in ``iterative_steps`` equal steps):
+    torch-pruning's own ``round_to`` rounds down (0.3 of 16 channels at 8 would remove half). Global pruning
+    ranks channels across layers with torch-pruning's rounding, except in named groups, and leaves layers of
+    ``round_to`` channels or fewer alone (rounding down would empty them). Groups holding the classifier or an
+    ``nn.MultiheadAttention`` stay whole (asked None). ``only``: prune the group holding this layer, nothing else.
     """
     from compress.models.zoo import Attention
 
-    classifier = output_layers(model, example)
-    ignored = _frozen(model, classifier)
+    ignored = _frozen(model, output_layers(model, example))
     frozen = {id(sub) for m in ignored if isinstance(m, nn.Module) for sub in m.modules()}
     attn = [m for m in model.modules() if isinstance(m, Attention)]
     heads = {m.qkv: m.num_heads for m in attn}
     names = {id(m): n for n, m in model.named_modules()}
-    asked: dict[str, float | None] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, _LAYER_TYPES):
-            own = _named_ratio(name, cfg.layer_ratios)
-            asked[name] = None if id(m) in frozen else (own if own is not None else ratio)
+    asked: dict[str, float | None] = {name: None if id(m) in frozen else _named_ratio(name, cfg.layer_ratios, ratio)
+                                      for name, m in model.named_modules() if isinstance(m, _LAYER_TYPES)}
     ratios: dict = {}
     with warnings.catch_warnings():  # torch-pruning's unwrapped-parameter warning: the MetaPruner below says it once
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
@@ -270,9 +262,7 @@ def _pruner(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, ratio: fl
         if not members or any(m in heads for m in members):
             continue  # built-in transformer attention: heads by head_ratio, head dims kept (prune_head_dims off)
         named = [r for r in (_named_ratio(names.get(id(m), ""), cfg.layer_ratios) for m in members) if r is not None]
-        group_asked = min(named) if named else ratio
-        if any(id(m) in frozen for m in members):
-            group_asked = None
+        group_asked = None if any(id(m) in frozen for m in members) else min(named, default=ratio)
         asked.update({names[id(m)]: group_asked for m in members if names.get(id(m)) in asked})
         if group_asked is None or (only is not None and all(names.get(id(m)) != only for m in members)):
             ignored += members

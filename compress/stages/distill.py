@@ -282,15 +282,13 @@ def _mutual(art: Artifact, cfg: KDOptions, ctx, name: str) -> Artifact:
     """Deep mutual learning: the student and ``peers - 1`` fresh copies train together on one loop."""
     seed = ctx.recipe.seed + ctx.stage_index
     peers = Peers(art.model, cfg.peers, seed)
+    trained = [peers]  # fit trains a copy of the wrapper: attach points the loss at the copy's logits
 
     def loss(_logits, targets, _idx):
-        return mutual_loss(peers_in_training.last, targets, cfg.temperature, cfg.alpha)
+        return mutual_loss(trained[0].last, targets, cfg.temperature, cfg.alpha)
 
-    peers_in_training = peers
-
-    def attach(model):  # fit trains a copy of the wrapper: read the copy's logits
-        nonlocal peers_in_training
-        peers_in_training = model
+    def attach(model):
+        trained[0] = model
         return lambda: None
 
     res = fit(peers, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,

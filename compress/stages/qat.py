@@ -174,12 +174,11 @@ def _int8_weights(model: onnx.ModelProto, qmax: int) -> int:
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm") or node.input[1] not in inits:
             continue
-        if producer.get(node.input[0]) is None or producer[node.input[0]].op_type != "DequantizeLinear":
+        if getattr(producer.get(node.input[0]), "op_type", None) != "DequantizeLinear":
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        axis = 0  # Conv: [out, in, kh, kw]; Linear exports as Gemm with transB=1: [out, in]
-        if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
-            axis = 1
+        # the output-channel axis: Conv: [out, in, kh, kw]; Linear exports as Gemm with transB=1: [out, in]
+        axis = 1 if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0) else 0
         amax = np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).max(1)
         scale = np.where(amax > 0, amax / qmax, 1.0)
         shape = [1] * w.ndim

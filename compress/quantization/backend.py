@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 __all__ = ["Layer", "weighted_layers", "gemm_to_matmul", "Int8Static", "int8_dynamic", "int4", "matmul_name",
-           "reduce_range", "Reader"]
+           "reduce_range", "Reader", "drop_unused_initializers"]
 
 # Operators with a constant weight: the layers a plan assigns precisions to. Pooling, activations and
 # additions follow their neighbours (QDQ quantizes them wherever their inputs are quantized).
@@ -34,10 +34,9 @@ class Layer:
         return self.op in ("Gemm", "MatMul")
 
 
-def weighted_layers(model: onnx.ModelProto | str | Path) -> list[Layer]:
+def weighted_layers(path: str | Path) -> list[Layer]:
     """Nodes of ``WEIGHTED_OPS`` whose weight (input 1) is an initializer, in graph order."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+    model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     out = []
     for node in model.graph.node:
@@ -61,17 +60,16 @@ class Reader:
         if len(idx) > batch_size:  # histogram calibrators (entropy, percentile) need equal batch sizes
             idx = idx[:len(idx) // batch_size * batch_size]
         self.samples = len(idx)
-        self._x, self._idx, self._name, self._bs, self._pos = x, np.sort(idx), input_name, batch_size, 0
+        self.rows = np.sort(idx)  # the training rows calibrated on, in order
+        self._x, self._name, self._bs = x, input_name, batch_size
+        self.rewind()
 
     def get_next(self):
-        if self._pos >= len(self._idx):
-            return None
-        batch = self._idx[self._pos:self._pos + self._bs]
-        self._pos += self._bs
-        return {self._name: np.ascontiguousarray(self._x[batch])}
+        return next(self._batches, None)
 
     def rewind(self):
-        self._pos = 0
+        self._batches = ({self._name: np.ascontiguousarray(self._x[self.rows[i:i + self._bs]])}
+                         for i in range(0, len(self.rows), self._bs))
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -89,14 +87,18 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             w = w.T
         w_name = node.input[1] + "_kn"
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
-        if len(node.input) > 2 and node.input[2]:
-            mid = node.output[0] + "_matmul"
-            nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mid], name=node.name + "_MatMul"))
-            nodes.append(helper.make_node("Add", [mid, node.input[2]], list(node.output), name=node.name + "_Add"))
-        else:
-            nodes.append(helper.make_node("MatMul", [node.input[0], w_name], list(node.output), name=node.name + "_MatMul"))
+        bias = len(node.input) > 2 and node.input[2]
+        out = [node.output[0] + "_matmul"] if bias else list(node.output)
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], out, name=node.name + "_MatMul"))
+        if bias:
+            nodes.append(helper.make_node("Add", [out[0], node.input[2]], list(node.output), name=node.name + "_Add"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    return drop_unused_initializers(model)
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """In place: remove the initializers no node reads any more (a rewritten weight's original)."""
     used = {i for n in model.graph.node for i in n.input}
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
@@ -219,7 +221,7 @@ def int8_dynamic(src: Path, dst: Path, *, per_channel: bool, exclude=(), only: l
     return Path(dst)
 
 
-def int4(src: Path | onnx.ModelProto, dst: Path, *, block_size: int, accuracy_level: int | None,
+def int4(src: Path, dst: Path, *, block_size: int, accuracy_level: int | None,
          include: list[str] | None = None) -> int:
     """MatMulNBits for the linear layers (those named by ``include``, as ``matmul_name`` gives, or all).
 
@@ -227,8 +229,7 @@ def int4(src: Path | onnx.ModelProto, dst: Path, *, block_size: int, accuracy_le
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    model = src if isinstance(src, onnx.ModelProto) else onnx.load(str(src))
-    model = gemm_to_matmul(model)
+    model = gemm_to_matmul(onnx.load(str(src)))
     if include is not None and not include:  # MatMulNBitsQuantizer reads an empty include list as "all"
         onnx.save(model, str(dst))
         return 0

@@ -6,7 +6,7 @@ to the final evaluation. Scores are read off the quantized files themselves, run
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -14,8 +14,8 @@ import numpy as np
 
 from compress.quantization.backend import Layer
 
-__all__ = ["Score", "ValScorer", "sensitivity", "greedy_fp32", "Candidate", "time_files", "choose", "EPS", "Yardstick",
-           "ACCURACY", "accuracy_aware"]
+__all__ = ["Score", "ValScorer", "greedy_fp32", "Candidate", "time_files", "choose", "EPS", "Yardstick", "ACCURACY",
+           "accuracy_aware"]
 
 EPS = 1e-9  # drops are multiples of 1/len(val); compare them to the budget without float noise
 
@@ -52,20 +52,6 @@ class ValScorer:
         return Score(acc, self.ref_accuracy - acc, float(np.mean((z - self.ref_logits) ** 2)) / self._scale)
 
 
-def sensitivity(layers: list[Layer], build_only: Callable[[Layer, Path], Path], scorer: ValScorer,
-                workdir: Path, tag: str) -> dict[str, Score]:
-    """Each layer quantized alone (every other layer fp32): its own damage, free of interactions."""
-    out = {}
-    for i, layer in enumerate(layers):
-        out[layer.name] = scorer(build_only(layer, Path(workdir) / f"sens_{tag}_{i}.onnx"))
-    return out
-
-
-def most_sensitive_first(layers: list[Layer], sens: dict[str, Score]) -> list[Layer]:
-    """Accuracy drop first; the logit error (continuous) orders layers whose drops tie, as they often do."""
-    return sorted(layers, key=lambda layer: (-sens[layer.name].drop, -sens[layer.name].logit_error))
-
-
 @dataclass
 class Trial:
     fp32: tuple[str, ...]  # layers kept fp32
@@ -73,30 +59,22 @@ class Trial:
     score: Score
 
 
-@dataclass
-class GreedyResult:
-    chosen: Trial
-    trials: list[Trial] = field(default_factory=list)
-    met: bool = False
-
-
 def greedy_fp32(order: list[Layer], build: Callable[[list[str], Path], Path], scorer: ValScorer, budget: float,
-                workdir: Path, tag: str) -> GreedyResult:
-    """Keep layers fp32 in ``order`` (most sensitive first) until the validation drop is within ``budget``.
+                workdir: Path, tag: str) -> tuple[Trial, list[Trial], bool]:
+    """Keep layers fp32 in ``order`` (most sensitive first) until the validation drop is within ``budget``:
+    ``(chosen trial, every trial, met)``.
 
     At least one layer stays quantized (all fp32 is the source file itself). When no step meets the
     budget, the chosen trial is the one with the smallest drop (then the fewest fp32 layers).
     """
-    trials, fp32 = [], []
+    trials = []
     for step in range(len(order)):
-        if step:
-            fp32.append(order[step - 1].name)
+        fp32 = tuple(layer.name for layer in order[:step])
         path = build(list(fp32), Path(workdir) / f"greedy_{tag}_{step}.onnx")
-        trials.append(Trial(tuple(fp32), path, scorer(path)))
+        trials.append(Trial(fp32, path, scorer(path)))
         if trials[-1].score.within(budget):
-            return GreedyResult(trials[-1], trials, True)
-    best = min(trials, key=lambda t: (t.score.drop, len(t.fp32)))
-    return GreedyResult(best, trials, False)
+            return trials[-1], trials, True
+    return min(trials, key=lambda t: (t.score.drop, len(t.fp32))), trials, False
 
 
 @dataclass(frozen=True)
@@ -130,10 +108,12 @@ def accuracy_aware(layers: list[Layer], build_only, build_excl, scorer, budget: 
                              f"{ys.delta(s0.drop)} against the fp32 source, {why}")
         info.update({kept_key: [], "budget_met": s0.within(budget), ys.keys[0]: ys.value(s0), ys.keys[1]: s0.drop})
         return first, info
-    sens = sensitivity(layers, build_only, scorer, wd, tag)
-    order = most_sensitive_first(layers, sens)
-    res = greedy_fp32(order, build_excl, scorer, budget, wd, tag)
-    kept, s = list(res.chosen.fp32), res.chosen.score
+    # each layer quantized alone (every other layer fp32): its own damage, free of interactions
+    sens = {layer.name: scorer(build_only(layer, Path(wd) / f"sens_{tag}_{i}.onnx")) for i, layer in enumerate(layers)}
+    # accuracy drop first; the logit error (continuous) orders layers whose drops tie, as they often do
+    order = sorted(layers, key=lambda layer: (-sens[layer.name].drop, -sens[layer.name].logit_error))
+    chosen, trials, met = greedy_fp32(order, build_excl, scorer, budget, wd, tag)
+    kept, s = list(chosen.fp32), chosen.score
     rank = {layer.name: i + 1 for i, layer in enumerate(order)}
     info["tables"] += [
         {"title": f"Per-layer sensitivity on validation ({what}, each layer quantized alone)",
@@ -145,9 +125,9 @@ def accuracy_aware(layers: list[Layer], build_only, build_excl, scorer, budget: 
          "columns": [f"layers {kept_as}", "added", ys.name, ys.loss, "within budget", ""],
          "rows": [[len(t.fp32), t.fp32[-1] if t.fp32 else "(none: all quantized)", ys.fmt(ys.value(t.score)),
                    ys.delta(t.score.drop), "yes" if t.score.within(budget) else "no",
-                   "chosen" if t is res.chosen else ""] for t in res.trials]}]
-    info.update({kept_key: kept, "budget_met": res.met, ys.keys[0]: ys.value(s), ys.keys[1]: s.drop})
-    if res.met:
+                   "chosen" if t is chosen else ""] for t in trials]}]
+    info.update({kept_key: kept, "budget_met": met, ys.keys[0]: ys.value(s), ys.keys[1]: s.drop})
+    if met:
         info["notes"].append(f"All layers {what}: {ys.loss} {ys.delta(s0.drop)} on validation (budget {b}); "
                              f"keeping the {len(kept)} most sensitive layer(s) {kept_as} ({', '.join(kept)}) brings it to "
                              f"{ys.delta(s.drop)}. Sensitivity: each layer quantized alone, ranked by its validation "
@@ -157,7 +137,7 @@ def accuracy_aware(layers: list[Layer], build_only, build_excl, scorer, budget: 
                              f"{ys.delta(s0.drop)}, and keeping up to {len(layers) - 1} of {len(layers)} layers {kept_as} "
                              f"did not bring it within the budget. Kept the best file found ({len(kept)} layer(s) "
                              f"{kept_as}, {ys.loss} {ys.delta(s.drop)}); see the sensitivity table.")
-    return res.chosen.path, info
+    return chosen.path, info
 
 
 @dataclass
@@ -175,14 +155,9 @@ class Candidate:
 def time_files(cands: list[Candidate], x1: np.ndarray, *, rounds: int, calls: int, seed: int = 0) -> None:
     """Batch 1 on one thread, every candidate in the same interleaved rounds after warm-up (``time_interleaved``)."""
     from compress.bench import time_interleaved
-    from compress.runtimes.onnxruntime import session
+    from compress.runtimes.onnxruntime import load
 
-    runners = {}
-    for c in cands:
-        if c.path is None:
-            continue
-        s = session(c.path, threads=1)
-        runners[c.name] = (lambda s=s, feed={s.get_inputs()[0].name: np.ascontiguousarray(x1)}: s.run(None, feed))
+    runners = {c.name: load(c.path, threads=1).timer(x1) for c in cands if c.path is not None}
     timings = time_interleaved(runners, rounds=rounds, calls=calls, seed=seed)
     for c in cands:
         if c.name in timings:

@@ -155,18 +155,23 @@ class DistillConfig(KDOptions):
 
 
 def loss_fit_kwargs(ctx, model, cfg) -> dict:
-    """``fit`` keyword arguments for a stage's loss: the Hinton default (on augmented batches with ``augment``),
-    or the ``loss`` list's Objective."""
-    augment = augmenter(cfg.augment, ctx.splits.input_shape)
-    if augment is not None:
-        return {"loss_fn": online_kd_loss_fn(ctx.teacher, cfg.temperature, cfg.alpha), "augment": augment}
-    if cfg.loss is None:
-        return {"loss_fn": kd_loss_fn(ctx, cfg.temperature, cfg.alpha)}
+    """``fit`` keyword arguments for a stage's loss: the Hinton default, or the ``loss`` list's Objective."""
+    if cfg.loss is None:  # (augment, which needs the Hinton default, rules out a loss list)
+        return _hinton_fit_kwargs(ctx, cfg)
     terms = build_terms(cfg.loss, ctx.teacher, model, ctx.splits.input_shape,
                         {"temperature": cfg.temperature, "alpha": cfg.alpha},
                         at=("stages", ctx.stage_index, "loss"), recipe=ctx.recipe)
     obj = Objective(cfg.loss, terms, ctx)
     return {"loss_fn": obj, "extra_params": obj.extra_params(), "attach": obj.attach}
+
+
+def _hinton_fit_kwargs(ctx, cfg: KDOptions) -> dict:
+    """Hinton KD at the stage's temperature and alpha: from cached teacher logits, or with ``augment`` from the
+    teacher run on each augmented batch."""
+    augment = augmenter(cfg.augment, ctx.splits.input_shape)
+    if augment is not None:
+        return {"loss_fn": online_kd_loss_fn(ctx.teacher, cfg.temperature, cfg.alpha), "augment": augment}
+    return {"loss_fn": kd_loss_fn(ctx, cfg.temperature, cfg.alpha)}
 
 
 def kd_loss_fn(ctx, temperature: float, alpha: float):
@@ -277,15 +282,13 @@ def _mutual(art: Artifact, cfg: KDOptions, ctx, name: str) -> Artifact:
     """Deep mutual learning: the student and ``peers - 1`` fresh copies train together on one loop."""
     seed = ctx.recipe.seed + ctx.stage_index
     peers = Peers(art.model, cfg.peers, seed)
+    trained = [peers]  # fit trains a copy of the wrapper: attach points the loss at the copy's logits
 
     def loss(_logits, targets, _idx):
-        return mutual_loss(peers_in_training.last, targets, cfg.temperature, cfg.alpha)
+        return mutual_loss(trained[0].last, targets, cfg.temperature, cfg.alpha)
 
-    peers_in_training = peers
-
-    def attach(model):  # fit trains a copy of the wrapper: read the copy's logits
-        nonlocal peers_in_training
-        peers_in_training = model
+    def attach(model):
+        trained[0] = model
         return lambda: None
 
     res = fit(peers, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -319,12 +322,9 @@ def _assistant_chain(cfg: KDOptions, ctx):
     for j, spec in enumerate(cfg.chain):
         torch.manual_seed(ctx.recipe.seed + ctx.stage_index + 500 + j)
         model = spec.build(ctx.splits.input_shape, ctx.splits.num_classes)
-        augment = augmenter(cfg.augment, ctx.splits.input_shape)
-        loss_fn = (kd_loss_fn(teacher_ctx, cfg.temperature, cfg.alpha) if augment is None
-                   else online_kd_loss_fn(teacher_ctx.teacher, cfg.temperature, cfg.alpha))
         res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index + 500 + j,
-                  loss_fn=loss_fn, desc=f"chain step {j + 1}/{len(cfg.chain)}", quiet=ctx.quiet, augment=augment)
+                  desc=f"chain step {j + 1}/{len(cfg.chain)}", quiet=ctx.quiet, **_hinton_fit_kwargs(teacher_ctx, cfg))
         chain.append({"model": spec.describe(), "best_epoch": res.best_epoch,
                       "val_accuracy": res.best_val_accuracy, "seconds": res.seconds})
         teacher_ctx = dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={},

@@ -4,6 +4,7 @@ born-again generations, mutual peers)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -45,16 +46,9 @@ class FinetuneConfig(KDOptions):
 def finetune(art: Artifact, cfg: FinetuneConfig, ctx) -> Artifact:
     if cfg.distill:
         out = kd_train(art, cfg, ctx, "finetune")
-        return _with(out, distill=True)
+        return dataclasses.replace(out, info={**out.info, "distill": True})
     res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
               weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index,
               desc="finetune", quiet=ctx.quiet, loss_fn=cross_entropy,
               augment=augmenter(cfg.augment, ctx.splits.input_shape))  # hard labels only, on augmented inputs
-    return art.derive("finetune", model=res.model,
-                      info={**res.info, "distill": False})
-
-
-def _with(art: Artifact, **info) -> Artifact:
-    import dataclasses
-
-    return dataclasses.replace(art, info={**art.info, **info})
+    return art.derive("finetune", model=res.model, info={**res.info, "distill": False})

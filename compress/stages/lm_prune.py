@@ -70,15 +70,12 @@ def prune_gpt(model: GPT, heads: float, mlp: float, importance: str = "l2") -> t
     for i in range(cfg.layers):
         d = cfg.dim
         idx = (keep_h[i][:, None] * d + torch.arange(d)).reshape(-1)  # head -> its rows
-        pre = f"blocks.{i}."
-        for name in ("q", "k", "v"):
-            state[pre + f"attn.{name}.weight"] = state[pre + f"attn.{name}.weight"][idx]
-            state[pre + f"attn.{name}.bias"] = state[pre + f"attn.{name}.bias"][idx]
-        state[pre + "attn.o.weight"] = state[pre + "attn.o.weight"][:, idx]
         k = keep_m[i]
-        state[pre + "mlp.fc.weight"] = state[pre + "mlp.fc.weight"][k]
-        state[pre + "mlp.fc.bias"] = state[pre + "mlp.fc.bias"][k]
-        state[pre + "mlp.proj.weight"] = state[pre + "mlp.proj.weight"][:, k]
+        for name, keep in (("attn.q", idx), ("attn.k", idx), ("attn.v", idx), ("mlp.fc", k)):  # output rows
+            for p in ("weight", "bias"):
+                state[f"blocks.{i}.{name}.{p}"] = state[f"blocks.{i}.{name}.{p}"][keep]
+        for name, keep in (("attn.o", idx), ("mlp.proj", k)):  # input columns
+            state[f"blocks.{i}.{name}.weight"] = state[f"blocks.{i}.{name}.weight"][:, keep]
         rows.append([i, f"{len(keep_h[i])}/{cfg.heads_of(i)}", f"{len(k)}/{cfg.hidden_of(i)}"])
     pruned = GPT(new_cfg)
     pruned.load_state_dict({k: v.clone() for k, v in state.items()})

@@ -1,37 +1,13 @@
-"""``prune``: structured channel pruning with torch-pruning's dependency graph.
+"""``prune``: structured channel pruning with torch-pruning's dependency graph (the user's guide, with the
+measurements behind each rule, is docs/pruning.md).
 
-Importance (what to remove) comes from torch-pruning's scorers; the MetaPruner removes whole
-channels and everything coupled to them (BN, the next layer's inputs); ``iterative_steps`` decides when.
-The classifier (every Linear whose outputs are the class logits) is never pruned.
-
-Two ways to say how much:
-
-- ``ratio``: the fraction of channels removed per layer (reached in ``iterative_steps`` steps).
-- ``target``: a measured goal (``macs`` / ``params`` kept as a fraction of the input model's, or
-  ``latency_ms``, the onnxruntime p50 at batch 1 on 1 thread, timed interleaved with the input model
-  and confirmed by a second timing before it counts as met). The stage removes ``step`` of the
-  remaining channels at a time, measures, and stops at the first model that meets every goal; MACs and
-  params are counted exactly, so the last step is cut back (bisection, then single-layer cuts when
-  channels are rounded) to land on the goal, not far past it.
-  A goal that cannot be met (a latency floor: onnxruntime's per-call overhead does not shrink with the
-  model) stops the search after ``patience`` steps without a faster model or at ``max_steps``, keeps the
-  fastest model found (by speed-up over the input in the same rounds; the least-pruned one within 3 %
-  of the best) and says so in ``info["notes"]``.
-
-Rounding (``round_to``, default 8) keeps channel counts multiples of 8, but never removes more than the ratio asked
-plus ``MAX_EXTRA_CUT`` (0.1) of a layer (``kept_channels``). ``layer_ratios`` asks for a different ratio on named
-layers (a container's name covers every layer inside it; 0 keeps them whole). Layers that torch-pruning's graph
-couples (a residual add, a depthwise conv and the conv feeding it, SE's expand conv and the features it scales)
-lose the same channels: a ratio named for any of them applies to all of them (the smallest, if several are named).
-``nn.MultiheadAttention`` keeps its embedding width (torch-pruning would cut the same dims out of every head and
-re-split the rest, mixing heads): in a ViT the residual width stays and the MLP hidden units are pruned.
-The per-layer table (``info["layers"]``) gives each layer's asked ratio and actual cut, and marks
-(``deeper_than_asked``) every layer cut by more than it was asked.
-
-With ``recover_steps: N``, N optimizer steps of Hinton KD from the teacher follow every pruning step
-(both ways). In the built-in transformers (``transformer``, ``text_transformer``), ``head_ratio`` removes
-whole attention heads and ``ratio`` (or ``target``) the MLP hidden units; the residual width (token or
-byte embedding, positions) is kept.
+How much: a ``ratio`` of channels removed per layer (``layer_ratios`` for named layers, ``iterative_steps``
+steps), or a measured ``target`` (MACs, params, latency, speed-up) reached ``step`` by ``step`` and kept at the
+first model that meets every goal (else the best found, said in ``info["notes"]``). ``round_to`` keeps channel
+counts multiples of 8 but never cuts a layer by more than its ratio + ``MAX_EXTRA_CUT`` (``kept_channels``);
+coupled layers lose the same channels. Never pruned: the classifier, ``nn.MultiheadAttention``'s embedding width,
+the built-in transformers' residual width (there ``head_ratio`` removes whole heads). ``recover_steps`` of
+Hinton KD follow every pruning step. ``info["layers"]`` marks every layer cut ``deeper_than_asked``.
 """
 
 from __future__ import annotations
@@ -62,15 +38,11 @@ MAX_EXTRA_CUT = 0.1  # rounding may remove at most this much more of a layer tha
 _EPS = 1e-9  # float slack: 40 x (1 - 0.3 - 0.1) is 23.999999999999996, and 24 channels must count as allowed
 
 
-def kept_channels(width: int, ratio: float, round_to: int | None, max_extra_cut: float = MAX_EXTRA_CUT) -> int:
-    """Channels a layer of ``width`` keeps when ``ratio`` of them is asked removed, counts rounded to ``round_to``.
-
-    1. ``round_to`` null: ``int(width * (1 - ratio))``, torch-pruning's own count.
-    2. A layer of ``round_to`` channels or fewer, or a ratio of 0, keeps all of them.
-    3. Otherwise the multiple of ``round_to`` nearest to ``width * (1 - ratio)``, ties towards the smaller
-       (pruning was asked for), at least ``round_to``, at most ``width``.
-    4. If that removes more than ``ratio + max_extra_cut`` of the layer, the smallest multiple of ``round_to``
-       that does not (capped at ``width``): rounding never cuts a layer by more than the asked ratio + 0.1.
+def kept_channels(width: int, ratio: float, round_to: int | None) -> int:
+    """Channels a layer of ``width`` keeps when ``ratio`` of them is asked removed, counts rounded to ``round_to``
+    (null: torch-pruning's own ``int(width * (1 - ratio))``): the multiple nearest to ``width * (1 - ratio)``, ties
+    towards the smaller, at least ``round_to``; where that removes more than ``ratio + MAX_EXTRA_CUT`` of the layer,
+    the smallest multiple that does not. A layer of ``round_to`` channels or fewer keeps them all.
 
     At ratio 0.3 and round_to 8: 16 keeps 16 (nearest, 8, would remove 50 % > 40 %), 32 keeps 24, 64 keeps 48.
     """
@@ -80,7 +52,7 @@ def kept_channels(width: int, ratio: float, round_to: int | None, max_extra_cut:
         return width
     nearest = math.ceil(width * (1 - ratio) / round_to - 0.5 - _EPS) * round_to
     keep = min(width, max(round_to, nearest))
-    least = width * (1 - ratio - max_extra_cut)  # fewest channels the layer may keep
+    least = width * (1 - ratio - MAX_EXTRA_CUT)  # fewest channels the layer may keep
     if keep < least - _EPS:
         keep = min(width, math.ceil(least / round_to - _EPS) * round_to)
     return keep
@@ -157,14 +129,9 @@ class PruneConfig(StageConfig):
         return self
 
 
-def _importance(name: str):
-    if name == "l1":
-        return tp.importance.MagnitudeImportance(p=1)
-    if name == "l2":
-        return tp.importance.MagnitudeImportance(p=2)
-    if name == "taylor":
-        return tp.importance.TaylorImportance()
-    return tp.importance.BNScaleImportance()
+_IMPORTANCE = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
+               "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+               "taylor": tp.importance.TaylorImportance, "bn_scale": tp.importance.BNScaleImportance}
 
 
 def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -194,17 +161,11 @@ def head_table(model: nn.Module) -> dict[str, int]:
     return {name: m.num_heads for name, m in model.named_modules() if isinstance(m, Attention)}
 
 
-def _widths(model: nn.Module) -> list[tuple[nn.Module, int]]:
-    return [(m, m.out_channels if isinstance(m, nn.Conv2d | nn.Conv1d) else m.out_features)
-            for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)]
-
-
-def _layer_rows(before: dict, after: dict, heads_before: dict, heads_after: dict, asked: dict | None = None,
-                head_asked: float | None = None) -> list[dict]:
+def _layer_rows(before: dict, after: dict, heads_before: dict, heads_after: dict, asked: dict,
+                head_asked: float | None) -> list[dict]:
     """The channel table: per layer its channels before and after, the fraction asked removed (``asked``, None
     where no ratio applies), the fraction removed (``cut``) and ``deeper_than_asked``, the marker of a layer
     that lost more than it was asked (rounding, global ranking, whole heads)."""
-    asked = asked or {}
 
     def row(layer: str, b: int, a: int | None, ask: float | None) -> dict:
         cut = round(1 - a / b, 4) if a is not None and b else None
@@ -235,13 +196,10 @@ def _frozen(model: nn.Module, classifier: list[nn.Module]) -> list:
 _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-def _named_ratio(name: str, layer_ratios: dict[str, float]) -> float | None:
+def _named_ratio(name: str, layer_ratios: dict[str, float], default: float | None = None) -> float | None:
     """The ``layer_ratios`` entry covering module ``name``: its own, else its closest named container's."""
-    best = None
-    for key in layer_ratios:
-        if (name == key or name.startswith(key + ".")) and (best is None or len(key) > len(best)):
-            best = key
-    return None if best is None else layer_ratios[best]
+    covering = [key for key in layer_ratios if name == key or name.startswith(key + ".")]
+    return layer_ratios[max(covering, key=len)] if covering else default
 
 
 def layer_ratio_problem(model: nn.Module, cfg: PruneConfig, input_shape) -> tuple[str, str] | None:
@@ -258,20 +216,17 @@ def layer_ratio_problem(model: nn.Module, cfg: PruneConfig, input_shape) -> tupl
     classifier = {id(m) for m in output_layers(model, example)}
     modules = dict(model.named_modules())
     prunable = [n for n, m in modules.items() if isinstance(m, _LAYER_TYPES) and id(m) not in classifier]
-    valid = ", ".join(prunable)
+    valid = f"valid layer names: {', '.join(prunable)} (or a module containing them)"
     for key in cfg.layer_ratios:
         if key in modules and any(n == key or n.startswith(key + ".") for n in prunable):
             continue
         if key in modules and id(modules[key]) in classifier:
-            return key, (f"'{key}' is the classifier (its outputs are the class scores), which is never pruned; "
-                         f"valid layer names: {valid} (or a module containing them)")
+            return key, f"'{key}' is the classifier (its outputs are the class scores), which is never pruned; {valid}"
         if key in modules:
-            return key, (f"'{key}' ({type(modules[key]).__name__}) contains no prunable layer (Conv or Linear); "
-                         f"valid layer names: {valid} (or a module containing them)")
+            return key, f"'{key}' ({type(modules[key]).__name__}) contains no prunable layer (Conv or Linear); {valid}"
         close = difflib.get_close_matches(key, prunable + [n for n in modules if n], n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        return key, (f"the model has no layer named '{key}'; {hint}valid layer names: {valid} "
-                     f"(or a module containing them)")
+        return key, f"the model has no layer named '{key}'; {hint}{valid}"
     return None
 
 
@@ -279,49 +234,35 @@ def _pruner(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, ratio: fl
             iterative_steps: int = 1, only: str | None = None):
     """``(MetaPruner over model, layer name -> ratio asked of it)``, every layer's channel count decided here.
 
-    Per-layer pruning (``global`` off): torch-pruning's dependency graph couples layers whose output channels
-    must be removed together (a residual add, a depthwise conv and the conv before it, SE's expand conv and the
-    features it scales). Each such group is asked ``ratio``, or, when ``layer_ratios`` names any of its layers,
-    the smallest ratio named there (0 keeps the group whole); it keeps ``kept_channels(width, asked, round_to)``
-    channels, and is left whole when that is all of them. torch-pruning's own ``round_to`` rounds down (0.3 of 16
-    channels with round_to 8 would remove half), so it is not used. With ``iterative_steps`` torch-pruning
-    reaches that count in equal steps. Global pruning ranks channels across layers, so there torch-pruning's
-    rounding (down) is used, except for the groups ``layer_ratios`` names. Layers already at ``round_to``
-    channels or fewer are left alone (rounding down would empty them). Groups holding the classifier or an
-    ``nn.MultiheadAttention`` stay whole (their asked ratio is None). ``only``: prune the group holding this
-    layer, nothing else.
+    Each group of layers torch-pruning's graph couples (a residual add, a depthwise conv and the conv before it,
+    SE's expand conv and the features it scales) is asked ``ratio``, or the smallest ``layer_ratios`` entry naming
+    one of its layers, and keeps ``kept_channels`` of its width (reached in ``iterative_steps`` equal steps):
+    torch-pruning's own ``round_to`` rounds down (0.3 of 16 channels at 8 would remove half). Global pruning
+    ranks channels across layers with torch-pruning's rounding, except in named groups, and leaves layers of
+    ``round_to`` channels or fewer alone (rounding down would empty them). Groups holding the classifier or an
+    ``nn.MultiheadAttention`` stay whole (asked None). ``only``: prune the group holding this layer, nothing else.
     """
     from compress.models.zoo import Attention
 
-    classifier = output_layers(model, example)
-    ignored = _frozen(model, classifier)
+    ignored = _frozen(model, output_layers(model, example))
     frozen = {id(sub) for m in ignored if isinstance(m, nn.Module) for sub in m.modules()}
     attn = [m for m in model.modules() if isinstance(m, Attention)]
     heads = {m.qkv: m.num_heads for m in attn}
-    qkv = {id(m.qkv) for m in attn}
     names = {id(m): n for n, m in model.named_modules()}
-    asked: dict[str, float | None] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, _LAYER_TYPES):
-            own = _named_ratio(name, cfg.layer_ratios)
-            asked[name] = None if id(m) in frozen else (own if own is not None else ratio)
+    asked: dict[str, float | None] = {name: None if id(m) in frozen else _named_ratio(name, cfg.layer_ratios, ratio)
+                                      for name, m in model.named_modules() if isinstance(m, _LAYER_TYPES)}
     ratios: dict = {}
     with warnings.catch_warnings():  # torch-pruning's unwrapped-parameter warning: the MetaPruner below says it once
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     for group in graph.get_all_groups(root_module_types=(*_LAYER_TYPES, nn.MultiheadAttention)):
-        members = []
-        for dep, _ in group:
-            m = dep.target.module
-            if graph.is_out_channel_pruning_fn(dep.handler) and isinstance(m, (*_LAYER_TYPES, nn.MultiheadAttention)) \
-                    and all(m is not x for x in members):
-                members.append(m)
-        if not members or any(id(m) in qkv for m in members):
+        members = list(dict.fromkeys(  # each module once, in group order
+            dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)
+            and isinstance(dep.target.module, (*_LAYER_TYPES, nn.MultiheadAttention))))
+        if not members or any(m in heads for m in members):
             continue  # built-in transformer attention: heads by head_ratio, head dims kept (prune_head_dims off)
         named = [r for r in (_named_ratio(names.get(id(m), ""), cfg.layer_ratios) for m in members) if r is not None]
-        group_asked = min(named) if named else ratio
-        if any(id(m) in frozen for m in members):
-            group_asked = None
+        group_asked = None if any(id(m) in frozen for m in members) else min(named, default=ratio)
         asked.update({names[id(m)]: group_asked for m in members if names.get(id(m)) in asked})
         if group_asked is None or (only is not None and all(names.get(id(m)) != only for m in members)):
             ignored += members
@@ -341,7 +282,7 @@ def _pruner(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, ratio: fl
         # torch-pruning removes heads only in a scope whose width ratio is > 0; with prune_head_dims off
         # that ratio removes nothing else, so the attention layers get the head ratio as their own
         ratios.update({m.qkv: head_ratio for m in attn})
-    pruner = tp.pruner.MetaPruner(model, example, importance=_importance(cfg.importance), pruning_ratio=ratio,
+    pruner = tp.pruner.MetaPruner(model, example, importance=_IMPORTANCE[cfg.importance](), pruning_ratio=ratio,
                                   pruning_ratio_dict=ratios or None, global_pruning=cfg.global_pruning,
                                   iterative_steps=iterative_steps, ignored_layers=ignored,
                                   round_to=cfg.round_to if cfg.global_pruning else None,
@@ -390,8 +331,6 @@ def prune(art: Artifact, cfg: PruneConfig, ctx) -> Artifact:
         # a target, not a ratio, decides every layer's cut; layer_ratios can only keep layers whole
         asked = {k: 0.0 if _named_ratio(k, cfg.layer_ratios) == 0 else None for k in before}
         model, info = _prune_to_target(model, cfg, ctx, example, rng, macs0, params0)
-    model.zero_grad(set_to_none=True)
-    model.eval()
     after = channel_table(model)
     whole = [k for k, v in after.items() if v == before.get(k)]
     if cfg.target is None and (cfg.ratio or cfg.layer_ratios) and cfg.round_to and whole:
@@ -475,9 +414,9 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
     """Remove ``step`` of the remaining channels at a time until every goal of ``cfg.target`` is met."""
     from compress.training import evaluate_split
 
-    t, shape = cfg.target, ctx.splits.input_shape
-    val = ctx.splits.val
-    classifier = {n for n, m in model.named_modules() if any(m is c for c in output_layers(model, example))}
+    t, shape, val = cfg.target, ctx.splits.input_shape, ctx.splits.val
+    outputs = output_layers(model, example)
+    classifier = {n for n, m in model.named_modules() if m in outputs}
     channels0 = _prunable_channels(model, classifier)
     heads0 = sum(head_table(model).values())
     notes: list[str] = []
@@ -495,11 +434,11 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
 
         def record(step: int, ratio: float, m: nn.Module) -> dict:
             macs, params = count_macs_params(m, shape)
-            p50, speedup = (timer.measure(m, f"step{step}") if step else timer.measure_input()) if timer else (None, None)
+            p50, speedup = timer.measure(m if step else None, f"step{step}") if timer else (None, None)
             if timer and fast_enough(p50, speedup):
                 # one lucky measurement on a busy machine must not end the search: confirm it with fresh
                 # rounds and keep the slower of the two
-                p50b, speedupb = timer.measure(m, f"step{step}b") if step else timer.measure_input()
+                p50b, speedupb = timer.measure(m if step else None, f"step{step}b")
                 p50, speedup = max(p50, p50b), min(speedup, speedupb)
             met = cheap_ok(m) and (timer is None or fast_enough(p50, speedup))
             row = {"step": step, "ratio": ratio, "channels": _prunable_channels(m, classifier),
@@ -542,8 +481,9 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
                     # rounded widths move in whole multiples, and every layer of one width moves together:
                     # the smallest cut that meets the goal may be one multiple off a single layer
                     frozen = {id(m) for m in _frozen(current, output_layers(current, example))}
+                    widths = channel_table(current)
                     for name, m in current.named_modules():
-                        width = dict(_widths(current)).get(m)
+                        width = widths.get(name)
                         if id(m) in frozen or width is None or width <= cfg.round_to:
                             continue
                         trial = _prune_once(current, cfg, ctx, example, cfg.round_to / width, 0.0, seed, only=name)
@@ -565,8 +505,6 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
                                      f"({best_speedup:.2f}x the input's speed, within {FLOOR_TOLERANCE:.0%}); "
                                      f"stopped at step {step}.")
                         break
-        if timer is not None:
-            timer.close()
 
     kept = next((i for i, r in enumerate(rows) if r["met"]), None)
     if kept is None:
@@ -581,7 +519,7 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
         notes.insert(0, f"target met at step {kept}: {_describe(rows[kept], macs0, params0)}."
                      if kept else "the input model already meets the target: nothing was pruned.")
     if cfg.recover_steps:
-        seen = cfg.recover_steps * cfg.batch_size * max(kept, 0)
+        seen = cfg.recover_steps * cfg.batch_size * kept
         notes.append(f"recovery: {cfg.recover_steps} optimizer steps of KD (T=4, alpha=0.5) after every step, "
                      f"{seen / len(ctx.splits.train):.1f} epochs in all up to the kept step; not counted in the scratch student's budget.")
     table = {"title": "Pruning steps (p50: onnxruntime, batch 1, 1 thread; speed-up vs the input model, timed interleaved)",
@@ -594,8 +532,7 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
                        f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-",
                        f"{r['val_accuracy']:.2%}", ("kept" if i == kept else "yes") if r["met"] or i == kept else "no"]
                       for i, r in enumerate(rows)]}
-    steps = [{k: v for k, v in r.items()} for r in rows]
-    return models[kept], {"notes": notes, "tables": [table], "steps": steps, "kept_step": kept,
+    return models[kept], {"notes": notes, "tables": [table], "steps": rows, "kept_step": kept,
                           "target_met": rows[kept]["met"]}
 
 
@@ -606,53 +543,43 @@ def _describe(row: dict, macs0: int, params0: int) -> str:
     return s + f", val accuracy {row['val_accuracy']:.2%}"
 
 
+def _onnx_runner(model: nn.Module, input_shape, path: Path, x: np.ndarray, threads: int = 1):
+    """A call of ``model``, exported to ONNX at ``path``, on ``x`` in an onnxruntime session."""
+    from compress._onnx import export_onnx
+    from compress.runtimes.onnxruntime import load
+
+    return load(export_onnx(copy.deepcopy(model).eval(), tuple(input_shape), path), threads=threads).timer(x)
+
+
 class _LatencyProbe:
     """onnxruntime p50 at batch 1 on 1 thread of a model, timed interleaved with the input model."""
 
     def __init__(self, reference: nn.Module, input_shape, folder: Path, rounds: int, seed: int):
         self.shape, self.folder, self.rounds, self.seed = tuple(input_shape), folder, rounds, seed
         self.x = np.zeros((1, *self.shape), np.float32)
-        self.ref = self._timer(reference, "input")
+        self.ref = _onnx_runner(reference, self.shape, folder / "input.onnx", self.x)
 
-    def _timer(self, model: nn.Module, name: str):
-        from compress._onnx import export_onnx
-        from compress.runtimes.onnxruntime import session
-
-        path = export_onnx(copy.deepcopy(model).eval(), self.shape, self.folder / f"{name}.onnx")
-        sess = session(path, threads=1)
-        feed, run = {sess.get_inputs()[0].name: self.x}, sess.run
-        return lambda: run(None, feed)
-
-    def measure(self, model: nn.Module, name: str) -> tuple[float, float]:
-        """(p50 in ms, speed-up vs the input model's p50 in the same rounds)."""
+    def measure(self, model: nn.Module | None, name: str) -> tuple[float, float]:
+        """(p50 in ms, speed-up vs the input model's p50 in the same rounds); ``model`` None: the input alone."""
         from compress.bench import time_interleaved
 
-        fn = self._timer(model, name)
-        t = time_interleaved({"input": self.ref, name: fn}, rounds=self.rounds, calls=20, warmup=20, seed=self.seed)
-        return t[name].p50, t["input"].p50 / t[name].p50
-
-    def measure_input(self) -> tuple[float, float]:
-        from compress.bench import time_interleaved
-
-        return time_interleaved({"input": self.ref}, rounds=self.rounds, calls=20, warmup=20, seed=self.seed)["input"].p50, 1.0
-
-    def close(self) -> None:
-        self.ref = None
+        runners = {"input": self.ref}
+        if model is not None:
+            runners[name] = _onnx_runner(model, self.shape, self.folder / f"{name}.onnx", self.x)
+        t = time_interleaved(runners, rounds=self.rounds, calls=20, warmup=20, seed=self.seed)
+        p50 = t[list(runners)[-1]].p50
+        return p50, t["input"].p50 / p50
 
 
 def measure_latency(models: dict[str, nn.Module], input_shape, *, batch: int = 1, threads: int = 1, rounds: int = 30,
                     calls: int = 20, seed: int = 0) -> dict:
     """Export every model to ONNX and time them interleaved with onnxruntime: name -> Timing."""
-    from compress._onnx import export_onnx
     from compress.bench import time_interleaved
-    from compress.runtimes.onnxruntime import session
 
     x = np.zeros((batch, *input_shape), np.float32)
-    runners = {}
     with tempfile.TemporaryDirectory(prefix="compress-lat-") as tmp:
-        for name, m in models.items():
-            sess = session(export_onnx(copy.deepcopy(m).eval(), tuple(input_shape), Path(tmp) / f"{name}.onnx"), threads=threads)
-            runners[name] = (lambda s=sess, feed={sess.get_inputs()[0].name: x}: s.run(None, feed))
+        runners = {name: _onnx_runner(m, input_shape, Path(tmp) / f"{name}.onnx", x, threads)
+                   for name, m in models.items()}
         return time_interleaved(runners, rounds=rounds, calls=calls, warmup=10, seed=seed)
 
 
@@ -689,7 +616,7 @@ def recalibrate_bn(model: nn.Module, data, batches: int, rng, batch_size: int = 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
-    saved = [(m.momentum, m.training) for m in bns]
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over all recalibration batches
@@ -702,7 +629,7 @@ def recalibrate_bn(model: nn.Module, data, batches: int, rng, batch_size: int = 
         model(torch.from_numpy(data.x[idx]))
         seen += len(idx)
     model.eval()
-    for m, (momentum, _) in zip(bns, saved):
+    for m, momentum in zip(bns, momenta):
         m.momentum = momentum
     return seen
 

@@ -1,14 +1,7 @@
-"""``qat``: quantization-aware fine-tuning in torch with KD from the teacher, written as a QDQ INT8 ONNX file.
-
-For when post-training INT8 loses too much. BatchNorm is folded into the preceding conv/linear layer
-first (as onnxruntime sees it after export), then every Conv2d/Linear trains with fake-quantized weights
-(per output channel, symmetric INT8, straight-through gradients) and fake-quantized input and output
-activations (per tensor, asymmetric UINT8, ranges observed as a moving average of batch min/max, frozen
-in eval mode). The result is exported to ONNX with QuantizeLinear/DequantizeLinear on the activations
-and INT8 weight initializers behind DequantizeLinear, which onnxruntime runs with INT8 kernels.
-
-The stage takes a torch model and produces the ONNX file (like ``export``), so it ends the chain: a
-``quantize`` after it would quantize an INT8 model again and refuses to.
+"""``qat``: quantization-aware fine-tuning in torch with KD from the teacher, written as a QDQ INT8 ONNX file, for
+when post-training INT8 loses too much (docs/quantization.md). BatchNorm is folded first (as onnxruntime sees the
+export); Conv/Linear layers train with fake-quantized INT8 weights (per channel, straight-through) and UINT8
+activations (moving-average ranges). It produces ONNX, so it ends the chain: ``quantize`` refuses its file.
 """
 
 from __future__ import annotations
@@ -26,6 +19,7 @@ from torch import nn
 from compress._onnx import export_onnx
 from compress.artifact import Artifact
 from compress.errors import StageError
+from compress.quantization.backend import drop_unused_initializers, reduce_range
 from compress.stages.base import StageConfig, register_stage
 from compress.training import fit
 
@@ -180,12 +174,11 @@ def _int8_weights(model: onnx.ModelProto, qmax: int) -> int:
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm") or node.input[1] not in inits:
             continue
-        if producer.get(node.input[0]) is None or producer[node.input[0]].op_type != "DequantizeLinear":
+        if getattr(producer.get(node.input[0]), "op_type", None) != "DequantizeLinear":
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        axis = 0  # Conv: [out, in, kh, kw]; Linear exports as Gemm with transB=1: [out, in]
-        if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
-            axis = 1
+        # the output-channel axis: Conv: [out, in, kh, kw]; Linear exports as Gemm with transB=1: [out, in]
+        axis = 1 if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0) else 0
         amax = np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).max(1)
         scale = np.where(amax > 0, amax / qmax, 1.0)
         shape = [1] * w.ndim
@@ -203,18 +196,8 @@ def _int8_weights(model: onnx.ModelProto, qmax: int) -> int:
     nodes = new_nodes + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(drop_unused_initializers(model))
     return done
-
-
-def _reduce(setting) -> bool:
-    from compress.quantization.backend import reduce_range
-
-    return reduce_range(setting)
 
 
 @register_stage(QatConfig, accepts={"torch"}, produces="onnx", trains=True)
@@ -222,7 +205,7 @@ def qat(art: Artifact, cfg: QatConfig, ctx) -> Artifact:
     from compress.runtimes.onnxruntime import predict, session
     from compress.stages.distill import kd_loss_fn
 
-    seven_bit = _reduce(cfg.reduce_range)
+    seven_bit = reduce_range(cfg.reduce_range)
     model = prepare_qat(art.model, qmax=63 if seven_bit else 127, momentum=cfg.momentum)
     observe(model, ctx.splits.train.x, cfg.calibration_samples, ctx.recipe.seed)
     res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
@@ -239,7 +222,7 @@ def qat(art: Artifact, cfg: QatConfig, ctx) -> Artifact:
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
     if not diff <= cfg.tolerance:
         hint = ("; this CPU lacks VNNI, where onnxruntime's u8s8 kernels saturate with 8-bit weights: use "
-                "reduce_range: auto" if not seven_bit and _reduce("auto") else "")
+                "reduce_range: auto" if not seven_bit and reduce_range("auto") else "")
         raise StageError(f"qat: onnxruntime's logits differ from torch's fake-quantized model by {diff:.3g} of the "
                          f"largest logit (tolerance {cfg.tolerance}); the file {path} is not trustworthy{hint}")
     kinds = [n.op_type for n in onnx.load(str(path)).graph.node]

@@ -1,14 +1,8 @@
-"""``quantize``: onnxruntime post-training quantization of an exported ONNX model.
-
-Modes: ``int8_static`` (QDQ or QOperator, per-channel weights, activations calibrated on training samples),
-``int8_dynamic`` (weights INT8, activations quantized per call), ``int4_weight_only`` (MatMulNBits for the
-linear layers; everything else stays fp32), ``mixed`` (INT4 for the large linear layers, INT8 elsewhere,
-chosen per layer by sensitivity) and ``auto`` (fp32 and every mode measured on validation data and timed
-interleaved; the fastest file within the accuracy budget ships, fp32 included).
-
-With ``max_accuracy_drop``, the layers that hurt validation accuracy most stay fp32 until the drop against
-the fp32 source is within the budget (``compress.quantization.search``); when nothing meets it, the best
-file found is kept and the report says so.
+"""``quantize``: onnxruntime post-training quantization of an exported ONNX model (docs/quantization.md):
+``int8_static``, ``int8_dynamic``, ``int4_weight_only`` (MatMulNBits), ``mixed`` (INT4 for the large linear
+layers, INT8 elsewhere) and ``auto`` (every mode and fp32 measured; the fastest within the budget ships). With an
+accuracy budget the most sensitive layers stay fp32 until the validation drop holds
+(``compress.quantization.search``); when nothing meets it, the best file found is kept and the report says so.
 """
 
 from __future__ import annotations
@@ -28,14 +22,12 @@ from compress._progress import say
 from compress.artifact import Artifact
 from compress.errors import StageError
 from compress.quantization import backend
-from compress.quantization.backend import Reader as _Reader
 from compress.quantization.backend import gemm_to_matmul, matmul_name
 from compress.quantization.search import (CANDIDATE_COLUMNS, Candidate, ValScorer, accuracy_aware, candidate_rows, choose,
                                           time_files)
 from compress.stages.base import StageConfig, register_stage
 
-__all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul", "reduce_range", "DEFAULT_BUDGET",
-           "INT4_LEVELS"]
+__all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul", "DEFAULT_BUDGET", "INT4_LEVELS"]
 
 DEFAULT_BUDGET = 0.01  # auto, mixed and accuracy_level auto without max_accuracy_drop: one accuracy point
 INT4_LEVELS = (0, 1, 2, 4)  # MatMulNBits compute types on CPU: 0 default, 1 fp32, 2 fp16 (fp32 on x86), 4 INT8
@@ -94,15 +86,10 @@ class QuantizeConfig(StageConfig):
         return None
 
 
-def reduce_range(cfg: QuantizeConfig) -> bool:
-    """7-bit weights on x86 without VNNI (see ``compress.quantization.backend.reduce_range``)."""
-    return backend.reduce_range(cfg.reduce_range)
-
-
 def _static(src: Path, workdir: Path, cfg: QuantizeConfig, ctx, cache_ranges: bool = True) -> backend.Int8Static:
     return backend.Int8Static(src, workdir, ctx.splits.train.x, cfg.calibration, per_channel=cfg.per_channel,
-                              activations=cfg.activations, reduce_range=reduce_range(cfg), seed=ctx.recipe.seed,
-                              cache_ranges=cache_ranges)
+                              activations=cfg.activations, reduce_range=backend.reduce_range(cfg.reduce_range),
+                              seed=ctx.recipe.seed, cache_ranges=cache_ranges)
 
 
 def _static_info(st: backend.Int8Static, cfg: QuantizeConfig, fmt: str | None = None) -> dict:
@@ -146,11 +133,15 @@ def _pct(x: float) -> str:
     return f"{x:+.2%}"
 
 
+def _int8_aware(st: backend.Int8Static, scorer, budget, wd, fmt: str = "qdq") -> tuple[Path, dict]:
+    """Static INT8 with the most sensitive layers kept fp32 until the drop is within ``budget``."""
+    return accuracy_aware(st.layers, lambda layer, p: st.write(p, only=[layer.name], fmt=fmt),
+                          lambda ex, p: st.write(p, exclude=ex, fmt=fmt), scorer, budget, wd, "int8", "INT8")
+
+
 def _search_int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     st = _static(art.path, wd, cfg, ctx)
-    path, info = accuracy_aware(
-        st.layers, lambda layer, p: st.write(p, only=[layer.name], fmt=cfg.format),
-        lambda ex, p: st.write(p, exclude=ex, fmt=cfg.format), scorer, budget, wd, "int8", "INT8")
+    path, info = _int8_aware(st, scorer, budget, wd, cfg.format)
     info.update(_static_info(st, cfg))
     return path, info
 
@@ -170,26 +161,21 @@ def _search_int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]
     return path, info
 
 
-def _int4_builders(src: Path, layers, cfg: QuantizeConfig, level):
-    def only(layer, p):
-        backend.int4(src, p, block_size=cfg.block_size, accuracy_level=level, include=[matmul_name(layer)])
-        return p
-
-    def excl(ex, p):
-        backend.int4(src, p, block_size=cfg.block_size, accuracy_level=level,
-                     include=[matmul_name(x) for x in layers if x.name not in ex])
-        return p
-    return only, excl
-
-
 def _search_int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     layers = _linear(backend.weighted_layers(art.path))
     if not layers:
         raise _no_linear_error("int4_weight_only")
     if cfg.accuracy_level == "auto":
         return _int4_levels(art, cfg, ctx, wd, scorer, budget, layers)
-    only, excl = _int4_builders(art.path, layers, cfg, cfg.accuracy_level)
-    path, info = accuracy_aware(layers, only, excl, scorer, budget, wd, "int4", "INT4")
+
+    def int4(names, p):  # MatMulNBits for the linear layers named
+        backend.int4(art.path, p, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
+                     include=[matmul_name(x) for x in layers if x.name in names])
+        return p
+
+    path, info = accuracy_aware(layers, lambda layer, p: int4({layer.name}, p),
+                                lambda ex, p: int4({x.name for x in layers} - set(ex), p),
+                                scorer, budget, wd, "int4", "INT4")
     info.update(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
                 matmulnbits_nodes=len(layers) - len(info["fp32_layers"]))
     return path, info
@@ -245,9 +231,7 @@ def _mixed_build(st: backend.Int8Static, cfg: QuantizeConfig, plan: dict[str, st
 def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     st = _static(art.path, wd, cfg, ctx)
     layers = st.layers
-    # INT8 first, accuracy-aware (the same greedy as int8_static with max_accuracy_drop)
-    p8, info = accuracy_aware(layers, lambda layer, p: st.write(p, only=[layer.name]),
-                               lambda ex, p: st.write(p, exclude=ex), scorer, budget, wd, "int8", "INT8")
+    p8, info = _int8_aware(st, scorer, budget, wd)  # INT8 first, as int8_static with max_accuracy_drop
     plan = {layer.name: "fp32" if layer.name in info["fp32_layers"] else "int8" for layer in layers}
     big = [layer for layer in _linear(layers) if layer.weights >= cfg.int4_min_weights and plan[layer.name] == "int8"]
     info.update(_static_info(st, cfg), block_size=cfg.block_size, accuracy_level=_level(cfg),
@@ -294,8 +278,7 @@ def _search_auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
         cands.append(Candidate(f"INT8 static {fmt.upper()}", st.write(wd / f"auto_int8_{fmt}.onnx", fmt=fmt)))
     extra: dict = {"notes": [], "tables": []}
     if not scorer(cands[1].path).within(budget):
-        path, extra = accuracy_aware(st.layers, lambda layer, p: st.write(p, only=[layer.name]),
-                                      lambda ex, p: st.write(p, exclude=ex), scorer, budget, wd, "int8", "INT8")
+        path, extra = _int8_aware(st, scorer, budget, wd)
         cands.append(Candidate(f"INT8 static QDQ, {len(extra['fp32_layers'])} layer(s) fp32", path))
     cands.append(Candidate("INT8 dynamic", backend.int8_dynamic(src, wd / "auto_dyn.onnx", per_channel=cfg.per_channel)))
     if _linear(backend.weighted_layers(src)):
@@ -395,8 +378,8 @@ def _runtime_files(art: Artifact, cfg: QuantizeConfig, ctx, dst: Path, info: dic
                else "the torch model is not available (export output restored from the cache)")
         info["runtime_files_note"] = f"{', '.join(prev)} files stay fp32: {why}"
         return {**files, **prev}
-    reader = _Reader(ctx.splits.train.x, "", cfg.calibration.samples, cfg.calibration.batch_size, ctx.recipe.seed)
-    calib = ctx.splits.train.x[reader._idx]
+    x = ctx.splits.train.x
+    calib = x[backend.Reader(x, "", cfg.calibration.samples, cfg.calibration.batch_size, ctx.recipe.seed).rows]
     for fmt in prev:
         out = dst.with_suffix(SUFFIX[fmt])
         write_runtime_file(fmt, art.model, ctx.splits.input_shape, out, art.info.get("static_batch", 1), calibration=calib)

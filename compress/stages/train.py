@@ -31,5 +31,4 @@ def train(art: Artifact, cfg: TrainStageConfig, ctx) -> Artifact:
     res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
               weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index, loss_fn=cross_entropy,
               desc="train", quiet=ctx.quiet)
-    return art.derive("train", model=res.model,
-                      info=res.info)
+    return art.derive("train", model=res.model, info=res.info)

@@ -118,19 +118,23 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         x, y = (np.memmap(path, dtype=m.dtype, mode="r", shape=m.shape, order="F" if m.fortran else "C",
                           offset=m.offset) for m in (members["x"], members["y"]))
         return x, _labels(np.asarray(y), path)  # other dtypes are converted in memory below
+    arrays = _load_npz(path, members)
+    return arrays["x"].astype(np.float32, copy=False), _labels(arrays["y"], path)
+
+
+def _load_npz(path: Path, members) -> dict[str, np.ndarray]:
+    """The arrays ``members`` (validated by ``_npz_members``) of an npz, read into memory."""
     try:
         # allow_pickle=False: an npz with object arrays could run code on load.
         with np.load(path, allow_pickle=False) as z:
-            x, y = z["x"], z["y"]
+            return {k: z[k] for k in members}
     except Exception as exc:  # zipfile.BadZipFile (CRC), ValueError, OSError
         raise DataError(f"{path}: not a readable npz file ({exc})") from None
-    return x.astype(np.float32, copy=False), _labels(y, path)
 
 
 def _labels(y: np.ndarray, path: Path) -> np.ndarray:
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-            return y.astype(np.int64)
+    integral = np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)
+    if not (np.issubdtype(y.dtype, np.integer) or integral):
         raise DataError(f"{path}: labels 'y' must be integers (got dtype {y.dtype})")
     return y.astype(np.int64)
 
@@ -194,27 +198,13 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
                                     "deflated (numpy.savez_compressed), and nothing else is decompressed")
             try:
                 with zf.open(info) as m:  # reads (and inflates) only the header's first bytes
-                    version = np.lib.format.read_magic(m)
-                    if version not in ((1, 0), (2, 0), (3, 0)):
-                        raise ValueError(f"unknown .npy format version {version}")
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read(m)
-                    header = m.tell()
+                    shape, fortran, dtype, header = _npy_header(m)
             except Exception as exc:  # ValueError (bad header), BadZipFile, zlib.error, NotImplementedError
                 raise DataError(f"{where}: not a valid .npy array header ({exc})") from None
             if dtype.hasobject:
                 raise DataError(f"{path}: {key} holds Python objects (pickles), which are refused (member {member})")
-            if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
-                raise DataError(f"{where}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
-            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            if declared > MAX_NPY_BYTES:
-                raise DataError(f"{where}: the header declares shape {shape} of {dtype}, {fmt_bytes(declared)}; the "
-                                f"limit is {fmt_bytes(MAX_NPY_BYTES)} per array")
-            if declared != info.file_size - header:
-                raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the "
-                                f"member holds {max(info.file_size - header, 0):,} bytes of data; the file is corrupt "
-                                "or forged (write it with numpy.savez)")
+            declared = _check_array(where, shape, dtype, info.file_size - header, "member",
+                                    " (write it with numpy.savez)")
             offset = 0
             if stored:
                 f.seek(info.header_offset)
@@ -240,12 +230,7 @@ def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (
         raise DataError(f"file not found: {path}")
     regular_file(path)
     if zipfile.is_zipfile(path):
-        members = _npz_members(path, keys, optional)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in members}
-        except Exception as exc:  # zipfile.BadZipFile (CRC), ValueError, OSError
-            raise DataError(f"{path}: not a readable npz file ({exc})") from None
+        return _load_npz(path, _npz_members(path, keys, optional))
     _npy_member(path)
     try:
         return {keys[0]: np.load(path, allow_pickle=False, mmap_mode="r")}
@@ -253,25 +238,39 @@ def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (
         raise DataError(f"{path}: not a readable .npy or .npz file ({exc})") from None
 
 
-def _npy_member(path: Path) -> None:
-    """An ``.npy`` file's header: a numeric dtype, within MAX_NPY_BYTES, and exactly as much data as it declares."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-            header, size = f.tell(), f.seek(0, 2)
-    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
-        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran, dtype, header bytes)`` of the .npy stream ``f``, reading only its header."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f"unknown .npy format version {version}")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return (*read(f), f.tell())
+
+
+def _check_array(where: str, shape, dtype: np.dtype, holds: int, what: str, hint: str = "") -> int:
+    """An array header's bytes: a numeric dtype, within MAX_NPY_BYTES, and exactly the ``holds`` bytes the
+    ``what`` (member, file) has after its header, so a header cannot claim more rows than the file holds."""
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
-        raise DataError(f"{path}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
+        raise DataError(f"{where}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if declared > MAX_NPY_BYTES:
-        raise DataError(f"{path}: the header declares shape {shape} of {dtype}, {fmt_bytes(declared)}; the limit is "
+        raise DataError(f"{where}: the header declares shape {shape} of {dtype}, {fmt_bytes(declared)}; the limit is "
                         f"{fmt_bytes(MAX_NPY_BYTES)} per array")
-    if declared != size - header:
-        raise DataError(f"{path}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the file "
-                        f"holds {size - header:,} bytes of data; the file is corrupt or forged")
+    if declared != holds:
+        raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the {what} "
+                        f"holds {max(holds, 0):,} bytes of data; the file is corrupt or forged{hint}")
+    return declared
+
+
+def _npy_member(path: Path) -> None:
+    """An ``.npy`` file's header, checked by ``_check_array``."""
+    try:
+        with open(path, "rb") as f:
+            shape, _, dtype, header = _npy_header(f)
+            size = f.seek(0, 2)
+    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
+        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
+    _check_array(str(path), shape, dtype, size - header, "file")
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -229,10 +230,8 @@ class Cache:
                     os.rename(folder, candidate)  # rename, never delete: the bad entry stays for inspection
                     target = candidate
                     break
-                except FileExistsError:
-                    continue
                 except OSError as exc:
-                    if exc.errno in (39, 17):  # ENOTEMPTY / EEXIST: that quarantine name is taken
+                    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # that quarantine name is taken
                         continue
                     if not os.path.lexists(folder):  # another process moved it first
                         break
@@ -289,8 +288,7 @@ class Cache:
                         self.discard(kind, key, str(bad))
             raise AssertionError("unreachable")
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
 
     @contextlib.contextmanager
     def claim(self, kind: str, key: str, *, blocking: bool = True) -> Iterator[bool]:
@@ -442,12 +440,10 @@ class StageCache:
                 raise CorruptEntry(f"cache entry stages/{key}: model.safetensors is missing")
             info, path = dict(meta["info"]), None
             if fmt == "onnx":
-                path = entry.copy_to("model.onnx", inside(dest, self._stem(meta, "onnx", prefix, key) + ".onnx"))
-                files = {}
-                for rfmt, fname in _RUNTIME_FILE.items():
-                    if fname in entry:
-                        out = inside(dest, self._stem(meta, rfmt, prefix, key) + Path(fname).suffix)
-                        files[rfmt] = str(entry.copy_to(fname, out))
+                copy = lambda f, name: entry.copy_to(  # noqa: E731 - under this stage's recorded stem
+                    name, inside(dest, self._stem(meta, f, prefix, key) + Path(name).suffix))
+                path = copy("onnx", "model.onnx")
+                files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry}
                 if files:
                     info["files"] = files
                 if "ort" in files:

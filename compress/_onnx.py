@@ -24,16 +24,17 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
                 exporter: str = "torchscript", metadata: dict[str, str] | None = None) -> Path:
     """Export ``model`` (eval mode) with a dynamic batch axis; written atomically, with ``metadata`` (key -> text)
     in its ``metadata_props``."""
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise MissingExtraError("export with exporter 'dynamo'", "dynamo", "onnxscript") from None
     model = model.eval()
     example = torch.zeros(2, *input_shape)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             if exporter == "dynamo":
-                try:
-                    import onnxscript  # noqa: F401
-                except ImportError:
-                    raise MissingExtraError("export with exporter 'dynamo'", "dynamo", "onnxscript") from None
                 batch = torch.export.Dim("batch", min=1, max=65_536)
                 with contextlib.redirect_stdout(io.StringIO()):
                     torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=[INPUT],
@@ -44,8 +45,6 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
                 torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=[INPUT],
                                   output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
                                   opset_version=opset, do_constant_folding=True)
-        except MissingExtraError:
-            raise
         except Exception as exc:
             raise StageError(f"ONNX export failed ({exporter} exporter): {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
         if metadata:
@@ -53,20 +52,16 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
     return path
 
 
-def _stamp(path: Path, props: dict[str, str]) -> bool:
-    """Set ``props`` in ``path``'s ``metadata_props`` in place (other keys kept); False when they were already set."""
+def _stamp(path: Path, props: dict[str, str]) -> None:
+    """Set ``props`` in ``path``'s ``metadata_props`` in place (other keys kept)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    current = {p.key: p.value for p in model.metadata_props}
-    if all(current.get(k) == v for k, v in props.items()):
-        return False
     keep = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     for k, v in keep + sorted(props.items()):
         model.metadata_props.add(key=k, value=v)
     onnx.save(model, str(path))
-    return True
 
 
 def set_metadata(path: Path, props: dict[str, str]) -> bool:

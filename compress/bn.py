@@ -44,9 +44,9 @@ def _rows(n: int, k: int, seed: int) -> np.ndarray:
 
 def _snapshot(model: nn.Module) -> tuple[list, list]:
     """Every module's train/eval flag and every BatchNorm's statistics and momentum, to restore exactly."""
-    bns = batchnorms(model)
     stats = [(m, m.running_mean.clone(), m.running_var.clone(),
-              None if m.num_batches_tracked is None else m.num_batches_tracked.clone(), m.momentum) for m in bns]
+              None if m.num_batches_tracked is None else m.num_batches_tracked.clone(), m.momentum)
+             for m in batchnorms(model)]
     return [(mod, mod.training) for mod in model.modules()], stats
 
 
@@ -97,8 +97,7 @@ def staleness(model: nn.Module, x, seed: int = 0) -> str | None:
 
 
 @torch.no_grad()
-def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLES,
-                 batch_size: int = RECAL_BATCH) -> tuple[list, list]:
+def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLES) -> tuple[list, list]:
     """In place: re-estimate ``model``'s BatchNorm running statistics on ``samples`` training rows (reset, then a
     cumulative average over batches; only BatchNorm in train mode, so dropout is off; weights untouched; each
     layer's momentum kept). Leaves the model in eval mode; returns the snapshot ``restore`` undoes it with."""
@@ -112,8 +111,8 @@ def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLE
         m.train()
     rows = _rows(len(x), samples, seed)
     np.random.default_rng(seed + 1).shuffle(rows)  # mixed classes per batch, as in training
-    for i in range(0, len(rows), batch_size):
-        idx = np.sort(rows[i:i + batch_size])
+    for i in range(0, len(rows), RECAL_BATCH):
+        idx = np.sort(rows[i:i + RECAL_BATCH])
         if len(idx) >= 2:
             model(torch.from_numpy(np.ascontiguousarray(x[idx])))
     for m, momentum in zip(bns, momenta):

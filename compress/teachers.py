@@ -98,13 +98,13 @@ def member_logits(src: TeacherSource, ctx, x: np.ndarray | None = None) -> torch
     if src.onnx is not None:
         import onnxruntime as ort
 
+        from compress.runtimes.onnxruntime import predict
+
         path = _path(src.onnx, ctx.recipe)
         if not path.is_file():
             raise ModelError(f"teacher ONNX file not found: {path}")
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + 512])})[0] for i in range(0, len(x), 512)]
-        return torch.from_numpy(np.concatenate(out).astype(np.float32))
+        return torch.from_numpy(predict(sess, x, batch_size=512).astype(np.float32))
     path = _path(src.logits, ctx.recipe)
     if not path.is_file():
         raise ModelError(f"teacher logits file not found: {path}")

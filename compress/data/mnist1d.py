@@ -72,18 +72,12 @@ def _interpolate(x: np.ndarray, n: int) -> np.ndarray:
     return slope * (new - old[lo]) + x[lo]
 
 
-def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+def _gaussian_filter(x: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter(x, sigma) for 1-D x: mode "reflect" (edge sample repeated), truncate 4."""
     radius = int(truncate * float(sigma) + 0.5)
     k = np.exp(-0.5 / (sigma * sigma) * np.arange(-radius, radius + 1) ** 2)
-    return k / k.sum()
-
-
-def _gaussian_filter(x: np.ndarray, sigma: float) -> np.ndarray:
-    """scipy.ndimage.gaussian_filter(x, sigma) for 1-D x: mode "reflect" (edge sample repeated), truncate 4."""
-    k = _gaussian_kernel(sigma)
-    r = len(k) // 2
-    padded = np.pad(x, r, mode="symmetric")  # ndimage's "reflect" is numpy's "symmetric"
-    return np.correlate(padded, k, mode="valid")
+    padded = np.pad(x, radius, mode="symmetric")  # ndimage's "reflect" is numpy's "symmetric"
+    return np.correlate(padded, k / k.sum(), mode="valid")
 
 
 def _transform(x: np.ndarray, rng: np.random.RandomState, a: dict, eps: float = 1e-8) -> np.ndarray:

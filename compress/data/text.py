@@ -92,11 +92,7 @@ def read_text(classes: list[str], files: list[list[Path]], length: int, snippets
     """Snippets of every file; each class's files share a per-file cap of ``ceil(snippets_per_class / files)``."""
     xs, ys, fs, names, file_class = [], [], [], [], []
     for label, (cls, paths) in enumerate(zip(classes, files)):
-        usable = []
-        for p in paths:
-            data = p.read_bytes()
-            if len(data) >= length:
-                usable.append((p, data))
+        usable = [(p, data) for p in paths if len(data := p.read_bytes()) >= length]
         if len(usable) < 3:
             raise DataError(f"{where}: class '{cls}' has {len(usable)} file(s) of at least {length} bytes; a train/val/test "
                             "split by file needs at least 3 per class")

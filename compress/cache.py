@@ -9,17 +9,10 @@ unchecked. Layout under ``<output>/.cache``::
     locks/<kind>.<key>.lock       claim(): one computation of a key at a time, across processes
     quarantine/<kind>.<key>.<utc>.<n>/   entries that failed verification, moved aside by rename
 
-Rules (issue "Trust nothing on disk"):
-
-- An entry is written into a temporary folder beside its final place and renamed into place whole;
-  an existing entry is never overwritten or deleted in place (a second writer of the same key keeps
-  the first one, after verifying it).
-- ``get`` verifies the manifest and the sha256 of every file before it returns anything. A missing
-  file, a mismatch or an unreadable manifest is a warning naming the entry; the entry is moved to
-  ``quarantine/`` and the caller recomputes (never a traceback, never a file that failed verification).
-- File names come from this code, never from a manifest: a manifest naming ``../x`` or ``/etc/x`` is
-  a damaged entry. Symlinks inside the cache are refused.
-- Readers verify what they read (``Entry.read_bytes``, ``Entry.copy_to`` hash the bytes they use).
+The rules (issue "Trust nothing on disk", docs/caching-and-safety.md) are stated where they are kept: ``put``
+(written whole, never overwritten), ``get`` (verified, or quarantined and recomputed), ``Entry`` (readers hash
+the bytes they use). File names come from this code, never from a manifest (``../x`` is a damaged entry), and
+symlinks inside the cache are refused.
 """
 
 from __future__ import annotations
@@ -292,12 +285,9 @@ class Cache:
 
     @contextlib.contextmanager
     def claim(self, kind: str, key: str, *, blocking: bool = True) -> Iterator[bool]:
-        """Hold the key's lock while computing it, so concurrent workers compute each key once.
+        """Hold the key's lock (``claim_file``) while computing it, so concurrent workers compute each key once.
 
-        The lock file is opened without following symlinks and without truncating (an attacker's
-        symlink cannot make us clobber its target). Yields True once held; with ``blocking=False``
-        yields False at once when another process holds it. Look the entry up again after the claim:
-        the other worker may have stored it meanwhile.
+        Look the entry up again after the claim: the other worker may have stored it meanwhile.
         """
         self._dir(kind, key)  # validates the names
         folder = inside(self.root, "locks")
@@ -307,29 +297,27 @@ class Cache:
 
     # --- conveniences -----------------------------------------------------------------------------
 
-    def get_json(self, kind: str, key: str) -> Any | None:
+    def _parsed(self, kind: str, key: str, parse: Callable[[Entry], Any], errors: tuple, why=str) -> Any | None:
+        """``parse(entry)`` of the verified entry, or None (absent, or unparsable: then moved aside, ``why(exc)``)."""
         entry = self.get(kind, key)
-        if entry is None:
-            return None
         try:
-            return json.loads(entry.read_bytes("data.json"), parse_constant=_refuse_constant)
-        except (CorruptEntry, ValueError, RecursionError) as exc:
-            self.discard(kind, key, f"cache entry {kind}/{key}: data.json unreadable ({exc})")
+            return None if entry is None else parse(entry)
+        except errors as exc:
+            self.discard(kind, key, why(exc))
             return None
+
+    def get_json(self, kind: str, key: str) -> Any | None:
+        return self._parsed(kind, key, lambda e: json.loads(e.read_bytes("data.json"), parse_constant=_refuse_constant),
+                            (CorruptEntry, ValueError, RecursionError),
+                            lambda exc: f"cache entry {kind}/{key}: data.json unreadable ({exc})")
 
     def put_json(self, kind: str, key: str, obj: Any) -> None:
         self.put(kind, key, {"data.json": json.dumps(obj, default=str).encode()})
 
     def get_weights(self, kind: str, key: str, template: torch.nn.Module) -> torch.nn.Module | None:
         """A copy of ``template`` (never ``template`` itself) with the entry's weights, or None."""
-        entry = self.get(kind, key)
-        if entry is None:
-            return None
-        try:
-            return load_weights_bytes(template, entry.read_bytes("model.safetensors"), f"cache entry {kind}/{key}")
-        except CompressError as exc:
-            self.discard(kind, key, str(exc))
-            return None
+        return self._parsed(kind, key, lambda e: load_weights_bytes(template, e.read_bytes("model.safetensors"),
+                                                                     f"cache entry {kind}/{key}"), (CompressError,))
 
     def put_weights(self, kind: str, key: str, model: torch.nn.Module, files: dict | None = None,
                     meta: dict | None = None) -> Entry:

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
+import json
+import re
+import struct
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +110,14 @@ def _digits(size: int | None = None, channels: int = 1) -> tuple[np.ndarray, np.
     return np.ascontiguousarray(x), raw[:, -1].astype(np.int64)
 
 
-def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _existing(path: Path, what: str) -> None:
     if not path.exists() and not path.is_symlink():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     regular_file(path)  # a FIFO would block, a device never end
-    import zipfile
 
+
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    _existing(path, "data file")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a readable npz file (not a zip archive; write it with numpy.savez)")
     members = _npz_members(path)  # every header checked before anything is mapped or decompressed
@@ -163,9 +170,6 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
     bounds what each read inflates) and, from RATIO_CHECKED_FROM_BYTES up, compress at most
     MAX_COMPRESSION_RATIO : 1; anything else may be a zip bomb, refused before anything would decompress it.
     """
-    import struct
-    import zipfile
-
     out = {}
     try:
         zf = zipfile.ZipFile(path)
@@ -208,8 +212,7 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
             offset = 0
             if stored:
                 f.seek(info.header_offset)
-                local = f.read(30)
-                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                name_len, extra_len = struct.unpack("<HH", f.read(30)[26:30])  # the member's local header
                 offset = info.header_offset + 30 + name_len + extra_len + header
                 if offset + declared > file_bytes:
                     raise DataError(f"{where}: the data runs past the end of the file ({offset + declared:,} > "
@@ -223,12 +226,8 @@ def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (
     array under ``keys[0]``), every header validated as for the data (``_npz_members``, ``_npy_member``) before
     anything is mapped or decompressed. For files a recipe or a command names besides the data (teacher logits,
     ``compress bench --data``)."""
-    import zipfile
-
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        raise DataError(f"file not found: {path}")
-    regular_file(path)
+    _existing(path, "file")
     if zipfile.is_zipfile(path):
         return _load_npz(path, _npz_members(path, keys, optional))
     _npy_member(path)
@@ -248,8 +247,7 @@ def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype, int]:
 
 
 def _check_array(where: str, shape, dtype: np.dtype, holds: int, what: str, hint: str = "") -> int:
-    """An array header's bytes: a numeric dtype, within MAX_NPY_BYTES, and exactly the ``holds`` bytes the
-    ``what`` (member, file) has after its header, so a header cannot claim more rows than the file holds."""
+    """The bytes an array header declares: a numeric dtype, within MAX_NPY_BYTES, and the ``holds`` bytes stored."""
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
         raise DataError(f"{where}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -330,8 +328,6 @@ def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb"
 
 def _image_size(f: Path, name: str) -> tuple[int, int]:
     """Width and height from the image's header (PIL's ``Image.open`` decodes nothing), within MAX_IMAGE_PIXELS."""
-    import re
-
     from PIL import Image
 
     limit = f"the limit is {MAX_IMAGE_PIXELS:,} pixels (8192 x 8192) per image, checked before decoding"
@@ -513,18 +509,14 @@ def load_data(cfg, seed: int) -> Splits:
     names = class_names(cfg, num_classes)
     norm = _normalizer(cfg, x)
     h = hashlib.sha256()
-    for block in _chunks(x):
+    for block in itertools.chain(_chunks(x), (y, tr, va, te)):
         h.update(np.ascontiguousarray(block).tobytes())
-    for a in (y, tr, va, te):
-        h.update(np.ascontiguousarray(a).tobytes())
     # What the bytes above do not show, only when set (so that the fingerprint of data without them is unchanged):
     # the class names travel into the model files' metadata, which cached stage outputs must match.
     extra = {k: v for k, v in (("normalize", getattr(cfg, "normalize", None) and cfg.normalize.model_dump()),
                                ("class_names", names if names != [str(i) for i in range(num_classes)] else None))
              if v is not None}
     if extra:
-        import json
-
         h.update(json.dumps(extra, sort_keys=True).encode())
     if isinstance(x, np.memmap):
         rows = lambda idx: Rows(x, idx, norm)  # noqa: E731

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from compress._io import claim_file, inside
+from compress._io import atomic_path, claim_file, inside
 from compress._progress import warn
 from compress.errors import CompressError
 
@@ -97,17 +97,10 @@ class Entry:
         return data
 
     def copy_to(self, name: str, dest: Path) -> Path:
-        """Copy a file out (atomically), hashing the bytes copied; a mismatch leaves nothing at ``dest``."""
-        from compress._io import atomic_path
-
+        """Copy a file out (atomically) from the bytes ``read_bytes`` verified; a mismatch leaves no ``dest``."""
+        data = self.read_bytes(name)
         with atomic_path(dest) as tmp:
-            h = hashlib.sha256()
-            with open(self.path(name), "rb") as src, open(tmp, "wb") as out:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    h.update(block)
-                    out.write(block)
-            if h.hexdigest() != self.files[name]["sha256"]:
-                raise CorruptEntry(f"cache entry {self.kind}/{self.key}: {name} changed on disk (sha256 mismatch)")
+            tmp.write_bytes(data)
         return dest
 
 
@@ -246,10 +239,9 @@ class Cache:
         if self.read_only:
             raise CompressError(f"cache entry {kind}/{key}: this process only reads the cache")
         folder = self._dir(kind, key)
-        parent = folder.parent
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
         meta = meta or {}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=folder.parent))
         try:
             records = {}
             for name, src in files.items():
@@ -415,21 +407,27 @@ class StageCache:
         entry = self.cache.get(self.KIND, key)
         if entry is None:
             return None
+        where = f"cache entry stages/{key}"
         try:
             meta = entry.meta
             fmt = meta["format"]
             if fmt not in ("torch", "onnx") or not isinstance(meta["info"], dict) or not isinstance(meta["stems"], dict):
-                raise CorruptEntry(f"cache entry stages/{key}: unreadable metadata")
-            model, where = None, f"cache entry stages/{key}"
+                raise CorruptEntry(f"{where}: unreadable metadata")
+            model = None
             build = (lambda arch: template) if isinstance(template, torch.nn.Module) else template
             if "model.safetensors" in entry:
                 model = load_model_bytes(build(meta.get("arch")), entry.read_bytes("model.safetensors"), where)
             elif fmt == "torch":
-                raise CorruptEntry(f"cache entry stages/{key}: model.safetensors is missing")
+                raise CorruptEntry(f"{where}: model.safetensors is missing")
             info, path = dict(meta["info"]), None
+
+            def copy(f: str, name: str) -> Path:  # into ``dest``, under this stage's recorded file stem
+                stem = meta["stems"].get(f)
+                if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
+                    raise CorruptEntry(f"{where}: file name {stem!r} is not this stage's ({prefix}...)")
+                return entry.copy_to(name, inside(dest, stem + Path(name).suffix))
+
             if fmt == "onnx":
-                copy = lambda f, name: entry.copy_to(  # noqa: E731 - under this stage's recorded stem
-                    name, inside(dest, self._stem(meta, f, prefix, key) + Path(name).suffix))
                 path = copy("onnx", "model.onnx")
                 files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry}
                 if files:
@@ -440,14 +438,7 @@ class StageCache:
                           for j, (name, arch) in enumerate(meta.get("extra") or []))
             return Artifact(str(meta["name"]), fmt, model, path, meta["params"], meta["macs"], info,
                             tuple(meta["lineage"]), key, extra)
-        except (CorruptEntry, CompressError, KeyError, TypeError, ValueError) as exc:
+        except (CompressError, KeyError, TypeError, ValueError) as exc:  # CorruptEntry is a CompressError
             self.cache.discard(self.KIND, key, str(exc) if isinstance(exc, CompressError)
-                               else f"cache entry stages/{key}: unreadable metadata ({type(exc).__name__}: {exc})")
+                               else f"{where}: unreadable metadata ({type(exc).__name__}: {exc})")
             return None
-
-    @staticmethod
-    def _stem(meta: dict, fmt: str, prefix: str, key: str) -> str:
-        stem = meta["stems"].get(fmt)
-        if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
-            raise CorruptEntry(f"cache entry stages/{key}: file name {stem!r} is not this stage's ({prefix}...)")
-        return stem

@@ -67,8 +67,7 @@ def _stamp(path: Path, props: dict[str, str]) -> None:
 def set_metadata(path: Path, props: dict[str, str]) -> bool:
     """Set ``props`` (key -> text) in an ONNX file's ``metadata_props``, atomically; the file is left untouched
     (same bytes) when they are already there. True when the file was rewritten."""
-    current = read_metadata(path)
-    if all(current.get(k) == v for k, v in props.items()):
+    if all(read_metadata(path).get(k) == v for k, v in props.items()):
         return False
     with atomic_path(path) as tmp:
         shutil.copyfile(path, tmp)
@@ -99,14 +98,11 @@ def io_details(path: Path) -> dict[str, list[dict]]:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    def rows(args):
-        out = []
-        for a in args:
-            kind = a.type[len("tensor("):-1] if a.type.startswith("tensor(") else a.type
-            out.append({"name": a.name, "shape": [d if isinstance(d, int) else (d or "?") for d in a.shape],
-                        "dtype": _ORT_TYPES.get(kind, kind)})
-        return out
-    return {"inputs": rows(sess.get_inputs()), "outputs": rows(sess.get_outputs())}
+    def row(a) -> dict:
+        kind = a.type[len("tensor("):-1] if a.type.startswith("tensor(") else a.type
+        return {"name": a.name, "shape": [d if isinstance(d, int) else (d or "?") for d in a.shape],
+                "dtype": _ORT_TYPES.get(kind, kind)}
+    return {"inputs": [row(a) for a in sess.get_inputs()], "outputs": [row(a) for a in sess.get_outputs()]}
 
 
 def convert_to_ort(onnx_path: Path, ort_path: Path) -> Path:

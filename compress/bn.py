@@ -104,7 +104,6 @@ def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLE
     snapshot = _snapshot(model)
     model.eval()
     bns = batchnorms(model)
-    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
@@ -115,7 +114,7 @@ def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLE
         idx = np.sort(rows[i:i + RECAL_BATCH])
         if len(idx) >= 2:
             model(torch.from_numpy(np.ascontiguousarray(x[idx])))
-    for m, momentum in zip(bns, momenta):
+    for m, *_, momentum in snapshot[1]:  # each layer's momentum, as recorded
         m.momentum = momentum
     model.eval()
     return snapshot

@@ -84,14 +84,11 @@ class Entry:
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
-    def path(self, name: str) -> Path:
-        if name not in self.files:
-            raise CorruptEntry(f"cache entry {self.kind}/{self.key} has no file {name!r}")
-        return self.dir / name
-
     def read_bytes(self, name: str) -> bytes:
         """The file's bytes, checked against the manifest as they are read."""
-        data = _read_regular(self.path(name))
+        if name not in self.files:
+            raise CorruptEntry(f"cache entry {self.kind}/{self.key} has no file {name!r}")
+        data = _read_regular(self.dir / name)
         if hashlib.sha256(data).hexdigest() != self.files[name]["sha256"]:
             raise CorruptEntry(f"cache entry {self.kind}/{self.key}: {name} changed on disk (sha256 mismatch)")
         return data

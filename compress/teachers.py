@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compress.errors import ModelError
+from compress.errors import DataError, ModelError
 from compress.models.spec import ModelSpec
 
 __all__ = ["TeacherSource", "ensemble_logits", "member_logits"]
@@ -106,12 +106,9 @@ def member_logits(src: TeacherSource, ctx, x: np.ndarray | None = None) -> torch
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return torch.from_numpy(predict(sess, x, batch_size=512).astype(np.float32))
     path = _path(src.logits, ctx.recipe)
-    if not path.is_file():
-        raise ModelError(f"teacher logits file not found: {path}")
     from compress.data import read_arrays
-    from compress.errors import DataError
 
-    try:  # headers validated first: a forged or compressed-bomb file is refused before it is read
+    try:  # existence, then headers: a forged or compressed-bomb file is refused before it is read
         arr = read_arrays(path, ("logits",))["logits"]
     except DataError as exc:
         raise ModelError(f"teacher logits: {exc}") from None

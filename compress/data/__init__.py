@@ -164,11 +164,10 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
     """Arrays ``keys`` (and ``optional`` ones when present; default ``x`` and ``y``) of an npz, validated from the
     zip directory and each .npy header before any data is read.
 
-    An npz is a zip of .npy files. Each member must have a numeric dtype; its header's shape x itemsize must equal
-    the member's size in the zip (minus the header), so a header cannot claim more rows than the file holds; and
-    its size must be within MAX_NPY_BYTES. A compressed member must be deflated (numpy.savez_compressed: zipfile
-    bounds what each read inflates) and, from RATIO_CHECKED_FROM_BYTES up, compress at most
-    MAX_COMPRESSION_RATIO : 1; anything else may be a zip bomb, refused before anything would decompress it.
+    An npz is a zip of .npy files; each header is checked by ``_check_array`` against its member's size in the zip.
+    A compressed member must be deflated (numpy.savez_compressed: zipfile bounds what each read inflates) and, from
+    RATIO_CHECKED_FROM_BYTES up, compress at most MAX_COMPRESSION_RATIO : 1; anything else may be a zip bomb,
+    refused before anything would decompress it.
     """
     out = {}
     try:
@@ -223,9 +222,7 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
 
 def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Numeric arrays from an ``.npz`` (``keys``, and ``optional`` ones when present) or an ``.npy`` file (its one
-    array under ``keys[0]``), every header validated as for the data (``_npz_members``, ``_npy_member``) before
-    anything is mapped or decompressed. For files a recipe or a command names besides the data (teacher logits,
-    ``compress bench --data``)."""
+    array under ``keys[0]``), headers validated as for the data: for teacher logits and ``compress bench --data``."""
     path = Path(path)
     _existing(path, "file")
     if zipfile.is_zipfile(path):
@@ -247,7 +244,8 @@ def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype, int]:
 
 
 def _check_array(where: str, shape, dtype: np.dtype, holds: int, what: str, hint: str = "") -> int:
-    """The bytes an array header declares: a numeric dtype, within MAX_NPY_BYTES, and the ``holds`` bytes stored."""
+    """The bytes an array header declares: a numeric dtype, within MAX_NPY_BYTES, and exactly the ``holds`` bytes
+    stored, so a header cannot claim more rows than the file holds."""
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
         raise DataError(f"{where}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -275,9 +273,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
-    """Every image of ``path/<class>/``: headers first (regular files, pixel and memory budgets, one size),
-    then decoding into one preallocated float32 array of pixels scaled to [0, 1] (x/255), channels in ``order``
-    (rgb or bgr)."""
+    """Every image of ``path/<class>/``: headers first (regular files, pixel and memory budgets, one size), then
+    decoding into one preallocated float32 array, channels in ``order`` (rgb or bgr)."""
     from PIL import Image  # pillow comes with matplotlib
 
     if not path.is_dir():
@@ -496,10 +493,8 @@ def _normalizer(cfg, x):
 
 
 def load_data(cfg, seed: int) -> Splits:
-    """Load and split; the split depends on the seed only, so every model of a run sees the same test set.
-
-    ``data.normalize`` is applied here, once, so training, calibration, selection and measurement all see the same
-    values (a memory-mapped npz is normalised as its rows are read)."""
+    """Load, split and normalise (see the module docstring; a memory-mapped npz is normalised as its rows are read);
+    the split depends on the seed only, so every model of a run sees the same test set."""
     x, y, tr, va, te = split_rows(cfg, seed)
     num_classes = int(y.max()) + 1
     for part, idx in (("val", va), ("test", te), ("train", tr)):

@@ -64,13 +64,8 @@ def restore(model: nn.Module, snapshot: tuple[list, list]) -> None:
 
 
 def staleness(model: nn.Module, x, seed: int = 0) -> str | None:
-    """Why ``model``'s BatchNorm running statistics are stale (a sentence), or None when they are not.
-
-    The model is left exactly as it was (statistics and train/eval flags are restored).
-
-    Args:
-        x: training inputs (an array or memory-mapped rows); CHECK_SAMPLES of them are drawn with ``seed``.
-    """
+    """Why ``model``'s BatchNorm running statistics are stale (a sentence), or None when they are not (see the
+    module docstring). ``x``: training inputs (an array or memory-mapped rows), CHECK_SAMPLES of them drawn."""
     bns = batchnorms(model)
     if not bns:
         return None
@@ -103,8 +98,7 @@ def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLE
     layer's momentum kept). Leaves the model in eval mode; returns the snapshot ``restore`` undoes it with."""
     snapshot = _snapshot(model)
     model.eval()
-    bns = batchnorms(model)
-    for m in bns:
+    for m in batchnorms(model):
         m.reset_running_stats()
         m.momentum = None
         m.train()

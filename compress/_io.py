@@ -34,8 +34,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)  # gone already once renamed over ``target``
 
 
 def write_text(target: str | Path, text: str) -> None:

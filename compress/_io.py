@@ -4,11 +4,17 @@ finished run without losing the previous one."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import fnmatch
 import json
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from compress.errors import UnsafePathError
 
 __all__ = ["atomic_path", "write_text", "write_json", "inside", "claim_file", "staging", "publish"]
 
@@ -28,8 +34,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)  # gone already once renamed over ``target``
 
 
 def write_text(target: str | Path, text: str) -> None:
@@ -51,8 +56,6 @@ def inside(root: str | Path, *parts: str | Path) -> Path:
     (one planted inside the output folder could point anywhere). ``root`` itself may be a symlink the
     user made. Use it for every path under the output root (``--output``): run folders, files, ``.cache``.
     """
-    from compress.errors import UnsafePathError
-
     path = Path(root)
     for part in parts:
         text = str(part)
@@ -74,11 +77,7 @@ def claim_file(path: str | Path, blocking: bool = True) -> Iterator[bool]:
 
     Yields True once held, or False at once when ``blocking`` is False and another process holds it.
     """
-    import errno
-    import fcntl
-    import stat
-
-    from compress.errors import UnsafePathError
+    import fcntl  # POSIX only
 
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # no O_TRUNC
     try:
@@ -109,8 +108,6 @@ def staging(out_dir: Path) -> Iterator[Path]:
 
     Stale staging folders of runs that were killed are removed first (call it under the run's lock).
     """
-    import shutil
-
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob(".partial-*"):
         if old.is_dir() and not old.is_symlink():
@@ -119,8 +116,7 @@ def staging(out_dir: Path) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def publish(staged: Path, out_dir: Path, owned: tuple[str, ...]) -> None:
@@ -131,22 +127,16 @@ def publish(staged: Path, out_dir: Path, owned: tuple[str, ...]) -> None:
     (a search, a check, the user's own files) is left alone. Nothing is replaced before every new
     file is complete, so a failing run never costs the previous run's outputs.
     """
-    import fnmatch
-    import shutil
-
     made = sorted(os.listdir(staged), key=lambda n: (n == "report.json", n))
     for name in made:
         src, dst = staged / name, inside(out_dir, name)
-        if src.is_dir():
-            old = None
-            if dst.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=out_dir))
-                os.replace(dst, old / name)
-            os.replace(src, dst)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(src, dst)
+        old = None
+        if src.is_dir() and dst.exists():  # rename cannot replace a folder: the old one is moved aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=out_dir))
+            os.replace(dst, old / name)
+        os.replace(src, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     for name in os.listdir(out_dir):
         if name not in made and any(fnmatch.fnmatchcase(name, p) for p in owned):
             stale = inside(out_dir, name)

@@ -61,17 +61,15 @@ def fmt_bytes(n: int | float) -> str:
         if abs(n) < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "B" or float(n).is_integer() else f"{n:.1f} {unit}"
         n /= 1024
-    raise AssertionError("unreachable")
 
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))
+_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISLNK, "a symbolic link"))
 
 
 def file_kind(mode: int) -> str:
     """What an ``st_mode`` is, for a message: ``'a FIFO'``, ``'a socket'``, ``'a character device'``, ..."""
-    if stat.S_ISREG(mode):
-        return "a regular file"
     return next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
 
 

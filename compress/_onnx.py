@@ -24,16 +24,17 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
                 exporter: str = "torchscript", metadata: dict[str, str] | None = None) -> Path:
     """Export ``model`` (eval mode) with a dynamic batch axis; written atomically, with ``metadata`` (key -> text)
     in its ``metadata_props``."""
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise MissingExtraError("export with exporter 'dynamo'", "dynamo", "onnxscript") from None
     model = model.eval()
     example = torch.zeros(2, *input_shape)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             if exporter == "dynamo":
-                try:
-                    import onnxscript  # noqa: F401
-                except ImportError:
-                    raise MissingExtraError("export with exporter 'dynamo'", "dynamo", "onnxscript") from None
                 batch = torch.export.Dim("batch", min=1, max=65_536)
                 with contextlib.redirect_stdout(io.StringIO()):
                     torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=[INPUT],
@@ -44,8 +45,6 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
                 torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=[INPUT],
                                   output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
                                   opset_version=opset, do_constant_folding=True)
-        except MissingExtraError:
-            raise
         except Exception as exc:
             raise StageError(f"ONNX export failed ({exporter} exporter): {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
         if metadata:
@@ -53,27 +52,22 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
     return path
 
 
-def _stamp(path: Path, props: dict[str, str]) -> bool:
-    """Set ``props`` in ``path``'s ``metadata_props`` in place (other keys kept); False when they were already set."""
+def _stamp(path: Path, props: dict[str, str]) -> None:
+    """Set ``props`` in ``path``'s ``metadata_props`` in place (other keys kept)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    current = {p.key: p.value for p in model.metadata_props}
-    if all(current.get(k) == v for k, v in props.items()):
-        return False
     keep = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     for k, v in keep + sorted(props.items()):
         model.metadata_props.add(key=k, value=v)
     onnx.save(model, str(path))
-    return True
 
 
 def set_metadata(path: Path, props: dict[str, str]) -> bool:
     """Set ``props`` (key -> text) in an ONNX file's ``metadata_props``, atomically; the file is left untouched
     (same bytes) when they are already there. True when the file was rewritten."""
-    current = read_metadata(path)
-    if all(current.get(k) == v for k, v in props.items()):
+    if all(read_metadata(path).get(k) == v for k, v in props.items()):
         return False
     with atomic_path(path) as tmp:
         shutil.copyfile(path, tmp)
@@ -104,14 +98,11 @@ def io_details(path: Path) -> dict[str, list[dict]]:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    def rows(args):
-        out = []
-        for a in args:
-            kind = a.type[len("tensor("):-1] if a.type.startswith("tensor(") else a.type
-            out.append({"name": a.name, "shape": [d if isinstance(d, int) else (d or "?") for d in a.shape],
-                        "dtype": _ORT_TYPES.get(kind, kind)})
-        return out
-    return {"inputs": rows(sess.get_inputs()), "outputs": rows(sess.get_outputs())}
+    def row(a) -> dict:
+        kind = a.type[len("tensor("):-1] if a.type.startswith("tensor(") else a.type
+        return {"name": a.name, "shape": [d if isinstance(d, int) else (d or "?") for d in a.shape],
+                "dtype": _ORT_TYPES.get(kind, kind)}
+    return {"inputs": [row(a) for a in sess.get_inputs()], "outputs": [row(a) for a in sess.get_outputs()]}
 
 
 def convert_to_ort(onnx_path: Path, ort_path: Path) -> Path:

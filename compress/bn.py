@@ -44,9 +44,9 @@ def _rows(n: int, k: int, seed: int) -> np.ndarray:
 
 def _snapshot(model: nn.Module) -> tuple[list, list]:
     """Every module's train/eval flag and every BatchNorm's statistics and momentum, to restore exactly."""
-    bns = batchnorms(model)
     stats = [(m, m.running_mean.clone(), m.running_var.clone(),
-              None if m.num_batches_tracked is None else m.num_batches_tracked.clone(), m.momentum) for m in bns]
+              None if m.num_batches_tracked is None else m.num_batches_tracked.clone(), m.momentum)
+             for m in batchnorms(model)]
     return [(mod, mod.training) for mod in model.modules()], stats
 
 
@@ -64,13 +64,8 @@ def restore(model: nn.Module, snapshot: tuple[list, list]) -> None:
 
 
 def staleness(model: nn.Module, x, seed: int = 0) -> str | None:
-    """Why ``model``'s BatchNorm running statistics are stale (a sentence), or None when they are not.
-
-    The model is left exactly as it was (statistics and train/eval flags are restored).
-
-    Args:
-        x: training inputs (an array or memory-mapped rows); CHECK_SAMPLES of them are drawn with ``seed``.
-    """
+    """Why ``model``'s BatchNorm running statistics are stale (a sentence), or None when they are not (see the
+    module docstring). ``x``: training inputs (an array or memory-mapped rows), CHECK_SAMPLES of them drawn."""
     bns = batchnorms(model)
     if not bns:
         return None
@@ -97,26 +92,23 @@ def staleness(model: nn.Module, x, seed: int = 0) -> str | None:
 
 
 @torch.no_grad()
-def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLES,
-                 batch_size: int = RECAL_BATCH) -> tuple[list, list]:
+def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLES) -> tuple[list, list]:
     """In place: re-estimate ``model``'s BatchNorm running statistics on ``samples`` training rows (reset, then a
     cumulative average over batches; only BatchNorm in train mode, so dropout is off; weights untouched; each
     layer's momentum kept). Leaves the model in eval mode; returns the snapshot ``restore`` undoes it with."""
     snapshot = _snapshot(model)
     model.eval()
-    bns = batchnorms(model)
-    momenta = [m.momentum for m in bns]
-    for m in bns:
+    for m in batchnorms(model):
         m.reset_running_stats()
         m.momentum = None
         m.train()
     rows = _rows(len(x), samples, seed)
     np.random.default_rng(seed + 1).shuffle(rows)  # mixed classes per batch, as in training
-    for i in range(0, len(rows), batch_size):
-        idx = np.sort(rows[i:i + batch_size])
+    for i in range(0, len(rows), RECAL_BATCH):
+        idx = np.sort(rows[i:i + RECAL_BATCH])
         if len(idx) >= 2:
             model(torch.from_numpy(np.ascontiguousarray(x[idx])))
-    for m, momentum in zip(bns, momenta):
+    for m, *_, momentum in snapshot[1]:  # each layer's momentum, as recorded
         m.momentum = momentum
     model.eval()
     return snapshot

@@ -9,23 +9,17 @@ unchecked. Layout under ``<output>/.cache``::
     locks/<kind>.<key>.lock       claim(): one computation of a key at a time, across processes
     quarantine/<kind>.<key>.<utc>.<n>/   entries that failed verification, moved aside by rename
 
-Rules (issue "Trust nothing on disk"):
-
-- An entry is written into a temporary folder beside its final place and renamed into place whole;
-  an existing entry is never overwritten or deleted in place (a second writer of the same key keeps
-  the first one, after verifying it).
-- ``get`` verifies the manifest and the sha256 of every file before it returns anything. A missing
-  file, a mismatch or an unreadable manifest is a warning naming the entry; the entry is moved to
-  ``quarantine/`` and the caller recomputes (never a traceback, never a file that failed verification).
-- File names come from this code, never from a manifest: a manifest naming ``../x`` or ``/etc/x`` is
-  a damaged entry. Symlinks inside the cache are refused.
-- Readers verify what they read (``Entry.read_bytes``, ``Entry.copy_to`` hash the bytes they use).
+The rules (issue "Trust nothing on disk", docs/caching-and-safety.md) are stated where they are kept: ``put``
+(written whole, never overwritten), ``get`` (verified, or quarantined and recomputed), ``Entry`` (readers hash
+the bytes they use). File names come from this code, never from a manifest (``../x`` is a damaged entry), and
+symlinks inside the cache are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -39,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from compress._io import claim_file, inside
+from compress._io import atomic_path, claim_file, inside
 from compress._progress import warn
 from compress.errors import CompressError
 
@@ -90,30 +84,20 @@ class Entry:
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
-    def path(self, name: str) -> Path:
-        if name not in self.files:
-            raise CorruptEntry(f"cache entry {self.kind}/{self.key} has no file {name!r}")
-        return self.dir / name
-
     def read_bytes(self, name: str) -> bytes:
         """The file's bytes, checked against the manifest as they are read."""
-        data = _read_regular(self.path(name))
+        if name not in self.files:
+            raise CorruptEntry(f"cache entry {self.kind}/{self.key} has no file {name!r}")
+        data = _read_regular(self.dir / name)
         if hashlib.sha256(data).hexdigest() != self.files[name]["sha256"]:
             raise CorruptEntry(f"cache entry {self.kind}/{self.key}: {name} changed on disk (sha256 mismatch)")
         return data
 
     def copy_to(self, name: str, dest: Path) -> Path:
-        """Copy a file out (atomically), hashing the bytes copied; a mismatch leaves nothing at ``dest``."""
-        from compress._io import atomic_path
-
+        """Copy a file out (atomically) from the bytes ``read_bytes`` verified; a mismatch leaves no ``dest``."""
+        data = self.read_bytes(name)
         with atomic_path(dest) as tmp:
-            h = hashlib.sha256()
-            with open(self.path(name), "rb") as src, open(tmp, "wb") as out:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    h.update(block)
-                    out.write(block)
-            if h.hexdigest() != self.files[name]["sha256"]:
-                raise CorruptEntry(f"cache entry {self.kind}/{self.key}: {name} changed on disk (sha256 mismatch)")
+            tmp.write_bytes(data)
         return dest
 
 
@@ -229,10 +213,8 @@ class Cache:
                     os.rename(folder, candidate)  # rename, never delete: the bad entry stays for inspection
                     target = candidate
                     break
-                except FileExistsError:
-                    continue
                 except OSError as exc:
-                    if exc.errno in (39, 17):  # ENOTEMPTY / EEXIST: that quarantine name is taken
+                    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # that quarantine name is taken
                         continue
                     if not os.path.lexists(folder):  # another process moved it first
                         break
@@ -254,10 +236,9 @@ class Cache:
         if self.read_only:
             raise CompressError(f"cache entry {kind}/{key}: this process only reads the cache")
         folder = self._dir(kind, key)
-        parent = folder.parent
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
         meta = meta or {}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=folder.parent))
         try:
             records = {}
             for name, src in files.items():
@@ -289,17 +270,13 @@ class Cache:
                         self.discard(kind, key, str(bad))
             raise AssertionError("unreachable")
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
 
     @contextlib.contextmanager
     def claim(self, kind: str, key: str, *, blocking: bool = True) -> Iterator[bool]:
-        """Hold the key's lock while computing it, so concurrent workers compute each key once.
+        """Hold the key's lock (``claim_file``) while computing it, so concurrent workers compute each key once.
 
-        The lock file is opened without following symlinks and without truncating (an attacker's
-        symlink cannot make us clobber its target). Yields True once held; with ``blocking=False``
-        yields False at once when another process holds it. Look the entry up again after the claim:
-        the other worker may have stored it meanwhile.
+        Look the entry up again after the claim: the other worker may have stored it meanwhile.
         """
         self._dir(kind, key)  # validates the names
         folder = inside(self.root, "locks")
@@ -309,29 +286,27 @@ class Cache:
 
     # --- conveniences -----------------------------------------------------------------------------
 
-    def get_json(self, kind: str, key: str) -> Any | None:
+    def _parsed(self, kind: str, key: str, parse: Callable[[Entry], Any], errors: tuple, why=str) -> Any | None:
+        """``parse(entry)`` of the verified entry, or None (absent, or unparsable: then moved aside, ``why(exc)``)."""
         entry = self.get(kind, key)
-        if entry is None:
-            return None
         try:
-            return json.loads(entry.read_bytes("data.json"), parse_constant=_refuse_constant)
-        except (CorruptEntry, ValueError, RecursionError) as exc:
-            self.discard(kind, key, f"cache entry {kind}/{key}: data.json unreadable ({exc})")
+            return None if entry is None else parse(entry)
+        except errors as exc:
+            self.discard(kind, key, why(exc))
             return None
+
+    def get_json(self, kind: str, key: str) -> Any | None:
+        return self._parsed(kind, key, lambda e: json.loads(e.read_bytes("data.json"), parse_constant=_refuse_constant),
+                            (CorruptEntry, ValueError, RecursionError),
+                            lambda exc: f"cache entry {kind}/{key}: data.json unreadable ({exc})")
 
     def put_json(self, kind: str, key: str, obj: Any) -> None:
         self.put(kind, key, {"data.json": json.dumps(obj, default=str).encode()})
 
     def get_weights(self, kind: str, key: str, template: torch.nn.Module) -> torch.nn.Module | None:
         """A copy of ``template`` (never ``template`` itself) with the entry's weights, or None."""
-        entry = self.get(kind, key)
-        if entry is None:
-            return None
-        try:
-            return load_weights_bytes(template, entry.read_bytes("model.safetensors"), f"cache entry {kind}/{key}")
-        except CompressError as exc:
-            self.discard(kind, key, str(exc))
-            return None
+        return self._parsed(kind, key, lambda e: load_weights_bytes(template, e.read_bytes("model.safetensors"),
+                                                                     f"cache entry {kind}/{key}"), (CompressError,))
 
     def put_weights(self, kind: str, key: str, model: torch.nn.Module, files: dict | None = None,
                     meta: dict | None = None) -> Entry:
@@ -429,25 +404,29 @@ class StageCache:
         entry = self.cache.get(self.KIND, key)
         if entry is None:
             return None
+        where = f"cache entry stages/{key}"
         try:
             meta = entry.meta
             fmt = meta["format"]
             if fmt not in ("torch", "onnx") or not isinstance(meta["info"], dict) or not isinstance(meta["stems"], dict):
-                raise CorruptEntry(f"cache entry stages/{key}: unreadable metadata")
-            model, where = None, f"cache entry stages/{key}"
+                raise CorruptEntry(f"{where}: unreadable metadata")
+            model = None
             build = (lambda arch: template) if isinstance(template, torch.nn.Module) else template
             if "model.safetensors" in entry:
                 model = load_model_bytes(build(meta.get("arch")), entry.read_bytes("model.safetensors"), where)
             elif fmt == "torch":
-                raise CorruptEntry(f"cache entry stages/{key}: model.safetensors is missing")
+                raise CorruptEntry(f"{where}: model.safetensors is missing")
             info, path = dict(meta["info"]), None
+
+            def copy(f: str, name: str) -> Path:  # into ``dest``, under this stage's recorded file stem
+                stem = meta["stems"].get(f)
+                if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
+                    raise CorruptEntry(f"{where}: file name {stem!r} is not this stage's ({prefix}...)")
+                return entry.copy_to(name, inside(dest, stem + Path(name).suffix))
+
             if fmt == "onnx":
-                path = entry.copy_to("model.onnx", inside(dest, self._stem(meta, "onnx", prefix, key) + ".onnx"))
-                files = {}
-                for rfmt, fname in _RUNTIME_FILE.items():
-                    if fname in entry:
-                        out = inside(dest, self._stem(meta, rfmt, prefix, key) + Path(fname).suffix)
-                        files[rfmt] = str(entry.copy_to(fname, out))
+                path = copy("onnx", "model.onnx")
+                files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry}
                 if files:
                     info["files"] = files
                 if "ort" in files:
@@ -456,14 +435,7 @@ class StageCache:
                           for j, (name, arch) in enumerate(meta.get("extra") or []))
             return Artifact(str(meta["name"]), fmt, model, path, meta["params"], meta["macs"], info,
                             tuple(meta["lineage"]), key, extra)
-        except (CorruptEntry, CompressError, KeyError, TypeError, ValueError) as exc:
+        except (CompressError, KeyError, TypeError, ValueError) as exc:  # CorruptEntry is a CompressError
             self.cache.discard(self.KIND, key, str(exc) if isinstance(exc, CompressError)
-                               else f"cache entry stages/{key}: unreadable metadata ({type(exc).__name__}: {exc})")
+                               else f"{where}: unreadable metadata ({type(exc).__name__}: {exc})")
             return None
-
-    @staticmethod
-    def _stem(meta: dict, fmt: str, prefix: str, key: str) -> str:
-        stem = meta["stems"].get(fmt)
-        if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
-            raise CorruptEntry(f"cache entry stages/{key}: file name {stem!r} is not this stage's ({prefix}...)")
-        return stem

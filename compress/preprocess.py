@@ -1,18 +1,11 @@
-"""What an app must do to an input before a model of this run sees it, and what its outputs mean.
+"""What an app must do to an input before a model of this run sees it, and what its outputs mean (for the app's
+side: docs/runtimes.md, "Use the file in an app").
 
-One function, ``preprocessing(recipe, splits)``, describes it (pixel scale, mean and std, size, channel order,
-layout, dtype, class names in output order); the same dict is
-
-- written into every ONNX file a run writes (``metadata_props``, ``onnx_metadata``; onnxruntime keeps them in the
-  ``.ort`` files converted from it, readable with ``InferenceSession(...).get_modelmeta().custom_metadata_map``),
-- the ``preprocessing`` key of report.json, and
-- the ``preprocessing`` key of ``<run>/model.json``, the sidecar of the final model files, which also lists every
-  shipped file's input and output tensors (name, shape, dtype, and for 8-bit tensors the scale and zero point
-  read from the file itself): ``write_model_card``.
-
-The data is preprocessed once, when it is loaded (compress/data): training, calibration, model selection and
-every measurement see the same values. Normalisation is not folded into the graph: the files take the
-normalised tensor, so the app computes ``(pixel * scale - mean[c]) / std[c]`` itself.
+``preprocessing(recipe, splits)`` describes it; the same dict goes into the ``metadata_props`` of every ONNX file a
+run writes (``onnx_metadata``; ``.ort`` files converted from it keep them), report.json, and ``<run>/model.json``
+with every shipped file's input and output tensors (``write_model_card``). The data is preprocessed once, when it
+is loaded (compress/data). Normalisation is not folded into the graph: the files take the normalised tensor, so
+the app computes ``(pixel * scale - mean[c]) / std[c]`` itself.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""Teachers of a distill stage beyond the recipe's: ensembles, user models, and black boxes.
+"""Teachers of a distill stage beyond the recipe's: ensembles, user models, and black boxes (``TeacherSource``;
+the recipe side: docs/distillation.md, "More teachers").
 
-A ``teachers:`` list on ``distill`` replaces the recipe teacher as the source of soft targets for that
-stage (the recipe teacher stays the report's reference). Each entry is one of:
-
-- ``{}`` or ``{recipe: true}``: the recipe's teacher;
-- ``{model: {arch: cnn, width: 32, depth: 3}, weights: t2.safetensors}`` or ``{model: {factory: ...}, weights: ...}``;
-- ``{onnx: teacher.onnx}``: a black box run with onnxruntime (no gradients, no internals);
-- ``{logits: train_logits.npy}``: precomputed outputs, one row per training sample in the training
-  split's order, or one row per sample of the whole data in its original order;
-  ``probabilities: true`` if the rows are probabilities (their log is used as logits).
-
-The stage's targets are the ``weight``-weighted mean of the members' logits. Only a single torch
-teacher has layers, so losses that read layers need the recipe's teacher (checked by ``validate``).
+A ``teachers:`` list on ``distill`` replaces the recipe teacher as the source of soft targets for that stage (the
+recipe teacher stays the report's reference): the ``weight``-weighted mean of the members' logits. Only a single
+torch teacher has layers, so losses that read layers need the recipe's teacher (checked by ``validate``).
 """
 
 from __future__ import annotations
@@ -22,7 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compress.errors import ModelError
+from compress.errors import DataError, ModelError
 from compress.models.spec import ModelSpec
 
 __all__ = ["TeacherSource", "ensemble_logits", "member_logits"]
@@ -69,6 +61,8 @@ def _path(p: Path, recipe) -> Path:
 
 
 def _train_rows(arr: np.ndarray, recipe, splits, where: str) -> np.ndarray:
+    """A logits file's rows of the training split: it has one per training sample in the split's order, or one per
+    sample of the whole data in its original order."""
     n_train = len(splits.train)
     if arr.ndim != 2 or arr.shape[1] != splits.num_classes:
         raise ModelError(f"{where}: expected rows of {splits.num_classes} class scores, got shape {arr.shape}")
@@ -98,20 +92,17 @@ def member_logits(src: TeacherSource, ctx, x: np.ndarray | None = None) -> torch
     if src.onnx is not None:
         import onnxruntime as ort
 
+        from compress.runtimes.onnxruntime import predict
+
         path = _path(src.onnx, ctx.recipe)
         if not path.is_file():
             raise ModelError(f"teacher ONNX file not found: {path}")
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + 512])})[0] for i in range(0, len(x), 512)]
-        return torch.from_numpy(np.concatenate(out).astype(np.float32))
+        return torch.from_numpy(predict(sess, x, batch_size=512).astype(np.float32))
     path = _path(src.logits, ctx.recipe)
-    if not path.is_file():
-        raise ModelError(f"teacher logits file not found: {path}")
     from compress.data import read_arrays
-    from compress.errors import DataError
 
-    try:  # headers validated first: a forged or compressed-bomb file is refused before it is read
+    try:  # existence, then headers: a forged or compressed-bomb file is refused before it is read
         arr = read_arrays(path, ("logits",))["logits"]
     except DataError as exc:
         raise ModelError(f"teacher logits: {exc}") from None

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
+import json
+import re
+import struct
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +110,14 @@ def _digits(size: int | None = None, channels: int = 1) -> tuple[np.ndarray, np.
     return np.ascontiguousarray(x), raw[:, -1].astype(np.int64)
 
 
-def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _existing(path: Path, what: str) -> None:
     if not path.exists() and not path.is_symlink():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     regular_file(path)  # a FIFO would block, a device never end
-    import zipfile
 
+
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    _existing(path, "data file")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a readable npz file (not a zip archive; write it with numpy.savez)")
     members = _npz_members(path)  # every header checked before anything is mapped or decompressed
@@ -118,19 +125,23 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         x, y = (np.memmap(path, dtype=m.dtype, mode="r", shape=m.shape, order="F" if m.fortran else "C",
                           offset=m.offset) for m in (members["x"], members["y"]))
         return x, _labels(np.asarray(y), path)  # other dtypes are converted in memory below
+    arrays = _load_npz(path, members)
+    return arrays["x"].astype(np.float32, copy=False), _labels(arrays["y"], path)
+
+
+def _load_npz(path: Path, members) -> dict[str, np.ndarray]:
+    """The arrays ``members`` (validated by ``_npz_members``) of an npz, read into memory."""
     try:
         # allow_pickle=False: an npz with object arrays could run code on load.
         with np.load(path, allow_pickle=False) as z:
-            x, y = z["x"], z["y"]
+            return {k: z[k] for k in members}
     except Exception as exc:  # zipfile.BadZipFile (CRC), ValueError, OSError
         raise DataError(f"{path}: not a readable npz file ({exc})") from None
-    return x.astype(np.float32, copy=False), _labels(y, path)
 
 
 def _labels(y: np.ndarray, path: Path) -> np.ndarray:
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-            return y.astype(np.int64)
+    integral = np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)
+    if not (np.issubdtype(y.dtype, np.integer) or integral):
         raise DataError(f"{path}: labels 'y' must be integers (got dtype {y.dtype})")
     return y.astype(np.int64)
 
@@ -153,15 +164,11 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
     """Arrays ``keys`` (and ``optional`` ones when present; default ``x`` and ``y``) of an npz, validated from the
     zip directory and each .npy header before any data is read.
 
-    An npz is a zip of .npy files. Each member must have a numeric dtype; its header's shape x itemsize must equal
-    the member's size in the zip (minus the header), so a header cannot claim more rows than the file holds; and
-    its size must be within MAX_NPY_BYTES. A compressed member must be deflated (numpy.savez_compressed: zipfile
-    bounds what each read inflates) and, from RATIO_CHECKED_FROM_BYTES up, compress at most
-    MAX_COMPRESSION_RATIO : 1; anything else may be a zip bomb, refused before anything would decompress it.
+    An npz is a zip of .npy files; each header is checked by ``_check_array`` against its member's size in the zip.
+    A compressed member must be deflated (numpy.savez_compressed: zipfile bounds what each read inflates) and, from
+    RATIO_CHECKED_FROM_BYTES up, compress at most MAX_COMPRESSION_RATIO : 1; anything else may be a zip bomb,
+    refused before anything would decompress it.
     """
-    import struct
-    import zipfile
-
     out = {}
     try:
         zf = zipfile.ZipFile(path)
@@ -194,32 +201,17 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
                                     "deflated (numpy.savez_compressed), and nothing else is decompressed")
             try:
                 with zf.open(info) as m:  # reads (and inflates) only the header's first bytes
-                    version = np.lib.format.read_magic(m)
-                    if version not in ((1, 0), (2, 0), (3, 0)):
-                        raise ValueError(f"unknown .npy format version {version}")
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read(m)
-                    header = m.tell()
+                    shape, fortran, dtype, header = _npy_header(m)
             except Exception as exc:  # ValueError (bad header), BadZipFile, zlib.error, NotImplementedError
                 raise DataError(f"{where}: not a valid .npy array header ({exc})") from None
             if dtype.hasobject:
                 raise DataError(f"{path}: {key} holds Python objects (pickles), which are refused (member {member})")
-            if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
-                raise DataError(f"{where}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
-            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            if declared > MAX_NPY_BYTES:
-                raise DataError(f"{where}: the header declares shape {shape} of {dtype}, {fmt_bytes(declared)}; the "
-                                f"limit is {fmt_bytes(MAX_NPY_BYTES)} per array")
-            if declared != info.file_size - header:
-                raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the "
-                                f"member holds {max(info.file_size - header, 0):,} bytes of data; the file is corrupt "
-                                "or forged (write it with numpy.savez)")
+            declared = _check_array(where, shape, dtype, info.file_size - header, "member",
+                                    " (write it with numpy.savez)")
             offset = 0
             if stored:
                 f.seek(info.header_offset)
-                local = f.read(30)
-                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                name_len, extra_len = struct.unpack("<HH", f.read(30)[26:30])  # the member's local header
                 offset = info.header_offset + 30 + name_len + extra_len + header
                 if offset + declared > file_bytes:
                     raise DataError(f"{where}: the data runs past the end of the file ({offset + declared:,} > "
@@ -230,22 +222,11 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
 
 def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Numeric arrays from an ``.npz`` (``keys``, and ``optional`` ones when present) or an ``.npy`` file (its one
-    array under ``keys[0]``), every header validated as for the data (``_npz_members``, ``_npy_member``) before
-    anything is mapped or decompressed. For files a recipe or a command names besides the data (teacher logits,
-    ``compress bench --data``)."""
-    import zipfile
-
+    array under ``keys[0]``), headers validated as for the data: for teacher logits and ``compress bench --data``."""
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        raise DataError(f"file not found: {path}")
-    regular_file(path)
+    _existing(path, "file")
     if zipfile.is_zipfile(path):
-        members = _npz_members(path, keys, optional)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in members}
-        except Exception as exc:  # zipfile.BadZipFile (CRC), ValueError, OSError
-            raise DataError(f"{path}: not a readable npz file ({exc})") from None
+        return _load_npz(path, _npz_members(path, keys, optional))
     _npy_member(path)
     try:
         return {keys[0]: np.load(path, allow_pickle=False, mmap_mode="r")}
@@ -253,34 +234,47 @@ def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (
         raise DataError(f"{path}: not a readable .npy or .npz file ({exc})") from None
 
 
-def _npy_member(path: Path) -> None:
-    """An ``.npy`` file's header: a numeric dtype, within MAX_NPY_BYTES, and exactly as much data as it declares."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-            header, size = f.tell(), f.seek(0, 2)
-    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
-        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran, dtype, header bytes)`` of the .npy stream ``f``, reading only its header."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f"unknown .npy format version {version}")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return (*read(f), f.tell())
+
+
+def _check_array(where: str, shape, dtype: np.dtype, holds: int, what: str, hint: str = "") -> int:
+    """The bytes an array header declares: a numeric dtype, within MAX_NPY_BYTES, and exactly the ``holds`` bytes
+    stored, so a header cannot claim more rows than the file holds."""
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
-        raise DataError(f"{path}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
+        raise DataError(f"{where}: dtype {dtype} is not numeric; arrays must be bool, integer or float")
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if declared > MAX_NPY_BYTES:
-        raise DataError(f"{path}: the header declares shape {shape} of {dtype}, {fmt_bytes(declared)}; the limit is "
+        raise DataError(f"{where}: the header declares shape {shape} of {dtype}, {fmt_bytes(declared)}; the limit is "
                         f"{fmt_bytes(MAX_NPY_BYTES)} per array")
-    if declared != size - header:
-        raise DataError(f"{path}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the file "
-                        f"holds {size - header:,} bytes of data; the file is corrupt or forged")
+    if declared != holds:
+        raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the {what} "
+                        f"holds {max(holds, 0):,} bytes of data; the file is corrupt or forged{hint}")
+    return declared
+
+
+def _npy_member(path: Path) -> None:
+    """An ``.npy`` file's header, checked by ``_check_array``."""
+    try:
+        with open(path, "rb") as f:
+            shape, _, dtype, header = _npy_header(f)
+            size = f.seek(0, 2)
+    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
+        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
+    _check_array(str(path), shape, dtype, size - header, "file")
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
-    """Every image of ``path/<class>/``: headers first (regular files, pixel and memory budgets, one size),
-    then decoding into one preallocated float32 array of pixels scaled to [0, 1] (x/255), channels in ``order``
-    (rgb or bgr)."""
+    """Every image of ``path/<class>/``: headers first (regular files, pixel and memory budgets, one size), then
+    decoding into one preallocated float32 array, channels in ``order`` (rgb or bgr)."""
     from PIL import Image  # pillow comes with matplotlib
 
     if not path.is_dir():
@@ -331,8 +325,6 @@ def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb"
 
 def _image_size(f: Path, name: str) -> tuple[int, int]:
     """Width and height from the image's header (PIL's ``Image.open`` decodes nothing), within MAX_IMAGE_PIXELS."""
-    import re
-
     from PIL import Image
 
     limit = f"the limit is {MAX_IMAGE_PIXELS:,} pixels (8192 x 8192) per image, checked before decoding"
@@ -501,10 +493,8 @@ def _normalizer(cfg, x):
 
 
 def load_data(cfg, seed: int) -> Splits:
-    """Load and split; the split depends on the seed only, so every model of a run sees the same test set.
-
-    ``data.normalize`` is applied here, once, so training, calibration, selection and measurement all see the same
-    values (a memory-mapped npz is normalised as its rows are read)."""
+    """Load, split and normalise (see the module docstring; a memory-mapped npz is normalised as its rows are read);
+    the split depends on the seed only, so every model of a run sees the same test set."""
     x, y, tr, va, te = split_rows(cfg, seed)
     num_classes = int(y.max()) + 1
     for part, idx in (("val", va), ("test", te), ("train", tr)):
@@ -514,18 +504,14 @@ def load_data(cfg, seed: int) -> Splits:
     names = class_names(cfg, num_classes)
     norm = _normalizer(cfg, x)
     h = hashlib.sha256()
-    for block in _chunks(x):
+    for block in itertools.chain(_chunks(x), (y, tr, va, te)):
         h.update(np.ascontiguousarray(block).tobytes())
-    for a in (y, tr, va, te):
-        h.update(np.ascontiguousarray(a).tobytes())
     # What the bytes above do not show, only when set (so that the fingerprint of data without them is unchanged):
     # the class names travel into the model files' metadata, which cached stage outputs must match.
     extra = {k: v for k, v in (("normalize", getattr(cfg, "normalize", None) and cfg.normalize.model_dump()),
                                ("class_names", names if names != [str(i) for i in range(num_classes)] else None))
              if v is not None}
     if extra:
-        import json
-
         h.update(json.dumps(extra, sort_keys=True).encode())
     if isinstance(x, np.memmap):
         rows = lambda idx: Rows(x, idx, norm)  # noqa: E731

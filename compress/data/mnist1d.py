@@ -1,25 +1,22 @@
 """MNIST-1D, generated offline: 5000 1-D signals of length 40, ten classes, 500 per class.
 
 MNIST-1D (Greydanus 2020, "Scaling down Deep Learning", arXiv:2011.14439; https://github.com/greydanus/mnist1d)
-draws each sample from one of ten hand-made 12-point digit templates: zero padding of 36..60 points,
-linear interpolation to 72 points, a random scale (x [0.8, 1.2]), a random circular translation (0..47),
-correlated noise (gaussian-smoothed, sigma 2) where the signal is zero, white noise, a random linear shear,
-and linear interpolation down to 40 points; the whole set is then centred and scaled to unit variance.
-On it a linear model reaches ~32 % test accuracy, an MLP ~68 %, a CNN ~94 % (the paper's benchmark, its
+draws each sample from one of ten hand-made 12-point digit templates, padded, stretched, scaled, translated,
+noised and sheared at random (``_transform`` with ``ARGS``); the whole set is then centred and scaled to unit
+variance. On it a linear model reaches ~32 % test accuracy, an MLP ~68 %, a CNN ~94 % (the paper's benchmark, its
 4000/1000 split), so architectures and training methods separate where 8x8 digits does not.
 
 This is a numpy-only reimplementation of ``mnist1d/data.py`` (``get_templates``, ``get_dataset_args``,
-``make_dataset``) and ``mnist1d/transform.py`` at commit 7878d96 (2024-10-09), with the published templates
-and default arguments (seed 42, ``shuffle_seq`` false). scipy's ``interp1d(kind="linear")`` and
-``ndimage.gaussian_filter(sigma=2)`` (mode "reflect", truncate 4) are written out below with the same
-arithmetic, and the random draws come in the original's order from ``numpy.random.RandomState(42)``, the
-generator behind the original's ``np.random.seed``. Checked (2026-12-02) against the original code run with
-scipy 1.17: same labels and order, float64 values within 1e-15, bit-identical after the float32 cast; and
-against the published ``mnist1d_data.pkl`` (its 4000 train + 1000 test samples, concatenated in that order):
-same labels, values within 2.4e-7 (float32 rounding). So this *is* the standard MNIST-1D, in its original
-sample order; the pipeline then applies its own seeded stratified split to all 5000 samples.
-The ``mnist1d`` package itself is not used: it needs scipy, requests and matplotlib, and its ``get_dataset``
-downloads and unpickles a file.
+``make_dataset``) and ``mnist1d/transform.py`` at commit 7878d96 (2024-10-09), with the published templates and
+default arguments (seed 42, ``shuffle_seq`` false). scipy's linear interpolation and gaussian filter are written
+out below with the same arithmetic, and the random draws come in the original's order from
+``numpy.random.RandomState(42)``, the generator behind the original's ``np.random.seed``. Checked (2026-12-02)
+against the original code run with scipy 1.17: same labels and order, float64 values within 1e-15, bit-identical
+after the float32 cast; and against the published ``mnist1d_data.pkl`` (its 4000 train + 1000 test samples,
+concatenated in that order): same labels, values within 2.4e-7 (float32 rounding). So this *is* the standard
+MNIST-1D, in its original sample order; the pipeline then applies its own seeded stratified split to all 5000
+samples. The ``mnist1d`` package itself is not used: it needs scipy, requests and matplotlib, and its
+``get_dataset`` downloads and unpickles a file.
 
 License: MNIST-1D is Copyright (c) 2020 Sam Greydanus (and contributors: Peter Steinbach, Karim, Dmitry
 Kobak, Jakob Jordan), licensed under the Apache License, Version 2.0
@@ -72,18 +69,12 @@ def _interpolate(x: np.ndarray, n: int) -> np.ndarray:
     return slope * (new - old[lo]) + x[lo]
 
 
-def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+def _gaussian_filter(x: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter(x, sigma) for 1-D x: mode "reflect" (edge sample repeated), truncate 4."""
     radius = int(truncate * float(sigma) + 0.5)
     k = np.exp(-0.5 / (sigma * sigma) * np.arange(-radius, radius + 1) ** 2)
-    return k / k.sum()
-
-
-def _gaussian_filter(x: np.ndarray, sigma: float) -> np.ndarray:
-    """scipy.ndimage.gaussian_filter(x, sigma) for 1-D x: mode "reflect" (edge sample repeated), truncate 4."""
-    k = _gaussian_kernel(sigma)
-    r = len(k) // 2
-    padded = np.pad(x, r, mode="symmetric")  # ndimage's "reflect" is numpy's "symmetric"
-    return np.correlate(padded, k, mode="valid")
+    padded = np.pad(x, radius, mode="symmetric")  # ndimage's "reflect" is numpy's "symmetric"
+    return np.correlate(padded, k / k.sum(), mode="valid")
 
 
 def _transform(x: np.ndarray, rng: np.random.RandomState, a: dict, eps: float = 1e-8) -> np.ndarray:

@@ -13,6 +13,7 @@ Snippets are ``x`` rows of float32 byte values (0..255), so every stage that rea
 
 from __future__ import annotations
 
+import itertools
 import math
 import sysconfig
 from dataclasses import dataclass
@@ -65,12 +66,9 @@ def folder_files(path: Path) -> tuple[list[str], list[list[Path]]]:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{path}: a text folder holds one sub-folder of .txt files per class; found none")
-    files = []
-    for c in classes:
-        found = sorted(p for p in (path / c).rglob("*.txt") if not p.is_dir())
-        for p in found:  # before any is read: a FIFO would block, a device never end
-            regular_file(p, f"data ({path}): {p.relative_to(path)}")
-        files.append(found)
+    files = [sorted(p for p in (path / c).rglob("*.txt") if not p.is_dir()) for c in classes]
+    for p in itertools.chain.from_iterable(files):  # before any is read: a FIFO would block, a device never end
+        regular_file(p, f"data ({path}): {p.relative_to(path)}")
     return classes, files
 
 
@@ -80,9 +78,7 @@ def snippets(data: bytes, length: int, cap: int) -> np.ndarray:
     A file shorter than ``length`` gives none. Evenly spaced (not the first ``cap``): a source file's
     header (licence, imports) would otherwise stand for the whole file.
     """
-    n = len(data) // length
-    if n == 0 or cap < 1:
-        return np.zeros((0, length), np.uint8)
+    n = len(data) // length  # n == 0 or cap < 1: no pick, a 0 x length array
     pick = np.unique(np.linspace(0, n - 1, min(n, cap)).round().astype(np.int64))
     buf = np.frombuffer(data[:n * length], dtype=np.uint8).reshape(n, length)
     return buf[pick]
@@ -90,13 +86,9 @@ def snippets(data: bytes, length: int, cap: int) -> np.ndarray:
 
 def read_text(classes: list[str], files: list[list[Path]], length: int, snippets_per_class: int, where: str) -> TextCorpus:
     """Snippets of every file; each class's files share a per-file cap of ``ceil(snippets_per_class / files)``."""
-    xs, ys, fs, names, file_class = [], [], [], [], []
+    xs, fs, names, file_class = [], [], [], []
     for label, (cls, paths) in enumerate(zip(classes, files)):
-        usable = []
-        for p in paths:
-            data = p.read_bytes()
-            if len(data) >= length:
-                usable.append((p, data))
+        usable = [(p, data) for p in paths if len(data := p.read_bytes()) >= length]
         if len(usable) < 3:
             raise DataError(f"{where}: class '{cls}' has {len(usable)} file(s) of at least {length} bytes; a train/val/test "
                             "split by file needs at least 3 per class")
@@ -104,12 +96,11 @@ def read_text(classes: list[str], files: list[list[Path]], length: int, snippets
         for p, data in usable:
             rows = snippets(data, length, cap)
             xs.append(rows)
-            ys.append(np.full(len(rows), label, np.int64))
             fs.append(np.full(len(rows), len(names), np.int64))
             names.append(f"{cls}/{p.name}" if p.parent.name == cls else f"{cls}/{p.parent.name}/{p.name}")
             file_class.append(label)
-    x = np.concatenate(xs).astype(np.float32)
-    return TextCorpus(x, np.concatenate(ys), np.concatenate(fs), names, np.asarray(file_class, np.int64), list(classes))
+    file, file_class = np.concatenate(fs), np.asarray(file_class, np.int64)
+    return TextCorpus(np.concatenate(xs).astype(np.float32), file_class[file], file, names, file_class, list(classes))
 
 
 def split_files(corpus: TextCorpus, val: float, test: float, seed: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -55,11 +55,6 @@ class TeacherSource(BaseModel):
         return f"onnx {self.onnx}" if self.onnx is not None else f"logits {self.logits}"
 
 
-def _path(p: Path, recipe) -> Path:
-    base = Path(recipe.source_file).parent if getattr(recipe, "source_file", None) else Path(".")
-    return p if p.is_absolute() else base / p
-
-
 def _train_rows(arr: np.ndarray, recipe, splits, where: str) -> np.ndarray:
     """A logits file's rows of the training split: it has one per training sample in the split's order, or one per
     sample of the whole data in its original order."""
@@ -87,19 +82,18 @@ def member_logits(src: TeacherSource, ctx, x: np.ndarray | None = None) -> torch
         from compress.models import build_model, load_weights
 
         model = build_model(src.model, ctx.splits.input_shape, ctx.splits.num_classes)
-        load_weights(model, _path(src.weights, ctx.recipe))
+        load_weights(model, src.weights)
         return predict_logits(model, x)
     if src.onnx is not None:
         import onnxruntime as ort
 
         from compress.runtimes.onnxruntime import predict
 
-        path = _path(src.onnx, ctx.recipe)
-        if not path.is_file():
-            raise ModelError(f"teacher ONNX file not found: {path}")
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if not src.onnx.is_file():
+            raise ModelError(f"teacher ONNX file not found: {src.onnx}")
+        sess = ort.InferenceSession(str(src.onnx), providers=["CPUExecutionProvider"])
         return torch.from_numpy(predict(sess, x, batch_size=512).astype(np.float32))
-    path = _path(src.logits, ctx.recipe)
+    path = src.logits
     from compress.data import read_arrays
 
     try:  # existence, then headers: a forged or compressed-bomb file is refused before it is read

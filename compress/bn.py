@@ -92,25 +92,32 @@ def staleness(model: nn.Module, x, seed: int = 0) -> str | None:
 
 
 @torch.no_grad()
-def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLES) -> tuple[list, list]:
-    """In place: re-estimate ``model``'s BatchNorm running statistics on ``samples`` training rows (reset, then a
-    cumulative average over batches; only BatchNorm in train mode, so dropout is off; weights untouched; each
-    layer's momentum kept). Leaves the model in eval mode; returns the snapshot ``restore`` undoes it with."""
-    snapshot = _snapshot(model)
+def accumulate(model: nn.Module, batches) -> None:
+    """In place: every BatchNorm's running statistics reset and re-estimated as the cumulative average over
+    ``batches`` (input tensors); only BatchNorm in train mode, so dropout is off; weights untouched; each layer's
+    momentum kept. Leaves the model in eval mode."""
+    bns = batchnorms(model)
+    momenta = [m.momentum for m in bns]
     model.eval()
-    for m in batchnorms(model):
+    for m in bns:
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    rows = _rows(len(x), samples, seed)
-    np.random.default_rng(seed + 1).shuffle(rows)  # mixed classes per batch, as in training
-    for i in range(0, len(rows), RECAL_BATCH):
-        idx = np.sort(rows[i:i + RECAL_BATCH])
-        if len(idx) >= 2:
-            model(torch.from_numpy(np.ascontiguousarray(x[idx])))
-    for m, *_, momentum in snapshot[1]:  # each layer's momentum, as recorded
+    for xb in batches:
+        model(xb)
+    for m, momentum in zip(bns, momenta):
         m.momentum = momentum
     model.eval()
+
+
+def recalibrate_(model: nn.Module, x, seed: int = 0, samples: int = RECAL_SAMPLES) -> tuple[list, list]:
+    """In place: ``accumulate`` over ``samples`` training rows in batches of RECAL_BATCH; returns the snapshot
+    ``restore`` undoes it with."""
+    snapshot = _snapshot(model)
+    rows = _rows(len(x), samples, seed)
+    np.random.default_rng(seed + 1).shuffle(rows)  # mixed classes per batch, as in training
+    batches = (np.sort(rows[i:i + RECAL_BATCH]) for i in range(0, len(rows), RECAL_BATCH))
+    accumulate(model, (torch.from_numpy(np.ascontiguousarray(x[idx])) for idx in batches if len(idx) >= 2))
     return snapshot
 
 

@@ -249,12 +249,12 @@ def baseline_from(current: dict | list[dict], tol: Tolerances) -> dict:
     return base
 
 
-def tolerances(baseline: Baseline, metric: float | None = None, size: float | None = None,
+def tolerances(baseline: Baseline | None, metric: float | None = None, size: float | None = None,
                latency: float | None = None) -> Tolerances:
-    """The baseline's tolerances, each overridden by a command-line value when given."""
-    t = baseline.tolerance
-    return Tolerances(metric=t[baseline.metric.name] if metric is None else metric,
-                      size=t["size"] if size is None else size, latency=t["latency"] if latency is None else latency)
+    """The baseline's tolerances (without one: the defaults), each overridden by a command-line value when given."""
+    t = {} if baseline is None else {**baseline.tolerance, "metric": baseline.tolerance[baseline.metric.name]}
+    given = {"metric": metric, "size": size, "latency": latency}
+    return Tolerances(**{k: t[k] if v is None else v for k, v in given.items() if v is not None or k in t})
 
 
 def compare(current: dict, baseline: Baseline, tol: Tolerances) -> CheckResult:

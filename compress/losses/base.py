@@ -18,7 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-__all__ = ["LossConfig", "LOSSES", "LossSpec", "register_loss", "Batch", "Probe", "Term", "LayerError", "FeatureTap"]
+__all__ = ["LossConfig", "LOSSES", "LossSpec", "register_loss", "Batch", "Probe", "Term", "FnTerm", "LayerError",
+           "FeatureTap"]
 
 
 class LossConfig(BaseModel):
@@ -49,6 +50,17 @@ class Term(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class FnTerm(Term):
+    """A term that is ``fn(batch)`` on the logits alone (no layers, no parameters)."""
+
+    def __init__(self, fn: Callable[[Batch], torch.Tensor], needs_teacher: bool = True):
+        super().__init__()
+        self.fn, self.needs_teacher = fn, needs_teacher
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.fn(batch)
 
 
 class LayerError(ValueError):

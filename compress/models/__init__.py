@@ -102,10 +102,8 @@ def _factory_path(base: Path | None):
     try:
         yield
     finally:
-        try:
-            sys.path.remove(entry)  # the first occurrence: the one inserted above, unless the factory inserted it too
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):  # the first occurrence: the one inserted above, unless the factory did too
+            sys.path.remove(entry)
 
 
 def _own_file(base: Path, top: str) -> Path | None:
@@ -117,11 +115,8 @@ def _own_file(base: Path, top: str) -> Path | None:
 
 
 def _loaded_from(module) -> Path | None:
-    f = getattr(module, "__file__", None)
-    if f:
-        return Path(f).resolve()
-    paths = list(getattr(module, "__path__", []) or [])
-    return Path(paths[0]).resolve() if paths else None
+    f = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or []), None)  # a namespace package
+    return Path(f).resolve() if f else None
 
 
 def _import_factory(factory: str, mod_name: str, base: Path | None):

@@ -23,40 +23,25 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: 
     (Conv1d, BatchNorm1d), a max-pool by 2 after every second block and average pooling to GRID_1D
     cells of the sequence, so the layer names and the pruning and export paths are the same.
     """
-    if len(input_shape) == 2:
-        return _cnn1d(tuple(input_shape), num_classes, width, depth)
-    if len(input_shape) != 3:
+    if len(input_shape) not in (2, 3):
         raise ValueError(f"arch 'cnn' needs image input C x H x W (got input shape {tuple(input_shape)}); use arch 'mlp'")
-    c, h, w = input_shape
+    conv, bn, pool, avg = ((nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d) if len(input_shape) == 2 else
+                           (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d))
+    c, *size = input_shape
     layers: list[nn.Module] = []
     for i in range(depth):
         out = width * 2 ** i
-        layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        layers += [conv(c, out, 3, padding=1, bias=False), bn(out), nn.ReLU(inplace=True)]
         c = out
-        if i % 2 == 1 and i < depth - 1 and min(h, w) >= 2:
-            layers.append(nn.MaxPool2d(2))
-            h, w = h // 2, w // 2
-    grid = 2 if min(h, w) >= 2 else 1
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten())
-    return _Net(nn.Sequential(*layers), head, nn.Linear(c * grid * grid, num_classes))
+        if i % 2 == 1 and i < depth - 1 and min(size) >= 2:
+            layers.append(pool(2))
+            size = [n // 2 for n in size]
+    grid = min(GRID_1D, size[0]) if len(size) == 1 else (2 if min(size) >= 2 else 1)
+    head = nn.Sequential(avg(grid), nn.Flatten())
+    return _Net(nn.Sequential(*layers), head, nn.Linear(c * grid ** len(size), num_classes))
 
 
 GRID_1D = 4  # cells the 1-D cnn averages the sequence into (4, like the 2-D cnn's 2 x 2 grid)
-
-
-def _cnn1d(input_shape: tuple[int, int], num_classes: int, width: int, depth: int) -> nn.Module:
-    c, length = input_shape
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        out = width * 2 ** i
-        layers += [nn.Conv1d(c, out, 3, padding=1, bias=False), nn.BatchNorm1d(out), nn.ReLU(inplace=True)]
-        c = out
-        if i % 2 == 1 and i < depth - 1 and length >= 2:
-            layers.append(nn.MaxPool1d(2))
-            length //= 2
-    grid = min(GRID_1D, length)
-    head = nn.Sequential(nn.AdaptiveAvgPool1d(grid), nn.Flatten())
-    return _Net(nn.Sequential(*layers), head, nn.Linear(c * grid, num_classes))
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, width: int = 128, depth: int = 2) -> nn.Module:

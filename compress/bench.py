@@ -5,6 +5,7 @@ Ratios between models measured this way are comparable; absolute times from two 
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import re
 import time
@@ -62,11 +63,8 @@ def time_rounds(runners: dict[str, Callable[[], object]], *, rounds: int = 30, c
 
 def time_interleaved(runners: dict[str, Callable[[], object]], *, rounds: int = 30, calls: int = 20,
                      warmup: int = 10, seed: int = 0) -> dict[str, Timing]:
-    """Time each zero-argument callable; every round visits all of them in a fresh random order.
-
-    Interleaving spreads machine noise (other tenants, frequency changes) evenly over the models,
-    so their ratio is fair even when absolute times drift.
-    """
+    """``time_rounds`` summarised per callable: interleaving spreads machine noise (other tenants, frequency
+    changes) evenly over the models, so their ratio is fair even when absolute times drift."""
     samples = time_rounds(runners, rounds=rounds, calls=calls, warmup=warmup, seed=seed)
     return {n: Timing.of(s.ravel().tolist()) for n, s in samples.items()}
 
@@ -78,12 +76,10 @@ def peak_rss_bytes() -> int | None:
     that runtime and model added on top of the peak so far (allocator reuse can hide part of it, so
     it is a lower bound of the model's own footprint; exact numbers need one process per model).
     """
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024  # reported in kB
-    except OSError:
-        return None
     return None
 
 

@@ -38,11 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from compress.errors import CompressError
 
 __all__ = ["REPORT_VERSION", "BASELINE_VERSION", "Metric", "FileDigest", "ReportModel", "Report", "LatencyRatio",
-           "Baseline", "SchemaError", "read_json", "read_report", "read_baseline", "validate_report", "ROLES"]
+           "Baseline", "SchemaError", "read_json", "read_report", "read_baseline", "validate_report"]
 
 REPORT_VERSION = 3
 BASELINE_VERSION = 2
-ROLES = ("teacher", "scratch", "assistant", "stage", "final")
 MAX_JSON_BYTES = 64 << 20  # a report of a few hundred models is well under 1 MB; refuse anything absurd before parsing
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]

@@ -93,8 +93,7 @@ def io_details(path) -> dict[str, list[dict]]:
     return {"inputs": rows(it.get_input_details()), "outputs": rows(it.get_output_details())}
 
 
-@register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert",
-                  description="LiteRT (TFLite) interpreter, XNNPACK delegate (static batch)")
+@register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert")
 def load(path, threads: int = 1) -> TfliteRunner:
     return TfliteRunner(path, threads)
 

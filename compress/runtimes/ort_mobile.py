@@ -19,7 +19,7 @@ from compress.runtimes.onnxruntime import OrtRunner
 __all__ = ["load", "mobile_usability"]
 
 
-@register_runtime("ort-mobile", suffixes=(".ort",), description="onnxruntime, ORT mobile format, CPU execution provider")
+@register_runtime("ort-mobile", suffixes=(".ort",))  # onnxruntime's CPU execution provider
 def load(path, threads: int = 1) -> OrtRunner:
     return OrtRunner(path, threads)
 

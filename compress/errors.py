@@ -19,11 +19,8 @@ class RecipeError(CompressError):
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None, key: str | None = None):
         self.file, self.line, self.key, self.message = file, line, key, message
-        where = ""
-        if file:
-            where = f"{file}:{line}: " if line else f"{file}: "
-        path = f"{key}: " if key else ""
-        super().__init__(f"{where}{path}{message}")
+        where = (f"{file}:{line}: " if line else f"{file}: ") if file else ""
+        super().__init__(where + (f"{key}: " if key else "") + message)
 
 
 class ChainError(RecipeError):

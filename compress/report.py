@@ -117,7 +117,7 @@ def _broken(**models: dict) -> list[str]:
 
 def _notes(models: list[dict]) -> list[str]:
     """Plain statements about results a reader should not miss."""
-    notes, by_name = [], {m["name"]: m for m in models}
+    notes = []
     chance = [m["name"] for m in models if m.get("at_chance")]
     if chance:
         notes.append(f"AT CHANCE: {', '.join(chance)} scored no better than guessing on the test split (accuracy <= "
@@ -127,11 +127,9 @@ def _notes(models: list[dict]) -> list[str]:
     if recal:
         notes.append("BatchNorm statistics were stale and were re-estimated on training batches before selection, "
                      "export and measurement (compress/bn.py): " + "; ".join(f"{n} ({why})" for n, why in recal) + ".")
-    for m in models:
-        if m["role"] != "stage" or not m["name"].endswith("quantize"):
-            continue
-        src = next((by_name[n] for n in reversed(_stage_names(models, m)) if n in by_name), None)
-        if src is None:
+    stages = [m for m in models if m["role"] == "stage"]
+    for src, m in zip(stages, stages[1:]):  # a quantized stage against the fp32 stage before it
+        if not m["name"].endswith("quantize"):
             continue
         for key, label in (("latency_ms", "batch 1, 1 thread"), ("latency_batch_ms", "large batch, all threads")):
             q, f = m[key]["p50"], src[key]["p50"]
@@ -167,11 +165,6 @@ def _runtime_notes(rows: list[dict]) -> list[str]:
                     notes.append(f"{Path(r['path']).name} ({r['runtime']}) is SLOWER than {what} {Path(ref['path']).name} "
                                  f"at {label}: p50 {mine * 1000:.1f} us vs {theirs * 1000:.1f} us ({theirs / mine:.2f}x).")
     return notes
-
-
-def _stage_names(models, entry) -> list[str]:
-    names = [m["name"] for m in models if m["role"] == "stage"]
-    return names[:names.index(entry["name"])]
 
 
 # --- writing ---------------------------------------------------------------------------------------

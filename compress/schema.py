@@ -6,24 +6,10 @@ an error naming the file and the key. The quality entry is task-neutral, ``metri
 higher_is_better}`` (``accuracy`` for classification; a language model's ``bits_per_byte`` fits the same
 shape), so the gate compares any task's runs the same way.
 
-report.json, ``schema_version`` 3 (what changed from 2): one schema for every task. A language model's run
-    (``task: lm``) writes the same report as a classification run: roles ``teacher | scratch | assistant |
-    stage | final`` (its former roles ``student`` and ``onnx`` and names like ``student-int8.onnx`` are gone:
-    every model is measured from its own file and named by its stage, ``03_quantize``), ``metric`` is
-    ``bits_per_byte`` (lower is better), a stage log entry may name the ``model`` it ran on (an assistant),
-    and its own sections are ``bench`` (generation), ``samples``, ``targets``, ``metrics`` and ``notes``. A classification
-    report changed only its ``schema_version``.
-
-report.json, ``schema_version`` 2 (what changed from 1):
-    - ``task`` (``classify``) and ``recipe_file`` (the recipe's absolute path, for re-measuring);
-    - every model entry has ``file`` (its path relative to the run folder), ``sha256`` and ``metric``;
-    - ``digests``: ``{relative path: {sha256, size_bytes}}`` for every model file the run wrote;
-    - ``warnings``: cache entries that failed verification and were recomputed.
-    Paths (``path``, ``files``) point at the run folder the run was published to.
-
-baseline, ``schema_version`` 2 (from 1: ``accuracy`` became ``metric``; ``tolerance`` is keyed by the
-metric's name, ``size`` and ``latency``; every key is required and checked). A version-1 baseline is
-refused with the command that regenerates it.
+report.json is at ``schema_version`` 3 (one schema for every task; what changed from 1 and 2: docs/report.md).
+The baseline is at ``schema_version`` 2 (from 1: ``accuracy`` became ``metric``; ``tolerance`` is keyed by the
+metric's name, ``size`` and ``latency``; every key is required and checked); a version-1 baseline is refused
+with the command that regenerates it.
 """
 
 from __future__ import annotations

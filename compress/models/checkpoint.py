@@ -32,11 +32,8 @@ _ATTRS = {
 def save_model(model: nn.Module, path: Path) -> Path:
     from safetensors.torch import save_file
 
-    attrs = {}
-    for name, mod in model.named_modules():
-        for cls, keys in _ATTRS.items():
-            if type(mod) is cls:
-                attrs[name] = {k: getattr(mod, k) for k in keys}
+    attrs = {name: {k: getattr(mod, k) for k in _ATTRS[type(mod)]} for name, mod in model.named_modules()
+             if type(mod) in _ATTRS}
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"compress.attrs": json.dumps(attrs)})

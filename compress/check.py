@@ -8,23 +8,13 @@ test split from the final model file whenever the recipe and data named in the r
 taken from report.json, not re-measured". Latency is measured again here, as the ratio of the
 final model's time to the teacher's, both timed in the same interleaved rounds (``bench.time_rounds``):
 machine speed and most of its noise cancel in the ratio, so a baseline recorded on one machine can be
-compared on another CI runner. The statistics:
-
-1. Each round times the final model and the teacher back to back (``calls`` calls each, shuffled order);
-   the round's statistic is ``median(final calls) / median(teacher calls)``.
-2. The estimate is the geometric mean of the per-round ratios, and its 95 % confidence interval is a
-   percentile bootstrap over rounds (``BOOTSTRAP`` resamples, seeded).
-3. Compared with the baseline ratio, the run **regressed** only when the *lower* bound of the 95 %
-   interval of ``ratio / baseline_ratio`` exceeds ``1 + tolerance``: the slowdown is larger than the
-   tolerance even at the optimistic end of the noise. That interval is on the log scale, with the
-   run's and the baseline's standard errors (each from its bootstrap interval, (log hi - log lo) / 3.92)
-   added in quadrature: the baseline was measured with noise too. Rounds of one process share its
-   sessions and its moment, so they miss the run-to-run spread (fresh sessions, another minute of a
-   shared machine): ``--update-baseline`` therefore measures ``repeats`` independent times (fresh
-   sessions each) and stores the standard deviation of their log ratios (``run_sd_log``), which joins
-   the quadrature sum. The result is a prediction interval for one new run. A point estimate above the tolerance
-   with an interval that still reaches below it is reported as ``noisy`` (not a failure; rerun with
-   more ``--rounds``).
+compared on another CI runner. The statistics (in full, with the measurements behind them: docs/ci-gate.md):
+each round's statistic is ``median(final calls) / median(teacher calls)``; the estimate is their geometric
+mean with a percentile-bootstrap 95 % interval over rounds (``BOOTSTRAP`` resamples, seeded). The run
+**regressed** only when the *lower* bound of the interval of ``ratio / baseline_ratio`` (log scale; the
+run's and the baseline's standard errors and the baseline's run-to-run ``run_sd_log``, from ``repeats``
+fresh-session measurements, in quadrature: a prediction interval for one new run) exceeds ``1 + tolerance``;
+an estimate above the tolerance whose interval still reaches below it is ``noisy`` (rerun with more ``--rounds``).
 """
 
 from __future__ import annotations
@@ -101,11 +91,8 @@ class Run:
 
 def latency_ratio(samples_final: np.ndarray, samples_teacher: np.ndarray, seed: int = 0,
                   bootstrap: int = BOOTSTRAP) -> dict:
-    """Geometric mean of per-round median ratios, with a 95 % percentile-bootstrap interval over rounds.
-
-    Args:
-        samples_final, samples_teacher: per-call times, shape (rounds, calls), from the same ``time_rounds`` call.
-    """
+    """Geometric mean of per-round median ratios, with a 95 % percentile-bootstrap interval over rounds, from
+    per-call times of shape (rounds, calls) measured in the same ``time_rounds`` call."""
     per_round = np.median(samples_final, axis=1) / np.median(samples_teacher, axis=1)
     logs = np.log(per_round)
     rng = np.random.default_rng(seed)

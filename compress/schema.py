@@ -161,12 +161,11 @@ def _refuse_constant(name: str):
 
 def read_json(path: str | Path, what: str) -> Any:
     """A JSON file's content; NaN/Infinity, files over MAX_JSON_BYTES and non-regular files are refused."""
-    import os
     import stat
 
     path = Path(path)
     try:
-        st = os.stat(path)
+        st = path.stat()
     except FileNotFoundError:
         raise SchemaError(f"{path}: no such {what}") from None
     if not stat.S_ISREG(st.st_mode):
@@ -196,13 +195,9 @@ def _validate(cls, data: Any, path: str | Path, what: str, hint: str = ""):
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False)[:5]:
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            got = err.get("input")
-            if err["type"] not in ("missing", "extra_forbidden") and isinstance(got, (int, float, str)) and not isinstance(got, bool):
+            plain = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"])
+            msg, got = plain or err["msg"].removeprefix("Value error, "), err.get("input")
+            if plain is None and isinstance(got, (int, float, str)) and not isinstance(got, bool):
                 msg += f" (got {got!r})"
             lines.append(f"{_where(err['loc']) or '(top level)'}: {msg}")
         raise SchemaError(f"{path}: invalid {what}: " + "; ".join(lines) + hint) from None

@@ -21,12 +21,8 @@ __all__ = ["Runner", "RuntimeSpec", "RUNTIMES", "register_runtime", "runtime_for
 
 
 class Runner:
-    """A loaded model. Subclasses implement ``run`` (one call on a batch the file accepts).
-
-    Attributes:
-        path: the model file.
-        static_batch: the one batch size the file accepts (ExecuTorch, LiteRT), or None for any.
-    """
+    """A loaded model file (``path``). Subclasses implement ``run`` (one call on a batch the file accepts) and
+    ``input_shape``, and set ``static_batch`` when the file accepts one batch size only (ExecuTorch, LiteRT)."""
 
     static_batch: int | None = None
 

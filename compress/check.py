@@ -66,10 +66,6 @@ class Verdict:
     status: str  # "ok" | "noisy" | "regressed"
     detail: str = ""
 
-    @property
-    def failed(self) -> bool:
-        return self.status == "regressed"
-
 
 @dataclass
 class CheckResult:
@@ -77,7 +73,7 @@ class CheckResult:
 
     @property
     def failed(self) -> bool:
-        return any(v.failed for v in self.verdicts)
+        return any(v.status == "regressed" for v in self.verdicts)
 
 
 @dataclass

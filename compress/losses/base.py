@@ -11,6 +11,7 @@ A stage's ``loss: [...]`` list is summed with each entry's ``weight``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -110,13 +111,10 @@ class FeatureTap:
         self._handles = []
         for name in dict.fromkeys(names):
             module = model.get_submodule(name)
-            self._handles.append(module.register_forward_hook(self._keep(name)))
+            self._handles.append(module.register_forward_hook(functools.partial(self._keep, name)))
 
-    def _keep(self, name):
-        def hook(_module, _inputs, output):
-            self.outputs[name] = output.clone()
-
-        return hook
+    def _keep(self, name, _module, _inputs, output):
+        self.outputs[name] = output.clone()
 
     def remove(self) -> None:
         for h in self._handles:

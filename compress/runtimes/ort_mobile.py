@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import tempfile
 from pathlib import Path
 
@@ -35,8 +34,6 @@ def mobile_usability(onnx_path: str | Path) -> dict:
     from onnxruntime.tools.mobile_helpers import usability_checker as uc
     from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
 
-    quiet = logging.getLogger("compress.usability")
-    quiet.setLevel(logging.ERROR)
     checks = {
         "nnapi": uc.check_nnapi_partitions,
         "coreml_neuralnetwork": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),

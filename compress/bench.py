@@ -93,17 +93,14 @@ def batch_of(x: np.ndarray, n: int) -> np.ndarray:
 def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int = 1, batch: int = 1,
                 x: np.ndarray | None = None, y: np.ndarray | None = None, rounds: int = 30, calls: int = 20,
                 warmup: int = 10, seed: int = 0) -> list[dict]:
-    """Load every ``(name, path, runtime)`` (runtime None: by suffix) and time them all with one protocol.
+    """One row per ``(name, path, runtime)`` (runtime None: by suffix), all timed with one protocol.
 
     Each model is loaded and run once in turn while the process's peak RSS is watched
     (``peak_rss_growth_bytes``: a lower bound of what that runtime and model added), then all are timed
     interleaved (``time_rounds``) on ``batch`` rows of ``x`` (zeros of the model's input shape without
-    data) with ``threads`` threads (0 = all cores). With labels ``y``, accuracy is measured on all of
-    ``x``. A static-batch file (ExecuTorch, LiteRT) runs a larger batch as several calls: its
-    ``static_batch`` is in the result.
-
-    Returns one dict per file: name, path, runtime, size_bytes, static_batch, peak_rss_growth_bytes,
-    latency_ms (p50/p90/p99/mean/calls) and, with labels, accuracy and errors.
+    data) with ``threads`` threads (0 = all cores). With labels ``y``, accuracy and errors are measured on
+    all of ``x``. A static-batch file (ExecuTorch, LiteRT) runs a larger batch as several calls of its
+    ``static_batch``.
     """
     from compress.runtimes import load, runtime_for
 

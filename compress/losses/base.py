@@ -137,16 +137,12 @@ class Probe:
         self.stage = stage or {}  # the stage's own temperature/alpha, the defaults of logit losses
         self._shapes: dict[tuple[str, str], tuple[int, ...]] = {}
 
-    def names(self, role: str) -> list[str]:
-        model = self.teacher if role == "teacher" else self.student
-        return [n for n, _ in model.named_modules() if n]
-
     def shape(self, role: str, name: str, key: tuple) -> tuple[int, ...]:
         """Output shape of layer ``name`` of the teacher or student; LayerError (listing the names) if absent."""
         model = self.teacher if role == "teacher" else self.student
         if model is None:
             raise LayerError(f"layer '{name}' asked of a teacher that has no layers to read", key)
-        names = self.names(role)
+        names = [n for n, _ in model.named_modules() if n]
         if name not in names:
             raise LayerError(f"the {role} has no layer '{name}'; available layers: {', '.join(names)}", key)
         if (role, name) not in self._shapes:

@@ -182,8 +182,8 @@ def measure(run: Run, *, rounds: int = 30, calls: int = 20, batch: int = 1, thre
             "metric_source": how, "latency_ratio": ratio}
 
 
-def _latency(final: Path, teacher: Path, *, rounds: int, calls: int, batch: int, threads: int, seed: int,
-             task: str = "classify") -> dict:
+def _latency(final: Path, teacher: Path, *, rounds: int = 30, calls: int = 20, batch: int = 1, threads: int = 1,
+             seed: int = 0, task: str = "classify") -> dict:
     """The final/teacher time ratio, both timed in the same interleaved rounds by the task's own timer (a classifier's
     forward pass; a language model's greedy decode with the KV cache)."""
     from compress.bench import time_rounds
@@ -199,8 +199,7 @@ def _latency(final: Path, teacher: Path, *, rounds: int, calls: int, batch: int,
 def measure_files(final: str | Path, teacher: str | Path, metric: dict | None = None, **kw) -> dict:
     """``measure`` for two model files without a report: size from the file, ``metric`` as given (or none)."""
     return {"name": None, "cpu": None, "size_bytes": Path(final).stat().st_size, "metric": metric,
-            "metric_source": "given", "latency_ratio": _latency(Path(final), Path(teacher), **{
-                "rounds": 30, "calls": 20, "batch": 1, "threads": 1, "seed": 0, **kw})}
+            "metric_source": "given", "latency_ratio": _latency(Path(final), Path(teacher), **kw)}
 
 
 # --- baseline and verdicts -------------------------------------------------------------------------

@@ -104,14 +104,12 @@ def _bench_data(spec: str):
     """(x, y) from a recipe's test split or an .npz with arrays x and y."""
     import numpy as np
 
-    if spec.endswith((".yaml", ".yml")):
-        from compress.data import load_data
+    from compress.data import load_data, read_arrays
 
+    if spec.endswith((".yaml", ".yml")):
         recipe = _load(spec)
         test = load_data(recipe.data, recipe.seed).test
         return test.x, test.y
-    from compress.data import read_arrays
-
     arrays = read_arrays(Path(spec), ("x",), optional=("y",))  # headers validated before anything is read
     return np.asarray(arrays["x"], np.float32), np.asarray(arrays["y"]) if "y" in arrays else None
 

@@ -54,10 +54,9 @@ def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits,
     """The final model in every format, beside the teacher (onnxruntime) and, when the final model is quantized,
     its fp32 ONNX counterpart (``fp32_path``: the row every shipped file is held against), all timed by one protocol.
 
-    Returns ``{"runtimes": [...], "mobile_usability": {...}}`` (the latter when an .ort file exists):
-    one row per file with runtime, size, static batch, test accuracy, peak-RSS growth and latency at
-    batch 1 on 1 thread and at ``bench.batch`` on ``bench.threads`` threads; every file of one setting is
-    timed in the same interleaved rounds (``compress.bench.bench_files``).
+    Returns ``{"runtimes": [one row per file], "mobile_usability": {...}}`` (the latter when an .ort file exists);
+    every file of one setting (batch 1 on 1 thread; ``bench.batch`` on ``bench.threads``) is timed in the same
+    interleaved rounds (``compress.bench.bench_files``).
     """
     from compress.bench import bench_files
 

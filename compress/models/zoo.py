@@ -19,9 +19,8 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: 
 
     >>> cnn((1, 8, 8), 10, width=16, depth=2)  # 16-32 channels, 6.1k params, 0.32M MACs
 
-    Signal input C x L (e.g. MNIST-1D, 1 x 40) gets the same network in 1-D: conv3+BN+ReLU blocks
-    (Conv1d, BatchNorm1d), a max-pool by 2 after every second block and average pooling to GRID_1D
-    cells of the sequence, so the layer names and the pruning and export paths are the same.
+    Signal input C x L (e.g. MNIST-1D, 1 x 40) gets the same network in 1-D, pooled to GRID_1D cells of
+    the sequence, so the layer names and the pruning and export paths are the same.
     """
     if len(input_shape) not in (2, 3):
         raise ValueError(f"arch 'cnn' needs image input C x H x W (got input shape {tuple(input_shape)}); use arch 'mlp'")

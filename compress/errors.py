@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 __all__ = ["CompressError", "RecipeError", "ChainError", "DataError", "ModelError", "StageError", "MissingExtraError",
-           "UnsafePathError"]
+           "UnsafePathError", "key_path"]
+
+
+def key_path(path) -> str:
+    """A key path as an error names it: ``("stages", 1, "loss")`` -> ``stages[1].loss``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
 
 class CompressError(Exception):

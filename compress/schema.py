@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from compress.errors import CompressError
+from compress.errors import CompressError, key_path
 
 __all__ = ["REPORT_VERSION", "BASELINE_VERSION", "Metric", "FileDigest", "ReportModel", "Report", "LatencyRatio",
            "Baseline", "SchemaError", "read_json", "read_report", "read_baseline", "validate_report"]
@@ -178,13 +178,6 @@ def read_json(path: str | Path, what: str) -> Any:
         raise SchemaError(f"{path}: the {what} is not valid JSON ({exc})") from None
 
 
-def _where(loc) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
 def _validate(cls, data: Any, path: str | Path, what: str, hint: str = ""):
     if not isinstance(data, dict):
         raise SchemaError(f"{path}: a {what} is a JSON object (got {type(data).__name__})")
@@ -199,7 +192,7 @@ def _validate(cls, data: Any, path: str | Path, what: str, hint: str = ""):
             msg, got = plain or err["msg"].removeprefix("Value error, "), err.get("input")
             if plain is None and isinstance(got, (int, float, str)) and not isinstance(got, bool):
                 msg += f" (got {got!r})"
-            lines.append(f"{_where(err['loc']) or '(top level)'}: {msg}")
+            lines.append(f"{key_path(err['loc']) or '(top level)'}: {msg}")
         raise SchemaError(f"{path}: invalid {what}: " + "; ".join(lines) + hint) from None
 
 

@@ -19,6 +19,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from compress.errors import key_path
+
 __all__ = ["LossConfig", "LOSSES", "LossSpec", "register_loss", "Batch", "Probe", "Term", "FnTerm", "LayerError",
            "FeatureTap"]
 
@@ -73,7 +75,7 @@ class LayerError(ValueError):
 
     @property
     def key(self) -> str:
-        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path).lstrip(".")
+        return key_path(self.path)
 
 
 @dataclass(frozen=True)

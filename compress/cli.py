@@ -152,11 +152,13 @@ def bench(models, runtime, threads, batch, data, rounds, calls, as_json) -> None
     cells = []
     for r in rows:
         lat, mem = r["latency_ms"], r["peak_rss_growth_bytes"]
-        cells.append([r["name"], r["runtime"], f"{r['size_bytes'] / 1e3:,.1f} kB", f"{lat['p50'] * 1e3:.1f}",
-                      f"{lat['p90'] * 1e3:.1f}", f"{lat['p99'] * 1e3:.1f}", "-" if mem is None else f"{mem / 2**20:.1f} MiB",
-                      str(r["static_batch"] or "any")] + ([f"{r['accuracy']:.2%}"] if y is not None else []))
+        cells.append([r["name"], r["runtime"], f"{r['size_bytes'] / 1e3:,.1f} kB",
+                      *(f"{lat[p] * 1e3:.1f}" for p in ("p50", "p90", "p99")),
+                      "-" if mem is None else f"{mem / 2**20:.1f} MiB", str(r["static_batch"] or "any")]
+                     + ([f"{r['accuracy']:.2%}"] if y is not None else []))
     title = f"compress bench: batch {batch}, {threads or 'all'} thread(s), {rounds} rounds x {calls} calls, interleaved"
-    console(160).print(rich_table(title, cols + (["accuracy"] if y is not None else []), cells, left=("model", "runtime")))
+    cols += ["accuracy"] if y is not None else []
+    console(160).print(rich_table(title, cols, cells, left=("model", "runtime")))  # piped or logged: 160 columns
 
 
 class _Tolerance(click.ParamType):
@@ -212,8 +214,7 @@ def check(run, baseline, update_baseline, summary, output, metric_tol, size_tol,
 
     stored = None if update_baseline else read_baseline(baseline)  # a bad baseline fails before any compute
     loaded = gate.load_run(run, output=output)
-    paths = gate.verify_files(loaded)
-    accuracy = gate.remeasure(loaded, paths["final"])
+    accuracy = gate.remeasure(loaded, gate.verify_files(loaded)["final"])  # once: --update-baseline times it again
     runs = [gate.measure(loaded, rounds=rounds, calls=calls, batch=batch, threads=threads, seed=i, accuracy=accuracy)
             for i in range(repeats if update_baseline else 1)]
     current = runs[0]
@@ -232,8 +233,7 @@ def check(run, baseline, update_baseline, summary, output, metric_tol, size_tol,
     result = gate.compare(current, stored, tol)
     notes = [f"run: {loaded.folder}", f"model files verified against the sha256 recorded in {loaded.folder / 'report.json'}"]
     click.echo(f"checked {loaded.folder}: model files match the sha256 in its report.json")
-    text = gate.summary_markdown(result, loaded.report.get("name"), notes)
-    gate.write_summary(text, summary)
+    gate.write_summary(gate.summary_markdown(result, loaded.report.get("name"), notes), summary)
     for v in result.verdicts:
         color = {"ok": "green", "noisy": "yellow", "regressed": "red"}[v.status]
         click.secho(f"{v.status:>9}  {v.metric}: {v.detail}", fg=color)

@@ -372,13 +372,12 @@ def plot(report: dict, path: Path) -> None:
     save(fig, path)
 
 
-def write(report: dict, out_dir: Path, to_markdown=None, to_plot=None) -> None:
-    """report.json (validated: what is written is what compress check will accept), report.md and report.png, the
-    last two by the task's presenters (default: classification's)."""
+def write(report: dict, out_dir: Path, to_markdown, to_plot) -> None:
+    """report.json (validated: what is written is what compress check will accept), and the task's report.md and png."""
     validate_report(report, str(out_dir / "report.json"))
     write_json(out_dir / "report.json", report)
-    write_text(out_dir / "report.md", (to_markdown or markdown)(report))
-    (to_plot or plot)(report, out_dir / "report.png")
+    write_text(out_dir / "report.md", to_markdown(report))
+    to_plot(report, out_dir / "report.png")
 
 
 def print_table(report: dict) -> None:

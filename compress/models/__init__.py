@@ -102,7 +102,7 @@ def _factory_path(base: Path | None):
     try:
         yield
     finally:
-        with contextlib.suppress(ValueError):  # the first occurrence: the one inserted above, unless the factory did too
+        with contextlib.suppress(ValueError):  # the first occurrence: ours, unless the factory inserted it too
             sys.path.remove(entry)
 
 
@@ -115,7 +115,8 @@ def _own_file(base: Path, top: str) -> Path | None:
 
 
 def _loaded_from(module) -> Path | None:
-    f = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or []), None)  # a namespace package
+    f = getattr(module, "__file__", None)
+    f = f or next(iter(getattr(module, "__path__", None) or []), None)  # a namespace package has no __file__
     return Path(f).resolve() if f else None
 
 

@@ -80,7 +80,6 @@ class LayerError(ValueError):
 
 @dataclass(frozen=True)
 class LossSpec:
-    kind: str
     config: type[LossConfig]
     build: Callable[[LossConfig, "Probe"], Term]
 
@@ -95,7 +94,7 @@ def register_loss(config: type[LossConfig]):
     def wrap(fn):
         if kind in LOSSES:
             raise ValueError(f"loss {kind!r} is registered twice ({LOSSES[kind].build.__module__} and {fn.__module__})")
-        LOSSES[kind] = LossSpec(kind, config, fn)
+        LOSSES[kind] = LossSpec(config, fn)
         return fn
 
     return wrap

@@ -51,8 +51,7 @@ class Tolerances:
     latency: float = 0.10  # relative: final/teacher ratio may grow 10 % beyond the baseline's
 
     def __post_init__(self):
-        for name in ("metric", "size", "latency"):
-            v = getattr(self, name)
+        for name, v in vars(self).items():
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise SchemaError(f"tolerance {name}: must be a finite number >= 0 (got {v!r})")
 

@@ -47,6 +47,7 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
 
 
 FORMAT_RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
+_ROW_KEYS = ("runtime", "path", "size_bytes", "static_batch", "accuracy", "errors", "peak_rss_growth_bytes", "latency_ms")
 
 
 def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits, bench, seed: int = 0,
@@ -72,10 +73,7 @@ def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits,
     for a, b in zip(one, big):
         model, _, fmt = a["name"].partition(" (")
         rows.append({"name": a["name"], "model": model, "format": fmt.rstrip(")") or "onnx",
-                     "runtime": a["runtime"], "path": a["path"], "size_bytes": a["size_bytes"],
-                     "static_batch": a["static_batch"], "accuracy": a["accuracy"], "errors": a["errors"],
-                     "peak_rss_growth_bytes": a["peak_rss_growth_bytes"], "latency_ms": a["latency_ms"],
-                     "latency_batch_ms": b["latency_ms"]})
+                     **{k: a[k] for k in _ROW_KEYS}, "latency_batch_ms": b["latency_ms"]})
     out: dict = {"runtimes": rows}
     if "ort" in final_files:
         from compress.runtimes.ort_mobile import mobile_usability

@@ -355,13 +355,11 @@ def plot(report: dict, path: Path) -> None:
         ax.scatter([x], [y], s=40 + 1500 * r["size_bytes"] / biggest, marker=markers[r["runtime"]], facecolors="none",
                    edgecolors=colors["final"], linewidths=1.5, zorder=3)
         points.append((x, y, {"name": f"final, {r['runtime']}", "size_bytes": r["size_bytes"]}))
-    ax.set_xscale("log")
+    ax.set(xscale="log", xlabel="latency p50, batch 1, 1 thread (us, log scale)", ylabel="test accuracy (%)",
+           title=f"{report['name']}: accuracy vs latency (marker area = file size)")
     label_points(ax, fig, [(x, y, f"{m['name']} ({size_text(m['size_bytes'])})", "black") for x, y, m in points],
                  width=90, step=22, offset=9, fontsize=8)
     plain_log_ticks(ax)
-    ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{report['name']}: accuracy vs latency (marker area = file size)")
     ax.grid(True, which="both", alpha=0.3)
     for role, c in colors.items():
         ax.scatter([], [], c=c, alpha=0.6, label=role)

@@ -1,12 +1,9 @@
 """``compress check``: compare a run with a committed baseline; a regression is a distinct exit code for CI.
 
-The gate believes only what it measures. The baseline is read with a strict schema (compress/schema.py).
-The run's model files are checked against the sha256 digests its report.json recorded ("model file
-changed since the report" otherwise); size is read from the files; accuracy is measured again on the
-test split from the final model file whenever the recipe and data named in the report can be loaded
-(a report.json that disagrees with its own file is refused), and otherwise the verdict says "accuracy
-taken from report.json, not re-measured". Latency is measured again here, as the ratio of the
-final model's time to the teacher's, both timed in the same interleaved rounds (``bench.time_rounds``):
+The gate believes only what it measures: the model files must have the sha256 their report.json recorded, size
+is read from the files, accuracy is measured again from the final file when the report's recipe and data load
+(else the verdict says "taken from report.json, not re-measured"), and latency is measured again as the ratio of
+the final model's time to the teacher's, both timed in the same interleaved rounds (``bench.time_rounds``):
 machine speed and most of its noise cancel in the ratio, so a baseline recorded on one machine can be
 compared on another CI runner. The statistics (in full, with the measurements behind them: docs/ci-gate.md):
 each round's statistic is ``median(final calls) / median(teacher calls)``; the estimate is their geometric

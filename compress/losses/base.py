@@ -109,10 +109,8 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, names: tuple[str, ...] | list[str]):
         self.outputs: dict[str, torch.Tensor] = {}
-        self._handles = []
-        for name in dict.fromkeys(names):
-            module = model.get_submodule(name)
-            self._handles.append(module.register_forward_hook(functools.partial(self._keep, name)))
+        self._handles = [model.get_submodule(name).register_forward_hook(functools.partial(self._keep, name))
+                         for name in dict.fromkeys(names)]
 
     def _keep(self, name, _module, _inputs, output):
         self.outputs[name] = output.clone()

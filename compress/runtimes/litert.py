@@ -81,16 +81,11 @@ def io_details(path) -> dict[str, list[dict]]:
     with native_output_silenced():
         it = Interpreter(model_path=str(path))
 
-    def rows(details):
-        out = []
-        for d in details:
-            row = {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
-            if np.dtype(d["dtype"]).kind in "iu":
-                scale, zero = d["quantization"]
-                row["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
-            out.append(row)
-        return out
-    return {"inputs": rows(it.get_input_details()), "outputs": rows(it.get_output_details())}
+    def row(d):
+        (scale, zero), dtype = d["quantization"], np.dtype(d["dtype"])
+        q = {"quantization": {"scale": float(scale), "zero_point": int(zero)}} if dtype.kind in "iu" else {}
+        return {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": dtype.name, **q}
+    return {"inputs": [row(d) for d in it.get_input_details()], "outputs": [row(d) for d in it.get_output_details()]}
 
 
 @register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert")

@@ -12,17 +12,22 @@ import torch
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.spec import ATTENTION_ARCHS
 from compress.models.zoo import ZOO
 
 __all__ = ["build_model", "load_weights", "read_state_dict", "check_io", "describe_spec", "set_factory_base",
            "factory_base", "search_path"]
 
 
+def _zoo_kwargs(spec) -> dict:
+    """A built-in arch's keyword arguments; heads (default 4) and patch are the attention archs' only."""
+    extra = {"heads": spec.heads or 4} if spec.arch in ATTENTION_ARCHS else {}
+    return {"width": spec.width, "depth": spec.depth, **extra, **({} if spec.patch is None else {"patch": spec.patch})}
+
+
 def describe_spec(spec) -> str:
     if spec.arch:
-        heads = f", heads={spec.heads or 4}" if spec.arch in ("transformer", "text_transformer") else ""
-        heads += f", patch={spec.patch}" if spec.patch is not None else ""
-        return f"{spec.arch}(width={spec.width}, depth={spec.depth}{heads})"
+        return f"{spec.arch}({', '.join(f'{k}={v}' for k, v in _zoo_kwargs(spec).items())})"
     return f"{spec.factory}({', '.join(f'{k}={v!r}' for k, v in spec.kwargs.items())})"
 
 
@@ -34,10 +39,7 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int, base: str 
     """
     if spec.arch:
         try:
-            extra = {"heads": spec.heads or 4} if spec.arch in ("transformer", "text_transformer") else {}
-            if spec.patch is not None:
-                extra["patch"] = spec.patch
-            return ZOO[spec.arch](tuple(input_shape), num_classes, width=spec.width, depth=spec.depth, **extra)
+            return ZOO[spec.arch](tuple(input_shape), num_classes, **_zoo_kwargs(spec))
         except ValueError as exc:
             raise ModelError(str(exc)) from None
     mod_name, fn_name = spec.factory.split(":")

@@ -6,6 +6,7 @@ Ratios between models measured this way are comparable; absolute times from two 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import re
 import time
@@ -130,16 +131,12 @@ def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int
 
 def cpu_info() -> dict:
     """CPU model and the SIMD features that decide INT8 speed (recorded in every report)."""
-    model, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        text = cpuinfo.read_text(errors="replace")
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        model = m.group(1).strip() if m else model
-        m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = set(m.group(1).split()) if m else set()
-    import os
-
+    text = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else ""
+    name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    found = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    model = name.group(1).strip() if name else platform.processor() or platform.machine()
+    flags = set(found.group(1).split()) if found else set()
     wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"]
     return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(),
             "features": [f for f in wanted if f in flags]}

@@ -110,10 +110,8 @@ def _factory_path(base: Path | None):
 
 def _own_file(base: Path, top: str) -> Path | None:
     """``base/top.py`` or ``base/top/`` (a package), when the recipe's folder has a module of that name."""
-    for cand in (base / f"{top}.py", base / top):
-        if cand.is_file() or (cand.is_dir() and cand.suffix == ""):
-            return cand
-    return None
+    candidates = (base / f"{top}.py", base / top)
+    return next((c for c in candidates if c.is_file() or (c.is_dir() and c.suffix == "")), None)
 
 
 def _loaded_from(module) -> Path | None:

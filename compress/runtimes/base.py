@@ -57,8 +57,12 @@ class Runner:
         """A zero-argument callable that runs ``x`` once (a static-batch file runs it in chunks)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.static_batch is None or len(x) == self.static_batch:
-            return lambda: self.run(x)
+            return self._call(x)
         return lambda: self.predict(x)
+
+    def _call(self, x: np.ndarray) -> Callable[[], object]:
+        """One call on a batch the file accepts (contiguous float32); a runtime binds what it can ahead of time."""
+        return lambda: self.run(x)
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,8 @@ class PteRunner(Runner):
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.method.execute([self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()
 
-    def timer(self, x: np.ndarray):
-        if len(x) != self.static_batch:
-            return super().timer(x)
-        t, execute = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))], self.method.execute
+    def _call(self, x: np.ndarray):
+        t, execute = [self._torch.from_numpy(x)], self.method.execute
         return lambda: execute(t)
 
 

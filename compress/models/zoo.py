@@ -11,6 +11,9 @@ from torch import nn
 __all__ = ["ZOO", "cnn", "mlp", "transformer", "text_transformer", "Attention", "Tokens", "ByteTokens"]
 
 
+GRID_1D = 4  # cells the 1-D cnn averages the sequence into (4, like the 2-D cnn's 2 x 2 grid)
+
+
 def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: int = 2) -> nn.Module:
     """conv3x3+BN+ReLU blocks with width * 2**i channels, a 2x2 max-pool after every second block,
     average pooling to a 2x2 grid and one linear classifier.
@@ -39,9 +42,6 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: 
     grid = min(GRID_1D, size[0]) if len(size) == 1 else (2 if min(size) >= 2 else 1)
     head = nn.Sequential(avg(grid), nn.Flatten())
     return _Net(nn.Sequential(*layers), head, nn.Linear(c * grid ** len(size), num_classes))
-
-
-GRID_1D = 4  # cells the 1-D cnn averages the sequence into (4, like the 2-D cnn's 2 x 2 grid)
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, width: int = 128, depth: int = 2) -> nn.Module:

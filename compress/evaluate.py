@@ -47,7 +47,8 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
 
 
 FORMAT_RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
-_ROW_KEYS = ("runtime", "path", "size_bytes", "static_batch", "accuracy", "errors", "peak_rss_growth_bytes", "latency_ms")
+_ROW_KEYS = ("runtime", "path", "size_bytes", "static_batch", "accuracy", "errors", "peak_rss_growth_bytes",
+             "latency_ms")  # of a bench_files row, kept in a runtimes row
 
 
 def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits, bench, seed: int = 0,

@@ -110,8 +110,7 @@ def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int
         before = peak_rss_bytes()
         runner = load(path, runtime, threads=threads)
         sample = x if x is not None else np.zeros((1, *runner.input_shape), np.float32)
-        xb = batch_of(sample, batch)
-        fn = runner.timer(xb)
+        fn = runner.timer(batch_of(sample, batch))
         fn()
         after = peak_rss_bytes()
         runners[name] = fn

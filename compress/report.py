@@ -61,12 +61,11 @@ def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: P
     name, higher = metric
     models = [{**m, "file": Path(m["path"]).relative_to(run_dir).as_posix(),
                "metric": {"name": name, "value": m[name], "higher_is_better": higher}} for m in models]
-    source = recipe.source_file
     return {
         "schema_version": SCHEMA_VERSION,
         "task": recipe.task,
         "name": recipe.name,
-        "recipe_file": str(Path(source).absolute()) if source else None,
+        "recipe_file": str(Path(recipe.source_file).absolute()) if recipe.source_file else None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "cpu": cpu_info(),

@@ -34,14 +34,13 @@ def label_points(ax, fig, labels: list[tuple[float, float, str, str]], *, width:
                     arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if dy != 4 else None)
 
 
-def plain_log_ticks(ax, axis: str = "x", labelsize: float = 8) -> None:
-    """Log-scale ticks written as plain numbers (30, 40, 60), not powers of ten."""
+def plain_log_ticks(ax, labelsize: float = 8) -> None:
+    """Log-scale x ticks written as plain numbers (30, 40, 60), not powers of ten."""
     from matplotlib.ticker import ScalarFormatter
 
-    a = ax.xaxis if axis == "x" else ax.yaxis
-    a.set_major_formatter(ScalarFormatter())
-    a.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(axis=axis, which="both", labelsize=labelsize)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="both", labelsize=labelsize)
 
 
 def save(fig, path: Path) -> None:

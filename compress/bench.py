@@ -5,6 +5,8 @@ Ratios between models measured this way are comparable; absolute times from two 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import re
 import time
@@ -62,11 +64,8 @@ def time_rounds(runners: dict[str, Callable[[], object]], *, rounds: int = 30, c
 
 def time_interleaved(runners: dict[str, Callable[[], object]], *, rounds: int = 30, calls: int = 20,
                      warmup: int = 10, seed: int = 0) -> dict[str, Timing]:
-    """Time each zero-argument callable; every round visits all of them in a fresh random order.
-
-    Interleaving spreads machine noise (other tenants, frequency changes) evenly over the models,
-    so their ratio is fair even when absolute times drift.
-    """
+    """``time_rounds`` summarised per callable: interleaving spreads machine noise (other tenants, frequency
+    changes) evenly over the models, so their ratio is fair even when absolute times drift."""
     samples = time_rounds(runners, rounds=rounds, calls=calls, warmup=warmup, seed=seed)
     return {n: Timing.of(s.ravel().tolist()) for n, s in samples.items()}
 
@@ -78,12 +77,10 @@ def peak_rss_bytes() -> int | None:
     that runtime and model added on top of the peak so far (allocator reuse can hide part of it, so
     it is a lower bound of the model's own footprint; exact numbers need one process per model).
     """
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024  # reported in kB
-    except OSError:
-        return None
     return None
 
 
@@ -97,17 +94,14 @@ def batch_of(x: np.ndarray, n: int) -> np.ndarray:
 def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int = 1, batch: int = 1,
                 x: np.ndarray | None = None, y: np.ndarray | None = None, rounds: int = 30, calls: int = 20,
                 warmup: int = 10, seed: int = 0) -> list[dict]:
-    """Load every ``(name, path, runtime)`` (runtime None: by suffix) and time them all with one protocol.
+    """One row per ``(name, path, runtime)`` (runtime None: by suffix), all timed with one protocol.
 
     Each model is loaded and run once in turn while the process's peak RSS is watched
     (``peak_rss_growth_bytes``: a lower bound of what that runtime and model added), then all are timed
     interleaved (``time_rounds``) on ``batch`` rows of ``x`` (zeros of the model's input shape without
-    data) with ``threads`` threads (0 = all cores). With labels ``y``, accuracy is measured on all of
-    ``x``. A static-batch file (ExecuTorch, LiteRT) runs a larger batch as several calls: its
-    ``static_batch`` is in the result.
-
-    Returns one dict per file: name, path, runtime, size_bytes, static_batch, peak_rss_growth_bytes,
-    latency_ms (p50/p90/p99/mean/calls) and, with labels, accuracy and errors.
+    data) with ``threads`` threads (0 = all cores). With labels ``y``, accuracy and errors are measured on
+    all of ``x``. A static-batch file (ExecuTorch, LiteRT) runs a larger batch as several calls of its
+    ``static_batch``.
     """
     from compress.runtimes import load, runtime_for
 
@@ -116,8 +110,7 @@ def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int
         before = peak_rss_bytes()
         runner = load(path, runtime, threads=threads)
         sample = x if x is not None else np.zeros((1, *runner.input_shape), np.float32)
-        xb = batch_of(sample, batch)
-        fn = runner.timer(xb)
+        fn = runner.timer(batch_of(sample, batch))
         fn()
         after = peak_rss_bytes()
         runners[name] = fn
@@ -137,16 +130,12 @@ def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int
 
 def cpu_info() -> dict:
     """CPU model and the SIMD features that decide INT8 speed (recorded in every report)."""
-    model, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        text = cpuinfo.read_text(errors="replace")
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        model = m.group(1).strip() if m else model
-        m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = set(m.group(1).split()) if m else set()
-    import os
-
+    text = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else ""
+    name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    found = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    model = name.group(1).strip() if name else platform.processor() or platform.machine()
+    flags = set(found.group(1).split()) if found else set()
     wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"]
     return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(),
             "features": [f for f in wanted if f in flags]}

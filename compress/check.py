@@ -1,30 +1,17 @@
 """``compress check``: compare a run with a committed baseline; a regression is a distinct exit code for CI.
 
-The gate believes only what it measures. The baseline is read with a strict schema (compress/schema.py).
-The run's model files are checked against the sha256 digests its report.json recorded ("model file
-changed since the report" otherwise); size is read from the files; accuracy is measured again on the
-test split from the final model file whenever the recipe and data named in the report can be loaded
-(a report.json that disagrees with its own file is refused), and otherwise the verdict says "accuracy
-taken from report.json, not re-measured". Latency is measured again here, as the ratio of the
-final model's time to the teacher's, both timed in the same interleaved rounds (``bench.time_rounds``):
+The gate believes only what it measures: the model files must have the sha256 their report.json recorded, size
+is read from the files, accuracy is measured again from the final file when the report's recipe and data load
+(else the verdict says "taken from report.json, not re-measured"), and latency is measured again as the ratio of
+the final model's time to the teacher's, both timed in the same interleaved rounds (``bench.time_rounds``):
 machine speed and most of its noise cancel in the ratio, so a baseline recorded on one machine can be
-compared on another CI runner. The statistics:
-
-1. Each round times the final model and the teacher back to back (``calls`` calls each, shuffled order);
-   the round's statistic is ``median(final calls) / median(teacher calls)``.
-2. The estimate is the geometric mean of the per-round ratios, and its 95 % confidence interval is a
-   percentile bootstrap over rounds (``BOOTSTRAP`` resamples, seeded).
-3. Compared with the baseline ratio, the run **regressed** only when the *lower* bound of the 95 %
-   interval of ``ratio / baseline_ratio`` exceeds ``1 + tolerance``: the slowdown is larger than the
-   tolerance even at the optimistic end of the noise. That interval is on the log scale, with the
-   run's and the baseline's standard errors (each from its bootstrap interval, (log hi - log lo) / 3.92)
-   added in quadrature: the baseline was measured with noise too. Rounds of one process share its
-   sessions and its moment, so they miss the run-to-run spread (fresh sessions, another minute of a
-   shared machine): ``--update-baseline`` therefore measures ``repeats`` independent times (fresh
-   sessions each) and stores the standard deviation of their log ratios (``run_sd_log``), which joins
-   the quadrature sum. The result is a prediction interval for one new run. A point estimate above the tolerance
-   with an interval that still reaches below it is reported as ``noisy`` (not a failure; rerun with
-   more ``--rounds``).
+compared on another CI runner. The statistics (in full, with the measurements behind them: docs/ci-gate.md):
+each round's statistic is ``median(final calls) / median(teacher calls)``; the estimate is their geometric
+mean with a percentile-bootstrap 95 % interval over rounds (``BOOTSTRAP`` resamples, seeded). The run
+**regressed** only when the *lower* bound of the interval of ``ratio / baseline_ratio`` (log scale; the
+run's and the baseline's standard errors and the baseline's run-to-run ``run_sd_log``, from ``repeats``
+fresh-session measurements, in quadrature: a prediction interval for one new run) exceeds ``1 + tolerance``;
+an estimate above the tolerance whose interval still reaches below it is ``noisy`` (rerun with more ``--rounds``).
 """
 
 from __future__ import annotations
@@ -61,8 +48,7 @@ class Tolerances:
     latency: float = 0.10  # relative: final/teacher ratio may grow 10 % beyond the baseline's
 
     def __post_init__(self):
-        for name in ("metric", "size", "latency"):
-            v = getattr(self, name)
+        for name, v in vars(self).items():
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise SchemaError(f"tolerance {name}: must be a finite number >= 0 (got {v!r})")
 
@@ -76,10 +62,6 @@ class Verdict:
     status: str  # "ok" | "noisy" | "regressed"
     detail: str = ""
 
-    @property
-    def failed(self) -> bool:
-        return self.status == "regressed"
-
 
 @dataclass
 class CheckResult:
@@ -87,7 +69,7 @@ class CheckResult:
 
     @property
     def failed(self) -> bool:
-        return any(v.failed for v in self.verdicts)
+        return any(v.status == "regressed" for v in self.verdicts)
 
 
 @dataclass
@@ -101,11 +83,8 @@ class Run:
 
 def latency_ratio(samples_final: np.ndarray, samples_teacher: np.ndarray, seed: int = 0,
                   bootstrap: int = BOOTSTRAP) -> dict:
-    """Geometric mean of per-round median ratios, with a 95 % percentile-bootstrap interval over rounds.
-
-    Args:
-        samples_final, samples_teacher: per-call times, shape (rounds, calls), from the same ``time_rounds`` call.
-    """
+    """Geometric mean of per-round median ratios, with a 95 % percentile-bootstrap interval over rounds, from
+    per-call times of shape (rounds, calls) measured in the same ``time_rounds`` call."""
     per_round = np.median(samples_final, axis=1) / np.median(samples_teacher, axis=1)
     logs = np.log(per_round)
     rng = np.random.default_rng(seed)
@@ -199,8 +178,8 @@ def measure(run: Run, *, rounds: int = 30, calls: int = 20, batch: int = 1, thre
             "metric_source": how, "latency_ratio": ratio}
 
 
-def _latency(final: Path, teacher: Path, *, rounds: int, calls: int, batch: int, threads: int, seed: int,
-             task: str = "classify") -> dict:
+def _latency(final: Path, teacher: Path, *, rounds: int = 30, calls: int = 20, batch: int = 1, threads: int = 1,
+             seed: int = 0, task: str = "classify") -> dict:
     """The final/teacher time ratio, both timed in the same interleaved rounds by the task's own timer (a classifier's
     forward pass; a language model's greedy decode with the KV cache)."""
     from compress.bench import time_rounds
@@ -216,8 +195,7 @@ def _latency(final: Path, teacher: Path, *, rounds: int, calls: int, batch: int,
 def measure_files(final: str | Path, teacher: str | Path, metric: dict | None = None, **kw) -> dict:
     """``measure`` for two model files without a report: size from the file, ``metric`` as given (or none)."""
     return {"name": None, "cpu": None, "size_bytes": Path(final).stat().st_size, "metric": metric,
-            "metric_source": "given", "latency_ratio": _latency(Path(final), Path(teacher), **{
-                "rounds": 30, "calls": 20, "batch": 1, "threads": 1, "seed": 0, **kw})}
+            "metric_source": "given", "latency_ratio": _latency(Path(final), Path(teacher), **kw)}
 
 
 # --- baseline and verdicts -------------------------------------------------------------------------
@@ -249,12 +227,12 @@ def baseline_from(current: dict | list[dict], tol: Tolerances) -> dict:
     return base
 
 
-def tolerances(baseline: Baseline, metric: float | None = None, size: float | None = None,
+def tolerances(baseline: Baseline | None, metric: float | None = None, size: float | None = None,
                latency: float | None = None) -> Tolerances:
-    """The baseline's tolerances, each overridden by a command-line value when given."""
-    t = baseline.tolerance
-    return Tolerances(metric=t[baseline.metric.name] if metric is None else metric,
-                      size=t["size"] if size is None else size, latency=t["latency"] if latency is None else latency)
+    """The baseline's tolerances (without one: the defaults), each overridden by a command-line value when given."""
+    t = {} if baseline is None else {**baseline.tolerance, "metric": baseline.tolerance[baseline.metric.name]}
+    given = {"metric": metric, "size": size, "latency": latency}
+    return Tolerances(**{k: t[k] if v is None else v for k, v in given.items() if v is not None or k in t})
 
 
 def compare(current: dict, baseline: Baseline, tol: Tolerances) -> CheckResult:

@@ -17,20 +17,25 @@ __all__ = ["main", "cli"]
 
 
 class _DefaultRun(click.Group):
-    """``compress RECIPE.yaml`` means ``compress run RECIPE.yaml``."""
+    """``compress RECIPE.yaml`` means ``compress run RECIPE.yaml``. Every command fails the same way: a CompressError
+    is one red line and its exit code (no traceback), Ctrl-C is "interrupted" and exit code 130."""
 
     def resolve_command(self, ctx, args):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["run", *args]
         return super().resolve_command(ctx, args)
 
+    def invoke(self, ctx):
+        from compress.errors import CompressError
 
-def _fail(exc: Exception) -> None:
-    from compress.errors import CompressError
-
-    code = exc.exit_code if isinstance(exc, CompressError) else 1
-    click.secho(f"error: {exc}", fg="red", err=True)
-    sys.exit(code)
+        try:
+            return super().invoke(ctx)
+        except CompressError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="red", err=True)
+            sys.exit(130)
 
 
 def _load(recipe_path: str):
@@ -66,32 +71,18 @@ def run(recipe: str, output: str | None, quiet: bool, force: bool, nproc: int) -
     Trained models, stage outputs and measurements are cached under <output>/.cache: a rerun
     redoes only what changed, and a run that was killed resumes after its last finished stage.
     """
-    from compress.errors import CompressError
+    from compress import pipeline
 
+    loaded = _load(recipe)
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         # Re-launch under torchrun; the recipe is validated first so a typo fails once, not per rank.
-        try:
-            from compress.pipeline import output_dir, prepare
-
-            loaded = _load(recipe)
-            output_dir(loaded, output)
-            prepare(loaded)
-        except CompressError as exc:
-            _fail(exc)
+        pipeline.output_dir(loaded, output)
+        pipeline.prepare(loaded)
         args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "compress", "run", recipe] + (["--output", output] if output else []) \
             + (["--quiet"] if quiet else []) + (["--force"] if force else [])
         sys.exit(subprocess.call(args))
-    try:
-        from compress import pipeline
-
-        loaded = _load(recipe)
-        pipeline.run(loaded, output=output, quiet=quiet, force=force)
-    except CompressError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        click.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
+    pipeline.run(loaded, output=output, quiet=quiet, force=force)
 
 
 @cli.command()
@@ -99,17 +90,9 @@ def run(recipe: str, output: str | None, quiet: bool, force: bool, nproc: int) -
 @click.option("--output", "-o", type=click.Path(), default=None, help="Output root to check (default: exported/).")
 def validate(recipe: str, output: str | None) -> None:
     """Check RECIPE without training: keys, values, stage order, files, data, model shapes, weights."""
-    from compress.errors import CompressError
+    from compress import pipeline
 
-    try:
-        from compress import pipeline
-
-        loaded = _load(recipe)
-        lines = pipeline.validate(loaded, output)
-    except CompressError as exc:
-        _fail(exc)
-        return
-    for line in lines:
+    for line in pipeline.validate(_load(recipe), output):
         click.echo(line)
     click.secho(f"{Path(recipe)}: valid", fg="green")
 
@@ -121,14 +104,12 @@ def _bench_data(spec: str):
     """(x, y) from a recipe's test split or an .npz with arrays x and y."""
     import numpy as np
 
-    if spec.endswith((".yaml", ".yml")):
-        from compress.data import load_data
+    from compress.data import load_data, read_arrays
 
+    if spec.endswith((".yaml", ".yml")):
         recipe = _load(spec)
         test = load_data(recipe.data, recipe.seed).test
         return test.x, test.y
-    from compress.data import read_arrays
-
     arrays = read_arrays(Path(spec), ("x",), optional=("y",))  # headers validated before anything is read
     return np.asarray(arrays["x"], np.float32), np.asarray(arrays["y"]) if "y" in arrays else None
 
@@ -153,45 +134,31 @@ def bench(models, runtime, threads, batch, data, rounds, calls, as_json) -> None
     """
     import json
 
-    from compress.errors import CompressError
+    from compress.bench import bench_files, cpu_info
 
-    try:
-        from compress.bench import bench_files
-
-        x, y = _bench_data(data) if data else (None, None)
-        names, files = set(), []
-        for path in models:
-            name = Path(path).name if Path(path).name not in names else path
-            names.add(name)
-            files.append((name, path, runtime))
-        rows = bench_files(files, threads=threads, batch=batch, x=x, y=y, rounds=rounds, calls=calls)
-    except CompressError as exc:
-        _fail(exc)
-        return
+    x, y = _bench_data(data) if data else (None, None)
+    names, files = set(), []
+    for path in models:
+        name = Path(path).name if Path(path).name not in names else path
+        names.add(name)
+        files.append((name, path, runtime))
+    rows = bench_files(files, threads=threads, batch=batch, x=x, y=y, rounds=rounds, calls=calls)
     if as_json:
-        from compress.bench import cpu_info
-
         click.echo(json.dumps({"cpu": cpu_info(), "rounds": rounds, "calls": calls, "models": rows}, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from compress.report import console, rich_table
 
-    table = Table(title=f"compress bench: batch {batch}, {threads or 'all'} thread(s), {rounds} rounds x {calls} calls, interleaved")
     cols = ["model", "runtime", "size", "p50 (us)", "p90 (us)", "p99 (us)", "peak RSS +", "static batch"]
-    if y is not None:
-        cols.append("accuracy")
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("model", "runtime") else "right")
+    cells = []
     for r in rows:
-        lat = r["latency_ms"]
-        mem = r["peak_rss_growth_bytes"]
-        cells = [r["name"], r["runtime"], f"{r['size_bytes'] / 1e3:,.1f} kB", f"{lat['p50'] * 1e3:.1f}",
-                 f"{lat['p90'] * 1e3:.1f}", f"{lat['p99'] * 1e3:.1f}", "-" if mem is None else f"{mem / 2**20:.1f} MiB",
-                 str(r["static_batch"] or "any")]
-        if y is not None:
-            cells.append(f"{r['accuracy']:.2%}")
-        table.add_row(*cells)
-    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped or logged: don't wrap at 80 columns
+        lat, mem = r["latency_ms"], r["peak_rss_growth_bytes"]
+        cells.append([r["name"], r["runtime"], f"{r['size_bytes'] / 1e3:,.1f} kB",
+                      *(f"{lat[p] * 1e3:.1f}" for p in ("p50", "p90", "p99")),
+                      "-" if mem is None else f"{mem / 2**20:.1f} MiB", str(r["static_batch"] or "any")]
+                     + ([f"{r['accuracy']:.2%}"] if y is not None else []))
+    title = f"compress bench: batch {batch}, {threads or 'all'} thread(s), {rounds} rounds x {calls} calls, interleaved"
+    cols += ["accuracy"] if y is not None else []
+    console(160).print(rich_table(title, cols, cells, left=("model", "runtime")))  # piped or logged: 160 columns
 
 
 class _Tolerance(click.ParamType):
@@ -243,40 +210,30 @@ def check(run, baseline, update_baseline, summary, output, metric_tol, size_tol,
     Exit 0: passed; 1: could not check; 2: bad input (a bad baseline, a file changed since its report).
     """
     from compress import check as gate
-    from compress.errors import CompressError
     from compress.schema import read_baseline
 
-    try:
-        stored = None if update_baseline else read_baseline(baseline)  # a bad baseline fails before any compute
-        loaded = gate.load_run(run, output=output)
-        paths = gate.verify_files(loaded)
-        accuracy = gate.remeasure(loaded, paths["final"])
-        runs = [gate.measure(loaded, rounds=rounds, calls=calls, batch=batch, threads=threads, seed=i, accuracy=accuracy)
-                for i in range(repeats if update_baseline else 1)]
-        current = runs[0]
-        if update_baseline:
-            defaults = gate.Tolerances()
-            tol = gate.Tolerances(metric=defaults.metric if metric_tol is None else metric_tol,
-                                  size=defaults.size if size_tol is None else size_tol,
-                                  latency=defaults.latency if latency_tol is None else latency_tol)
-            from compress._io import write_json
+    stored = None if update_baseline else read_baseline(baseline)  # a bad baseline fails before any compute
+    loaded = gate.load_run(run, output=output)
+    accuracy = gate.remeasure(loaded, gate.verify_files(loaded)["final"])  # once: --update-baseline times it again
+    runs = [gate.measure(loaded, rounds=rounds, calls=calls, batch=batch, threads=threads, seed=i, accuracy=accuracy)
+            for i in range(repeats if update_baseline else 1)]
+    current = runs[0]
+    tol = gate.tolerances(stored, metric_tol, size_tol, latency_tol)
+    if update_baseline:
+        from compress._io import write_json
 
-            stored = gate.baseline_from(runs, tol)
-            write_json(baseline, stored)
-            lat, m = stored["latency_ratio"], stored["metric"]
-            click.echo(f"baseline written to {baseline}: {m['name']} {m['value']:.4f} ({current['metric_source']}), "
-                       f"{current['size_bytes']:,} bytes, final/teacher latency {lat['ratio']:.3f} (95 % CI "
-                       f"{lat['ci95'][0]:.3f}-{lat['ci95'][1]:.3f}, {len(runs)} run(s), run-to-run sd "
-                       f"{lat.get('run_sd_log', 0.0):.3f} on the log scale)")
-            return
-        result = gate.compare(current, stored, gate.tolerances(stored, metric_tol, size_tol, latency_tol))
-    except CompressError as exc:
-        _fail(exc)
+        stored = gate.baseline_from(runs, tol)
+        write_json(baseline, stored)
+        lat, m = stored["latency_ratio"], stored["metric"]
+        click.echo(f"baseline written to {baseline}: {m['name']} {m['value']:.4f} ({current['metric_source']}), "
+                   f"{current['size_bytes']:,} bytes, final/teacher latency {lat['ratio']:.3f} (95 % CI "
+                   f"{lat['ci95'][0]:.3f}-{lat['ci95'][1]:.3f}, {len(runs)} run(s), run-to-run sd "
+                   f"{lat.get('run_sd_log', 0.0):.3f} on the log scale)")
         return
+    result = gate.compare(current, stored, tol)
     notes = [f"run: {loaded.folder}", f"model files verified against the sha256 recorded in {loaded.folder / 'report.json'}"]
     click.echo(f"checked {loaded.folder}: model files match the sha256 in its report.json")
-    text = gate.summary_markdown(result, loaded.report.get("name"), notes)
-    gate.write_summary(text, summary)
+    gate.write_summary(gate.summary_markdown(result, loaded.report.get("name"), notes), summary)
     for v in result.verdicts:
         color = {"ok": "green", "noisy": "yellow", "regressed": "red"}[v.status]
         click.secho(f"{v.status:>9}  {v.metric}: {v.detail}", fg=color)
@@ -331,19 +288,11 @@ def search(recipe, output, ratios, modes, widths, method, trials, budget, quiet,
     compress search recipes/digits.yaml --storage sqlite:///search.db      # in each worker
     compress search recipes/digits.yaml --storage sqlite:///search.db --report
     """
-    from compress.errors import CompressError
+    from compress.search import search as run_search
 
-    try:
-        from compress.search import search as run_search
-
-        run_search(_load(recipe), output, ratios=ratios or None, modes=modes or None, widths=widths or None,
-                   method=method, budget=budget, trials=trials, quiet=quiet, storage=storage, study=study,
-                   report=report, heartbeat=heartbeat)
-    except CompressError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        click.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
+    run_search(_load(recipe), output, ratios=ratios or None, modes=modes or None, widths=widths or None,
+               method=method, budget=budget, trials=trials, quiet=quiet, storage=storage, study=study,
+               report=report, heartbeat=heartbeat)
 
 
 def main() -> None:

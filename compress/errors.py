@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 __all__ = ["CompressError", "RecipeError", "ChainError", "DataError", "ModelError", "StageError", "MissingExtraError",
-           "UnsafePathError"]
+           "UnsafePathError", "key_path"]
+
+
+def key_path(path) -> str:
+    """A key path as an error names it: ``("stages", 1, "loss")`` -> ``stages[1].loss``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
 
 class CompressError(Exception):
@@ -19,11 +24,8 @@ class RecipeError(CompressError):
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None, key: str | None = None):
         self.file, self.line, self.key, self.message = file, line, key, message
-        where = ""
-        if file:
-            where = f"{file}:{line}: " if line else f"{file}: "
-        path = f"{key}: " if key else ""
-        super().__init__(f"{where}{path}{message}")
+        where = (f"{file}:{line}: " if line else f"{file}: ") if file else ""
+        super().__init__(where + (f"{key}: " if key else "") + message)
 
 
 class ChainError(RecipeError):

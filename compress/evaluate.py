@@ -10,16 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.bench import time_interleaved
+from compress.bench import batch_of, time_interleaved
 from compress.data import Splits
-from compress.runtimes.onnxruntime import predict, session
+from compress.runtimes.onnxruntime import OrtRunner, predict, session
 
 __all__ = ["evaluate", "evaluate_runtimes"]
-
-
-def _batch(x: np.ndarray, n: int) -> np.ndarray:
-    reps = -(-n // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:n]) if reps > 1 else np.ascontiguousarray(x[:n])
 
 
 def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[dict]:
@@ -28,24 +23,15 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
     ``models`` entries need ``name`` and ``path``; the first entry with role 'teacher' is the reference.
     """
     test = splits.test
-    preds = {}
-    for m in models:
-        sess = session(m["path"], threads=0)
-        preds[m["name"]] = predict(sess, test.x).argmax(1)
+    preds = {m["name"]: predict(session(m["path"], threads=0), test.x).argmax(1) for m in models}
     teacher = next((m["name"] for m in models if m.get("role") == "teacher"), None)
     # Batch 1 on one thread: the mobile-class proxy. One session per model, all alive at once.
     x1 = np.ascontiguousarray(test.x[:1])
-    runners = {}
-    for m in models:
-        s = session(m["path"], threads=1)
-        runners[m["name"]] = (lambda s=s, name=s.get_inputs()[0].name: s.run(None, {name: x1}))
-    t1 = time_interleaved(runners, rounds=bench.rounds, calls=bench.calls, seed=seed)
-    xb = _batch(test.x, bench.batch)
-    runners = {}
-    for m in models:
-        s = session(m["path"], threads=bench.threads)
-        runners[m["name"]] = (lambda s=s, name=s.get_inputs()[0].name: s.run(None, {name: xb}))
-    tb = time_interleaved(runners, rounds=bench.rounds, calls=max(1, bench.calls // 4), warmup=3, seed=seed + 1)
+    t1 = time_interleaved({m["name"]: OrtRunner(m["path"], threads=1).timer(x1) for m in models},
+                          rounds=bench.rounds, calls=bench.calls, seed=seed)
+    xb = batch_of(test.x, bench.batch)
+    tb = time_interleaved({m["name"]: OrtRunner(m["path"], threads=bench.threads).timer(xb) for m in models},
+                          rounds=bench.rounds, calls=max(1, bench.calls // 4), warmup=3, seed=seed + 1)
     out = []
     for m in models:
         p = preds[m["name"]]
@@ -61,6 +47,8 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
 
 
 FORMAT_RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
+_ROW_KEYS = ("runtime", "path", "size_bytes", "static_batch", "accuracy", "errors", "peak_rss_growth_bytes",
+             "latency_ms")  # of a bench_files row, kept in a runtimes row
 
 
 def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits, bench, seed: int = 0,
@@ -68,10 +56,9 @@ def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits,
     """The final model in every format, beside the teacher (onnxruntime) and, when the final model is quantized,
     its fp32 ONNX counterpart (``fp32_path``: the row every shipped file is held against), all timed by one protocol.
 
-    Returns ``{"runtimes": [...], "mobile_usability": {...}}`` (the latter when an .ort file exists):
-    one row per file with runtime, size, static batch, test accuracy, peak-RSS growth and latency at
-    batch 1 on 1 thread and at ``bench.batch`` on ``bench.threads`` threads; every file of one setting is
-    timed in the same interleaved rounds (``compress.bench.bench_files``).
+    Returns ``{"runtimes": [one row per file], "mobile_usability": {...}}`` (the latter when an .ort file exists);
+    every file of one setting (batch 1 on 1 thread; ``bench.batch`` on ``bench.threads``) is timed in the same
+    interleaved rounds (``compress.bench.bench_files``).
     """
     from compress.bench import bench_files
 
@@ -87,10 +74,7 @@ def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits,
     for a, b in zip(one, big):
         model, _, fmt = a["name"].partition(" (")
         rows.append({"name": a["name"], "model": model, "format": fmt.rstrip(")") or "onnx",
-                     "runtime": a["runtime"], "path": a["path"], "size_bytes": a["size_bytes"],
-                     "static_batch": a["static_batch"], "accuracy": a["accuracy"], "errors": a["errors"],
-                     "peak_rss_growth_bytes": a["peak_rss_growth_bytes"], "latency_ms": a["latency_ms"],
-                     "latency_batch_ms": b["latency_ms"]})
+                     **{k: a[k] for k in _ROW_KEYS}, "latency_batch_ms": b["latency_ms"]})
     out: dict = {"runtimes": rows}
     if "ort" in final_files:
         from compress.runtimes.ort_mobile import mobile_usability

@@ -61,12 +61,11 @@ def build(recipe, data: dict, models: list[dict], stages: list[dict], run_dir: P
     name, higher = metric
     models = [{**m, "file": Path(m["path"]).relative_to(run_dir).as_posix(),
                "metric": {"name": name, "value": m[name], "higher_is_better": higher}} for m in models]
-    source = recipe.source_file
     return {
         "schema_version": SCHEMA_VERSION,
         "task": recipe.task,
         "name": recipe.name,
-        "recipe_file": str(Path(source).absolute()) if source else None,
+        "recipe_file": str(Path(recipe.source_file).absolute()) if recipe.source_file else None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "cpu": cpu_info(),
@@ -117,7 +116,7 @@ def _broken(**models: dict) -> list[str]:
 
 def _notes(models: list[dict]) -> list[str]:
     """Plain statements about results a reader should not miss."""
-    notes, by_name = [], {m["name"]: m for m in models}
+    notes = []
     chance = [m["name"] for m in models if m.get("at_chance")]
     if chance:
         notes.append(f"AT CHANCE: {', '.join(chance)} scored no better than guessing on the test split (accuracy <= "
@@ -127,11 +126,9 @@ def _notes(models: list[dict]) -> list[str]:
     if recal:
         notes.append("BatchNorm statistics were stale and were re-estimated on training batches before selection, "
                      "export and measurement (compress/bn.py): " + "; ".join(f"{n} ({why})" for n, why in recal) + ".")
-    for m in models:
-        if m["role"] != "stage" or not m["name"].endswith("quantize"):
-            continue
-        src = next((by_name[n] for n in reversed(_stage_names(models, m)) if n in by_name), None)
-        if src is None:
+    stages = [m for m in models if m["role"] == "stage"]
+    for src, m in zip(stages, stages[1:]):  # a quantized stage against the fp32 stage before it
+        if not m["name"].endswith("quantize"):
             continue
         for key, label in (("latency_ms", "batch 1, 1 thread"), ("latency_batch_ms", "large batch, all threads")):
             q, f = m[key]["p50"], src[key]["p50"]
@@ -167,11 +164,6 @@ def _runtime_notes(rows: list[dict]) -> list[str]:
                     notes.append(f"{Path(r['path']).name} ({r['runtime']}) is SLOWER than {what} {Path(ref['path']).name} "
                                  f"at {label}: p50 {mine * 1000:.1f} us vs {theirs * 1000:.1f} us ({theirs / mine:.2f}x).")
     return notes
-
-
-def _stage_names(models, entry) -> list[str]:
-    names = [m["name"] for m in models if m["role"] == "stage"]
-    return names[:names.index(entry["name"])]
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -362,13 +354,11 @@ def plot(report: dict, path: Path) -> None:
         ax.scatter([x], [y], s=40 + 1500 * r["size_bytes"] / biggest, marker=markers[r["runtime"]], facecolors="none",
                    edgecolors=colors["final"], linewidths=1.5, zorder=3)
         points.append((x, y, {"name": f"final, {r['runtime']}", "size_bytes": r["size_bytes"]}))
-    ax.set_xscale("log")
+    ax.set(xscale="log", xlabel="latency p50, batch 1, 1 thread (us, log scale)", ylabel="test accuracy (%)",
+           title=f"{report['name']}: accuracy vs latency (marker area = file size)")
     label_points(ax, fig, [(x, y, f"{m['name']} ({size_text(m['size_bytes'])})", "black") for x, y, m in points],
                  width=90, step=22, offset=9, fontsize=8)
     plain_log_ticks(ax)
-    ax.set_xlabel("latency p50, batch 1, 1 thread (us, log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{report['name']}: accuracy vs latency (marker area = file size)")
     ax.grid(True, which="both", alpha=0.3)
     for role, c in colors.items():
         ax.scatter([], [], c=c, alpha=0.6, label=role)
@@ -379,13 +369,12 @@ def plot(report: dict, path: Path) -> None:
     save(fig, path)
 
 
-def write(report: dict, out_dir: Path, to_markdown=None, to_plot=None) -> None:
-    """report.json (validated: what is written is what compress check will accept), report.md and report.png, the
-    last two by the task's presenters (default: classification's)."""
+def write(report: dict, out_dir: Path, to_markdown, to_plot) -> None:
+    """report.json (validated: what is written is what compress check will accept), and the task's report.md and png."""
     validate_report(report, str(out_dir / "report.json"))
     write_json(out_dir / "report.json", report)
-    write_text(out_dir / "report.md", (to_markdown or markdown)(report))
-    (to_plot or plot)(report, out_dir / "report.png")
+    write_text(out_dir / "report.md", to_markdown(report))
+    to_plot(report, out_dir / "report.png")
 
 
 def print_table(report: dict) -> None:

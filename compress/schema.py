@@ -6,24 +6,10 @@ an error naming the file and the key. The quality entry is task-neutral, ``metri
 higher_is_better}`` (``accuracy`` for classification; a language model's ``bits_per_byte`` fits the same
 shape), so the gate compares any task's runs the same way.
 
-report.json, ``schema_version`` 3 (what changed from 2): one schema for every task. A language model's run
-    (``task: lm``) writes the same report as a classification run: roles ``teacher | scratch | assistant |
-    stage | final`` (its former roles ``student`` and ``onnx`` and names like ``student-int8.onnx`` are gone:
-    every model is measured from its own file and named by its stage, ``03_quantize``), ``metric`` is
-    ``bits_per_byte`` (lower is better), a stage log entry may name the ``model`` it ran on (an assistant),
-    and its own sections are ``bench`` (generation), ``samples``, ``targets``, ``metrics`` and ``notes``. A classification
-    report changed only its ``schema_version``.
-
-report.json, ``schema_version`` 2 (what changed from 1):
-    - ``task`` (``classify``) and ``recipe_file`` (the recipe's absolute path, for re-measuring);
-    - every model entry has ``file`` (its path relative to the run folder), ``sha256`` and ``metric``;
-    - ``digests``: ``{relative path: {sha256, size_bytes}}`` for every model file the run wrote;
-    - ``warnings``: cache entries that failed verification and were recomputed.
-    Paths (``path``, ``files``) point at the run folder the run was published to.
-
-baseline, ``schema_version`` 2 (from 1: ``accuracy`` became ``metric``; ``tolerance`` is keyed by the
-metric's name, ``size`` and ``latency``; every key is required and checked). A version-1 baseline is
-refused with the command that regenerates it.
+report.json is at ``schema_version`` 3 (one schema for every task; what changed from 1 and 2: docs/report.md).
+The baseline is at ``schema_version`` 2 (from 1: ``accuracy`` became ``metric``; ``tolerance`` is keyed by the
+metric's name, ``size`` and ``latency``; every key is required and checked); a version-1 baseline is refused
+with the command that regenerates it.
 """
 
 from __future__ import annotations
@@ -35,14 +21,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from compress.errors import CompressError
+from compress.errors import CompressError, key_path
 
 __all__ = ["REPORT_VERSION", "BASELINE_VERSION", "Metric", "FileDigest", "ReportModel", "Report", "LatencyRatio",
-           "Baseline", "SchemaError", "read_json", "read_report", "read_baseline", "validate_report", "ROLES"]
+           "Baseline", "SchemaError", "read_json", "read_report", "read_baseline", "validate_report"]
 
 REPORT_VERSION = 3
 BASELINE_VERSION = 2
-ROLES = ("teacher", "scratch", "assistant", "stage", "final")
 MAX_JSON_BYTES = 64 << 20  # a report of a few hundred models is well under 1 MB; refuse anything absurd before parsing
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -176,12 +161,11 @@ def _refuse_constant(name: str):
 
 def read_json(path: str | Path, what: str) -> Any:
     """A JSON file's content; NaN/Infinity, files over MAX_JSON_BYTES and non-regular files are refused."""
-    import os
     import stat
 
     path = Path(path)
     try:
-        st = os.stat(path)
+        st = path.stat()
     except FileNotFoundError:
         raise SchemaError(f"{path}: no such {what}") from None
     if not stat.S_ISREG(st.st_mode):
@@ -194,13 +178,6 @@ def read_json(path: str | Path, what: str) -> Any:
         raise SchemaError(f"{path}: the {what} is not valid JSON ({exc})") from None
 
 
-def _where(loc) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
 def _validate(cls, data: Any, path: str | Path, what: str, hint: str = ""):
     if not isinstance(data, dict):
         raise SchemaError(f"{path}: a {what} is a JSON object (got {type(data).__name__})")
@@ -211,15 +188,11 @@ def _validate(cls, data: Any, path: str | Path, what: str, hint: str = ""):
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False)[:5]:
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            got = err.get("input")
-            if err["type"] not in ("missing", "extra_forbidden") and isinstance(got, (int, float, str)) and not isinstance(got, bool):
+            plain = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"])
+            msg, got = plain or err["msg"].removeprefix("Value error, "), err.get("input")
+            if plain is None and isinstance(got, (int, float, str)) and not isinstance(got, bool):
                 msg += f" (got {got!r})"
-            lines.append(f"{_where(err['loc']) or '(top level)'}: {msg}")
+            lines.append(f"{key_path(err['loc']) or '(top level)'}: {msg}")
         raise SchemaError(f"{path}: invalid {what}: " + "; ".join(lines) + hint) from None
 
 

@@ -12,9 +12,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
-from compress.losses.base import Batch, LayerError, LossConfig, Probe, Term, register_loss
-from compress.losses.hint import LayerPair
+from compress.losses.base import LayerError, LossConfig, Probe, Term, register_loss
+from compress.losses.hint import HintTerm, LayerPair
 
 __all__ = ["AttentionConfig", "attention_map", "at_loss"]
 
@@ -36,18 +37,8 @@ def at_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (attention_map(student) - attention_map(teacher)).pow(2).mean()
 
 
-class _Attention(Term):
-    def __init__(self, pairs: list[LayerPair]):
-        super().__init__()
-        self.pairs = [(p.teacher, p.student, p.weight) for p in pairs]
-        self.teacher_layers = tuple(p.teacher for p in pairs)
-        self.student_layers = tuple(p.student for p in pairs)
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        total = batch.logits.new_zeros(())
-        for t_name, s_name, w in self.pairs:
-            total = total + w * at_loss(batch.student_features[s_name], batch.teacher_features[t_name])
-        return total
+class _Attention(HintTerm):
+    pair_loss = staticmethod(at_loss)
 
 
 @register_loss(AttentionConfig)
@@ -58,4 +49,4 @@ def build_attention(cfg: AttentionConfig, probe: Probe) -> Term:
         if len(t_shape) not in (2, 3) or len(s_shape) != len(t_shape) or t_shape[1:] != s_shape[1:]:
             raise LayerError(f"attention maps need C x H x W outputs of the same H x W; got student {s_shape} "
                              f"and teacher {t_shape}", ("pairs", i))
-    return _Attention(cfg.pairs)
+    return _Attention(cfg.pairs, [nn.Identity() for _ in cfg.pairs])  # maps of any channel count compare

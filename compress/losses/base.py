@@ -11,6 +11,7 @@ A stage's ``loss: [...]`` list is summed with each entry's ``weight``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,7 +19,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-__all__ = ["LossConfig", "LOSSES", "LossSpec", "register_loss", "Batch", "Probe", "Term", "LayerError", "FeatureTap"]
+from compress.errors import key_path
+
+__all__ = ["LossConfig", "LOSSES", "LossSpec", "register_loss", "Batch", "Probe", "Term", "FnTerm", "LayerError",
+           "FeatureTap"]
 
 
 class LossConfig(BaseModel):
@@ -51,6 +55,17 @@ class Term(nn.Module):
         raise NotImplementedError
 
 
+class FnTerm(Term):
+    """A term that is ``fn(batch)`` on the logits alone (no layers, no parameters)."""
+
+    def __init__(self, fn: Callable[[Batch], torch.Tensor], needs_teacher: bool = True):
+        super().__init__()
+        self.fn, self.needs_teacher = fn, needs_teacher
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.fn(batch)
+
+
 class LayerError(ValueError):
     """A layer name or shape that a loss cannot use; ``path`` is the key path inside the loss entry."""
 
@@ -60,12 +75,11 @@ class LayerError(ValueError):
 
     @property
     def key(self) -> str:
-        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path).lstrip(".")
+        return key_path(self.path)
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    kind: str
     config: type[LossConfig]
     build: Callable[[LossConfig, "Probe"], Term]
 
@@ -80,7 +94,7 @@ def register_loss(config: type[LossConfig]):
     def wrap(fn):
         if kind in LOSSES:
             raise ValueError(f"loss {kind!r} is registered twice ({LOSSES[kind].build.__module__} and {fn.__module__})")
-        LOSSES[kind] = LossSpec(kind, config, fn)
+        LOSSES[kind] = LossSpec(config, fn)
         return fn
 
     return wrap
@@ -95,16 +109,11 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, names: tuple[str, ...] | list[str]):
         self.outputs: dict[str, torch.Tensor] = {}
-        self._handles = []
-        for name in dict.fromkeys(names):
-            module = model.get_submodule(name)
-            self._handles.append(module.register_forward_hook(self._keep(name)))
+        self._handles = [model.get_submodule(name).register_forward_hook(functools.partial(self._keep, name))
+                         for name in dict.fromkeys(names)]
 
-    def _keep(self, name):
-        def hook(_module, _inputs, output):
-            self.outputs[name] = output.clone()
-
-        return hook
+    def _keep(self, name, _module, _inputs, output):
+        self.outputs[name] = output.clone()
 
     def remove(self) -> None:
         for h in self._handles:
@@ -127,16 +136,12 @@ class Probe:
         self.stage = stage or {}  # the stage's own temperature/alpha, the defaults of logit losses
         self._shapes: dict[tuple[str, str], tuple[int, ...]] = {}
 
-    def names(self, role: str) -> list[str]:
-        model = self.teacher if role == "teacher" else self.student
-        return [n for n, _ in model.named_modules() if n]
-
     def shape(self, role: str, name: str, key: tuple) -> tuple[int, ...]:
         """Output shape of layer ``name`` of the teacher or student; LayerError (listing the names) if absent."""
         model = self.teacher if role == "teacher" else self.student
         if model is None:
             raise LayerError(f"layer '{name}' asked of a teacher that has no layers to read", key)
-        names = self.names(role)
+        names = [n for n, _ in model.named_modules() if n]
         if name not in names:
             raise LayerError(f"the {role} has no layer '{name}'; available layers: {', '.join(names)}", key)
         if (role, name) not in self._shapes:

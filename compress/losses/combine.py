@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from compress.errors import RecipeError
+from compress.errors import RecipeError, key_path
 from compress.losses.base import LOSSES, Batch, FeatureTap, LayerError, LossConfig, Probe, Term
 
 __all__ = ["loss_union", "build_terms", "Objective"]
@@ -32,8 +32,7 @@ def build_terms(specs: list[LossConfig], teacher: nn.Module | None, student: nn.
             path = (*at, i, *exc.path)
             if hasattr(recipe, "error_at"):  # names the file and line of the key
                 raise recipe.error_at(str(exc), *path) from None
-            key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-            raise RecipeError(str(exc), getattr(recipe, "source_file", None), None, key) from None
+            raise RecipeError(str(exc), getattr(recipe, "source_file", None), None, key_path(path)) from None
     return terms
 
 

@@ -52,6 +52,10 @@ def make_projector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...
 
 
 class HintTerm(Term):
+    """Sum over the layer pairs of weight * ``pair_loss(projected student output, teacher output)``."""
+
+    pair_loss = staticmethod(F.mse_loss)
+
     def __init__(self, pairs: list[LayerPair], projectors: list[nn.Module]):
         super().__init__()
         self.pairs = [(p.teacher, p.student, p.weight) for p in pairs]
@@ -62,7 +66,7 @@ class HintTerm(Term):
     def forward(self, batch: Batch) -> torch.Tensor:
         total = batch.logits.new_zeros(())
         for (t_name, s_name, w), proj in zip(self.pairs, self.projectors):
-            total = total + w * F.mse_loss(proj(batch.student_features[s_name]), batch.teacher_features[t_name])
+            total = total + w * self.pair_loss(proj(batch.student_features[s_name]), batch.teacher_features[t_name])
         return total
 
 

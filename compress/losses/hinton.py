@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from compress.losses.base import Batch, LossConfig, Probe, Term, register_loss
+from compress.losses.base import FnTerm, LossConfig, Probe, Term, register_loss
 
 __all__ = ["hinton_kd_loss", "soft_kl", "HintonConfig"]
 
@@ -48,17 +48,8 @@ class HintonConfig(LossConfig):
     alpha: float | None = Field(None, ge=0, le=1, description="default: the stage's alpha")
 
 
-class _Hinton(Term):
-    def __init__(self, temperature: float, alpha: float):
-        super().__init__()
-        self.temperature, self.alpha = temperature, alpha
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return hinton_kd_loss(batch.logits, batch.teacher_logits, batch.targets, self.temperature, self.alpha)
-
-
 @register_loss(HintonConfig)
 def build_hinton(cfg: HintonConfig, probe: Probe) -> Term:
     t = cfg.temperature if cfg.temperature is not None else probe.stage.get("temperature", 4.0)
     a = cfg.alpha if cfg.alpha is not None else probe.stage.get("alpha", 0.5)
-    return _Hinton(t, a)
+    return FnTerm(lambda b: hinton_kd_loss(b.logits, b.teacher_logits, b.targets, t, a))

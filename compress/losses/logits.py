@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from compress.losses.base import Batch, LossConfig, Probe, Term, register_loss
+from compress.losses.base import FnTerm, LossConfig, Probe, Term, register_loss
 from compress.losses.hinton import soft_kl
 
 __all__ = ["KLConfig", "MSEConfig", "CEConfig", "logit_mse"]
@@ -43,37 +43,17 @@ class CEConfig(LossConfig):
     kind: Literal["ce"]
 
 
-class _KL(Term):
-    def __init__(self, temperature: float):
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return soft_kl(batch.logits, batch.teacher_logits, self.temperature)
-
-
-class _MSE(Term):
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return logit_mse(batch.logits, batch.teacher_logits)
-
-
-class _CE(Term):
-    needs_teacher = False
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(batch.logits, batch.targets)
-
-
 @register_loss(KLConfig)
 def build_kl(cfg: KLConfig, probe: Probe) -> Term:
-    return _KL(cfg.temperature if cfg.temperature is not None else probe.stage.get("temperature", 4.0))
+    t = cfg.temperature if cfg.temperature is not None else probe.stage.get("temperature", 4.0)
+    return FnTerm(lambda b: soft_kl(b.logits, b.teacher_logits, t))
 
 
 @register_loss(MSEConfig)
 def build_mse(cfg: MSEConfig, probe: Probe) -> Term:
-    return _MSE()
+    return FnTerm(lambda b: logit_mse(b.logits, b.teacher_logits))
 
 
 @register_loss(CEConfig)
 def build_ce(cfg: CEConfig, probe: Probe) -> Term:
-    return _CE()
+    return FnTerm(lambda b: F.cross_entropy(b.logits, b.targets), needs_teacher=False)

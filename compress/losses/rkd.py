@@ -89,10 +89,9 @@ class _RKD(Term):
 
 
 def _build(fn, cfg: _RKDConfig, probe: Probe) -> Term:
-    if cfg.teacher:
-        probe.shape("teacher", cfg.teacher, ("teacher",))
-    if cfg.student:
-        probe.shape("student", cfg.student, ("student",))
+    for role, layer in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if layer:
+            probe.shape(role, layer, (role,))  # a LayerError when the layer does not exist
     return _RKD(fn, cfg.teacher, cfg.student)
 
 

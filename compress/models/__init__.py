@@ -12,17 +12,22 @@ import torch
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.spec import ATTENTION_ARCHS
 from compress.models.zoo import ZOO
 
 __all__ = ["build_model", "load_weights", "read_state_dict", "check_io", "describe_spec", "set_factory_base",
            "factory_base", "search_path"]
 
 
+def _zoo_kwargs(spec) -> dict:
+    """A built-in arch's keyword arguments; heads (default 4) and patch are the attention archs' only."""
+    extra = {"heads": spec.heads or 4} if spec.arch in ATTENTION_ARCHS else {}
+    return {"width": spec.width, "depth": spec.depth, **extra, **({} if spec.patch is None else {"patch": spec.patch})}
+
+
 def describe_spec(spec) -> str:
     if spec.arch:
-        heads = f", heads={spec.heads or 4}" if spec.arch in ("transformer", "text_transformer") else ""
-        heads += f", patch={spec.patch}" if spec.patch is not None else ""
-        return f"{spec.arch}(width={spec.width}, depth={spec.depth}{heads})"
+        return f"{spec.arch}({', '.join(f'{k}={v}' for k, v in _zoo_kwargs(spec).items())})"
     return f"{spec.factory}({', '.join(f'{k}={v!r}' for k, v in spec.kwargs.items())})"
 
 
@@ -34,10 +39,7 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int, base: str 
     """
     if spec.arch:
         try:
-            extra = {"heads": spec.heads or 4} if spec.arch in ("transformer", "text_transformer") else {}
-            if spec.patch is not None:
-                extra["patch"] = spec.patch
-            return ZOO[spec.arch](tuple(input_shape), num_classes, width=spec.width, depth=spec.depth, **extra)
+            return ZOO[spec.arch](tuple(input_shape), num_classes, **_zoo_kwargs(spec))
         except ValueError as exc:
             raise ModelError(str(exc)) from None
     mod_name, fn_name = spec.factory.split(":")
@@ -102,26 +104,20 @@ def _factory_path(base: Path | None):
     try:
         yield
     finally:
-        try:
-            sys.path.remove(entry)  # the first occurrence: the one inserted above, unless the factory inserted it too
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):  # the first occurrence: ours, unless the factory inserted it too
+            sys.path.remove(entry)
 
 
 def _own_file(base: Path, top: str) -> Path | None:
     """``base/top.py`` or ``base/top/`` (a package), when the recipe's folder has a module of that name."""
-    for cand in (base / f"{top}.py", base / top):
-        if cand.is_file() or (cand.is_dir() and cand.suffix == ""):
-            return cand
-    return None
+    candidates = (base / f"{top}.py", base / top)
+    return next((c for c in candidates if c.is_file() or (c.is_dir() and c.suffix == "")), None)
 
 
 def _loaded_from(module) -> Path | None:
     f = getattr(module, "__file__", None)
-    if f:
-        return Path(f).resolve()
-    paths = list(getattr(module, "__path__", []) or [])
-    return Path(paths[0]).resolve() if paths else None
+    f = f or next(iter(getattr(module, "__path__", None) or []), None)  # a namespace package has no __file__
+    return Path(f).resolve() if f else None
 
 
 def _import_factory(factory: str, mod_name: str, base: Path | None):

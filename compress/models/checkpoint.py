@@ -16,7 +16,7 @@ from torch import nn
 from compress._io import atomic_path
 from compress.errors import ModelError
 
-__all__ = ["save_model", "load_model", "load_model_bytes"]
+__all__ = ["save_model", "load_model_bytes"]
 
 _ATTRS = {
     nn.Conv1d: ("in_channels", "out_channels", "groups"),
@@ -32,28 +32,17 @@ _ATTRS = {
 def save_model(model: nn.Module, path: Path) -> Path:
     from safetensors.torch import save_file
 
-    attrs = {}
-    for name, mod in model.named_modules():
-        for cls, keys in _ATTRS.items():
-            if type(mod) is cls:
-                attrs[name] = {k: getattr(mod, k) for k in keys}
+    attrs = {name: {k: getattr(mod, k) for k in _ATTRS[type(mod)]} for name, mod in model.named_modules()
+             if type(mod) in _ATTRS}
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"compress.attrs": json.dumps(attrs)})
     return path
 
 
-def load_model(template: nn.Module, path: Path) -> nn.Module:
-    """``template`` is a fresh model of the same architecture; it is not modified (a copy is returned)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: unreadable model checkpoint ({exc.strerror})") from None
-    return load_model_bytes(template, data, str(path))
-
-
 def load_model_bytes(template: nn.Module, data: bytes, where: str) -> nn.Module:
-    """``load_model`` from the bytes of a checkpoint (so that the bytes verified are the bytes loaded)."""
+    """A copy of ``template`` (a fresh model of the same architecture) with the checkpoint's tensors and layer
+    attributes; from the bytes (the cache's: the bytes it verified are the bytes loaded)."""
     import copy
     import struct
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
 __all__ = ["ZOO", "cnn", "mlp", "transformer", "text_transformer", "Attention", "Tokens", "ByteTokens"]
+
+
+GRID_1D = 4  # cells the 1-D cnn averages the sequence into (4, like the 2-D cnn's 2 x 2 grid)
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: int = 2) -> nn.Module:
@@ -19,44 +23,25 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, depth: 
 
     >>> cnn((1, 8, 8), 10, width=16, depth=2)  # 16-32 channels, 6.1k params, 0.32M MACs
 
-    Signal input C x L (e.g. MNIST-1D, 1 x 40) gets the same network in 1-D: conv3+BN+ReLU blocks
-    (Conv1d, BatchNorm1d), a max-pool by 2 after every second block and average pooling to GRID_1D
-    cells of the sequence, so the layer names and the pruning and export paths are the same.
+    Signal input C x L (e.g. MNIST-1D, 1 x 40) gets the same network in 1-D, pooled to GRID_1D cells of
+    the sequence, so the layer names and the pruning and export paths are the same.
     """
-    if len(input_shape) == 2:
-        return _cnn1d(tuple(input_shape), num_classes, width, depth)
-    if len(input_shape) != 3:
+    if len(input_shape) not in (2, 3):
         raise ValueError(f"arch 'cnn' needs image input C x H x W (got input shape {tuple(input_shape)}); use arch 'mlp'")
-    c, h, w = input_shape
+    conv, bn, pool, avg = ((nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d) if len(input_shape) == 2 else
+                           (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d))
+    c, *size = input_shape
     layers: list[nn.Module] = []
     for i in range(depth):
         out = width * 2 ** i
-        layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        layers += [conv(c, out, 3, padding=1, bias=False), bn(out), nn.ReLU(inplace=True)]
         c = out
-        if i % 2 == 1 and i < depth - 1 and min(h, w) >= 2:
-            layers.append(nn.MaxPool2d(2))
-            h, w = h // 2, w // 2
-    grid = 2 if min(h, w) >= 2 else 1
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten())
-    return _Net(nn.Sequential(*layers), head, nn.Linear(c * grid * grid, num_classes))
-
-
-GRID_1D = 4  # cells the 1-D cnn averages the sequence into (4, like the 2-D cnn's 2 x 2 grid)
-
-
-def _cnn1d(input_shape: tuple[int, int], num_classes: int, width: int, depth: int) -> nn.Module:
-    c, length = input_shape
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        out = width * 2 ** i
-        layers += [nn.Conv1d(c, out, 3, padding=1, bias=False), nn.BatchNorm1d(out), nn.ReLU(inplace=True)]
-        c = out
-        if i % 2 == 1 and i < depth - 1 and length >= 2:
-            layers.append(nn.MaxPool1d(2))
-            length //= 2
-    grid = min(GRID_1D, length)
-    head = nn.Sequential(nn.AdaptiveAvgPool1d(grid), nn.Flatten())
-    return _Net(nn.Sequential(*layers), head, nn.Linear(c * grid, num_classes))
+        if i % 2 == 1 and i < depth - 1 and min(size) >= 2:
+            layers.append(pool(2))
+            size = [n // 2 for n in size]
+    grid = min(GRID_1D, size[0]) if len(size) == 1 else (2 if min(size) >= 2 else 1)
+    head = nn.Sequential(avg(grid), nn.Flatten())
+    return _Net(nn.Sequential(*layers), head, nn.Linear(c * grid ** len(size), num_classes))
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, width: int = 128, depth: int = 2) -> nn.Module:
@@ -217,20 +202,12 @@ class Attention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 
-class _MLP(nn.Module):
-    def __init__(self, width: int, hidden: int):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class _Block(nn.Module):
     def __init__(self, width: int, heads: int, hidden: int):
         super().__init__()
         self.norm1, self.attn = nn.LayerNorm(width), Attention(width, heads)
-        self.norm2, self.mlp = nn.LayerNorm(width), _MLP(width, hidden)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(width, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, width)))
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))

@@ -16,17 +16,13 @@ import numpy as np
 
 from compress.errors import CompressError, MissingExtraError
 
-__all__ = ["Runner", "RuntimeSpec", "RUNTIMES", "register_runtime", "runtime_for", "load", "available", "installed",
+__all__ = ["Runner", "RuntimeSpec", "RUNTIMES", "register_runtime", "runtime_for", "load", "installed",
            "native_output_silenced"]
 
 
 class Runner:
-    """A loaded model. Subclasses implement ``run`` (one call on a batch the file accepts).
-
-    Attributes:
-        path: the model file.
-        static_batch: the one batch size the file accepts (ExecuTorch, LiteRT), or None for any.
-    """
+    """A loaded model file (``path``). Subclasses implement ``run`` (one call on a batch the file accepts) and
+    ``input_shape``, and set ``static_batch`` when the file accepts one batch size only (ExecuTorch, LiteRT)."""
 
     static_batch: int | None = None
 
@@ -61,8 +57,12 @@ class Runner:
         """A zero-argument callable that runs ``x`` once (a static-batch file runs it in chunks)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.static_batch is None or len(x) == self.static_batch:
-            return lambda: self.run(x)
+            return self._call(x)
         return lambda: self.predict(x)
+
+    def _call(self, x: np.ndarray) -> Callable[[], object]:
+        """One call on a batch the file accepts (contiguous float32); a runtime binds what it can ahead of time."""
+        return lambda: self.run(x)
 
 
 @dataclass(frozen=True)
@@ -72,20 +72,18 @@ class RuntimeSpec:
     load: Callable[[Path, int], Runner]  # load(path, threads) -> Runner; threads 0 = all cores
     module: str | None  # the import that must exist (None: a core dependency)
     extra: str | None  # the pip extra that installs it
-    description: str
 
 
 RUNTIMES: dict[str, RuntimeSpec] = {}
 
 
-def register_runtime(name: str, *, suffixes: tuple[str, ...], module: str | None = None, extra: str | None = None,
-                     description: str = ""):
+def register_runtime(name: str, *, suffixes: tuple[str, ...], module: str | None = None, extra: str | None = None):
     """Register ``load(path, threads) -> Runner`` under ``name``; a duplicate name raises."""
 
     def wrap(fn):
         if name in RUNTIMES:
             raise ValueError(f"runtime {name!r} is registered twice ({RUNTIMES[name].load.__module__} and {fn.__module__})")
-        RUNTIMES[name] = RuntimeSpec(name, suffixes, fn, module, extra, description)
+        RUNTIMES[name] = RuntimeSpec(name, suffixes, fn, module, extra)
         return fn
 
     return wrap
@@ -95,11 +93,6 @@ def installed(name: str) -> bool:
     """Whether runtime ``name``'s optional package is importable (without importing it)."""
     spec = RUNTIMES[name]
     return spec.module is None or importlib.util.find_spec(spec.module) is not None
-
-
-def available() -> list[str]:
-    """Names of the registered runtimes whose packages are installed."""
-    return [n for n in RUNTIMES if installed(n)]
 
 
 def runtime_for(path: str | Path) -> RuntimeSpec:

@@ -36,26 +36,20 @@ def _set_threads(threads: int) -> None:
         _unsafe_reset_threadpool(want)
 
 
-def threads_used() -> int:
-    """The threads XNNPACK's process-wide pool runs ``.pte`` files on."""
-    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
-
-    return int(_threadpool_get_thread_count())
-
-
 class PteRunner(Runner):
     """One ExecuTorch program's ``forward`` method, run by the pybind runtime."""
 
     def __init__(self, path, threads: int = 1):
         super().__init__(path)
         import torch
+        from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
         from executorch.runtime import Runtime
 
         self._torch = torch
         with native_output_silenced():
             self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
             _set_threads(threads)
-        self.threads_used = threads_used()
+        self.threads_used = int(_threadpool_get_thread_count())  # XNNPACK's process-wide pool
         sizes = tuple(int(d) for d in self.method.metadata.input_tensor_meta(0).sizes())
         self.static_batch, self._sample_shape = sizes[0], sizes[1:]
 
@@ -66,10 +60,8 @@ class PteRunner(Runner):
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.method.execute([self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()
 
-    def timer(self, x: np.ndarray):
-        if len(x) != self.static_batch:
-            return super().timer(x)
-        t, execute = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))], self.method.execute
+    def _call(self, x: np.ndarray):
+        t, execute = [self._torch.from_numpy(x)], self.method.execute
         return lambda: execute(t)
 
 
@@ -94,8 +86,7 @@ def io_details(path) -> dict[str, list[dict]]:
             "outputs": [row(meta.output_tensor_meta(i), i) for i in range(meta.num_outputs())]}
 
 
-@register_runtime("executorch", suffixes=(".pte",), module="executorch", extra="executorch",
-                  description="ExecuTorch, XNNPACK delegate (static batch)")
+@register_runtime("executorch", suffixes=(".pte",), module="executorch", extra="executorch")
 def load(path, threads: int = 1) -> PteRunner:
     return PteRunner(path, threads)
 

@@ -59,9 +59,7 @@ class TfliteRunner(Runner):
         it.invoke()
         return self._dequantize(it.get_tensor(self._out["index"]))
 
-    def timer(self, x: np.ndarray):
-        if len(x) != self.static_batch:
-            return super().timer(x)
+    def _call(self, x: np.ndarray):
         # Input set once: the timed call is invoke() plus reading the output, as in an app's loop.
         it, q, idx, out = self.interpreter, self._quantize(x), self._in["index"], self._out["index"]
 
@@ -81,20 +79,14 @@ def io_details(path) -> dict[str, list[dict]]:
     with native_output_silenced():
         it = Interpreter(model_path=str(path))
 
-    def rows(details):
-        out = []
-        for d in details:
-            row = {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
-            if np.dtype(d["dtype"]).kind in "iu":
-                scale, zero = d["quantization"]
-                row["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
-            out.append(row)
-        return out
-    return {"inputs": rows(it.get_input_details()), "outputs": rows(it.get_output_details())}
+    def row(d):
+        (scale, zero), dtype = d["quantization"], np.dtype(d["dtype"])
+        q = {"quantization": {"scale": float(scale), "zero_point": int(zero)}} if dtype.kind in "iu" else {}
+        return {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": dtype.name, **q}
+    return {"inputs": [row(d) for d in it.get_input_details()], "outputs": [row(d) for d in it.get_output_details()]}
 
 
-@register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert",
-                  description="LiteRT (TFLite) interpreter, XNNPACK delegate (static batch)")
+@register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert")
 def load(path, threads: int = 1) -> TfliteRunner:
     return TfliteRunner(path, threads)
 

@@ -10,7 +10,8 @@ from compress.runtimes.base import Runner, register_runtime
 
 __all__ = ["session", "predict", "OPT_LEVELS", "OrtRunner"]
 
-OPT_LEVELS = ("disable", "basic", "extended", "all")
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}  # names of ort.GraphOptimizationLevel
 
 
 def session(path: str | Path, threads: int = 1, opt_level: str = "all"):
@@ -26,12 +27,7 @@ def session(path: str | Path, threads: int = 1, opt_level: str = "all"):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[opt_level]
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
@@ -70,11 +66,11 @@ class OrtRunner(Runner):
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
 
-    def timer(self, x: np.ndarray):
-        feed, run = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}, self.session.run
+    def _call(self, x: np.ndarray):
+        feed, run = {self.input_name: x}, self.session.run
         return lambda: run(None, feed)
 
 
-@register_runtime("ort", suffixes=(".onnx",), description="onnxruntime, CPU execution provider")
+@register_runtime("ort", suffixes=(".onnx",))  # onnxruntime's CPU execution provider
 def load(path, threads: int = 1) -> OrtRunner:
     return OrtRunner(path, threads)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import tempfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from compress.runtimes.onnxruntime import OrtRunner
 __all__ = ["load", "mobile_usability"]
 
 
-@register_runtime("ort-mobile", suffixes=(".ort",), description="onnxruntime, ORT mobile format, CPU execution provider")
+@register_runtime("ort-mobile", suffixes=(".ort",))  # onnxruntime's CPU execution provider
 def load(path, threads: int = 1) -> OrtRunner:
     return OrtRunner(path, threads)
 
@@ -35,8 +34,6 @@ def mobile_usability(onnx_path: str | Path) -> dict:
     from onnxruntime.tools.mobile_helpers import usability_checker as uc
     from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
 
-    quiet = logging.getLogger("compress.usability")
-    quiet.setLevel(logging.ERROR)
     checks = {
         "nnapi": uc.check_nnapi_partitions,
         "coreml_neuralnetwork": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),

@@ -470,11 +470,12 @@ def test_removing_a_dead_head_changes_nothing(trained_transformer, as_artifact, 
 def test_pruned_transformer_survives_the_checkpoint(trained_transformer, as_artifact, make_ctx, splits, tmp_path):
     """The stage cache saves pruned models as safetensors and loads them into a fresh model: the head
     count follows the qkv layer's width, so it comes back too."""
-    from compress.models.checkpoint import load_model, save_model
+    from compress.models.checkpoint import load_model_bytes, save_model
     from compress.models.zoo import transformer
 
     out = prune(as_artifact(trained_transformer), cfg(ratio=0.5, head_ratio=0.5), make_ctx()).model
-    back = load_model(transformer((1, 8, 8), 10, width=16, depth=2, heads=4), save_model(out, tmp_path / "m.safetensors"))
+    data = save_model(out, tmp_path / "m.safetensors").read_bytes()
+    back = load_model_bytes(transformer((1, 8, 8), 10, width=16, depth=2, heads=4), data, "m")
     x = torch.from_numpy(splits.val.x[:8])
     with torch.no_grad():
         torch.testing.assert_close(back(x), out.eval()(x))

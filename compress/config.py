@@ -8,10 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from compress.errors import ChainError, RecipeError
+from compress.errors import ChainError, RecipeError, key_path
 from compress.stages.base import stages_for
 
-__all__ = ["Strict", "SplitConfig", "RecipeBase", "fmt_path", "check_chain", "nodes"]
+__all__ = ["Strict", "SplitConfig", "RecipeBase", "check_chain", "nodes"]
 
 
 class Strict(BaseModel):
@@ -27,14 +27,6 @@ class SplitConfig(Strict):
         if self.val + self.test >= 1:
             raise ValueError(f"val + test must leave data for training (got {self.val} + {self.test} >= 1)")
         return self
-
-
-def fmt_path(path) -> str:
-    """A key path as a recipe reader writes it: ``stages[1].importance``."""
-    s = ""
-    for p in path:
-        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
-    return s
 
 
 class RecipeBase(Strict):
@@ -53,7 +45,7 @@ class RecipeBase(Strict):
     def error_at(self, message: str, *path) -> RecipeError:
         """A RecipeError at a key path, for problems found after parsing (missing files, data, shapes)."""
         line = next((self._lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self._lines), None)
-        return RecipeError(message, self.source_file, line, fmt_path(path) or None)
+        return RecipeError(message, self.source_file, line, key_path(path) or None)
 
     def check(self) -> None:
         """Rules across keys, after parsing and before any compute (the task's recipe adds its own)."""

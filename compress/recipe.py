@@ -22,13 +22,13 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
-from compress.config import RecipeBase, SplitConfig, Strict, check_chain, fmt_path, nodes
+from compress.config import RecipeBase, SplitConfig, Strict, check_chain, nodes
 from compress.lm.recipe import LMRecipe
-from compress.errors import ChainError, RecipeError
+from compress.errors import ChainError, RecipeError, key_path
 from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES, stages_for
 
-__all__ = ["Recipe", "load_recipe", "parse_recipe", "recipe_and_data", "DataConfig", "ModelSpec", "TrainConfig", "check_chain", "fmt_path"]
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "recipe_and_data", "DataConfig", "ModelSpec", "TrainConfig", "check_chain"]
 
 
 IMAGE_SOURCES = ("digits", "imagefolder")  # sources whose size and channels a recipe can choose
@@ -423,7 +423,7 @@ def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines
         for err in errors[:5]:
             loc, msg = _message(err, data, types_, schema, stage_configs)
             line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-            found.append(RecipeError(msg, file, line, fmt_path(loc) or None))
+            found.append(RecipeError(msg, file, line, key_path(loc) or None))
         first = found[0]
         if len(found) > 1:
             more = "".join(f"\n  also: {e}" for e in found[1:])
@@ -538,7 +538,7 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
             loader.dispose()
     except _DuplicateKey as exc:
         mark = exc.problem_mark
-        raise RecipeError(exc.problem, file, mark.line + 1, fmt_path(exc.key_path)) from None
+        raise RecipeError(exc.problem, file, mark.line + 1, key_path(exc.key_path)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or str(exc)

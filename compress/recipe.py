@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
 from compress.config import RecipeBase, SplitConfig, Strict, check_chain, nodes
 from compress.lm.recipe import LMRecipe
-from compress.errors import ChainError, RecipeError, key_path
+from compress.errors import RecipeError, key_path
 from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES, stages_for
 

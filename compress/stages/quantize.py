@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from compress._io import atomic_path

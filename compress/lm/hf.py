@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from compress.errors import MissingExtraError, ModelError
+from compress.lm.model import GPT, causal_mask
 
-__all__ = ["have_transformers", "require_transformers", "inspect_folder", "FolderInfo", "HFCausalLM", "load_hf",
+__all__ = ["have_transformers", "version_problem", "inspect_folder", "FolderInfo", "HFCausalLM", "load_hf",
            "fresh_like", "save_hf", "BYTE_VOCAB"]
 
 BYTE_VOCAB = 256
@@ -59,14 +60,6 @@ def version_problem() -> str | None:
         return (f"needs transformers >= {'.'.join(map(str, MIN_VERSION))} (found {found}; its key/value cache API "
                 f"differs): {INSTALL}")
     return None
-
-
-def require_transformers(what: str = "model: {hf: ...}") -> None:
-    if not have_transformers():
-        raise MissingExtraError(what, "hf", "transformers")
-    problem = version_problem()
-    if problem:
-        raise ModelError(f"{what} {problem}")
 
 
 def _quiet_transformers():
@@ -104,7 +97,10 @@ def inspect_folder(path: Path) -> FolderInfo:
         raw = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path / 'config.json'} is not valid JSON ({exc})") from None
-    require_transformers()
+    if not have_transformers():
+        raise MissingExtraError("model: {hf: ...}", "hf", "transformers")
+    if problem := version_problem():
+        raise ModelError(f"model: {{hf: ...}} {problem}")
     transformers = _quiet_transformers()
     try:
         cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -200,20 +196,16 @@ class HFCausalLM(nn.Module):
     def forward(self, idx, past=None):
         b, t = idx.shape
         p = 0 if past is None else past[0][0].shape[2]
-        # Causal mask over (query i, key j): key j is visible when j <= p + i; additive, 0 or the dtype's minimum.
-        qi = torch.arange(t, device=idx.device).unsqueeze(1) + p
-        kj = torch.arange(p + t, device=idx.device).unsqueeze(0)
-        dtype = next(self.hf.parameters()).dtype
+        dtype = next(self.hf.parameters()).dtype  # the causal mask, additive: 0 or the dtype's minimum
         mask = torch.zeros(b, 1, t, p + t, dtype=dtype, device=idx.device).masked_fill(
-            (kj > qi)[None, None], torch.finfo(dtype).min)
+            causal_mask(t, p, idx.device)[None, None], torch.finfo(dtype).min)
         pos = (torch.arange(t, device=idx.device) + p).unsqueeze(0).expand(b, t)
         kw = {self._cache_kw: self._cache(past)} if past is not None else {}
         out = self.hf(input_ids=idx, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True, **kw)
         cache = out["cache"] if "cache" in out else out.past_key_values  # 5.x renamed past_key_values to cache
         return out.logits, self._present(cache)
 
-    def empty_past(self, batch: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(torch.zeros(batch, self.cfg.heads_of(i), 0, self.cfg.dim),) * 2 for i in range(self.cfg.layers)]
+    empty_past = GPT.empty_past  # the same shapes, read from ``cfg``
 
 
 def load_hf(path: Path, context: int) -> HFCausalLM:

@@ -74,7 +74,6 @@ class OrtDecoder:
 
         self.path = Path(path)
         self.session = session(self.path, threads=threads)
-        self.threads = threads
         ins = self.session.get_inputs()
         self.past_names = [i.name for i in ins[1:]]
         self.past_shapes = [(int(i.shape[1]), int(i.shape[3])) for i in ins[1:]]  # (heads, head_dim)

@@ -58,9 +58,8 @@ class BpbScorer:
         self.windows = windows
         self.calls = 0
         self.ref_bits_per_byte, self.ref_logits = self._run(ref)
-        logits = self.ref_logits
-        self._top1 = logits.argmax(-1)
-        self._scale = float(np.mean(logits.astype(np.float64) ** 2)) or 1.0
+        self._top1 = self.ref_logits.argmax(-1)
+        self._scale = float(np.mean(self.ref_logits.astype(np.float64) ** 2)) or 1.0
 
     def _run(self, path: Path) -> tuple[float, np.ndarray]:
         from compress.lm.onnx import OrtDecoder
@@ -152,10 +151,6 @@ def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows:
     return info
 
 
-def _bpb(x: float) -> str:
-    return f"{x:+.4f} bits/byte"
-
-
 def choose_int4(src: Path, dst: Path, val_windows: np.ndarray, prompt: np.ndarray, *, blocks, levels, budget: float,
                 per_channel: bool = True, fallback: str = "fp32", new_tokens: int = 24, rounds: int = 8, calls: int = 2,
                 seed: int = 0) -> dict:
@@ -185,7 +180,7 @@ def choose_int4(src: Path, dst: Path, val_windows: np.ndarray, prompt: np.ndarra
         speed = {r["model"]: r for r in rows}
         for c in cands:
             c.timing, c.size_bytes = speed[c.name]["decode_ms"], speed[c.name]["size_bytes"]
-        winner, met = choose(cands, budget, fmt=_bpb)
+        winner, met = choose(cands, budget, fmt=BPB.delta)
         block, level = settings[winner.name]
         cpu = cpu_info()
         notes = [f"block_size / accuracy_level auto: {winner.name} "

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from compress import distributed
 from compress.errors import StageError
 from compress.lm.data import random_windows
-from compress.lm.model import GPT, generate
+from compress.lm.model import GPT, generate, next_token
 
 __all__ = ["token_kd_loss", "bits_per_byte", "train_lm", "teacher_continuations", "evaluate_lm", "LMScore"]
 
@@ -159,9 +159,7 @@ def teacher_continuations(teacher: GPT, train: np.ndarray, count: int, prompt_le
         seq = torch.cat([prompts, cont], 1)
         with torch.no_grad():
             last = teacher(seq[:, -teacher.cfg.context:])[0][:, -1]
-        nxt = (torch.multinomial(F.softmax(last / temperature, -1), 1, generator=gen) if temperature > 0
-               else last.argmax(-1, keepdim=True))
-        out.append(torch.cat([seq, nxt], 1).numpy().astype(np.uint8))
+        out.append(torch.cat([seq, next_token(last, temperature, gen)], 1).numpy().astype(np.uint8))
     return distributed.agree(np.concatenate(out))
 
 

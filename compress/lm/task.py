@@ -1,11 +1,7 @@
 """The language-model task: what compress.pipeline asks of a task, for ``task: lm`` recipes.
 
-Byte-level data (compress.lm.data), the built-in GPT or a Hugging Face folder (compress.lm.spec), training on a
-step budget (compress.lm.context), export with the KV cache (compress.stages.lm_export), and measurement from
-the files themselves: bits per byte, perplexity and top-1 agreement with the teacher's file on the test split's
-documents (never trained on), generation speed (time to first token, decode tokens/s with the KV cache, all
-files interleaved at 1 and all threads) and greedy samples. The stage loop, cache, resume, report writer and
-gate are the pipeline's, shared with classification.
+Every number is measured from the exported files themselves, on the test split's documents (never trained on).
+The stage loop, cache, resume, report writer and gate are the pipeline's, shared with classification.
 """
 
 from __future__ import annotations
@@ -227,7 +223,8 @@ class LMTask:
 
     def measure(self, recipe: LMRecipe, prep: LMPrepared, measured: list[dict], cache, quiet: bool) -> tuple[list[dict], dict]:
         """Every file on the test split (bits/byte, perplexity, agreement with the teacher's file), the generation
-        benchmark (all distinct files interleaved) and greedy samples; cached by the files' digests."""
+        benchmark (all distinct files interleaved, at 1 and all threads) and greedy samples; cached by the files'
+        digests."""
         from compress.bench import cpu_info
         from compress.lm import onnx as lmonnx
         from compress.lm.train import evaluate_lm

@@ -17,9 +17,8 @@ import torch
 
 from compress.errors import DataError
 
-__all__ = ["Document", "TextSplits", "stdlib_documents", "text_documents", "split_documents", "load_text", "VOCAB"]
+__all__ = ["Document", "TextSplits", "stdlib_documents", "text_documents", "split_documents", "load_text"]
 
-VOCAB = 256  # bytes
 SEPARATOR = b"\n\n"  # between documents in a split's token stream
 
 
@@ -43,10 +42,8 @@ class TextSplits:
 
 
 def stdlib_documents(max_bytes: int) -> list[Document]:
-    """The standard library's top-level ``*.py`` files, sorted by name, until ``max_bytes`` is reached.
-
-    Fixed for a given Python version (the corpus digest goes into the report and the cache keys).
-    """
+    """The standard library's top-level ``*.py`` files, sorted by name, until ``max_bytes`` is reached: fixed for a
+    given Python version (the corpus digest goes into the report and the cache keys)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     docs = _whole_files(sorted(root.glob("*.py")), root, max_bytes)
     if len(docs) < 3:

@@ -147,10 +147,8 @@ class GPT(nn.Module):
 @torch.no_grad()
 def generate(model: GPT, prompt: torch.Tensor, new_tokens: int, *, temperature: float = 0.0,
              gen: torch.Generator | None = None) -> torch.Tensor:
-    """Continue ``prompt`` (batch, t) by ``new_tokens`` with the KV cache; greedy when temperature is 0.
-
-    Returns only the new tokens (batch, new_tokens). The prompt plus new tokens must fit the context.
-    """
+    """Only the ``new_tokens`` (batch, new_tokens) continuing ``prompt`` (batch, t) with the KV cache; greedy when
+    temperature is 0."""
     model.eval()
     if prompt.shape[1] + new_tokens > model.cfg.context:
         raise ValueError(f"prompt ({prompt.shape[1]}) + new tokens ({new_tokens}) exceed the context ({model.cfg.context})")

@@ -250,7 +250,7 @@ class LMTask:
                                            calls=b.calls, seed=recipe.seed)
             s = recipe.samples
             samples = []
-            for j in (np.linspace(0, len(test) - 1, s.count).astype(int) if s.count else []):
+            for j in np.linspace(0, len(test) - 1, s.count).astype(int):
                 prompt = test[j:j + 1, :s.prompt]
                 conts = {d: bytes(lmonnx.OrtDecoder(m["path"]).generate(prompt, s.new_tokens)[0].astype(np.uint8))
                          .decode("utf-8", "replace") for d, m in files.items()}

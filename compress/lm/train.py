@@ -135,9 +135,8 @@ def teacher_continuations(teacher: GPT, train: np.ndarray, count: int, prompt_le
                           seed: int, batch: int = 64) -> np.ndarray:
     """(count, context + 1) uint8: training-split prompts of ``prompt_len`` bytes + the teacher's continuation.
 
-    Under torchrun a collective (call it on every rank): rank 0 generates and broadcasts the result. Generation
-    draws from one generator batch after batch, so splitting it would change the sequences; rank 0 alone takes
-    the time every rank would, and the broadcast guarantees every rank trains on the very same bytes.
+    Under torchrun a collective: rank 0 generates and broadcasts the result, since generation draws from one
+    generator batch after batch and splitting it would change the sequences.
     """
     if distributed.rank() != 0:
         return distributed.agree(None)

@@ -97,7 +97,7 @@ class LMRecipe(RecipeBase):
                                                        "1 is faster on a machine shared with other jobs")
 
     def check(self) -> None:
-        """Stage order, one export, one chain, contexts that fit, hf folders prune cannot slice; before any compute."""
+        """Stage order, one export, one chain, contexts that match and fit, hf models usable; before any compute."""
         check_chain(self, self._lines)
         types = [st.type for st in self.stages]
         if types.count("export") > 1:
@@ -109,19 +109,15 @@ class LMRecipe(RecipeBase):
                                 "stages", chains[0], "chain")
         if len(chains) > 1:
             raise self.error_at("only one distill stage can carry a 'chain'", "stages", chains[1], "chain")
-        for path, spec, cfg in model_specs(self):
-            if spec.hf is None:
-                continue
-            from compress.lm.hf import version_problem
+        from compress.lm.hf import version_problem
 
-            problem = version_problem()
-            if problem:
+        t = self.teacher.model
+        for path, spec, cfg in model_specs(self):
+            if spec.hf is not None and (problem := version_problem()):
                 raise self.error_at(f"model: {{hf: ...}} {problem}", *path, "hf")
-            if getattr(cfg, "weights", None) is not None:
+            if spec.hf is not None and getattr(cfg, "weights", None) is not None:
                 raise self.error_at("'weights' is for arch: gpt; an hf model's weights are the *.safetensors in its "
                                     "folder", *path[:-1], "weights")
-        t = self.teacher.model
-        for path, spec, _ in model_specs(self)[1:]:
             if spec.context != t.context:
                 raise self.error_at(f"context {spec.context} differs from the teacher's ({t.context}); distillation "
                                     "compares them window by window, so they must match", *path, "context")

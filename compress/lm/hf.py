@@ -11,7 +11,6 @@ Folders load with ``local_files_only`` and ``use_safetensors``: no network, no p
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -235,6 +234,5 @@ def save_hf(model: HFCausalLM, dst: Path) -> Path:
             os.replace(old, dst)
         raise
     if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
     return dst

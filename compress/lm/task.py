@@ -308,12 +308,9 @@ class LMTask:
         if limit is not None and prompt_len + tokens > limit:
             prompt_len = max(1, min(prompt_len, limit // 4))
             tokens = max(1, limit - prompt_len)
-        out = {}
-        for name, path in files.items():
-            dec = lmonnx.OrtDecoder(path, threads=threads)
-            prompt = np.full((batch, prompt_len), ord(" "), np.int64)
-            out[name] = lambda dec=dec, prompt=prompt: dec.generate(prompt, tokens)
-        return out
+        prompt = np.full((batch, prompt_len), ord(" "), np.int64)
+        decoders = {name: lmonnx.OrtDecoder(path, threads=threads) for name, path in files.items()}
+        return {name: (lambda dec=dec: dec.generate(prompt, tokens)) for name, dec in decoders.items()}
 
     # --- the report ----------------------------------------------------------------------------------------
 

@@ -112,10 +112,7 @@ def _stream(docs: list[Document]) -> np.ndarray:
 
 def load_text(cfg, seed: int) -> TextSplits:
     """The recipe's ``data:`` -> byte streams per split."""
-    if cfg.source == "stdlib":
-        docs = stdlib_documents(cfg.max_bytes)
-    else:
-        docs = text_documents(cfg.path, cfg.max_bytes)
+    docs = stdlib_documents(cfg.max_bytes) if cfg.source == "stdlib" else text_documents(cfg.path, cfg.max_bytes)
     parts = split_documents(docs, cfg.split.val, cfg.split.test, seed)
     h = hashlib.sha256()
     for d in docs:

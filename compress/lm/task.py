@@ -203,9 +203,7 @@ class LMTask:
     def export(model, path: Path, prep: LMPrepared) -> None:
         from compress.stages.lm_export import export_checked
 
-        opset, tolerance = prep.export
-        windows = eval_windows(prep.splits.val, model.cfg.context, 4096)
-        export_checked(model, path, windows, opset, tolerance, path.stem)
+        export_checked(model, path, eval_windows(prep.splits.val, model.cfg.context, 4096), *prep.export, path.stem)
 
     params = staticmethod(params)
 

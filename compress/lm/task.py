@@ -221,8 +221,7 @@ class LMTask:
 
     def measure(self, recipe: LMRecipe, prep: LMPrepared, measured: list[dict], cache, quiet: bool) -> tuple[list[dict], dict]:
         """Every file on the test split (bits/byte, perplexity, agreement with the teacher's file), the generation
-        benchmark (all distinct files interleaved, at 1 and all threads) and greedy samples; cached by the files'
-        digests."""
+        benchmark (all distinct files interleaved, at 1 and all threads) and greedy samples; cached by digests."""
         from compress.bench import cpu_info
         from compress.lm import onnx as lmonnx
         from compress.lm.train import evaluate_lm

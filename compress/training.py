@@ -36,10 +36,11 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 DIVERGENCE = 100.0  # an epoch's mean loss this many times the first batch's means training has diverged
 
 
-def _diverged(what: str, model: nn.Module, best_epoch: int, lr: float) -> StageError:
+def _diverged(what: str, model: nn.Module, best_state: dict, best_epoch: int, lr: float) -> StageError:
     kept = f"epoch {best_epoch}" if best_epoch else "the initial weights"
     err = StageError(f"{what}; training stopped with the best weights so far ({kept}). "
                      f"Hint: lower the learning rate (now {lr}).")
+    model.load_state_dict(best_state)
     err.model = model.eval()  # the last good weights, for the caller to save
     return err
 
@@ -56,10 +57,8 @@ class FitResult:
     @property
     def info(self) -> dict:
         """What a stage reports of its training: best epoch, its val accuracy, seconds (and any BN recalibration)."""
-        out = {"best_epoch": self.best_epoch, "val_accuracy": self.best_val_accuracy, "seconds": self.seconds}
-        if self.bn_recalibrated:
-            out["bn_recalibrated"] = self.bn_recalibrated
-        return out
+        recal = {"bn_recalibrated": self.bn_recalibrated} if self.bn_recalibrated else {}
+        return {"best_epoch": self.best_epoch, "val_accuracy": self.best_val_accuracy, "seconds": self.seconds, **recal}
 
 
 @torch.no_grad()
@@ -94,23 +93,23 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
     from compress._progress import progress_bar
 
     model = copy.deepcopy(model)
-    detach = attach(model) if attach is not None else None
+    detach = attach(model) if attach is not None else (lambda: None)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1) if augment is not None else None
     torch.manual_seed(seed)
     train_x = splits.train.x  # an ndarray, or Rows of a memory-mapped file: batches are gathered on demand
     y = torch.from_numpy(splits.train.y)
-    opt = torch.optim.Adam([*model.parameters(), *extra_params], lr=lr, weight_decay=weight_decay)
+    extra = list(extra_params)
+    opt = torch.optim.Adam([*model.parameters(), *extra], lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(y) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    best_key, best_acc, best_epoch, best_state = (-1.0, 0.0), -1.0, 0, copy.deepcopy(model.state_dict())
+    best_key, best_epoch, best_state = (-1.0, 0.0), 0, copy.deepcopy(model.state_dict())
     history: list[dict] = []
     recalibrated = None
     start = time.perf_counter()
     # Under torchrun every rank takes its slice of each global batch; DDP averages the gradients, so a
     # step sees the same `batch_size` samples as in one process (BatchNorm statistics are per rank).
     rank, world = distributed.rank(), distributed.world_size()
-    extra = list(extra_params)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     with progress_bar(desc, epochs, quiet or rank != 0) as advance:
         for epoch in range(1, epochs + 1):
@@ -132,9 +131,8 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
                 if epoch == 1 and b == 0:
                     first_loss = float(check.detach())
                 if not torch.isfinite(check):
-                    model.load_state_dict(best_state)
                     raise _diverged(f"{desc}: loss became {loss.item()} at epoch {epoch}, batch {b + 1}",
-                                    model, best_epoch, lr)
+                                    model, best_state, best_epoch, lr)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for p in extra:  # parameters outside the DDP module (KD projectors) are averaged by hand
@@ -146,9 +144,9 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
                 seen += len(idx)
             epoch_loss = float(distributed.all_reduce_(torch.tensor(total / max(seen, 1))))
             if epoch_loss > DIVERGENCE * first_loss:
-                model.load_state_dict(best_state)
                 raise _diverged(f"{desc}: training diverged at epoch {epoch} (mean loss {epoch_loss:.4g}, more than "
-                                f"{DIVERGENCE:g}x the first batch's {first_loss:.4g})", model, best_epoch, lr)
+                                f"{DIVERGENCE:g}x the first batch's {first_loss:.4g})",
+                                model, best_state, best_epoch, lr)
             # Selected on fresh BatchNorm statistics: a stale model is scored (and kept) recalibrated, and training
             # goes on from its own statistics.
             why = bn.staleness(model, train_x, seed + epoch)
@@ -158,16 +156,15 @@ def fit(model: nn.Module, splits: Splits, *, epochs: int, lr: float, batch_size:
             history.append({"epoch": epoch, "train_loss": epoch_loss, "val_accuracy": val_acc, "val_loss": val_loss})
             # Small val sets saturate: among equal accuracies prefer the lower val loss, not the earliest epoch.
             if (val_acc, -val_loss) > best_key:
-                best_key, best_acc, best_epoch, best_state = (val_acc, -val_loss), val_acc, epoch, copy.deepcopy(model.state_dict())
+                best_key, best_epoch, best_state = (val_acc, -val_loss), epoch, copy.deepcopy(model.state_dict())
             if snapshot is not None:
                 bn.restore(model, snapshot)
             advance(f"loss {total / max(seen, 1):.4f}  val {val_acc:.2%}")
     model.load_state_dict(best_state)
     distributed.sync_module(model)  # ranks may pick different best epochs (per-rank BN stats): rank 0 wins
     model.eval()
-    if detach is not None:
-        detach()
-    return FitResult(model, best_epoch, best_acc, history, time.perf_counter() - start, recalibrated)
+    detach()
+    return FitResult(model, best_epoch, best_key[0], history, time.perf_counter() - start, recalibrated)
 
 
 def cached_model(cache, kind: str, key: str, template: nn.Module, make: Callable[[], tuple[nn.Module, dict]], *,

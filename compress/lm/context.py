@@ -13,6 +13,7 @@ import torch
 
 from compress._progress import progress_bar, say
 from compress.cache import CorruptEntry, cache_key
+from compress.context import Context
 from compress.lm.data import TextSplits, eval_windows
 from compress.lm.train import Budget, evaluate_lm, teacher_continuations, torch_logits, train_lm
 from compress.training import cached_model
@@ -44,10 +45,7 @@ class LMContext:
     def windows(self, split: str, max_tokens: int | None = None) -> np.ndarray:
         return eval_windows(getattr(self.splits, split), self.context, max_tokens or self.recipe.eval.max_tokens)
 
-    def stage_path(self, name: str, suffix: str) -> Path:
-        folder = self.out_dir / "stages"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{self.stage_index + 1:02d}_{name}{suffix}"
+    stage_path = Context.stage_path  # out_dir/stages/NN_name.suffix, as for every task
 
     def train(self, what: str, model: torch.nn.Module, key: str, budget: Budget, **kw) -> tuple[torch.nn.Module, dict]:
         """Train ``model`` in place by ``train_lm`` (or reuse the verified weights cached under ``key``)."""

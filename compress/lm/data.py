@@ -17,9 +17,8 @@ import torch
 
 from compress.errors import DataError
 
-__all__ = ["Document", "TextSplits", "stdlib_documents", "text_documents", "split_documents", "load_text", "VOCAB"]
+__all__ = ["Document", "TextSplits", "stdlib_documents", "text_documents", "split_documents", "load_text"]
 
-VOCAB = 256  # bytes
 SEPARATOR = b"\n\n"  # between documents in a split's token stream
 
 
@@ -43,20 +42,24 @@ class TextSplits:
 
 
 def stdlib_documents(max_bytes: int) -> list[Document]:
-    """The standard library's top-level ``*.py`` files, sorted by name, until ``max_bytes`` is reached.
-
-    Fixed for a given Python version (the corpus digest goes into the report and the cache keys).
-    """
+    """The standard library's top-level ``*.py`` files, sorted by name, until ``max_bytes`` is reached: fixed for a
+    given Python version (the corpus digest goes into the report and the cache keys)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    docs, total = [], 0
-    for path in sorted(root.glob("*.py")):
-        data = path.read_bytes()
-        if total + len(data) > max_bytes and docs:
-            break
-        docs.append(Document(path.name, data))
-        total += len(data)
+    docs = _whole_files(sorted(root.glob("*.py")), root, max_bytes)
     if len(docs) < 3:
         raise DataError(f"the Python standard library at {root} has too few source files for a train/val/test split")
+    return docs
+
+
+def _whole_files(files: list[Path], root: Path, max_bytes: int) -> list[Document]:
+    """``files`` in order, named by their path under ``root``, while they fit ``max_bytes`` (the first always)."""
+    docs, total = [], 0
+    for f in files:
+        data = f.read_bytes()
+        if total + len(data) > max_bytes and docs:
+            break
+        docs.append(Document(str(f.relative_to(root)), data))
+        total += len(data)
     return docs
 
 
@@ -80,13 +83,7 @@ def text_documents(path: Path, max_bytes: int) -> list[Document]:
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise DataError(f"{path}: no .txt files in this folder")
-        docs, total = [], 0
-        for f in files:
-            data = f.read_bytes()
-            if total + len(data) > max_bytes and docs:
-                break
-            docs.append(Document(str(f.relative_to(path)), data))
-            total += len(data)
+        docs = _whole_files(files, path, max_bytes)
     elif path.is_file():
         docs = _paragraph_groups(path.name, path.read_bytes()[:max_bytes])
     else:
@@ -115,10 +112,7 @@ def _stream(docs: list[Document]) -> np.ndarray:
 
 def load_text(cfg, seed: int) -> TextSplits:
     """The recipe's ``data:`` -> byte streams per split."""
-    if cfg.source == "stdlib":
-        docs = stdlib_documents(cfg.max_bytes)
-    else:
-        docs = text_documents(cfg.path, cfg.max_bytes)
+    docs = stdlib_documents(cfg.max_bytes) if cfg.source == "stdlib" else text_documents(cfg.path, cfg.max_bytes)
     parts = split_documents(docs, cfg.split.val, cfg.split.test, seed)
     h = hashlib.sha256()
     for d in docs:

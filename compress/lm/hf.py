@@ -6,18 +6,11 @@ bytes in the same order (GPT-2's byte-level BPE permutes them, ByT5 shifts them 
 distill the wrong distribution without any error. Token-level KD compares the two models' distributions id by id,
 which needs a shared vocabulary; sequence-level distillation across different tokenizers is not built.
 
-``HFCausalLM`` keeps the GPT calling convention, ``forward(ids, past) -> (logits, present)`` with one (key, value)
-pair per layer, each (batch, kv_heads, positions, head_dim), by handing ``past`` to the model as a
-``DynamicCache`` and reading the updated cache back. It passes its own causal mask (an additive float mask,
-batch x 1 x seq x past + seq) and position ids, both computed with tensor ops, so a traced ONNX export stays
-correct for every prompt and past length instead of freezing the traced ones. Loading is
-``AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True)``: no network, no
-pickles, no remote code.
+Folders load with ``local_files_only`` and ``use_safetensors``: no network, no pickles, no remote code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -32,8 +25,9 @@ import torch
 from torch import nn
 
 from compress.errors import MissingExtraError, ModelError
+from compress.lm.model import GPT, causal_mask
 
-__all__ = ["have_transformers", "require_transformers", "inspect_folder", "FolderInfo", "HFCausalLM", "load_hf",
+__all__ = ["have_transformers", "version_problem", "inspect_folder", "FolderInfo", "HFCausalLM", "load_hf",
            "fresh_like", "save_hf", "BYTE_VOCAB"]
 
 BYTE_VOCAB = 256
@@ -61,14 +55,6 @@ def version_problem() -> str | None:
     return None
 
 
-def require_transformers(what: str = "model: {hf: ...}") -> None:
-    if not have_transformers():
-        raise MissingExtraError(what, "hf", "transformers")
-    problem = version_problem()
-    if problem:
-        raise ModelError(f"{what} {problem}")
-
-
 def _quiet_transformers():
     import transformers
 
@@ -81,7 +67,6 @@ def _quiet_transformers():
 class FolderInfo:
     """What a folder's config.json and weight files say, read without building the model."""
 
-    path: Path
     model_type: str
     vocab_size: int | None
     max_positions: int | None  # n_positions / max_position_embeddings; None when the config has neither
@@ -90,10 +75,7 @@ class FolderInfo:
 
 def inspect_folder(path: Path) -> FolderInfo:
     """Check a model folder without loading weights: config.json parses, safetensors headers are whole.
-
-    Raises ``ModelError`` (missing folder, no config.json, unknown model type, no/corrupt safetensors);
-    the caller adds the recipe key.
-    """
+    ``ModelError`` otherwise; the caller adds the recipe key."""
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"Hugging Face model folder {path} not found" if not path.exists()
@@ -104,7 +86,10 @@ def inspect_folder(path: Path) -> FolderInfo:
         raw = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path / 'config.json'} is not valid JSON ({exc})") from None
-    require_transformers()
+    if not have_transformers():
+        raise MissingExtraError("model: {hf: ...}", "hf", "transformers")
+    if problem := version_problem():
+        raise ModelError(f"model: {{hf: ...}} {problem}")
     transformers = _quiet_transformers()
     try:
         cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -131,7 +116,7 @@ def inspect_folder(path: Path) -> FolderInfo:
     positions = next((getattr(cfg, k) for k in ("n_positions", "max_position_embeddings")
                       if isinstance(getattr(cfg, k, None), int)), None)
     vocab = getattr(cfg, "vocab_size", None)
-    return FolderInfo(path, cfg.model_type, vocab if isinstance(vocab, int) else None, positions, tuple(files))
+    return FolderInfo(cfg.model_type, vocab if isinstance(vocab, int) else None, positions, tuple(files))
 
 
 def _digest(files) -> str:
@@ -150,25 +135,21 @@ class HFConfig:
     context: int
     layers: int
     kv_heads: tuple[int, ...]
-    head_dim: int
+    dim: int  # per head, as GPTConfig.dim
     model_type: str
     config: dict
     origin: str  # "folder sha256:<digest of the weights>" or "fresh init, seed N": part of the training cache key
-    vocab: int = BYTE_VOCAB
 
     def heads_of(self, i: int) -> int:
         return self.kv_heads[i]
-
-    @property
-    def dim(self) -> int:
-        return self.head_dim
 
     def as_dict(self) -> dict:
         return {"hf": self.model_type, "context": self.context, "config": self.config, "origin": self.origin}
 
 
 class HFCausalLM(nn.Module):
-    """A Hugging Face causal LM with the built-in GPT's interface: ``forward(idx, past=None) -> (logits, present)``."""
+    """A Hugging Face causal LM with the built-in GPT's interface: ``forward(idx, past=None) -> (logits, present)``,
+    ``past`` handed to the model as a ``DynamicCache`` and the updated cache read back."""
 
     def __init__(self, hf: nn.Module, context: int, origin: str):
         super().__init__()
@@ -182,7 +163,7 @@ class HFCausalLM(nn.Module):
         cfg = hf.config.to_dict()
         cfg.pop("transformers_version", None)
         self.cfg = HFConfig(context=context, layers=len(present), kv_heads=tuple(k.shape[1] for k, _ in present),
-                            head_dim=present[0][0].shape[3], model_type=hf.config.model_type, config=cfg, origin=origin)
+                            dim=present[0][0].shape[3], model_type=hf.config.model_type, config=cfg, origin=origin)
 
     def _cache(self, past):
         from transformers import DynamicCache
@@ -200,20 +181,18 @@ class HFCausalLM(nn.Module):
     def forward(self, idx, past=None):
         b, t = idx.shape
         p = 0 if past is None else past[0][0].shape[2]
-        # Causal mask over (query i, key j): key j is visible when j <= p + i; additive, 0 or the dtype's minimum.
-        qi = torch.arange(t, device=idx.device).unsqueeze(1) + p
-        kj = torch.arange(p + t, device=idx.device).unsqueeze(0)
+        # Our own additive causal mask and position ids, from tensor ops: a traced ONNX export then stays correct for
+        # every prompt and past length instead of freezing the traced ones.
         dtype = next(self.hf.parameters()).dtype
         mask = torch.zeros(b, 1, t, p + t, dtype=dtype, device=idx.device).masked_fill(
-            (kj > qi)[None, None], torch.finfo(dtype).min)
+            causal_mask(t, p, idx.device)[None, None], torch.finfo(dtype).min)
         pos = (torch.arange(t, device=idx.device) + p).unsqueeze(0).expand(b, t)
         kw = {self._cache_kw: self._cache(past)} if past is not None else {}
         out = self.hf(input_ids=idx, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True, **kw)
         cache = out["cache"] if "cache" in out else out.past_key_values  # 5.x renamed past_key_values to cache
         return out.logits, self._present(cache)
 
-    def empty_past(self, batch: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(torch.zeros(batch, self.cfg.heads_of(i), 0, self.cfg.dim),) * 2 for i in range(self.cfg.layers)]
+    empty_past = GPT.empty_past  # the same shapes, read from ``cfg``
 
 
 def load_hf(path: Path, context: int) -> HFCausalLM:
@@ -255,6 +234,5 @@ def save_hf(model: HFCausalLM, dst: Path) -> Path:
             os.replace(old, dst)
         raise
     if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
     return dst

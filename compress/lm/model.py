@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GPTConfig", "GPT", "generate", "causal_mask"]
+__all__ = ["GPTConfig", "GPT", "generate", "next_token", "causal_mask"]
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,10 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init(m):
-        if isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     def forward(self, idx, past=None):
         b, t = idx.shape
@@ -149,21 +147,22 @@ class GPT(nn.Module):
 @torch.no_grad()
 def generate(model: GPT, prompt: torch.Tensor, new_tokens: int, *, temperature: float = 0.0,
              gen: torch.Generator | None = None) -> torch.Tensor:
-    """Continue ``prompt`` (batch, t) by ``new_tokens`` with the KV cache; greedy when temperature is 0.
-
-    Returns only the new tokens (batch, new_tokens). The prompt plus new tokens must fit the context.
-    """
+    """Only the ``new_tokens`` (batch, new_tokens) continuing ``prompt`` (batch, t) with the KV cache; greedy when
+    temperature is 0."""
     model.eval()
     if prompt.shape[1] + new_tokens > model.cfg.context:
         raise ValueError(f"prompt ({prompt.shape[1]}) + new tokens ({new_tokens}) exceed the context ({model.cfg.context})")
     logits, past = model(prompt)
     out = []
     for _ in range(new_tokens):
-        last = logits[:, -1]
-        if temperature > 0:
-            nxt = torch.multinomial(F.softmax(last / temperature, dim=-1), 1, generator=gen)
-        else:
-            nxt = last.argmax(-1, keepdim=True)
+        nxt = next_token(logits[:, -1], temperature, gen)
         out.append(nxt)
         logits, past = model(nxt, past)
     return torch.cat(out, dim=1)
+
+
+def next_token(last: torch.Tensor, temperature: float, gen: torch.Generator | None) -> torch.Tensor:
+    """(batch, 1) next tokens from the last position's logits: sampled at ``temperature``, greedy at 0."""
+    if temperature > 0:
+        return torch.multinomial(F.softmax(last / temperature, dim=-1), 1, generator=gen)
+    return last.argmax(-1, keepdim=True)

@@ -33,24 +33,18 @@ class _Flat(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, *past_flat):
-        past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
-        logits, present = self.model(input_ids, past)
+        logits, present = self.model(input_ids, list(zip(past_flat[::2], past_flat[1::2])))
         return (logits, *[t for kv in present for t in kv])
-
-
-def io_names(layers: int) -> tuple[list[str], list[str]]:
-    past = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
-    present = [f"present_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
-    return ["input_ids", *past], ["logits", *present]
 
 
 def export_decoder(model: GPT, path: Path, opset: int = 17) -> Path:
     """TorchScript-exporter ONNX with dynamic batch, sequence and past axes; written atomically."""
     model = model.eval()
     layers = model.cfg.layers
-    inputs, outputs = io_names(layers)
+    past = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+    inputs, outputs = ["input_ids", *past], ["logits", *(n.replace("past", "present") for n in past)]
     ids = torch.zeros(1, 3, dtype=torch.long)
-    past = [t for i in range(layers) for t in (torch.zeros(1, model.cfg.heads_of(i), 2, model.cfg.dim),) * 2]
+    dummy = [t for i in range(layers) for t in (torch.zeros(1, model.cfg.heads_of(i), 2, model.cfg.dim),) * 2]
     axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
     axes |= {n: {0: "batch", 2: "past"} for n in inputs[1:]}
     axes |= {n: {0: "batch", 2: "total"} for n in outputs[1:]}
@@ -59,7 +53,7 @@ def export_decoder(model: GPT, path: Path, opset: int = 17) -> Path:
         try:
             # _Flat(...).eval(): the exporter restores the wrapper's training flag afterwards, and a fresh Module is in
             # training mode, which would leave dropout on in ``model`` (an HF model's) after the export.
-            torch.onnx.export(_Flat(model).eval(), (ids, *past), str(tmp), dynamo=False, input_names=inputs,
+            torch.onnx.export(_Flat(model).eval(), (ids, *dummy), str(tmp), dynamo=False, input_names=inputs,
                               output_names=outputs, dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
         except Exception as exc:
             raise StageError(f"ONNX export of the decoder failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
@@ -74,15 +68,10 @@ class OrtDecoder:
 
         self.path = Path(path)
         self.session = session(self.path, threads=threads)
-        self.threads = threads
         ins = self.session.get_inputs()
         self.past_names = [i.name for i in ins[1:]]
         self.past_shapes = [(int(i.shape[1]), int(i.shape[3])) for i in ins[1:]]  # (heads, head_dim)
         self.out_names = [o.name for o in self.session.get_outputs()]
-
-    @property
-    def size_bytes(self) -> int:
-        return self.path.stat().st_size
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         return {n: np.zeros((batch, h, 0, d), np.float32) for n, (h, d) in zip(self.past_names, self.past_shapes)}
@@ -176,7 +165,7 @@ def bench_generation(files: dict[str, Path], prompt: np.ndarray, new_tokens: int
 
             key = f"{name}@{th}"
             runners[key + "/ttft"], runners[key + "/decode"] = ttft, decode
-            meta[key] = (name, th, dec.size_bytes)
+            meta[key] = (name, th, dec.path.stat().st_size)
     samples = time_rounds(runners, rounds=rounds, calls=calls, warmup=warmup, seed=seed)
     rows = []
     for key, (name, th, size) in meta.items():

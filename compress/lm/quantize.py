@@ -1,15 +1,8 @@
 """Accuracy-aware per-layer quantization of the decoder: ``quantize: {mode: ..., max_bpb_increase: 0.02}``.
 
-The vision stage's search (``compress.quantization.search``) with bits per byte as the yardstick: every
-file is scored on the VALIDATION split's windows against the fp32 student export; the test split is left
+The vision stage's search (``compress.quantization.search.accuracy_aware``) with bits per byte as the yardstick:
+every file is scored on the VALIDATION split's windows against the fp32 student export; the test split is left
 to the pipeline's final evaluation of the shipped file.
-
-1. All linear layers (MatMul with a constant weight) quantized: within the budget, that file ships.
-2. Otherwise each layer is quantized alone (every other layer fp32): its own bits/byte increase.
-3. Greedy: the most sensitive layers stay fp32 (or, with ``fallback: int8``, become INT8 dynamic inside
-   the INT4 file), one more per step, until the increase is within the budget. At least one layer keeps
-   the mode's precision; if no step meets the budget, the file with the smallest increase ships and the
-   report says so (a warning, never an empty hand).
 """
 
 from __future__ import annotations
@@ -58,9 +51,8 @@ class BpbScorer:
         self.windows = windows
         self.calls = 0
         self.ref_bits_per_byte, self.ref_logits = self._run(ref)
-        logits = self.ref_logits
-        self._top1 = logits.argmax(-1)
-        self._scale = float(np.mean(logits.astype(np.float64) ** 2)) or 1.0
+        self._top1 = self.ref_logits.argmax(-1)
+        self._scale = float(np.mean(self.ref_logits.astype(np.float64) ** 2)) or 1.0
 
     def _run(self, path: Path) -> tuple[float, np.ndarray]:
         from compress.lm.onnx import OrtDecoder
@@ -88,23 +80,20 @@ def _builders(src: Path, mode: str, block_size: int, accuracy_level: int | None,
     """(build_only(layer, path), build_excl(kept_names, path)) writing one quantized file per plan; the kept
     layers are fp32, or INT8 dynamic inside the INT4 file with ``fallback='int8'``."""
     if mode == "int8_dynamic":
-        def only(layer, p):
-            return backend.int8_dynamic(src, p, per_channel=per_channel, only=[layer.name])
+        return (lambda layer, p: backend.int8_dynamic(src, p, per_channel=per_channel, only=[layer.name]),
+                lambda fp32, p: backend.int8_dynamic(src, p, per_channel=per_channel, exclude=fp32))
 
-        def excl(fp32, p):
-            return backend.int8_dynamic(src, p, per_channel=per_channel, exclude=fp32)
-    else:
-        def only(layer, p):
-            backend.int4(src, p, block_size=block_size, accuracy_level=accuracy_level, include=[layer.name])
-            return p
+    def only(layer, p):
+        backend.int4(src, p, block_size=block_size, accuracy_level=accuracy_level, include=[layer.name])
+        return p
 
-        def excl(kept, p):
-            int4 = p.with_name(p.stem + "-int4.onnx") if kept and fallback == "int8" else p
-            backend.int4(src, int4, block_size=block_size, accuracy_level=accuracy_level,
-                         include=[n for n in names if n not in kept])
-            if int4 != p:  # quantize_dynamic leaves MatMulNBits alone and quantizes just the kept MatMuls
-                backend.int8_dynamic(int4, p, per_channel=per_channel, only=list(kept))
-            return p
+    def excl(kept, p):
+        int4 = p.with_name(p.stem + "-int4.onnx") if kept and fallback == "int8" else p
+        backend.int4(src, int4, block_size=block_size, accuracy_level=accuracy_level,
+                     include=[n for n in names if n not in kept])
+        if int4 != p:  # quantize_dynamic leaves MatMulNBits alone and quantizes just the kept MatMuls
+            backend.int8_dynamic(int4, p, per_channel=per_channel, only=list(kept))
+        return p
     return only, excl
 
 
@@ -152,10 +141,6 @@ def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows:
     return info
 
 
-def _bpb(x: float) -> str:
-    return f"{x:+.4f} bits/byte"
-
-
 def choose_int4(src: Path, dst: Path, val_windows: np.ndarray, prompt: np.ndarray, *, blocks, levels, budget: float,
                 per_channel: bool = True, fallback: str = "fp32", new_tokens: int = 24, rounds: int = 8, calls: int = 2,
                 seed: int = 0) -> dict:
@@ -185,7 +170,7 @@ def choose_int4(src: Path, dst: Path, val_windows: np.ndarray, prompt: np.ndarra
         speed = {r["model"]: r for r in rows}
         for c in cands:
             c.timing, c.size_bytes = speed[c.name]["decode_ms"], speed[c.name]["size_bytes"]
-        winner, met = choose(cands, budget, fmt=_bpb)
+        winner, met = choose(cands, budget, fmt=BPB.delta)
         block, level = settings[winner.name]
         cpu = cpu_info()
         notes = [f"block_size / accuracy_level auto: {winner.name} "

@@ -19,7 +19,7 @@ from compress.config import RecipeBase, SplitConfig, Strict, check_chain
 from compress.lm.spec import LMModelSpec
 from compress.stages.base import stages_for
 
-__all__ = ["LMRecipe", "check_hf_folders", "model_specs"]
+__all__ = ["LMRecipe", "model_specs"]
 
 
 class LMDataConfig(Strict):
@@ -97,7 +97,7 @@ class LMRecipe(RecipeBase):
                                                        "1 is faster on a machine shared with other jobs")
 
     def check(self) -> None:
-        """Stage order, one export, one chain, contexts that fit, hf folders prune cannot slice; before any compute."""
+        """Stage order, one export, one chain, contexts that match and fit, hf models usable; before any compute."""
         check_chain(self, self._lines)
         types = [st.type for st in self.stages]
         if types.count("export") > 1:
@@ -109,19 +109,15 @@ class LMRecipe(RecipeBase):
                                 "stages", chains[0], "chain")
         if len(chains) > 1:
             raise self.error_at("only one distill stage can carry a 'chain'", "stages", chains[1], "chain")
-        for path, spec, cfg in model_specs(self):
-            if spec.hf is None:
-                continue
-            from compress.lm.hf import version_problem
+        from compress.lm.hf import version_problem
 
-            problem = version_problem()
-            if problem:
+        t = self.teacher.model
+        for path, spec, cfg in model_specs(self):
+            if spec.hf is not None and (problem := version_problem()):
                 raise self.error_at(f"model: {{hf: ...}} {problem}", *path, "hf")
-            if getattr(cfg, "weights", None) is not None:
+            if spec.hf is not None and getattr(cfg, "weights", None) is not None:
                 raise self.error_at("'weights' is for arch: gpt; an hf model's weights are the *.safetensors in its "
                                     "folder", *path[:-1], "weights")
-        t = self.teacher.model
-        for path, spec, _ in model_specs(self)[1:]:
             if spec.context != t.context:
                 raise self.error_at(f"context {spec.context} differs from the teacher's ({t.context}); distillation "
                                     "compares them window by window, so they must match", *path, "context")
@@ -150,7 +146,31 @@ class LMRecipe(RecipeBase):
                                        "assistants": [role(a) for a in self.assistants], "stages": stages})
 
     def check_files(self) -> None:
-        check_hf_folders(self)
+        """Every ``hf:`` folder: exists, config.json reads, safetensors are whole, vocabulary is the 256 bytes and
+        the position table covers the teacher's context. Reads configs and headers only, before any compute."""
+        from compress.errors import ModelError
+        from compress.lm.hf import BYTE_VOCAB, inspect_folder
+
+        ctx = self.teacher.model.context
+        for path, spec, _ in model_specs(self):
+            if spec.hf is None:
+                continue
+            key = (*path, "hf")
+            try:
+                info = inspect_folder(spec.hf)
+            except ModelError as exc:
+                raise self.error_at(str(exc), *key) from None
+            if info.vocab_size != BYTE_VOCAB:
+                raise self.error_at(
+                    f"{spec.hf} has vocab_size {info.vocab_size} ({info.model_type}); the LM pipeline is byte-level "
+                    f"and needs exactly {BYTE_VOCAB} (id i = byte i): token-level distillation compares teacher and "
+                    "student distributions token by token, so they must share one vocabulary, and the first 256 ids of "
+                    "a larger vocabulary are not the bytes in order. Sequence-level distillation across tokenizers is "
+                    "not built.", *key)
+            if info.max_positions is not None and info.max_positions < ctx:
+                raise self.error_at(f"{spec.hf} has {info.max_positions} positions ({info.model_type}), fewer than the "
+                                    f"teacher's context ({ctx}); lower 'context' or use a model with more positions",
+                                    *key)
 
 
 def model_specs(recipe: LMRecipe) -> list[tuple[tuple, LMModelSpec, Any]]:
@@ -161,31 +181,3 @@ def model_specs(recipe: LMRecipe) -> list[tuple[tuple, LMModelSpec, Any]]:
             for j, spec in enumerate(st.chain)]
     return out + [(("student", "model"), recipe.student.model, recipe.student)]
 
-
-def check_hf_folders(recipe: LMRecipe) -> None:
-    """Every ``hf:`` folder: exists, config.json reads, safetensors are whole, vocabulary is the 256 bytes and
-    the position table covers the teacher's context. Reads configs and headers only, before any compute."""
-    from compress.errors import ModelError
-
-    ctx = recipe.teacher.model.context
-    for path, spec, _ in model_specs(recipe):
-        if spec.hf is None:
-            continue
-        from compress.lm.hf import BYTE_VOCAB, inspect_folder
-
-        key = (*path, "hf")
-        try:
-            info = inspect_folder(spec.hf)
-        except ModelError as exc:
-            raise recipe.error_at(str(exc), *key) from None
-        if info.vocab_size != BYTE_VOCAB:
-            raise recipe.error_at(
-                f"{spec.hf} has vocab_size {info.vocab_size} ({info.model_type}); the LM pipeline is byte-level and "
-                f"needs exactly {BYTE_VOCAB} (id i = byte i): token-level distillation compares teacher and student "
-                "distributions token by token, so they must share one vocabulary, and the first 256 ids of a larger "
-                "vocabulary are not the bytes in order. Sequence-level distillation across tokenizers is not built.",
-                *key)
-        if info.max_positions is not None and info.max_positions < ctx:
-            raise recipe.error_at(f"{spec.hf} has {info.max_positions} positions ({info.model_type}), fewer than the "
-                                  f"teacher's context ({ctx}); lower 'context' or use a model with more positions",
-                                  *key)

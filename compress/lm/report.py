@@ -9,13 +9,12 @@ from compress.report import console, rich_table, stage_details
 from compress.report import md_table as _md_table
 from compress.report import size_text as _size
 
-__all__ = ["sections", "targets", "slower_notes", "markdown", "plot", "print_table", "student"]
+__all__ = ["sections", "targets", "slower_notes", "markdown", "plot", "print_table", "student", "first_names"]
 
 
 def student(models: list[dict]) -> dict | None:
     """The fp32 student: the last stage file that is not quantized (the export, or the last torch stage's file)."""
-    fp32 = [m for m in models if m["role"] == "stage" and "mode" not in m.get("info", {})]
-    return fp32[-1] if fp32 else None
+    return next((m for m in reversed(models) if m["role"] == "stage" and "mode" not in m.get("info", {})), None)
 
 
 def _label(m: dict) -> str:
@@ -23,7 +22,7 @@ def _label(m: dict) -> str:
     return f"{m['name']} ({tag})" if tag and m["role"] != "final" else m["name"]
 
 
-def _first_names(models: list[dict]) -> dict[str, str]:
+def first_names(models: list[dict]) -> dict[str, str]:
     """sha256 -> the name of the first model holding that file, which names its bench row (files with the same sha256
     are measured once; an export equals the torch stage before it)."""
     return {m["sha256"]: m["name"] for m in reversed(models)}  # reversed: the first one is written last and wins
@@ -44,7 +43,7 @@ def targets(models: list[dict], bench: list[dict]) -> list[dict]:
         out.append({"target": f"INT4 student file >= 5x smaller than teacher fp32 ONNX ({_label(int4)})",
                     "measured": f"{ratio:.1f}x ({by['teacher']['size_bytes']:,} / {int4['size_bytes']:,} bytes)",
                     "met": ratio >= 5})
-    first = _first_names(models)
+    first = first_names(models)
     one = {r["model"]: r for r in bench if r["threads"] == 1}
     s_row, t_row = (one.get(first[m["sha256"]]) if m else None for m in (fp32, by.get("teacher")))
     if s_row and t_row:
@@ -57,7 +56,7 @@ def targets(models: list[dict], bench: list[dict]) -> list[dict]:
 
 def slower_notes(models: list[dict], bench: list[dict]) -> list[str]:
     """Every quantized file that decodes slower than the fp32 student's file at 1 thread, with both speeds."""
-    first = _first_names(models)
+    first = first_names(models)
     speed = {r["model"]: r["tokens_per_s"] for r in bench if r["threads"] == 1}
     fp32 = student(models)
     base = speed.get(first[fp32["sha256"]]) if fp32 else None

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["LMModelSpec", "build_lm", "describe_lm", "gpt_config", "params"]
+__all__ = ["LMModelSpec", "build_lm", "describe_lm", "params"]
 
 
 class LMModelSpec(BaseModel):
@@ -35,21 +35,15 @@ class LMModelSpec(BaseModel):
         return self
 
 
-def gpt_config(spec: LMModelSpec):
-    from compress.lm.model import GPTConfig
-
-    return GPTConfig(width=spec.width, layers=spec.layers, heads=spec.heads, context=spec.context)
-
-
 def build_lm(spec: LMModelSpec) -> torch.nn.Module:
     """The built-in GPT (fresh, from the global seed) or a Hugging Face folder's model (its weights)."""
     if spec.hf is not None:
         from compress.lm.hf import load_hf
 
         return load_hf(spec.hf, spec.context)
-    from compress.lm.model import GPT
+    from compress.lm.model import GPT, GPTConfig
 
-    return GPT(gpt_config(spec))
+    return GPT(GPTConfig(width=spec.width, layers=spec.layers, heads=spec.heads, context=spec.context))
 
 
 def params(model: torch.nn.Module) -> int:

@@ -1,11 +1,7 @@
 """The language-model task: what compress.pipeline asks of a task, for ``task: lm`` recipes.
 
-Byte-level data (compress.lm.data), the built-in GPT or a Hugging Face folder (compress.lm.spec), training on a
-step budget (compress.lm.context), export with the KV cache (compress.stages.lm_export), and measurement from
-the files themselves: bits per byte, perplexity and top-1 agreement with the teacher's file on the test split's
-documents (never trained on), generation speed (time to first token, decode tokens/s with the KV cache, all
-files interleaved at 1 and all threads) and greedy samples. The stage loop, cache, resume, report writer and
-gate are the pipeline's, shared with classification.
+Every number is measured from the exported files themselves, on the test split's documents (never trained on).
+The stage loop, cache, resume, report writer and gate are the pipeline's, shared with classification.
 """
 
 from __future__ import annotations
@@ -99,8 +95,7 @@ class LMTask:
         return LMPrepared(splits, teacher, student, hf, (export.opset, export.tolerance) if export else (17, 1e-3))
 
     def validate(self, recipe: LMRecipe, prep: LMPrepared) -> list[str]:
-        lines = [f"data: {recipe.data.source}, " + ", ".join(f"{k} {v['documents']} docs / {v['bytes']:,} bytes"
-                                                             for k, v in prep.splits.describe().items() if k != "digest")]
+        lines = [f"data: {recipe.data.source}, {self.describe(prep)}"]
         for path, spec, _ in model_specs(recipe):
             role = {"teacher": "teacher", "student": "student", "assistants": f"assistant {path[1]}"}.get(
                 path[0], f"chain step {path[-1]} (stages[{path[1]}])")
@@ -141,7 +136,7 @@ class LMTask:
         elif self._teacher_as_loaded(recipe, prep):
             info = {"hf": str(recipe.teacher.model.hf), "note": "used as loaded (add teacher.train to fine-tune it first)"}
         else:
-            teacher, info = self._ctx(recipe, prep, None, cache, quiet).train(
+            teacher, info = self.context(recipe, prep, None, Path("."), cache, quiet).train(
                 "teacher", copy.deepcopy(teacher), key, budget_of(recipe.teacher.train))
         return Artifact("teacher", "torch", teacher.eval(), params=params(teacher), key=key,
                         info={"spec": describe_lm(recipe.teacher.model, teacher), **info})
@@ -178,19 +173,17 @@ class LMTask:
         budget = Budget(steps, first.lr, first.batch_size, first.weight_decay)
         key = self._train_key(recipe, prep, "scratch", model, steps, first.lr, first.batch_size, first.weight_decay,
                               self.student_key(recipe, prep))
-        model, info = self._ctx(recipe, prep, None, cache, quiet).train("scratch", model, key, budget)
+        model, info = self.context(recipe, prep, None, Path("."), cache, quiet).train("scratch", model, key, budget)
         return Artifact("scratch", "torch", model, params=params(model), key=key, info={**info, "note": (
             f"{init}, trained with CE only for the student's {steps} steps of {first.batch_size} windows at lr {first.lr}")})
 
     # --- what the stage loop needs ------------------------------------------------------------------------
 
-    def _ctx(self, recipe, prep, tutor: Artifact | None, cache, quiet: bool, out_dir: Path = Path("."),
-             label: str = "student") -> LMContext:
+    @staticmethod
+    def context(recipe, prep, tutor: Artifact | None, out_dir: Path, cache, quiet: bool,
+                label: str = "student") -> LMContext:
         return LMContext(recipe=recipe, splits=prep.splits, teacher=tutor.model if tutor else None, out_dir=out_dir,
                          quiet=quiet, teacher_key=tutor.key if tutor else "", cache=cache, label=label)
-
-    def context(self, recipe, prep, tutor: Artifact, out_dir: Path, cache, quiet: bool, label: str) -> LMContext:
-        return self._ctx(recipe, prep, tutor, cache, quiet, out_dir, label)
 
     @staticmethod
     def template(prep: LMPrepared, src: Artifact):
@@ -210,13 +203,9 @@ class LMTask:
     def export(model, path: Path, prep: LMPrepared) -> None:
         from compress.stages.lm_export import export_checked
 
-        opset, tolerance = prep.export
-        windows = eval_windows(prep.splits.val, model.cfg.context, 4096)
-        export_checked(model, path, windows, opset, tolerance, path.stem)
+        export_checked(model, path, eval_windows(prep.splits.val, model.cfg.context, 4096), *prep.export, path.stem)
 
-    @staticmethod
-    def params(model) -> int:
-        return params(model)
+    params = staticmethod(params)
 
     @staticmethod
     def finish(recipe: LMRecipe, prep: LMPrepared, art: Artifact, measured: list[dict], final_files: dict,
@@ -232,7 +221,7 @@ class LMTask:
 
     def measure(self, recipe: LMRecipe, prep: LMPrepared, measured: list[dict], cache, quiet: bool) -> tuple[list[dict], dict]:
         """Every file on the test split (bits/byte, perplexity, agreement with the teacher's file), the generation
-        benchmark (all distinct files interleaved) and greedy samples; cached by the files' digests."""
+        benchmark (all distinct files interleaved, at 1 and all threads) and greedy samples; cached by digests."""
         from compress.bench import cpu_info
         from compress.lm import onnx as lmonnx
         from compress.lm.train import evaluate_lm
@@ -249,10 +238,8 @@ class LMTask:
                 files.setdefault(digest[m["name"]], m)
             say(f"[bold]measuring[/bold] {len(files)} files on {test[:, 1:].size:,} test bytes", quiet)
             teacher = evaluate_lm(lmonnx.OrtDecoder(measured[0]["path"], threads=0).logits, test)
-            scores = {}
-            for d, m in files.items():
-                s = evaluate_lm(lmonnx.OrtDecoder(m["path"], threads=0).logits, test, teacher.top1)
-                scores[d] = s.as_dict()
+            scores = {d: evaluate_lm(lmonnx.OrtDecoder(m["path"], threads=0).logits, test, teacher.top1).as_dict()
+                      for d, m in files.items()}
             b = recipe.bench
             say(f"generation benchmark: {len(files)} files x 1 and {lmonnx.all_threads()} threads, interleaved", quiet)
             rows = lmonnx.bench_generation({d: Path(m["path"]) for d, m in files.items()}, test[:1, :b.prompt],
@@ -260,7 +247,7 @@ class LMTask:
                                            calls=b.calls, seed=recipe.seed)
             s = recipe.samples
             samples = []
-            for j in (np.linspace(0, len(test) - 1, s.count).astype(int) if s.count else []):
+            for j in np.linspace(0, len(test) - 1, s.count).astype(int):
                 prompt = test[j:j + 1, :s.prompt]
                 conts = {d: bytes(lmonnx.OrtDecoder(m["path"]).generate(prompt, s.new_tokens)[0].astype(np.uint8))
                          .decode("utf-8", "replace") for d, m in files.items()}
@@ -269,20 +256,17 @@ class LMTask:
             cache.put_json("eval", key, got)
         else:
             say(f"[dim]measurements: cached {key} (--force to measure again)[/dim]", quiet)
+        # Every model's latency as search and the gate read it: decode time per token at 1 thread (its file's row).
+        per_token = {r["model"]: {k: v if k == "calls" else v / r["new_tokens"] for k, v in r["decode_ms"].items()}
+                     for r in got["bench"] if r["threads"] == 1}
         models = []
         for m in measured:
             sc, d = got["scores"][digest[m["name"]]], digest[m["name"]]
             models.append({**m, "path": str(m["path"]), "sha256": d, "size_bytes": Path(m["path"]).stat().st_size,
-                           "format": "onnx", **sc, "agreement": 1.0 if m["role"] == "teacher" else sc["agreement"]})
-        first = {}
-        for m in models:
-            first.setdefault(m["sha256"], m["name"])
+                           "format": "onnx", **sc, "agreement": 1.0 if m["role"] == "teacher" else sc["agreement"],
+                           "latency_ms": per_token.get(d)})
+        first = lmreport.first_names(models)
         bench = [{**r, "model": first[r["model"]]} for r in got["bench"]]
-        # Every model's latency as search and the gate read it: decode time per token at 1 thread (its file's row).
-        per_token = {r["model"]: {k: v if k == "calls" else v / r["new_tokens"] for k, v in r["decode_ms"].items()}
-                     for r in got["bench"] if r["threads"] == 1}
-        for m in models:
-            m["latency_ms"] = per_token.get(m["sha256"])
         samples = [{"prompt": smp["prompt"], "continuations": {first[d]: t for d, t in smp["by_file"].items()}}
                    for smp in got["samples"]]
         return models, {"bench": bench, "samples": samples}
@@ -321,12 +305,9 @@ class LMTask:
         if limit is not None and prompt_len + tokens > limit:
             prompt_len = max(1, min(prompt_len, limit // 4))
             tokens = max(1, limit - prompt_len)
-        out = {}
-        for name, path in files.items():
-            dec = lmonnx.OrtDecoder(path, threads=threads)
-            prompt = np.full((batch, prompt_len), ord(" "), np.int64)
-            out[name] = lambda dec=dec, prompt=prompt: dec.generate(prompt, tokens)
-        return out
+        prompt = np.full((batch, prompt_len), ord(" "), np.int64)
+        decoders = {name: lmonnx.OrtDecoder(path, threads=threads) for name, path in files.items()}
+        return {name: (lambda dec=dec: dec.generate(prompt, tokens)) for name, dec in decoders.items()}
 
     # --- the report ----------------------------------------------------------------------------------------
 

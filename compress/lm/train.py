@@ -19,12 +19,9 @@ import torch.nn.functional as F
 from compress import distributed
 from compress.errors import StageError
 from compress.lm.data import random_windows
-from compress.lm.model import GPT, generate
+from compress.lm.model import GPT, generate, next_token
 
 __all__ = ["token_kd_loss", "bits_per_byte", "train_lm", "teacher_continuations", "evaluate_lm", "LMScore"]
-
-LN2 = math.log(2.0)
-
 
 def token_kd_loss(student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor, temperature: float,
                   alpha: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,7 +46,7 @@ def token_kd_loss(student: torch.Tensor, teacher: torch.Tensor | None, targets: 
 
 def bits_per_byte(nll_nats_sum: float, tokens: int) -> float:
     """Byte-level tokens: bits per byte = mean negative log-likelihood (nats) / ln 2."""
-    return nll_nats_sum / tokens / LN2
+    return nll_nats_sum / tokens / math.log(2.0)
 
 
 @dataclass
@@ -78,12 +75,10 @@ def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teache
     continuations ``sequences``, positions after ``prompt_len``), ``both`` (half of each batch each way).
     Every step sees ``batch_size`` windows whatever the level, so budgets compare.
 
-    Under torchrun (``compress.distributed``) every rank draws the same global batch from the same generator (the
-    RNG stream of one process), takes its contiguous rows of each part (``distributed.shard``: real windows and
-    sequences are split separately, so the teacher's forward is split too) and weights each part's mean loss by
-    its rows / ``batch_size``: the ranks' losses sum to the one-process loss, so the summed gradients are the
-    full-batch gradient. Clipping and the step follow the all-reduce, identical on every rank; ``final_loss`` is
-    the full batch's. In one process the code and the numbers are those of the single-process loop.
+    Under torchrun every rank draws the same global batch from the same generator, takes its rows of each part
+    (``distributed.shard``) and weights each part's mean loss by its rows / ``batch_size``: the ranks' losses sum
+    to the one-process loss, so the summed gradients are the full-batch gradient and every rank takes the same
+    clipped step. In one process the numbers are those of the single-process loop.
     """
     ctx = model.cfg.context
     gen = torch.Generator().manual_seed(seed)
@@ -91,6 +86,7 @@ def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teache
     if teacher is not None:
         teacher.eval()
     n_seq = {"token": 0, "sequence": budget.batch_size, "both": budget.batch_size // 2}[level]
+    n_real = budget.batch_size - n_seq
     losses = []
     world = distributed.world_size()
     model.train()
@@ -98,15 +94,12 @@ def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teache
         for g in opt.param_groups:
             g["lr"] = _schedule(step, budget)
         loss = 0.0
-        n_real = budget.batch_size - n_seq
         if n_real:
             x = random_windows(train, n_real, ctx + 1, gen)[distributed.shard(n_real)]
             if len(x):
                 logits, _ = model(x[:, :-1])
-                t_logits = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(x[:, :-1])[0]
+                with torch.no_grad():
+                    t_logits = None if teacher is None else teacher(x[:, :-1])[0]
                 loss = loss + token_kd_loss(logits, t_logits, x[:, 1:], temperature, alpha) * len(x) / budget.batch_size
         if n_seq:
             idx = torch.randint(0, len(sequences), (n_seq,), generator=gen).numpy()[distributed.shard(n_seq)]
@@ -142,9 +135,8 @@ def teacher_continuations(teacher: GPT, train: np.ndarray, count: int, prompt_le
                           seed: int, batch: int = 64) -> np.ndarray:
     """(count, context + 1) uint8: training-split prompts of ``prompt_len`` bytes + the teacher's continuation.
 
-    Under torchrun a collective (call it on every rank): rank 0 generates and broadcasts the result. Generation
-    draws from one generator batch after batch, so splitting it would change the sequences; rank 0 alone takes
-    the time every rank would, and the broadcast guarantees every rank trains on the very same bytes.
+    Under torchrun a collective: rank 0 generates and broadcasts the result, since generation draws from one
+    generator batch after batch and splitting it would change the sequences.
     """
     if distributed.rank() != 0:
         return distributed.agree(None)
@@ -159,9 +151,7 @@ def teacher_continuations(teacher: GPT, train: np.ndarray, count: int, prompt_le
         seq = torch.cat([prompts, cont], 1)
         with torch.no_grad():
             last = teacher(seq[:, -teacher.cfg.context:])[0][:, -1]
-        nxt = (torch.multinomial(F.softmax(last / temperature, -1), 1, generator=gen) if temperature > 0
-               else last.argmax(-1, keepdim=True))
-        out.append(torch.cat([seq, nxt], 1).numpy().astype(np.uint8))
+        out.append(torch.cat([seq, next_token(last, temperature, gen)], 1).numpy().astype(np.uint8))
     return distributed.agree(np.concatenate(out))
 
 

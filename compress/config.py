@@ -61,11 +61,13 @@ class RecipeBase(Strict):
         def fix(obj):
             if isinstance(obj, Path):
                 return obj if obj.is_absolute() else (base / obj).absolute()
-            if isinstance(obj, BaseModel):
+            if isinstance(obj, BaseModel):  # only what changed is updated: the fields set stay those the user set
                 new = {n: fix(getattr(obj, n)) for n in type(obj).model_fields if n != "output"}
-                return obj.model_copy(update={n: v for n, v in new.items() if v is not getattr(obj, n)})
+                changed = {n: v for n, v in new.items() if v is not getattr(obj, n)}
+                return obj.model_copy(update=changed) if changed else obj
             if isinstance(obj, (list, tuple)):
-                return type(obj)(fix(v) for v in obj)
+                new = [fix(v) for v in obj]
+                return type(obj)(new) if any(a is not b for a, b in zip(new, obj)) else obj
             return obj
 
         return fix(self)

@@ -128,23 +128,6 @@ class LMRecipe(RecipeBase):
             raise self.error_at(f"prompt + new_tokens ({self.samples.prompt} + {self.samples.new_tokens}) exceed the "
                                 f"context ({t.context})", "samples")
 
-    def resolve_paths(self, base: Path) -> "LMRecipe":
-        def fix(p: Path | None) -> Path | None:
-            return p if p is None or p.is_absolute() else (base / p).absolute()
-
-        def spec(m: LMModelSpec) -> LMModelSpec:
-            return m.model_copy(update={"hf": fix(m.hf)}) if m.hf is not None else m
-
-        def role(cfg):
-            upd = {"model": spec(cfg.model)} | ({"weights": fix(cfg.weights)} if getattr(cfg, "weights", None) else {})
-            return cfg.model_copy(update=upd)
-
-        stages = [st.model_copy(update={"chain": [spec(c) for c in st.chain]}) if st.type == "distill" else st
-                  for st in self.stages]
-        data = self.data.model_copy(update={"path": fix(self.data.path)})
-        return self.model_copy(update={"data": data, "teacher": role(self.teacher), "student": role(self.student),
-                                       "assistants": [role(a) for a in self.assistants], "stages": stages})
-
     def check_files(self) -> None:
         """Every ``hf:`` folder: exists, config.json reads, safetensors are whole, vocabulary is the 256 bytes and
         the position table covers the teacher's context. Reads configs and headers only, before any compute."""

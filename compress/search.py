@@ -16,7 +16,7 @@ import contextlib
 import functools
 import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -59,9 +59,6 @@ class Point:
     def name(self) -> str:
         return f"r{self.ratio:g}-{self.mode}" + (f"-w{self.width}" if self.width is not None else "")
 
-    def as_dict(self) -> dict:
-        return {"ratio": self.ratio, "mode": self.mode, "width": self.width}
-
 
 @dataclass(frozen=True)
 class Axes:
@@ -84,6 +81,7 @@ class _Task:
 
     name = ""
     exclude_unset = False  # what variant() edits: the recipe's keys, defaults included
+    int4_only: tuple[str, ...] = ()  # quantize keys reset to their defaults when the mode changes
 
     @functools.cached_property
     def _metric(self) -> tuple[str, bool]:
@@ -94,6 +92,12 @@ class _Task:
 
     metric = property(lambda self: self._metric[0])
     higher = property(lambda self: self._metric[1])
+
+    def set_mode(self, st: dict, cfg, mode: str) -> dict:
+        if cfg.mode == mode:
+            return st
+        drop = self.int4_only if mode != "int4_weight_only" else ()
+        return {**{k: v for k, v in st.items() if k not in drop}, "mode": mode}
 
 
 class _Classify(_Task):
@@ -121,10 +125,6 @@ class _Classify(_Task):
     @staticmethod
     def own_ratio(cfg) -> float:
         return cfg.ratio
-
-    @staticmethod
-    def set_mode(st: dict, cfg, mode: str) -> dict:
-        return {**st, "mode": mode}
 
     @staticmethod
     def probe(path, prep, recipe) -> dict:
@@ -198,7 +198,7 @@ class _LM(_Task):
 
     name = "lm"
     one_quantize = True  # quantize stages in a row sit side by side on one export: a variant keeps the last one
-    int4_only = ("block_size", "accuracy_level", "fallback")  # reset to their defaults when the mode changes
+    int4_only = ("block_size", "accuracy_level", "fallback")
     prune_example = "{type: prune, heads: 0.3, mlp: 0.3}"
     width_unit = "units (the gpt student's width)"
     no_width = ("the student is a Hugging Face folder (hf:), whose width is its config's; a search can change the "
@@ -221,12 +221,6 @@ class _LM(_Task):
     @staticmethod
     def own_ratio(cfg) -> float:
         return max(cfg.heads, cfg.mlp)
-
-    def set_mode(self, st: dict, cfg, mode: str) -> dict:
-        if cfg.mode == mode:
-            return st
-        drop = self.int4_only if mode != "int4_weight_only" else ()
-        return {**{k: v for k, v in st.items() if k not in drop}, "mode": mode}
 
     @staticmethod
     def probe(path, prep, recipe) -> dict:
@@ -354,10 +348,9 @@ def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
                                                                                "int4_weight_only")]
     for m in got_modes:
         if m not in valid_modes:
-            import difflib
+            from compress.recipe import _hint
 
-            close = difflib.get_close_matches(m, valid_modes, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint = _hint(m, valid_modes)
             raise SearchError(f"--modes: unknown mode {m!r}; {hint}valid choices: {', '.join(valid_modes)}")
     got_widths = _numbers("--widths", _split(widths) if widths else [own.width], int,
                           f"a whole number of {_task(recipe).width_unit}", lambda w: 1 <= w <= 4096,
@@ -592,7 +585,7 @@ class _Search:
         return (est is None and left > 0) or (est is not None and est <= left), est
 
     def skip(self, c: _Candidate, est: float | None) -> dict:
-        return {"name": c.name, **c.point.as_dict(), "estimated_seconds": None if est is None else round(est, 2)}
+        return {"name": c.name, **asdict(c.point), "estimated_seconds": None if est is None else round(est, 2)}
 
     @contextlib.contextmanager
     def lock(self, c: _Candidate):
@@ -684,7 +677,7 @@ class _Search:
             src = same_as[c.name]
             m, on = by_name[src], on_front[src]
             dominated_by = None if on else next(n for n in objective if dominates(objective[n], objective[src]))
-            rows.append({"name": c.name, **c.point.as_dict(), "recipe": c.is_recipe, "frontier": on,
+            rows.append({"name": c.name, **asdict(c.point), "recipe": c.is_recipe, "frontier": on,
                          "dominated_by": dominated_by, "same_as": None if src == c.name else src,
                          **_scores(m, c.probe, task.metric), "path": str(c.entry["path"]), "key": c.entry["key"],
                          "build_seconds": round(c.seconds, 2), "stages": c.stages,
@@ -793,7 +786,7 @@ def _suggest(trial, axes: Axes) -> Point:
 def _in_space(distributions: dict, p: Point) -> dict:
     """``p``'s values that lie in the search space (the recipe's own point may lie outside it)."""
     out = {}
-    for k, v in p.as_dict().items():
+    for k, v in asdict(p).items():
         d = distributions.get(k)
         try:
             if d is not None and d._contains(d.to_internal_repr(v)):
@@ -995,10 +988,10 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
         raise SearchError(f"--storage {url}: not a storage URL; {forms}") from None
     shown = parsed.render_as_string(hide_password=True)
     sqlite = parsed.get_backend_name() == "sqlite"
-    if sqlite and parsed.database and parsed.database != ":memory:" and not Path(parsed.database).parent.is_dir():
-        raise SearchError(f"--storage {shown}: folder {Path(parsed.database).parent} does not exist")
     if sqlite and parsed.database in (None, "", ":memory:"):
         raise SearchError(f"--storage {shown}: an in-memory database is not shared; give a file, sqlite:///search.db")
+    if sqlite and not Path(parsed.database).parent.is_dir():
+        raise SearchError(f"--storage {shown}: folder {Path(parsed.database).parent} does not exist")
     import inspect
 
     named = ("heartbeat_stale_trial_callback"  # optuna >= 4.9; failed_trial_callback before
@@ -1045,7 +1038,7 @@ def _serialize_sqlite(engine) -> None:
 
 
 def _identity(c: _Candidate) -> dict:
-    return {"variant": c.name, "key": c.key, "point": c.point.as_dict(), "recipe": c.is_recipe}
+    return {"variant": c.name, "key": c.key, "point": asdict(c.point), "recipe": c.is_recipe}
 
 
 def _open_study(optuna, s: _Search, store: Store, name: str, method: str, n_planned: int, queue: list[_Candidate],
@@ -1486,13 +1479,11 @@ def plot(result: dict, path: Path) -> None:
         x, y = xy(m)
         ax.scatter([x], [y], s=area(m), marker=mk, c=col, alpha=0.7, edgecolors="black", linewidths=0.5, zorder=3)
         labels.append((x, y, m["name"], col))
-    ax.set_xscale("log")
+    ax.set(xscale="log", xlabel=task.xlabel, ylabel=task.ylabel,
+           title=f"{result['name']}: {result['variants_run']} candidates, {len(result['frontier'])} on the frontier "
+           "(marker area = file size)")
     label_points(ax, fig, labels, width=120, step=12, offset=7, fontsize=7)
     plain_log_ticks(ax, labelsize=7)
-    ax.set_xlabel(task.xlabel)
-    ax.set_ylabel(task.ylabel)
-    ax.set_title(f"{result['name']}: {result['variants_run']} candidates, {len(result['frontier'])} on the frontier "
-                 "(marker area = file size)")
     ax.grid(True, which="both", alpha=0.3)
     ax.scatter([], [], c="#2ca02c", alpha=0.55, label=f"frontier ({task.quality}, latency, size)")
     ax.scatter([], [], c="#1f77b4", alpha=0.55, label="dominated")

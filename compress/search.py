@@ -155,14 +155,12 @@ class _Classify(_Task):
                 "setup_s": setup}
 
     @staticmethod
-    def session(probes: list[dict], recipe) -> float:
-        """Seconds the final interleaved session will take for models with these probes (evaluate's protocol:
+    def session(p: dict, recipe) -> float:
+        """Seconds the final interleaved session will take for a model with probe ``p`` (evaluate's protocol:
         10 warm-up calls + rounds x calls at batch 1, 3 + rounds x calls/4 at the large batch, 3 sessions each)."""
-        bench, total = recipe.bench, 0.0
-        for p in probes:
-            total += 3 * p["setup_s"] + (10 + bench.rounds * bench.calls) * p["latency_ms"] / 1e3
-            total += (3 + bench.rounds * max(1, bench.calls // 4)) * p["batch_ms"] / 1e3
-        return total
+        b = recipe.bench
+        return (3 * p["setup_s"] + (10 + b.rounds * b.calls) * p["latency_ms"] / 1e3
+                + (3 + b.rounds * max(1, b.calls // 4)) * p["batch_ms"] / 1e3)
 
     @staticmethod
     def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
@@ -251,18 +249,16 @@ class _LM(_Task):
                 "prefill_ms": float(np.median(prefill)) * 1e3, "eval_s": eval_s}
 
     @staticmethod
-    def session(probes: list[dict], recipe) -> float:
-        """Seconds LMTask.measure will take for files with these probes: each scored on the test split (about as
-        long as on validation: both capped at eval.max_tokens), prefill + decode timed 2 + rounds x calls times at 1
-        and at all threads, and the greedy samples."""
+    def session(p: dict, recipe) -> float:
+        """Seconds LMTask.measure will take for a file with probe ``p``: scored on the test split (about as long as
+        on validation: both capped at eval.max_tokens), prefill + decode timed 2 + rounds x calls times at 1 and at
+        all threads, and the greedy samples."""
         from compress.lm.onnx import all_threads
 
-        b, s, total = recipe.bench, recipe.samples, 0.0
-        for p in probes:
-            call = (p["prefill_ms"] + b.new_tokens * p["latency_ms"]) / 1e3
-            total += p["eval_s"] + len({1, all_threads()}) * (2 + b.rounds * b.calls) * call
-            total += s.count * (p["prefill_ms"] + s.new_tokens * p["latency_ms"]) / 1e3
-        return total
+        b, s = recipe.bench, recipe.samples
+        call = (p["prefill_ms"] + b.new_tokens * p["latency_ms"]) / 1e3
+        return (p["eval_s"] + len({1, all_threads()}) * (2 + b.rounds * b.calls) * call
+                + s.count * (p["prefill_ms"] + s.new_tokens * p["latency_ms"]) / 1e3)
 
     @staticmethod
     def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
@@ -574,15 +570,15 @@ class _Search:
         if not session:
             return total
         probes = [d.probe for d in self.done if d.probe] + [r["probe"] for r in self.refs]
-        worst = max(probes, key=lambda p: self.task.session([p], self.recipe)) if probes else None
-        return total + self.task.session(probes + ([worst] if worst else []), self.recipe)
+        seconds = [self.task.session(p, self.recipe) for p in probes]
+        return total + sum(seconds) + max(seconds, default=0.0)  # c itself counted as the slowest model seen
 
     def fits(self, c: _Candidate, session: bool = True) -> tuple[bool, float | None]:
         if self.budget is None:
             return True, None
         est = self.estimate(c, session)
         left = self.budget - (self.clock() - self.started)
-        return (est is None and left > 0) or (est is not None and est <= left), est
+        return (left > 0 if est is None else est <= left), est
 
     def skip(self, c: _Candidate, est: float | None) -> dict:
         return {"name": c.name, **asdict(c.point), "estimated_seconds": None if est is None else round(est, 2)}
@@ -788,11 +784,9 @@ def _in_space(distributions: dict, p: Point) -> dict:
     out = {}
     for k, v in asdict(p).items():
         d = distributions.get(k)
-        try:
+        with contextlib.suppress(ValueError, TypeError):  # a value the distribution cannot even represent
             if d is not None and d._contains(d.to_internal_repr(v)):
                 out[k] = v
-        except (ValueError, TypeError):
-            pass
     return out
 
 
@@ -978,13 +972,11 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
         if not Path(path).parent.is_dir():
             raise SearchError(f"--storage {url}: folder {Path(path).parent} does not exist")
         return Store(url, "journal", JournalStorage(JournalFileBackend(path)), heartbeat)
-    if "://" not in url:
-        raise SearchError(f"--storage {url}: not a storage URL; {forms}")
     import sqlalchemy
 
     try:
         parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except sqlalchemy.exc.ArgumentError:  # not scheme://...
         raise SearchError(f"--storage {url}: not a storage URL; {forms}") from None
     shown = parsed.render_as_string(hide_password=True)
     sqlite = parsed.get_backend_name() == "sqlite"

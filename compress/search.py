@@ -487,9 +487,8 @@ def _optuna(what: str = "compress search --method tpe"):
 
 
 def _scores(m: dict, probe: dict, metric: str) -> dict:
-    """A measured model's numbers in search.json: the task's metric on the test split (plus an LM's ``perplexity``)
-    and on validation (the probe's ``val_<metric>``), agreement, size, latency. What a task does not measure (an
-    LM's errors, MACs, batch latency) is None; the chance-level flag is classification's."""
+    """A measured model's numbers in search.json, the metric on the test split and on validation (the probe's). What a
+    task does not measure (an LM's errors, MACs, batch latency) is None; the chance-level flag is classification's."""
     return {metric: m[metric], "errors": m.get("errors"), f"val_{metric}": probe[f"val_{metric}"],
             **({"perplexity": m["perplexity"]} if "perplexity" in m else {}), "agreement": m.get("agreement"),
             "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"], "latency_batch_ms": m.get("latency_batch_ms"),
@@ -497,9 +496,8 @@ def _scores(m: dict, probe: dict, metric: str) -> dict:
 
 
 class _Search:
-    """What every way of searching shares: the recipe and its axes, the data and models prepared once per
-    student width, the output root's cache, the search folder, the candidates known by their stage keys and
-    what each stage took to compute. Everything that can fail without compute fails in the constructor."""
+    """What every way of searching (one process, a storage worker, the report) shares. Everything that can fail
+    without compute fails in the constructor."""
 
     def __init__(self, recipe, output, axes: Axes, *, budget, quiet: bool, clock, started: float):
         from compress import pipeline
@@ -1268,16 +1266,17 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
     for t in trials_in_order:
         a = t.user_attrs
         c = _from_trial(s, a, t.number)
+        files = [_local(s, f) for f in [a["entry"], *(a.get("refs") or [])]]
         # A file missing or changed since the worker recorded it: built again (its stages are cached).
-        if not all(_intact(s, f) for f in [a["entry"], *(a.get("refs") or [])]):
+        if None in files:
             say(f"[yellow]{c.name}: its files changed since trial {t.number} recorded them; building it again "
                 "from the cache[/yellow]", s.quiet)
             s.run_one(c)
             rebuilt.append(c.name)
         else:
-            c.entry, c.probe, c.stages = _local(s, a["entry"]), a["probe"], a["stages"]
+            c.entry, c.probe, c.stages = files[0], a["probe"], a["stages"]
             if c.is_recipe:
-                s.refs = [_local(s, r) for r in a["refs"]]
+                s.refs = files[1:]
             s.known[tuple(c.keys)] = c
             s.done.append(c)
         c.worker, c.trial = a.get("worker"), t.number
@@ -1316,14 +1315,9 @@ def _counts(trials) -> dict[str, int]:
     return {st.name.lower(): n for st in TrialState if (n := sum(t.state == st for t in trials))}
 
 
-def _local(s: _Search, f: dict) -> dict:
-    """A file a worker recorded (``_recorded``) as this machine sees it: its path under the search folder."""
-    from compress._io import inside
-
-    return {**{k: v for k, v in f.items() if k != "sha256"}, "path": inside(s.search_dir, f["path"])}
-
-
-def _intact(s: _Search, f: dict) -> bool:
+def _local(s: _Search, f: dict) -> dict | None:
+    """A file a worker recorded (``_recorded``) as this machine sees it, its path under the search folder; None when
+    it is outside that folder, missing or not the bytes the worker recorded."""
     from compress import pipeline
     from compress._io import inside
     from compress.errors import UnsafePathError
@@ -1331,8 +1325,10 @@ def _intact(s: _Search, f: dict) -> bool:
     try:
         path = inside(s.search_dir, f["path"])
     except UnsafePathError:
-        return False
-    return path.is_file() and not path.is_symlink() and pipeline.file_digest(path) == f.get("sha256")
+        return None
+    if not path.is_file() or path.is_symlink() or pipeline.file_digest(path) != f.get("sha256"):
+        return None
+    return {**{k: v for k, v in f.items() if k != "sha256"}, "path": path}
 
 
 # --- output ----------------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class _Task:
 
     name = ""
     exclude_unset = False  # what variant() edits: the recipe's keys, defaults included
+    ratio_keys: tuple[str, ...] = ()  # the prune keys the ratio sets, those the recipe does not leave at 0
     int4_only: tuple[str, ...] = ()  # quantize keys reset to their defaults when the mode changes
 
     @functools.cached_property
@@ -92,6 +93,12 @@ class _Task:
 
     metric = property(lambda self: self._metric[0])
     higher = property(lambda self: self._metric[1])
+
+    def set_ratio(self, st: dict, cfg, ratio: float) -> dict:
+        return {**st, **{k: ratio for k in self.ratio_keys if getattr(cfg, k) != 0}}
+
+    def own_ratio(self, cfg) -> float:
+        return max(getattr(cfg, k) for k in self.ratio_keys)
 
     def set_mode(self, st: dict, cfg, mode: str) -> dict:
         if cfg.mode == mode:
@@ -105,6 +112,7 @@ class _Classify(_Task):
     probe is validation accuracy and a rough batch-1 latency; the final session is ``pipeline.measure``."""
 
     name = "classify"
+    ratio_keys = ("ratio",)
     one_quantize = False  # quantize stages in a row each quantize the one before: every one takes the mode
     prune_example = "{type: prune, ratio: 0.3}"
     width_unit = "channels (cnn) or units (mlp)"
@@ -117,14 +125,6 @@ class _Classify(_Task):
     latency = "p50 ms, batch 1, 1 thread, min"
     ylabel = "test accuracy (%)"
     xlabel = "latency p50, batch 1, 1 thread (us, log scale; one interleaved session)"
-
-    @staticmethod
-    def set_ratio(st: dict, cfg, ratio: float) -> dict:
-        return {**st, "ratio": ratio}
-
-    @staticmethod
-    def own_ratio(cfg) -> float:
-        return cfg.ratio
 
     @staticmethod
     def probe(path, prep, recipe) -> dict:
@@ -195,6 +195,7 @@ class _LM(_Task):
     per token; the final session is ``LMTask.measure``."""
 
     name = "lm"
+    ratio_keys = ("heads", "mlp")
     one_quantize = True  # quantize stages in a row sit side by side on one export: a variant keeps the last one
     int4_only = ("block_size", "accuracy_level", "fallback")
     prune_example = "{type: prune, heads: 0.3, mlp: 0.3}"
@@ -211,14 +212,6 @@ class _LM(_Task):
     # Only what the recipe set: an hf model spec refuses width/layers/heads, and a teacher's missing ``train`` means
     # "used as loaded" (compress.lm.task), so defaults must stay unset.
     exclude_unset = True
-
-    @staticmethod
-    def set_ratio(st: dict, cfg, ratio: float) -> dict:
-        return {**st, **{k: ratio for k in ("heads", "mlp") if getattr(cfg, k) > 0}}
-
-    @staticmethod
-    def own_ratio(cfg) -> float:
-        return max(cfg.heads, cfg.mlp)
 
     @staticmethod
     def probe(path, prep, recipe) -> dict:

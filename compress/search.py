@@ -337,9 +337,10 @@ def parse_axes(recipe, ratios=None, modes=None, widths=None) -> Axes:
                                                                                "int4_weight_only")]
     for m in got_modes:
         if m not in valid_modes:
-            from compress.recipe import _hint
+            import difflib
 
-            hint = _hint(m, valid_modes)
+            close = difflib.get_close_matches(m, valid_modes, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
             raise SearchError(f"--modes: unknown mode {m!r}; {hint}valid choices: {', '.join(valid_modes)}")
     got_widths = _numbers("--widths", _split(widths) if widths else [own.width], int,
                           f"a whole number of {_task(recipe).width_unit}", lambda w: 1 <= w <= 4096,

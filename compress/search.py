@@ -657,8 +657,7 @@ class _Search:
         measure_seconds = self.clock() - t0
 
         by_name = {m["name"]: m for m in models}
-        metric = (task.metric, task.higher)
-        objective = {c.name: objectives(by_name[c.name], metric) for c in unique}
+        objective = {c.name: objectives(by_name[c.name], task._metric) for c in unique}
         on_front = dict(zip(objective, pareto(list(objective.values()))))
         rows = []
         for c in done:
@@ -1450,7 +1449,7 @@ def plot(result: dict, path: Path) -> None:
                    edgecolors="black", linewidths=1.8 if m["recipe"] else 0.5, zorder=3)
         labels.append((x, y, m["name"] + (" (recipe)" if m["recipe"] else ""), "black"))
     # The line: the quality-latency frontier (a staircase); the green points: the frontier with size counted too.
-    two = [objectives({**m, "size_bytes": 0}, (task.metric, task.higher)) for m in result["candidates"]]
+    two = [objectives({**m, "size_bytes": 0}, task._metric) for m in result["candidates"]]
     front = sorted((m for m, on in zip(result["candidates"], pareto(two)) if on), key=lambda m: m["latency_ms"]["p50"])
     if front:
         ax.step(*zip(*map(xy, front)), where="post", color="#2ca02c", lw=1.2, zorder=2,

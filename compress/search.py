@@ -16,7 +16,7 @@ import contextlib
 import functools
 import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -59,9 +59,6 @@ class Point:
     def name(self) -> str:
         return f"r{self.ratio:g}-{self.mode}" + (f"-w{self.width}" if self.width is not None else "")
 
-    def as_dict(self) -> dict:
-        return {"ratio": self.ratio, "mode": self.mode, "width": self.width}
-
 
 @dataclass(frozen=True)
 class Axes:
@@ -84,6 +81,8 @@ class _Task:
 
     name = ""
     exclude_unset = False  # what variant() edits: the recipe's keys, defaults included
+    ratio_keys: tuple[str, ...] = ()  # the prune keys the ratio sets, those the recipe does not leave at 0
+    int4_only: tuple[str, ...] = ()  # quantize keys reset to their defaults when the mode changes
 
     @functools.cached_property
     def _metric(self) -> tuple[str, bool]:
@@ -95,12 +94,25 @@ class _Task:
     metric = property(lambda self: self._metric[0])
     higher = property(lambda self: self._metric[1])
 
+    def set_ratio(self, st: dict, cfg, ratio: float) -> dict:
+        return {**st, **{k: ratio for k in self.ratio_keys if getattr(cfg, k) != 0}}
+
+    def own_ratio(self, cfg) -> float:
+        return max(getattr(cfg, k) for k in self.ratio_keys)
+
+    def set_mode(self, st: dict, cfg, mode: str) -> dict:
+        if cfg.mode == mode:
+            return st
+        drop = self.int4_only if mode != "int4_weight_only" else ()
+        return {**{k: v for k, v in st.items() if k not in drop}, "mode": mode}
+
 
 class _Classify(_Task):
     """``task: classify``: the ratio is every prune stage's ``ratio`` and every quantize stage takes the mode; the
     probe is validation accuracy and a rough batch-1 latency; the final session is ``pipeline.measure``."""
 
     name = "classify"
+    ratio_keys = ("ratio",)
     one_quantize = False  # quantize stages in a row each quantize the one before: every one takes the mode
     prune_example = "{type: prune, ratio: 0.3}"
     width_unit = "channels (cnn) or units (mlp)"
@@ -113,18 +125,6 @@ class _Classify(_Task):
     latency = "p50 ms, batch 1, 1 thread, min"
     ylabel = "test accuracy (%)"
     xlabel = "latency p50, batch 1, 1 thread (us, log scale; one interleaved session)"
-
-    @staticmethod
-    def set_ratio(st: dict, cfg, ratio: float) -> dict:
-        return {**st, "ratio": ratio}
-
-    @staticmethod
-    def own_ratio(cfg) -> float:
-        return cfg.ratio
-
-    @staticmethod
-    def set_mode(st: dict, cfg, mode: str) -> dict:
-        return {**st, "mode": mode}
 
     @staticmethod
     def probe(path, prep, recipe) -> dict:
@@ -155,14 +155,12 @@ class _Classify(_Task):
                 "setup_s": setup}
 
     @staticmethod
-    def session(probes: list[dict], recipe) -> float:
-        """Seconds the final interleaved session will take for models with these probes (evaluate's protocol:
+    def session(p: dict, recipe) -> float:
+        """Seconds the final interleaved session will take for a model with probe ``p`` (evaluate's protocol:
         10 warm-up calls + rounds x calls at batch 1, 3 + rounds x calls/4 at the large batch, 3 sessions each)."""
-        bench, total = recipe.bench, 0.0
-        for p in probes:
-            total += 3 * p["setup_s"] + (10 + bench.rounds * bench.calls) * p["latency_ms"] / 1e3
-            total += (3 + bench.rounds * max(1, bench.calls // 4)) * p["batch_ms"] / 1e3
-        return total
+        b = recipe.bench
+        return (3 * p["setup_s"] + (10 + b.rounds * b.calls) * p["latency_ms"] / 1e3
+                + (3 + b.rounds * max(1, b.calls // 4)) * p["batch_ms"] / 1e3)
 
     @staticmethod
     def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
@@ -197,8 +195,9 @@ class _LM(_Task):
     per token; the final session is ``LMTask.measure``."""
 
     name = "lm"
+    ratio_keys = ("heads", "mlp")
     one_quantize = True  # quantize stages in a row sit side by side on one export: a variant keeps the last one
-    int4_only = ("block_size", "accuracy_level", "fallback")  # reset to their defaults when the mode changes
+    int4_only = ("block_size", "accuracy_level", "fallback")
     prune_example = "{type: prune, heads: 0.3, mlp: 0.3}"
     width_unit = "units (the gpt student's width)"
     no_width = ("the student is a Hugging Face folder (hf:), whose width is its config's; a search can change the "
@@ -213,20 +212,6 @@ class _LM(_Task):
     # Only what the recipe set: an hf model spec refuses width/layers/heads, and a teacher's missing ``train`` means
     # "used as loaded" (compress.lm.task), so defaults must stay unset.
     exclude_unset = True
-
-    @staticmethod
-    def set_ratio(st: dict, cfg, ratio: float) -> dict:
-        return {**st, **{k: ratio for k in ("heads", "mlp") if getattr(cfg, k) > 0}}
-
-    @staticmethod
-    def own_ratio(cfg) -> float:
-        return max(cfg.heads, cfg.mlp)
-
-    def set_mode(self, st: dict, cfg, mode: str) -> dict:
-        if cfg.mode == mode:
-            return st
-        drop = self.int4_only if mode != "int4_weight_only" else ()
-        return {**{k: v for k, v in st.items() if k not in drop}, "mode": mode}
 
     @staticmethod
     def probe(path, prep, recipe) -> dict:
@@ -257,18 +242,16 @@ class _LM(_Task):
                 "prefill_ms": float(np.median(prefill)) * 1e3, "eval_s": eval_s}
 
     @staticmethod
-    def session(probes: list[dict], recipe) -> float:
-        """Seconds LMTask.measure will take for files with these probes: each scored on the test split (about as
-        long as on validation: both capped at eval.max_tokens), prefill + decode timed 2 + rounds x calls times at 1
-        and at all threads, and the greedy samples."""
+    def session(p: dict, recipe) -> float:
+        """Seconds LMTask.measure will take for a file with probe ``p``: scored on the test split (about as long as
+        on validation: both capped at eval.max_tokens), prefill + decode timed 2 + rounds x calls times at 1 and at
+        all threads, and the greedy samples."""
         from compress.lm.onnx import all_threads
 
-        b, s, total = recipe.bench, recipe.samples, 0.0
-        for p in probes:
-            call = (p["prefill_ms"] + b.new_tokens * p["latency_ms"]) / 1e3
-            total += p["eval_s"] + len({1, all_threads()}) * (2 + b.rounds * b.calls) * call
-            total += s.count * (p["prefill_ms"] + s.new_tokens * p["latency_ms"]) / 1e3
-        return total
+        b, s = recipe.bench, recipe.samples
+        call = (p["prefill_ms"] + b.new_tokens * p["latency_ms"]) / 1e3
+        return (p["eval_s"] + len({1, all_threads()}) * (2 + b.rounds * b.calls) * call
+                + s.count * (p["prefill_ms"] + s.new_tokens * p["latency_ms"]) / 1e3)
 
     @staticmethod
     def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
@@ -498,9 +481,8 @@ def _optuna(what: str = "compress search --method tpe"):
 
 
 def _scores(m: dict, probe: dict, metric: str) -> dict:
-    """A measured model's numbers in search.json: the task's metric on the test split (plus an LM's ``perplexity``)
-    and on validation (the probe's ``val_<metric>``), agreement, size, latency. What a task does not measure (an
-    LM's errors, MACs, batch latency) is None; the chance-level flag is classification's."""
+    """A measured model's numbers in search.json, the metric on the test split and on validation (the probe's). What a
+    task does not measure (an LM's errors, MACs, batch latency) is None; the chance-level flag is classification's."""
     return {metric: m[metric], "errors": m.get("errors"), f"val_{metric}": probe[f"val_{metric}"],
             **({"perplexity": m["perplexity"]} if "perplexity" in m else {}), "agreement": m.get("agreement"),
             "size_bytes": m["size_bytes"], "latency_ms": m["latency_ms"], "latency_batch_ms": m.get("latency_batch_ms"),
@@ -508,9 +490,8 @@ def _scores(m: dict, probe: dict, metric: str) -> dict:
 
 
 class _Search:
-    """What every way of searching shares: the recipe and its axes, the data and models prepared once per
-    student width, the output root's cache, the search folder, the candidates known by their stage keys and
-    what each stage took to compute. Everything that can fail without compute fails in the constructor."""
+    """What every way of searching (one process, a storage worker, the report) shares. Everything that can fail
+    without compute fails in the constructor."""
 
     def __init__(self, recipe, output, axes: Axes, *, budget, quiet: bool, clock, started: float):
         from compress import pipeline
@@ -581,18 +562,18 @@ class _Search:
         if not session:
             return total
         probes = [d.probe for d in self.done if d.probe] + [r["probe"] for r in self.refs]
-        worst = max(probes, key=lambda p: self.task.session([p], self.recipe)) if probes else None
-        return total + self.task.session(probes + ([worst] if worst else []), self.recipe)
+        seconds = [self.task.session(p, self.recipe) for p in probes]
+        return total + sum(seconds) + max(seconds, default=0.0)  # c itself counted as the slowest model seen
 
     def fits(self, c: _Candidate, session: bool = True) -> tuple[bool, float | None]:
         if self.budget is None:
             return True, None
         est = self.estimate(c, session)
         left = self.budget - (self.clock() - self.started)
-        return (est is None and left > 0) or (est is not None and est <= left), est
+        return (left > 0 if est is None else est <= left), est
 
     def skip(self, c: _Candidate, est: float | None) -> dict:
-        return {"name": c.name, **c.point.as_dict(), "estimated_seconds": None if est is None else round(est, 2)}
+        return {"name": c.name, **asdict(c.point), "estimated_seconds": None if est is None else round(est, 2)}
 
     @contextlib.contextmanager
     def lock(self, c: _Candidate):
@@ -676,15 +657,14 @@ class _Search:
         measure_seconds = self.clock() - t0
 
         by_name = {m["name"]: m for m in models}
-        metric = (task.metric, task.higher)
-        objective = {c.name: objectives(by_name[c.name], metric) for c in unique}
+        objective = {c.name: objectives(by_name[c.name], task._metric) for c in unique}
         on_front = dict(zip(objective, pareto(list(objective.values()))))
         rows = []
         for c in done:
             src = same_as[c.name]
             m, on = by_name[src], on_front[src]
             dominated_by = None if on else next(n for n in objective if dominates(objective[n], objective[src]))
-            rows.append({"name": c.name, **c.point.as_dict(), "recipe": c.is_recipe, "frontier": on,
+            rows.append({"name": c.name, **asdict(c.point), "recipe": c.is_recipe, "frontier": on,
                          "dominated_by": dominated_by, "same_as": None if src == c.name else src,
                          **_scores(m, c.probe, task.metric), "path": str(c.entry["path"]), "key": c.entry["key"],
                          "build_seconds": round(c.seconds, 2), "stages": c.stages,
@@ -793,13 +773,11 @@ def _suggest(trial, axes: Axes) -> Point:
 def _in_space(distributions: dict, p: Point) -> dict:
     """``p``'s values that lie in the search space (the recipe's own point may lie outside it)."""
     out = {}
-    for k, v in p.as_dict().items():
+    for k, v in asdict(p).items():
         d = distributions.get(k)
-        try:
+        with contextlib.suppress(ValueError, TypeError):  # a value the distribution cannot even represent
             if d is not None and d._contains(d.to_internal_repr(v)):
                 out[k] = v
-        except (ValueError, TypeError):
-            pass
     return out
 
 
@@ -985,20 +963,18 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Store:
         if not Path(path).parent.is_dir():
             raise SearchError(f"--storage {url}: folder {Path(path).parent} does not exist")
         return Store(url, "journal", JournalStorage(JournalFileBackend(path)), heartbeat)
-    if "://" not in url:
-        raise SearchError(f"--storage {url}: not a storage URL; {forms}")
     import sqlalchemy
 
     try:
         parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except sqlalchemy.exc.ArgumentError:  # not scheme://...
         raise SearchError(f"--storage {url}: not a storage URL; {forms}") from None
     shown = parsed.render_as_string(hide_password=True)
     sqlite = parsed.get_backend_name() == "sqlite"
-    if sqlite and parsed.database and parsed.database != ":memory:" and not Path(parsed.database).parent.is_dir():
-        raise SearchError(f"--storage {shown}: folder {Path(parsed.database).parent} does not exist")
     if sqlite and parsed.database in (None, "", ":memory:"):
         raise SearchError(f"--storage {shown}: an in-memory database is not shared; give a file, sqlite:///search.db")
+    if sqlite and not Path(parsed.database).parent.is_dir():
+        raise SearchError(f"--storage {shown}: folder {Path(parsed.database).parent} does not exist")
     import inspect
 
     named = ("heartbeat_stale_trial_callback"  # optuna >= 4.9; failed_trial_callback before
@@ -1045,7 +1021,7 @@ def _serialize_sqlite(engine) -> None:
 
 
 def _identity(c: _Candidate) -> dict:
-    return {"variant": c.name, "key": c.key, "point": c.point.as_dict(), "recipe": c.is_recipe}
+    return {"variant": c.name, "key": c.key, "point": asdict(c.point), "recipe": c.is_recipe}
 
 
 def _open_study(optuna, s: _Search, store: Store, name: str, method: str, n_planned: int, queue: list[_Candidate],
@@ -1283,16 +1259,17 @@ def _report(s: _Search, optuna, store: Store, name: str, method: str, queue: lis
     for t in trials_in_order:
         a = t.user_attrs
         c = _from_trial(s, a, t.number)
+        files = [_local(s, f) for f in [a["entry"], *(a.get("refs") or [])]]
         # A file missing or changed since the worker recorded it: built again (its stages are cached).
-        if not all(_intact(s, f) for f in [a["entry"], *(a.get("refs") or [])]):
+        if None in files:
             say(f"[yellow]{c.name}: its files changed since trial {t.number} recorded them; building it again "
                 "from the cache[/yellow]", s.quiet)
             s.run_one(c)
             rebuilt.append(c.name)
         else:
-            c.entry, c.probe, c.stages = _local(s, a["entry"]), a["probe"], a["stages"]
+            c.entry, c.probe, c.stages = files[0], a["probe"], a["stages"]
             if c.is_recipe:
-                s.refs = [_local(s, r) for r in a["refs"]]
+                s.refs = files[1:]
             s.known[tuple(c.keys)] = c
             s.done.append(c)
         c.worker, c.trial = a.get("worker"), t.number
@@ -1331,14 +1308,9 @@ def _counts(trials) -> dict[str, int]:
     return {st.name.lower(): n for st in TrialState if (n := sum(t.state == st for t in trials))}
 
 
-def _local(s: _Search, f: dict) -> dict:
-    """A file a worker recorded (``_recorded``) as this machine sees it: its path under the search folder."""
-    from compress._io import inside
-
-    return {**{k: v for k, v in f.items() if k != "sha256"}, "path": inside(s.search_dir, f["path"])}
-
-
-def _intact(s: _Search, f: dict) -> bool:
+def _local(s: _Search, f: dict) -> dict | None:
+    """A file a worker recorded (``_recorded``) as this machine sees it, its path under the search folder; None when
+    it is outside that folder, missing or not the bytes the worker recorded."""
     from compress import pipeline
     from compress._io import inside
     from compress.errors import UnsafePathError
@@ -1346,8 +1318,10 @@ def _intact(s: _Search, f: dict) -> bool:
     try:
         path = inside(s.search_dir, f["path"])
     except UnsafePathError:
-        return False
-    return path.is_file() and not path.is_symlink() and pipeline.file_digest(path) == f.get("sha256")
+        return None
+    if not path.is_file() or path.is_symlink() or pipeline.file_digest(path) != f.get("sha256"):
+        return None
+    return {**{k: v for k, v in f.items() if k != "sha256"}, "path": path}
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -1475,7 +1449,7 @@ def plot(result: dict, path: Path) -> None:
                    edgecolors="black", linewidths=1.8 if m["recipe"] else 0.5, zorder=3)
         labels.append((x, y, m["name"] + (" (recipe)" if m["recipe"] else ""), "black"))
     # The line: the quality-latency frontier (a staircase); the green points: the frontier with size counted too.
-    two = [objectives({**m, "size_bytes": 0}, (task.metric, task.higher)) for m in result["candidates"]]
+    two = [objectives({**m, "size_bytes": 0}, task._metric) for m in result["candidates"]]
     front = sorted((m for m, on in zip(result["candidates"], pareto(two)) if on), key=lambda m: m["latency_ms"]["p50"])
     if front:
         ax.step(*zip(*map(xy, front)), where="post", color="#2ca02c", lw=1.2, zorder=2,
@@ -1486,13 +1460,11 @@ def plot(result: dict, path: Path) -> None:
         x, y = xy(m)
         ax.scatter([x], [y], s=area(m), marker=mk, c=col, alpha=0.7, edgecolors="black", linewidths=0.5, zorder=3)
         labels.append((x, y, m["name"], col))
-    ax.set_xscale("log")
+    ax.set(xscale="log", xlabel=task.xlabel, ylabel=task.ylabel,
+           title=f"{result['name']}: {result['variants_run']} candidates, {len(result['frontier'])} on the frontier "
+           "(marker area = file size)")
     label_points(ax, fig, labels, width=120, step=12, offset=7, fontsize=7)
     plain_log_ticks(ax, labelsize=7)
-    ax.set_xlabel(task.xlabel)
-    ax.set_ylabel(task.ylabel)
-    ax.set_title(f"{result['name']}: {result['variants_run']} candidates, {len(result['frontier'])} on the frontier "
-                 "(marker area = file size)")
     ax.grid(True, which="both", alpha=0.3)
     ax.scatter([], [], c="#2ca02c", alpha=0.55, label=f"frontier ({task.quality}, latency, size)")
     ax.scatter([], [], c="#1f77b4", alpha=0.55, label="dominated")

@@ -1144,8 +1144,11 @@ def _run_trial(optuna, s: _Search, study, store: Store, tid: int, number: int, c
 
                 from optuna.trial import TrialState
 
-                store.set_attrs(tid, {"error": "".join(traceback.format_exception_only(exc)).strip()[-2000:]})
-                store.storage.set_trial_state_values(tid, TrialState.FAIL)
+                # Another worker may have given the trial up meanwhile (a missed heartbeat): the build's own
+                # error is still the one raised, not the storage's refusal to update a finished trial.
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    store.set_attrs(tid, {"error": "".join(traceback.format_exception_only(exc)).strip()[-2000:]})
+                    store.storage.set_trial_state_values(tid, TrialState.FAIL)
                 raise
             c.worker, c.trial = me, number
             _tell(optuna, study, store, tid, number, _values(s, c), _built_attrs(s, c, me))

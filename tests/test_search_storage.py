@@ -5,6 +5,7 @@ measures the candidates together. Storage URLs and bad combinations are refused 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -149,6 +150,30 @@ def test_a_trial_without_heartbeat_is_queued_again_once(store):
     assert [(t.number, t.state, t.user_attrs["variant"]) for t in trials] == [
         (0, TrialState.FAIL, "dead"), (1, TrialState.RUNNING, "alive"), (2, TrialState.WAITING, "dead")]
     assert trials[2].system_attrs["failed_trial"] == 0
+
+
+def test_a_failed_build_raises_its_own_error_after_its_trial_was_given_up(store):
+    from compress import search as srch
+
+    study = optuna.create_study(study_name="s", storage=store.storage, directions=["maximize"] * 3)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"variant": "v"}))
+    tid = store.pop(study, 0)
+
+    class Search:  # builds fail after another worker has declared the trial stale
+        quiet = True
+
+        @contextlib.contextmanager
+        def lock(self, c):
+            yield
+
+        def build(self, c):
+            assert store.give_up(study, tid)
+            raise MemoryError("the build ran out of memory")
+
+    c = srch._Candidate(srch.Point(0.3, "fp32", None), "v", None, ["k"])
+    with pytest.raises(MemoryError, match="the build ran out of memory"):
+        srch._run_trial(optuna, Search(), study, store, tid, 0, c, "me")
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]  # queued again, once
 
 
 # --- two workers on one output root ----------------------------------------------------------------

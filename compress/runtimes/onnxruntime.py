@@ -71,6 +71,4 @@ class OrtRunner(Runner):
         return lambda: run(None, feed)
 
 
-@register_runtime("ort", suffixes=(".onnx",))  # onnxruntime's CPU execution provider
-def load(path, threads: int = 1) -> OrtRunner:
-    return OrtRunner(path, threads)
+load = register_runtime("ort", suffixes=(".onnx",))(OrtRunner)  # onnxruntime's CPU execution provider

@@ -86,9 +86,7 @@ def peak_rss_bytes() -> int | None:
 
 def batch_of(x: np.ndarray, n: int) -> np.ndarray:
     """``n`` rows of ``x`` (repeated when ``x`` has fewer), contiguous float32."""
-    reps = -(-n // len(x))
-    rows = np.concatenate([x] * reps)[:n] if reps > 1 else x[:n]
-    return np.ascontiguousarray(rows, dtype=np.float32)
+    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])), dtype=np.float32)
 
 
 def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int = 1, batch: int = 1,

@@ -46,7 +46,6 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
     return out
 
 
-FORMAT_RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
 _ROW_KEYS = ("runtime", "path", "size_bytes", "static_batch", "accuracy", "errors", "peak_rss_growth_bytes",
              "latency_ms")  # of a bench_files row, kept in a runtimes row
 
@@ -62,8 +61,7 @@ def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits,
     """
     from compress.bench import bench_files
 
-    files = [("teacher", teacher_path, "ort")] + [(f"final ({fmt})", path, FORMAT_RUNTIME[fmt])
-                                                  for fmt, path in final_files.items()]
+    files = [("teacher", teacher_path, "ort")] + [(f"final ({fmt})", path, None) for fmt, path in final_files.items()]
     if fp32_path is not None:
         files.append(("fp32 (onnx)", fp32_path, "ort"))
     test = splits.test

@@ -116,10 +116,10 @@ def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int
                      "size_bytes": runner.size_bytes, "static_batch": runner.static_batch,
                      "peak_rss_growth_bytes": None if before is None or after is None else after - before,
                      "batch": batch, "threads": getattr(runner, "threads_used", threads), "_runner": runner})
-    samples = time_rounds(runners, rounds=rounds, calls=calls, warmup=warmup, seed=seed)
+    timings = time_interleaved(runners, rounds=rounds, calls=calls, warmup=warmup, seed=seed)
     for row in rows:
         runner = row.pop("_runner")
-        row["latency_ms"] = Timing.of(samples[row["name"]].ravel().tolist()).as_dict()
+        row["latency_ms"] = timings[row["name"]].as_dict()
         if x is not None and y is not None:
             pred = runner.predict(x).argmax(1)
             row["accuracy"], row["errors"] = float((pred == y).mean()), int((pred != y).sum())

@@ -21,10 +21,12 @@ __all__ = ["Runner", "RuntimeSpec", "RUNTIMES", "register_runtime", "runtime_for
 
 
 class Runner:
-    """A loaded model file (``path``). Subclasses implement ``run`` (one call on a batch the file accepts) and
-    ``input_shape``, and set ``static_batch`` when the file accepts one batch size only (ExecuTorch, LiteRT)."""
+    """A loaded model file (``path``). Subclasses implement ``run`` (one call on a batch the file accepts), set
+    ``input_shape`` (or compute it in a property), and ``static_batch`` when the file accepts one batch size only
+    (ExecuTorch, LiteRT)."""
 
     static_batch: int | None = None
+    input_shape: tuple[int, ...]  # the shape of one sample (without the batch axis)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -32,11 +34,6 @@ class Runner:
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
-        """The shape of one sample (without the batch axis)."""
-        raise NotImplementedError
 
     def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError

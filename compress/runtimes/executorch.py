@@ -52,11 +52,7 @@ class PteRunner(Runner):
             _set_threads(threads)
         self.threads_used = int(_threadpool_get_thread_count())  # XNNPACK's process-wide pool
         sizes = tuple(int(d) for d in self.method.metadata.input_tensor_meta(0).sizes())
-        self.static_batch, self._sample_shape = sizes[0], sizes[1:]
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self._sample_shape
+        self.static_batch, self.input_shape = sizes[0], sizes[1:]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.method.execute([self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()

@@ -34,12 +34,9 @@ class TfliteRunner(Runner):
             self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
-        self.static_batch = int(self._in["shape"][0])
+        sizes = tuple(int(d) for d in self._in["shape"])
+        self.static_batch, self.input_shape = sizes[0], sizes[1:]
         self.integer_io = np.dtype(self._in["dtype"]).kind in "iu"
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self._in["shape"][1:])
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         if not self.integer_io:

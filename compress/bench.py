@@ -86,9 +86,7 @@ def peak_rss_bytes() -> int | None:
 
 def batch_of(x: np.ndarray, n: int) -> np.ndarray:
     """``n`` rows of ``x`` (repeated when ``x`` has fewer), contiguous float32."""
-    reps = -(-n // len(x))
-    rows = np.concatenate([x] * reps)[:n] if reps > 1 else x[:n]
-    return np.ascontiguousarray(rows, dtype=np.float32)
+    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])), dtype=np.float32)
 
 
 def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int = 1, batch: int = 1,
@@ -118,10 +116,10 @@ def bench_files(files: list[tuple[str, str | Path, str | None]], *, threads: int
                      "size_bytes": runner.size_bytes, "static_batch": runner.static_batch,
                      "peak_rss_growth_bytes": None if before is None or after is None else after - before,
                      "batch": batch, "threads": getattr(runner, "threads_used", threads), "_runner": runner})
-    samples = time_rounds(runners, rounds=rounds, calls=calls, warmup=warmup, seed=seed)
+    timings = time_interleaved(runners, rounds=rounds, calls=calls, warmup=warmup, seed=seed)
     for row in rows:
         runner = row.pop("_runner")
-        row["latency_ms"] = Timing.of(samples[row["name"]].ravel().tolist()).as_dict()
+        row["latency_ms"] = timings[row["name"]].as_dict()
         if x is not None and y is not None:
             pred = runner.predict(x).argmax(1)
             row["accuracy"], row["errors"] = float((pred == y).mean()), int((pred != y).sum())

@@ -169,10 +169,7 @@ class _Tolerance(click.ParamType):
     def convert(self, value, param, ctx):
         import math
 
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
+        v = click.FLOAT.convert(value, param, ctx)  # not a number: click's own message
         if not math.isfinite(v) or v < 0:
             self.fail(f"{value!r}: a tolerance is a finite number >= 0", param, ctx)
         return v

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from compress.bench import batch_of, time_interleaved
 from compress.data import Splits
 from compress.runtimes.onnxruntime import OrtRunner, predict, session
@@ -26,8 +24,7 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
     preds = {m["name"]: predict(session(m["path"], threads=0), test.x).argmax(1) for m in models}
     teacher = next((m["name"] for m in models if m.get("role") == "teacher"), None)
     # Batch 1 on one thread: the mobile-class proxy. One session per model, all alive at once.
-    x1 = np.ascontiguousarray(test.x[:1])
-    t1 = time_interleaved({m["name"]: OrtRunner(m["path"], threads=1).timer(x1) for m in models},
+    t1 = time_interleaved({m["name"]: OrtRunner(m["path"], threads=1).timer(test.x[:1]) for m in models},
                           rounds=bench.rounds, calls=bench.calls, seed=seed)
     xb = batch_of(test.x, bench.batch)
     tb = time_interleaved({m["name"]: OrtRunner(m["path"], threads=bench.threads).timer(xb) for m in models},
@@ -46,7 +43,6 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
     return out
 
 
-FORMAT_RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
 _ROW_KEYS = ("runtime", "path", "size_bytes", "static_batch", "accuracy", "errors", "peak_rss_growth_bytes",
              "latency_ms")  # of a bench_files row, kept in a runtimes row
 
@@ -62,8 +58,7 @@ def evaluate_runtimes(final_files: dict[str, str], teacher_path, splits: Splits,
     """
     from compress.bench import bench_files
 
-    files = [("teacher", teacher_path, "ort")] + [(f"final ({fmt})", path, FORMAT_RUNTIME[fmt])
-                                                  for fmt, path in final_files.items()]
+    files = [("teacher", teacher_path, "ort")] + [(f"final ({fmt})", path, None) for fmt, path in final_files.items()]
     if fp32_path is not None:
         files.append(("fp32 (onnx)", fp32_path, "ort"))
     test = splits.test

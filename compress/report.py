@@ -206,8 +206,9 @@ def console(width: int):
     return Console(width=None if sys.stdout.isatty() else width)
 
 
-def _us(ms: float) -> str:
-    return f"{ms * 1000:.1f}"
+def _us(timing: dict, *ps: str) -> str:
+    """The ``ps`` percentiles of a timing (milliseconds) in microseconds, ``p50 / p90 / ...``."""
+    return " / ".join(f"{timing[p] * 1000:.1f}" for p in ps)
 
 
 def _speedup(teacher: dict | None, m: dict, key: str) -> str:
@@ -220,7 +221,11 @@ def _accuracy(m: dict) -> str:
     return f"{m['accuracy']:.2%}" + (" AT CHANCE" if m.get("at_chance") else "")
 
 
-def _rows(report: dict) -> list[list[str]]:
+def _model_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    b = report["bench"]["batch"]
+    cols = ["model", "role", "test acc", "errors", "agrees w/ teacher", "params", "MACs", "size", "smaller",
+            "batch 1, 1 thread p50/p90/p99 (us)", "speed-up", f"batch {b['batch']}, {b['threads']} threads p50 (us)",
+            "speed-up"]
     teacher = next((m for m in report["models"] if m["role"] == "teacher"), None)
     rows = []
     for m in report["models"]:
@@ -229,16 +234,9 @@ def _rows(report: dict) -> list[list[str]]:
                      f"{m['agreement']:.2%}" if m.get("agreement") is not None else "-",
                      f"{m['params']:,}" if m.get("params") else "-", f"{m['macs'] / 1e6:.2f}M" if m.get("macs") else "-",
                      size_text(m["size_bytes"]), f"{smaller:.1f}x" if smaller else "-",
-                     f"{_us(m['latency_ms']['p50'])} / {_us(m['latency_ms']['p90'])} / {_us(m['latency_ms']['p99'])}",
-                     _speedup(teacher, m, "latency_ms"), f"{_us(m['latency_batch_ms']['p50'])}",
-                     _speedup(teacher, m, "latency_batch_ms")])
-    return rows
-
-
-def _header(report: dict) -> list[str]:
-    b = report["bench"]["batch"]
-    return ["model", "role", "test acc", "errors", "agrees w/ teacher", "params", "MACs", "size", "smaller",
-            "batch 1, 1 thread p50/p90/p99 (us)", "speed-up", f"batch {b['batch']}, {b['threads']} threads p50 (us)", "speed-up"]
+                     _us(m["latency_ms"], "p50", "p90", "p99"), _speedup(teacher, m, "latency_ms"),
+                     _us(m["latency_batch_ms"], "p50"), _speedup(teacher, m, "latency_batch_ms")])
+    return cols, rows
 
 
 def markdown(report: dict) -> str:
@@ -249,7 +247,7 @@ def markdown(report: dict) -> str:
              "", f"Data: {d['train']} train / {d['val']} val / {d['test']} test samples; every accuracy below is on the "
              "**test** split, which no stage trained, selected or calibrated on, measured by onnxruntime on the model file itself.",
              "Speed-ups are ratios to the teacher timed interleaved in one process after warm-up.", "",
-             md_table(_header(report), _rows(report))]
+             md_table(*_model_table(report))]
     s = report["summary"]
     if "final_vs_teacher" in s:
         f = s["final_vs_teacher"]
@@ -298,19 +296,14 @@ def stage_details(info: dict) -> list[str]:
     return lines
 
 
-def _runtime_rows(report: dict) -> list[list[str]]:
-    rows = report.get("runtimes") or []
-    teacher = next((r for r in rows if r["model"] == "teacher"), None)
-    return [[r["name"], r["runtime"], _accuracy(r), size_text(r["size_bytes"]), str(r["static_batch"] or "any"),
-             f"{_us(r['latency_ms']['p50'])} / {_us(r['latency_ms']['p90'])}", _speedup(teacher, r, "latency_ms"),
-             f"{_us(r['latency_batch_ms']['p50'])} / {_us(r['latency_batch_ms']['p90'])}",
-             _speedup(teacher, r, "latency_batch_ms")] for r in rows]
-
-
-def _runtime_header(report: dict) -> list[str]:
-    b = report["bench"]["batch"]
-    return ["file", "runtime", "test acc", "size", "static batch", "batch 1, 1 thread p50 / p90 (us)", "speed-up",
+def _runtime_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    b, rows = report["bench"]["batch"], report.get("runtimes") or []
+    cols = ["file", "runtime", "test acc", "size", "static batch", "batch 1, 1 thread p50 / p90 (us)", "speed-up",
             f"batch {b['batch']}, {b['threads']} threads p50 / p90 (us)", "speed-up"]
+    teacher = next((r for r in rows if r["model"] == "teacher"), None)
+    return cols, [[r["name"], r["runtime"], _accuracy(r), size_text(r["size_bytes"]), str(r["static_batch"] or "any"),
+                   _us(r["latency_ms"], "p50", "p90"), _speedup(teacher, r, "latency_ms"),
+                   _us(r["latency_batch_ms"], "p50", "p90"), _speedup(teacher, r, "latency_batch_ms")] for r in rows]
 
 
 def runtime_markdown(report: dict) -> list[str]:
@@ -320,7 +313,7 @@ def runtime_markdown(report: dict) -> list[str]:
     lines = ["", "## Runtimes", "",
              "The final model in every exported format, timed in the same interleaved rounds as the teacher "
              "(onnxruntime). A static-batch file (ExecuTorch, LiteRT) runs the large batch as several calls of its batch.", "",
-             md_table(_runtime_header(report), _runtime_rows(report))]
+             md_table(*_runtime_table(report))]
     mu = report.get("mobile_usability")
     if mu:
         lines += ["", "ORT Mobile usability (onnxruntime's `check_onnx_model_mobile_usability`, on model.onnx): "
@@ -379,11 +372,11 @@ def write(report: dict, out_dir: Path, to_markdown, to_plot) -> None:
 
 def print_table(report: dict) -> None:
     out = console(200)
-    out.print(rich_table(f"compress: {report['name']} (test split, onnxruntime CPU)", _header(report), _rows(report),
+    out.print(rich_table(f"compress: {report['name']} (test split, onnxruntime CPU)", *_model_table(report),
                          left=("model", "role")))
     if report.get("runtimes"):
-        out.print(rich_table("final model on every runtime (teacher: onnxruntime), interleaved", _runtime_header(report),
-                             _runtime_rows(report), left=("file", "runtime")))
+        out.print(rich_table("final model on every runtime (teacher: onnxruntime), interleaved",
+                             *_runtime_table(report), left=("file", "runtime")))
     for n in report["notes"]:
         out.print(f"[yellow]note:[/yellow] {n}")
     out.print(f"report: {report['files']['report_md']}")

@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from compress.losses.base import LayerError, LossConfig, Probe, Term, register_loss
-from compress.losses.hint import HintTerm, LayerPair
+from compress.losses.hint import HintTerm, LayerPair, pair_shapes
 
 __all__ = ["AttentionConfig", "attention_map", "at_loss"]
 
@@ -43,9 +43,7 @@ class _Attention(HintTerm):
 
 @register_loss(AttentionConfig)
 def build_attention(cfg: AttentionConfig, probe: Probe) -> Term:
-    for i, pair in enumerate(cfg.pairs):
-        t_shape = probe.shape("teacher", pair.teacher, ("pairs", i, "teacher"))
-        s_shape = probe.shape("student", pair.student, ("pairs", i, "student"))
+    for i, s_shape, t_shape in pair_shapes(cfg.pairs, probe):
         if len(t_shape) not in (2, 3) or len(s_shape) != len(t_shape) or t_shape[1:] != s_shape[1:]:
             raise LayerError(f"attention maps need C x H x W outputs of the same H x W; got student {s_shape} "
                              f"and teacher {t_shape}", ("pairs", i))

@@ -1,12 +1,9 @@
-"""The loss registry and the plumbing every distillation loss shares.
+"""The loss registry and the plumbing every distillation loss shares (adding a loss: compress/losses/__init__.py).
 
-A loss is one frozen config class with a ``kind`` literal plus a builder decorated with
-``@register_loss(Config)``. The builder gets the config and a :class:`Probe` (the shapes of named
-layers of teacher and student, found by one forward pass) and returns a :class:`Term`: an
-``nn.Module`` whose ``forward(batch)`` gives a scalar, and which names the layers it reads. A Term
-with parameters (a hint projector) is trained with the student and never exported.
-
-A stage's ``loss: [...]`` list is summed with each entry's ``weight``.
+A builder gets its config and a :class:`Probe` (the shapes of named layers of teacher and student, found
+by one forward pass) and returns a :class:`Term`: an ``nn.Module`` whose ``forward(batch)`` gives a scalar,
+and which names the layers it reads. A Term with parameters (a hint projector) is trained with the student
+and never exported.
 """
 
 from __future__ import annotations

@@ -49,8 +49,7 @@ class Objective:
         self.terms = nn.ModuleList(terms)
         self.student_layers = tuple(dict.fromkeys(n for t in terms for n in t.student_layers))
         teacher_layers = tuple(dict.fromkeys(n for t in terms for n in t.teacher_layers))
-        needs_teacher = any(t.needs_teacher for t in terms)
-        self.teacher_logits = ctx.teacher_logits("train") if needs_teacher else None
+        self.teacher_logits = ctx.teacher_logits("train") if any(t.needs_teacher for t in terms) else None
         self.teacher_features = ctx.teacher_features(teacher_layers, "train") if teacher_layers else {}
         self._tap: FeatureTap | None = None
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from compress.losses.base import Batch, LayerError, LossConfig, Probe, Term, register_loss
 
-__all__ = ["LayerPair", "HintConfig", "HintTerm", "make_projector"]
+__all__ = ["LayerPair", "HintConfig", "HintTerm", "make_projector", "pair_shapes"]
 
 
 class LayerPair(BaseModel):
@@ -70,11 +70,13 @@ class HintTerm(Term):
         return total
 
 
+def pair_shapes(pairs: list[LayerPair], probe: Probe):
+    """``(i, student shape, teacher shape)`` of every pair, in order; a LayerError names a missing layer."""
+    for i, pair in enumerate(pairs):
+        t_shape = probe.shape("teacher", pair.teacher, ("pairs", i, "teacher"))
+        yield i, probe.shape("student", pair.student, ("pairs", i, "student")), t_shape
+
+
 @register_loss(HintConfig)
 def build_hint(cfg: HintConfig, probe: Probe) -> Term:
-    projectors = []
-    for i, pair in enumerate(cfg.pairs):
-        t_shape = probe.shape("teacher", pair.teacher, ("pairs", i, "teacher"))
-        s_shape = probe.shape("student", pair.student, ("pairs", i, "student"))
-        projectors.append(make_projector(s_shape, t_shape, ("pairs", i)))
-    return HintTerm(cfg.pairs, projectors)
+    return HintTerm(cfg.pairs, [make_projector(s, t, ("pairs", i)) for i, s, t in pair_shapes(cfg.pairs, probe)])

@@ -9,19 +9,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from compress.losses.base import FnTerm, LossConfig, Probe, Term, register_loss
 from compress.losses.hinton import soft_kl
 
-__all__ = ["KLConfig", "MSEConfig", "CEConfig", "logit_mse"]
-
-
-def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over batch and classes of (s - t)^2."""
-    return F.mse_loss(student_logits, teacher_logits)
+__all__ = ["KLConfig", "MSEConfig", "CEConfig"]
 
 
 class KLConfig(LossConfig):
@@ -51,7 +45,7 @@ def build_kl(cfg: KLConfig, probe: Probe) -> Term:
 
 @register_loss(MSEConfig)
 def build_mse(cfg: MSEConfig, probe: Probe) -> Term:
-    return FnTerm(lambda b: logit_mse(b.logits, b.teacher_logits))
+    return FnTerm(lambda b: F.mse_loss(b.logits, b.teacher_logits))  # mean over batch and classes of (s - t)^2
 
 
 @register_loss(CEConfig)

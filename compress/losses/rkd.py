@@ -88,18 +88,10 @@ class _RKD(Term):
         return self.fn(s, t)
 
 
-def _build(fn, cfg: _RKDConfig, probe: Probe) -> Term:
+@register_loss(RKDDistanceConfig)
+@register_loss(RKDAngleConfig)
+def build_rkd(cfg: _RKDConfig, probe: Probe) -> Term:
     for role, layer in (("teacher", cfg.teacher), ("student", cfg.student)):
         if layer:
             probe.shape(role, layer, (role,))  # a LayerError when the layer does not exist
-    return _RKD(fn, cfg.teacher, cfg.student)
-
-
-@register_loss(RKDDistanceConfig)
-def build_rkd_distance(cfg: RKDDistanceConfig, probe: Probe) -> Term:
-    return _build(rkd_distance, cfg, probe)
-
-
-@register_loss(RKDAngleConfig)
-def build_rkd_angle(cfg: RKDAngleConfig, probe: Probe) -> Term:
-    return _build(rkd_angle, cfg, probe)
+    return _RKD(rkd_distance if cfg.kind == "rkd_distance" else rkd_angle, cfg.teacher, cfg.student)

@@ -49,7 +49,8 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int, base: str 
         mod = _import_factory(spec.factory, mod_name, base)
         fn = getattr(mod, fn_name, None)
         if not callable(fn):
-            what = "" if fn is None else f" (it is {_a(type(fn).__name__)})"
+            noun = type(fn).__name__
+            what = "" if fn is None else f" (it is {'an' if noun[:1] in 'aeiou' else 'a'} {noun})"
             raise ModelError(f"factory '{spec.factory}': module '{mod_name}' has no function '{fn_name}'{what}")
         if inspect.isfunction(fn) or inspect.isclass(fn) or inspect.isbuiltin(fn):  # their __module__ is where they are defined
             _refuse_stdlib(spec.factory, getattr(fn, "__module__", None) or "builtins", via=True)
@@ -173,10 +174,6 @@ def _refuse_stdlib(factory: str, module: str, via: bool = False) -> None:
         where = f"'{factory.split(':')[1]}' comes from '{module}', which" if via else f"'{module}'"
         raise ModelError(f"factory '{factory}': {where} is part of the Python standard library; a factory must be your "
                          "own code (a function or nn.Module class in your package)")
-
-
-def _a(noun: str) -> str:
-    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

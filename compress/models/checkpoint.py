@@ -71,10 +71,9 @@ def load_model_bytes(template: nn.Module, data: bytes, where: str) -> nn.Module:
         else:
             raise ModelError(f"{where}: tensor {key} does not exist in this architecture")
     for first, *aliases in (names for names in tied.values() if len(names) > 1):
-        m, _, a = first.rpartition(".")
         for alias in aliases:
             am, _, aa = alias.rpartition(".")
-            own[am]._parameters[aa] = own[m]._parameters[a]
+            own[am]._parameters[aa] = model.get_parameter(first)
     if not isinstance(attrs, dict):
         raise ModelError(f"{where}: unreadable layer attributes")
     for name, values in attrs.items():

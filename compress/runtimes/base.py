@@ -17,14 +17,16 @@ import numpy as np
 from compress.errors import CompressError, MissingExtraError
 
 __all__ = ["Runner", "RuntimeSpec", "RUNTIMES", "register_runtime", "runtime_for", "load", "installed",
-           "native_output_silenced"]
+           "native_output_silenced", "pt2e_calibrated"]
 
 
 class Runner:
-    """A loaded model file (``path``). Subclasses implement ``run`` (one call on a batch the file accepts) and
-    ``input_shape``, and set ``static_batch`` when the file accepts one batch size only (ExecuTorch, LiteRT)."""
+    """A loaded model file (``path``). Subclasses implement ``run`` (one call on a batch the file accepts), set
+    ``input_shape`` (or compute it in a property), and ``static_batch`` when the file accepts one batch size only
+    (ExecuTorch, LiteRT)."""
 
     static_batch: int | None = None
+    input_shape: tuple[int, ...]  # the shape of one sample (without the batch axis)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -32,11 +34,6 @@ class Runner:
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
-        """The shape of one sample (without the batch axis)."""
-        raise NotImplementedError
 
     def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -69,7 +66,7 @@ class Runner:
 class RuntimeSpec:
     name: str
     suffixes: tuple[str, ...]  # file suffixes it loads, e.g. (".pte",)
-    load: Callable[[Path, int], Runner]  # load(path, threads) -> Runner; threads 0 = all cores
+    load: Callable[[Path, int], Runner]  # load(path, threads) -> Runner (a Runner class); threads 0 = all cores
     module: str | None  # the import that must exist (None: a core dependency)
     extra: str | None  # the pip extra that installs it
 
@@ -78,7 +75,7 @@ RUNTIMES: dict[str, RuntimeSpec] = {}
 
 
 def register_runtime(name: str, *, suffixes: tuple[str, ...], module: str | None = None, extra: str | None = None):
-    """Register ``load(path, threads) -> Runner`` under ``name``; a duplicate name raises."""
+    """Register ``load(path, threads) -> Runner`` (a Runner class) under ``name``; a duplicate name raises."""
 
     def wrap(fn):
         if name in RUNTIMES:
@@ -150,3 +147,19 @@ def native_output_silenced():
         os.dup2(saved[1], 2)
         for fd in (*saved, devnull):
             os.close(fd)
+
+
+def pt2e_calibrated(model, input_shape: tuple[int, ...], quantizer, calibration: np.ndarray, batch: int,
+                    calib_batch: int):
+    """``model`` exported with a dynamic batch, prepared for ``quantizer`` (pt2e) and run on ``calibration`` in
+    batches of ``calib_batch`` (a graph module from torch.export runs any batch the model does): ready for
+    ``convert_pt2e``. Call it under ``torch.no_grad()``."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    dim = torch.export.Dim("batch", min=1, max=max(calib_batch, batch, 2))
+    graph = torch.export.export(model.eval(), (torch.zeros(max(batch, 2), *input_shape),), dynamic_shapes=({0: dim},))
+    prepared = prepare_pt2e(graph.module(), quantizer)
+    for i in range(0, len(calibration), calib_batch):
+        prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + calib_batch], dtype=np.float32)))
+    return prepared

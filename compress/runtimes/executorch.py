@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.runtimes.base import Runner, native_output_silenced, register_runtime
+from compress.runtimes.base import Runner, native_output_silenced, pt2e_calibrated, register_runtime
 
-__all__ = ["PteRunner", "load", "export_pte", "export_pte_int8", "io_details"]
+__all__ = ["PteRunner", "export_pte", "export_pte_int8", "io_details"]
 
 
 def _set_threads(threads: int) -> None:
@@ -36,6 +36,7 @@ def _set_threads(threads: int) -> None:
         _unsafe_reset_threadpool(want)
 
 
+@register_runtime("executorch", suffixes=(".pte",), module="executorch", extra="executorch")
 class PteRunner(Runner):
     """One ExecuTorch program's ``forward`` method, run by the pybind runtime."""
 
@@ -51,11 +52,7 @@ class PteRunner(Runner):
             _set_threads(threads)
         self.threads_used = int(_threadpool_get_thread_count())  # XNNPACK's process-wide pool
         sizes = tuple(int(d) for d in self.method.metadata.input_tensor_meta(0).sizes())
-        self.static_batch, self._sample_shape = sizes[0], sizes[1:]
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self._sample_shape
+        self.static_batch, self.input_shape = sizes[0], sizes[1:]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.method.execute([self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()
@@ -86,11 +83,6 @@ def io_details(path) -> dict[str, list[dict]]:
             "outputs": [row(meta.output_tensor_meta(i), i) for i in range(meta.num_outputs())]}
 
 
-@register_runtime("executorch", suffixes=(".pte",), module="executorch", extra="executorch")
-def load(path, threads: int = 1) -> PteRunner:
-    return PteRunner(path, threads)
-
-
 def _lower(exported, path: Path) -> Path:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -117,23 +109,16 @@ def export_pte_int8(model, input_shape: tuple[int, ...], path: Path, calibration
     """8-bit ``.pte``: pt2e with XNNPACKQuantizer (symmetric, per-channel weights, int8 activations).
 
     ``calibration`` are the samples the observers see (compress passes the same training samples as the
-    ONNX INT8 path). Calibration runs the exported graph at ``calib_batch`` (a graph module from
-    torch.export runs any batch the model does); the final program is re-exported at ``batch``.
+    ONNX INT8 path); the final program is re-exported at ``batch``.
     """
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    dim = torch.export.Dim("batch", min=1, max=max(calib_batch, batch, 2))
-    example = torch.zeros(max(batch, 2), *input_shape)
     with torch.no_grad(), native_output_silenced():
-        graph = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: dim},)).module()
-        prepared = prepare_pt2e(graph, quantizer)
-        for i in range(0, len(calibration), calib_batch):
-            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + calib_batch], dtype=np.float32)))
-        converted = convert_pt2e(prepared)
+        converted = convert_pt2e(pt2e_calibrated(model, input_shape, quantizer, calibration, batch, calib_batch))
         return _lower(torch.export.export(converted, (torch.zeros(batch, *input_shape),)), path)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.runtimes.base import Runner, native_output_silenced, register_runtime
+from compress.runtimes.base import Runner, native_output_silenced, pt2e_calibrated, register_runtime
 
-__all__ = ["TfliteRunner", "load", "export_tflite", "export_tflite_int8", "io_details"]
+__all__ = ["TfliteRunner", "export_tflite", "export_tflite_int8", "io_details"]
 
 
+@register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert")
 class TfliteRunner(Runner):
     """One ``ai_edge_litert.interpreter.Interpreter`` (XNNPACK delegate on CPU) with ``threads`` threads."""
 
@@ -33,12 +34,9 @@ class TfliteRunner(Runner):
             self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
-        self.static_batch = int(self._in["shape"][0])
+        sizes = tuple(int(d) for d in self._in["shape"])
+        self.static_batch, self.input_shape = sizes[0], sizes[1:]
         self.integer_io = np.dtype(self._in["dtype"]).kind in "iu"
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self._in["shape"][1:])
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         if not self.integer_io:
@@ -86,11 +84,6 @@ def io_details(path) -> dict[str, list[dict]]:
     return {"inputs": [row(d) for d in it.get_input_details()], "outputs": [row(d) for d in it.get_output_details()]}
 
 
-@register_runtime("litert", suffixes=(".tflite",), module="ai_edge_litert", extra="litert")
-def load(path, threads: int = 1) -> TfliteRunner:
-    return TfliteRunner(path, threads)
-
-
 @contextlib.contextmanager
 def _quiet():
     # litert-torch prints a progress tree and absl logs for every conversion.
@@ -128,12 +121,7 @@ def export_tflite_int8(model, input_shape: tuple[int, ...], path: Path, calibrat
         from litert_torch.quantize.quant_config import QuantConfig
 
         quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
-        dim = torch.export.Dim("batch", min=1, max=max(calib_batch, batch, 2))
-        graph = torch.export.export(model.eval(), (torch.zeros(max(batch, 2), *input_shape),),
-                                    dynamic_shapes=({0: dim},)).module()
-        prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
-        for i in range(0, len(calibration), calib_batch):
-            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + calib_batch], dtype=np.float32)))
+        prepared = pt2e_calibrated(model, input_shape, quantizer, calibration, batch, calib_batch)
         converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
         edge = litert_torch.convert(converted, (torch.zeros(batch, *input_shape),),
                                     quant_config=QuantConfig(pt2e_quantizer=quantizer))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.errors import DataError, ModelError
 from compress.runtimes.base import Runner, register_runtime
 
 __all__ = ["session", "predict", "OPT_LEVELS", "OrtRunner"]
@@ -43,8 +44,6 @@ class OrtRunner(Runner):
     """An onnxruntime CPU session (any batch size); ``.onnx`` and ``.ort`` files alike."""
 
     def __init__(self, path, threads: int = 1, opt_level: str = "all"):
-        from compress.errors import ModelError
-
         super().__init__(path)
         self.session = session(path, threads=threads, opt_level=opt_level)
         inputs = self.session.get_inputs()
@@ -56,8 +55,6 @@ class OrtRunner(Runner):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        from compress.errors import DataError
-
         dims = self.session.get_inputs()[0].shape[1:]
         if not all(isinstance(d, int) for d in dims):
             raise DataError(f"{self.path}: input has symbolic non-batch dimensions {dims}; pass --data")
@@ -71,6 +68,4 @@ class OrtRunner(Runner):
         return lambda: run(None, feed)
 
 
-@register_runtime("ort", suffixes=(".onnx",))  # onnxruntime's CPU execution provider
-def load(path, threads: int = 1) -> OrtRunner:
-    return OrtRunner(path, threads)
+load = register_runtime("ort", suffixes=(".onnx",))(OrtRunner)  # onnxruntime's CPU execution provider

@@ -18,9 +18,7 @@ from compress.runtimes.onnxruntime import OrtRunner
 __all__ = ["load", "mobile_usability"]
 
 
-@register_runtime("ort-mobile", suffixes=(".ort",))  # onnxruntime's CPU execution provider
-def load(path, threads: int = 1) -> OrtRunner:
-    return OrtRunner(path, threads)
+load = register_runtime("ort-mobile", suffixes=(".ort",))(OrtRunner)  # onnxruntime's CPU execution provider
 
 
 def mobile_usability(onnx_path: str | Path) -> dict:

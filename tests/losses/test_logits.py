@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from compress.losses.base import LOSSES, Batch, Probe
-from compress.losses.logits import logit_mse
 from compress.models.zoo import cnn
 
 E = math.e
@@ -43,7 +42,7 @@ def test_mse_by_hand():
     # case A: ((1 - 0)^2 + (0 - 1)^2) / 2 = 1.0
     assert term({"kind": "mse"})(batch(*CASE_A)).item() == pytest.approx(1.0)
     # [[1, 2], [3, 4]] vs zeros: (1 + 4 + 9 + 16) / 4 = 7.5 (mean over batch and classes)
-    assert logit_mse(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.zeros(2, 2)).item() == pytest.approx(7.5)
+    assert term({"kind": "mse"})(batch([[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]], [0, 0])).item() == pytest.approx(7.5)
 
 
 def test_ce_ignores_the_teacher():

@@ -37,7 +37,7 @@ from compress._io import atomic_path, claim_file, inside
 from compress._progress import warn
 from compress.errors import CompressError
 
-__all__ = ["cache_key", "sha256_file", "Cache", "Entry", "CorruptEntry", "StageCache", "runtime_files", "MANIFEST", "load_weights_bytes"]
+__all__ = ["cache_key", "sha256_file", "Cache", "Entry", "CorruptEntry", "STAGE_KIND", "runtime_files", "MANIFEST", "load_weights_bytes"]
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "compress-cache-entry", 1
@@ -316,6 +316,80 @@ class Cache:
         return self.put(kind, key, {"model.safetensors": lambda p: save_model(model, str(p), force_contiguous=True),
                                     **(files or {})}, meta)
 
+    # --- stage outputs (kind STAGE_KIND) ---------------------------------------------------------
+
+    def put_stage(self, key: str, art, arch=lambda model: None) -> Entry:
+        """Store a stage's output artifact. torch: ``model.safetensors`` (pruned shapes kept, compress.models.checkpoint);
+        ONNX: ``model.onnx``, the runtime files by format (``model.ort``, ``model.pte``, ``model.tflite``) and, when the
+        stage kept it, ``model.safetensors``. ``arch(model)``: what a task needs to rebuild a model's architecture on
+        load (JSON; None when the template's own architecture fits, with the checkpoint's layer shapes)."""
+        from compress.models.checkpoint import save_model
+
+        files: dict = {}
+        stems: dict[str, str] = {}
+        if art.model is not None:
+            files["model.safetensors"] = lambda p: save_model(art.model, p)
+        for j, (_, model) in enumerate(art.extra):
+            files[f"extra{j}.safetensors"] = lambda p, model=model: save_model(model, p)
+        if art.format == "onnx":
+            files["model.onnx"] = Path(art.path)
+            stems["onnx"] = Path(art.path).stem
+            for fmt, p in runtime_files(art.info).items():
+                files[_RUNTIME_FILE[fmt]] = Path(p)
+                stems[fmt] = Path(p).stem
+        info = {k: v for k, v in art.info.items() if k not in ("files", "ort_path")}  # paths: rebuilt on load
+        meta = {"name": art.name, "format": art.format, "params": art.params, "macs": art.macs, "info": info,
+                "lineage": list(art.lineage), "stems": stems, "arch": arch(art.model) if art.model is not None else None,
+                "extra": [[name, arch(model)] for name, model in art.extra]}
+        return self.put(STAGE_KIND, key, files, meta)
+
+    def get_stage(self, key: str, template, dest: Path, prefix: str):
+        """The cached artifact (torch: weights loaded into a copy of ``template``, or of ``template(arch)`` when it
+        is a function of the recorded architecture; onnx: files copied (verified) into ``dest`` under the stage's
+        own file stem, which must be this stage's, ``prefix...``), or None when absent or damaged (a damaged entry
+        is moved aside with a warning)."""
+        from compress.artifact import Artifact
+        from compress.models.checkpoint import load_model_bytes
+
+        entry = self.get(STAGE_KIND, key)
+        if entry is None:
+            return None
+        where = f"cache entry {STAGE_KIND}/{key}"
+        try:
+            meta = entry.meta
+            fmt = meta["format"]
+            if fmt not in ("torch", "onnx") or not isinstance(meta["info"], dict) or not isinstance(meta["stems"], dict):
+                raise CorruptEntry(f"{where}: unreadable metadata")
+            model = None
+            build = (lambda arch: template) if isinstance(template, torch.nn.Module) else template
+            if "model.safetensors" in entry:
+                model = load_model_bytes(build(meta.get("arch")), entry.read_bytes("model.safetensors"), where)
+            elif fmt == "torch":
+                raise CorruptEntry(f"{where}: model.safetensors is missing")
+            info, path = dict(meta["info"]), None
+
+            def copy(f: str, name: str) -> Path:  # into ``dest``, under this stage's recorded file stem
+                stem = meta["stems"].get(f)
+                if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
+                    raise CorruptEntry(f"{where}: file name {stem!r} is not this stage's ({prefix}...)")
+                return entry.copy_to(name, inside(dest, stem + Path(name).suffix))
+
+            if fmt == "onnx":
+                path = copy("onnx", "model.onnx")
+                files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry}
+                if files:
+                    info["files"] = files
+                if "ort" in files:
+                    info["ort_path"] = files["ort"]
+            extra = tuple((str(name), load_model_bytes(build(arch), entry.read_bytes(f"extra{j}.safetensors"), where))
+                          for j, (name, arch) in enumerate(meta.get("extra") or []))
+            return Artifact(str(meta["name"]), fmt, model, path, meta["params"], meta["macs"], info,
+                            tuple(meta["lineage"]), key, extra)
+        except (CompressError, KeyError, TypeError, ValueError) as exc:  # CorruptEntry is a CompressError
+            self.discard(STAGE_KIND, key, str(exc) if isinstance(exc, CompressError)
+                         else f"{where}: unreadable metadata ({type(exc).__name__}: {exc})")
+            return None
+
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
@@ -348,6 +422,7 @@ def load_weights_bytes(template: torch.nn.Module, data: bytes, where: str) -> to
 
 # --- stage outputs ---------------------------------------------------------------------------------
 
+STAGE_KIND = "stages"  # the cache kind of stage outputs (Cache.put_stage, Cache.get_stage)
 _RUNTIME_FILE = {"ort": "model.ort", "executorch": "model.pte", "litert": "model.tflite"}  # format -> entry file
 _STEM = re.compile(r"^[0-9]{2}_[a-z0-9_]{1,64}$")
 
@@ -355,87 +430,3 @@ _STEM = re.compile(r"^[0-9]{2}_[a-z0-9_]{1,64}$")
 def runtime_files(info: dict) -> dict[str, str]:
     """A stage's runtime files by format (``ort``, ``executorch``, ``litert``): ``info["files"]`` and ``ort_path``."""
     return {**({"ort": info["ort_path"]} if info.get("ort_path") else {}), **(info.get("files") or {})}
-
-
-class StageCache:
-    """A stage's output artifact as a cache entry (kind ``stages``).
-
-    torch artifacts: ``model.safetensors`` (pruned shapes kept, compress.models.checkpoint). ONNX artifacts:
-    ``model.onnx``, the runtime files by format (``model.ort``, ``model.pte``, ``model.tflite``) and, when the
-    stage kept it, ``model.safetensors``. Loaded files are copied (verified) into the run's ``stages/``
-    folder under the stage's own file stem, which must be this stage's (``NN_<type>...``).
-    """
-
-    KIND = "stages"
-
-    def __init__(self, cache: Cache):
-        self.cache = cache
-
-    def save(self, key: str, art, arch=lambda model: None) -> Entry:
-        """``arch(model)``: what a task needs to rebuild a model's architecture on load (JSON; None when the
-        template's own architecture fits, with the checkpoint's layer shapes)."""
-        from compress.models.checkpoint import save_model
-
-        files: dict = {}
-        stems: dict[str, str] = {}
-        if art.model is not None:
-            files["model.safetensors"] = lambda p: save_model(art.model, p)
-        for j, (_, model) in enumerate(art.extra):
-            files[f"extra{j}.safetensors"] = lambda p, model=model: save_model(model, p)
-        if art.format == "onnx":
-            files["model.onnx"] = Path(art.path)
-            stems["onnx"] = Path(art.path).stem
-            for fmt, p in runtime_files(art.info).items():
-                files[_RUNTIME_FILE[fmt]] = Path(p)
-                stems[fmt] = Path(p).stem
-        info = {k: v for k, v in art.info.items() if k not in ("files", "ort_path")}  # paths: rebuilt on load
-        meta = {"name": art.name, "format": art.format, "params": art.params, "macs": art.macs, "info": info,
-                "lineage": list(art.lineage), "stems": stems, "arch": arch(art.model) if art.model is not None else None,
-                "extra": [[name, arch(model)] for name, model in art.extra]}
-        return self.cache.put(self.KIND, key, files, meta)
-
-    def load(self, key: str, template, dest: Path, prefix: str):
-        """The cached artifact (torch: weights loaded into a copy of ``template``, or of ``template(arch)`` when it
-        is a function of the recorded architecture; onnx: files copied into ``dest``), or None when absent or
-        damaged (a damaged entry is moved aside with a warning)."""
-        from compress.artifact import Artifact
-        from compress.models.checkpoint import load_model_bytes
-
-        entry = self.cache.get(self.KIND, key)
-        if entry is None:
-            return None
-        where = f"cache entry stages/{key}"
-        try:
-            meta = entry.meta
-            fmt = meta["format"]
-            if fmt not in ("torch", "onnx") or not isinstance(meta["info"], dict) or not isinstance(meta["stems"], dict):
-                raise CorruptEntry(f"{where}: unreadable metadata")
-            model = None
-            build = (lambda arch: template) if isinstance(template, torch.nn.Module) else template
-            if "model.safetensors" in entry:
-                model = load_model_bytes(build(meta.get("arch")), entry.read_bytes("model.safetensors"), where)
-            elif fmt == "torch":
-                raise CorruptEntry(f"{where}: model.safetensors is missing")
-            info, path = dict(meta["info"]), None
-
-            def copy(f: str, name: str) -> Path:  # into ``dest``, under this stage's recorded file stem
-                stem = meta["stems"].get(f)
-                if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
-                    raise CorruptEntry(f"{where}: file name {stem!r} is not this stage's ({prefix}...)")
-                return entry.copy_to(name, inside(dest, stem + Path(name).suffix))
-
-            if fmt == "onnx":
-                path = copy("onnx", "model.onnx")
-                files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry}
-                if files:
-                    info["files"] = files
-                if "ort" in files:
-                    info["ort_path"] = files["ort"]
-            extra = tuple((str(name), load_model_bytes(build(arch), entry.read_bytes(f"extra{j}.safetensors"), where))
-                          for j, (name, arch) in enumerate(meta.get("extra") or []))
-            return Artifact(str(meta["name"]), fmt, model, path, meta["params"], meta["macs"], info,
-                            tuple(meta["lineage"]), key, extra)
-        except (CompressError, KeyError, TypeError, ValueError) as exc:  # CorruptEntry is a CompressError
-            self.cache.discard(self.KIND, key, str(exc) if isinstance(exc, CompressError)
-                               else f"{where}: unreadable metadata ({type(exc).__name__}: {exc})")
-            return None

@@ -319,10 +319,11 @@ class Cache:
     # --- stage outputs (kind STAGE_KIND) ---------------------------------------------------------
 
     def put_stage(self, key: str, art, arch=lambda model: None) -> Entry:
-        """Store a stage's output artifact. torch: ``model.safetensors`` (pruned shapes kept, compress.models.checkpoint);
-        ONNX: ``model.onnx``, the runtime files by format (``model.ort``, ``model.pte``, ``model.tflite``) and, when the
-        stage kept it, ``model.safetensors``. ``arch(model)``: what a task needs to rebuild a model's architecture on
-        load (JSON; None when the template's own architecture fits, with the checkpoint's layer shapes)."""
+        """Store a stage's output artifact. torch: ``model.safetensors`` (pruned shapes kept, see
+        compress.models.checkpoint); ONNX: ``model.onnx``, the runtime files by format (``model.ort``, ``model.pte``,
+        ``model.tflite``) and, when the stage kept it, ``model.safetensors``. ``arch(model)``: what a task needs to
+        rebuild a model's architecture on load (JSON; None when the template's own architecture fits, with the
+        checkpoint's layer shapes)."""
         from compress.models.checkpoint import save_model
 
         files: dict = {}

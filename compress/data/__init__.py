@@ -96,11 +96,7 @@ def _digits(size: int | None = None, channels: int = 1) -> tuple[np.ndarray, np.
         raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
     x = (raw[:, :-1] / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
     if size and size != 8:
-        total = len(x) * channels * size * size * 4
-        if total > MAX_IMAGE_FOLDER_BYTES:
-            raise DataError(f"data (digits): {len(x)} images of {size} x {size} x {channels} channels are "
-                            f"{fmt_bytes(total)} of float32; the limit is {fmt_bytes(MAX_IMAGE_FOLDER_BYTES)}: set a "
-                            "smaller data.image_size")
+        _decoded_budget("data (digits)", len(x), (channels, size, size), ": set a smaller data.image_size")
         from PIL import Image
 
         x = np.stack([np.asarray(Image.fromarray(img[0]).resize((size, size), Image.BILINEAR))
@@ -297,12 +293,8 @@ def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb"
     if len(shapes) > 1:
         raise DataError(f"{path}: images differ in size {sorted(shapes)[:3]}; set data.image_size")
     shape = shapes.pop()
-    total = len(found) * int(np.prod(shape)) * 4
-    if total > MAX_IMAGE_FOLDER_BYTES:
-        raise DataError(f"{where}: {len(found)} images of {shape[2]} x {shape[1]} x {channels} channels decode to "
-                        f"{fmt_bytes(total)} of float32; the limit is {fmt_bytes(MAX_IMAGE_FOLDER_BYTES)} (an image "
-                        "folder is loaded into memory whole): set a smaller data.image_size, or save the data as an "
-                        "uncompressed npz (numpy.savez), which is memory-mapped")
+    _decoded_budget(where, len(found), shape, " (an image folder is loaded into memory whole): set a smaller "
+                    "data.image_size, or save the data as an uncompressed npz (numpy.savez), which is memory-mapped")
     x = np.empty((len(found), *shape), dtype=np.float32)
     mode = "L" if channels == 1 else "RGB"
     for i, (f, _, _) in enumerate(found):
@@ -321,6 +313,14 @@ def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb"
                             f"{shape[2]} x {shape[1]}")
         x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)[::-1 if order == "bgr" else 1]
     return x, np.asarray([label for _, label, _ in found], dtype=np.int64)
+
+
+def _decoded_budget(where: str, n: int, shape: tuple[int, int, int], hint: str) -> None:
+    """``n`` images of ``shape`` (C x H x W) as float32 within MAX_IMAGE_FOLDER_BYTES, checked before any is decoded."""
+    total = n * int(np.prod(shape)) * 4
+    if total > MAX_IMAGE_FOLDER_BYTES:
+        raise DataError(f"{where}: {n} images of {shape[2]} x {shape[1]} x {shape[0]} channels decode to "
+                        f"{fmt_bytes(total)} of float32; the limit is {fmt_bytes(MAX_IMAGE_FOLDER_BYTES)}{hint}")
 
 
 def _image_size(f: Path, name: str) -> tuple[int, int]:
@@ -368,14 +368,15 @@ def _read(cfg) -> tuple[np.ndarray, np.ndarray]:
 SIGNAL_SOURCES = ("mnist1d",)  # built-in 1-D signals, N x C x L (an npz still has to be N x F or N x C x H x W)
 
 
-def _check(x: np.ndarray, y: np.ndarray, where: str, signals: bool = False) -> int:
+def _check(x: np.ndarray, y: np.ndarray, cfg) -> int:
+    where = _where(cfg)
     if len(x) == 0:
         raise DataError(f"{where}: the dataset is empty")
     if y.ndim != 1:
         raise DataError(f"{where}: labels y must be a 1-d array of class ids (got shape {y.shape})")
     if len(x) != len(y):
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
-    if x.ndim not in ((2, 3, 4) if signals else (2, 4)):
+    if x.ndim not in ((2, 3, 4) if cfg.source in SIGNAL_SOURCES else (2, 4)):
         raise DataError(f"{where}: x must be N x F or N x C x H x W (got shape {x.shape})")
     bad = sum(int((~np.isfinite(c)).any(axis=tuple(range(1, x.ndim))).sum()) for c in _chunks(x))
     if bad:
@@ -427,23 +428,23 @@ def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple
 def peek_data(cfg) -> tuple[tuple[int, ...], int]:
     """Input shape and class count, for checks before compute (reads the data, trains nothing)."""
     x, y = _read(cfg)
-    return tuple(x.shape[1:]), _check(x, y, _where(cfg), cfg.source in SIGNAL_SOURCES)
+    return tuple(x.shape[1:]), _check(x, y, cfg)
 
 
 def _where(cfg) -> str:
     return f"data ({cfg.source})" if cfg.path is None else f"data ({cfg.path})"
 
 
-def split_rows(cfg, seed: int, x=None, y=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def split_rows(cfg, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, train, val, test)``: the data and the row indices of each split (text by file, arrays stratified)."""
     if cfg.source in TEXT_SOURCES:
         from compress.data.text import split_files
 
         corpus = _text(cfg)
-        _check(corpus.x, corpus.y, _where(cfg))
+        _check(corpus.x, corpus.y, cfg)
         return (corpus.x, corpus.y, *split_files(corpus, cfg.split.val, cfg.split.test, seed, _where(cfg)))
-    x, y = _read(cfg) if x is None else (x, y)
-    num_classes = _check(x, y, _where(cfg), cfg.source in SIGNAL_SOURCES)
+    x, y = _read(cfg)
+    num_classes = _check(x, y, cfg)
     counts = np.bincount(y, minlength=num_classes)
     need = max(3, int(np.ceil(1 / min(cfg.split.val, cfg.split.test))))
     if counts.min() < 3:
@@ -455,7 +456,7 @@ def split_rows(cfg, seed: int, x=None, y=None) -> tuple[np.ndarray, np.ndarray, 
 def class_names(cfg, num_classes: int) -> list[str]:
     """One name per class in label order: ``data.class_names`` (exactly ``num_classes`` of them), else the image or
     text folder's sorted sub-folder names (the labels are their indices), the built-in text classes, or "0".."K-1"."""
-    given = getattr(cfg, "class_names", None)
+    given = cfg.class_names
     if given is not None:
         if len(given) != num_classes:
             raise DataError(f"{_where(cfg)}: data.class_names has {len(given)} name(s), but the data has {num_classes} "
@@ -472,7 +473,7 @@ def class_names(cfg, num_classes: int) -> list[str]:
 
 def _normalizer(cfg, x):
     """``rows -> (rows - mean[c]) / std[c]`` for ``data.normalize`` (None without it), checked against ``x``'s channels."""
-    norm = getattr(cfg, "normalize", None)
+    norm = cfg.normalize
     if norm is None:
         return None
     if x.ndim < 3 or x.shape[1] != len(norm.mean):
@@ -508,7 +509,7 @@ def load_data(cfg, seed: int) -> Splits:
         h.update(np.ascontiguousarray(block).tobytes())
     # What the bytes above do not show, only when set (so that the fingerprint of data without them is unchanged):
     # the class names travel into the model files' metadata, which cached stage outputs must match.
-    extra = {k: v for k, v in (("normalize", getattr(cfg, "normalize", None) and cfg.normalize.model_dump()),
+    extra = {k: v for k, v in (("normalize", cfg.normalize and cfg.normalize.model_dump()),
                                ("class_names", names if names != [str(i) for i in range(num_classes)] else None))
              if v is not None}
     if extra:

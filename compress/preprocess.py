@@ -29,11 +29,10 @@ _PIXELS = {"imagefolder": ([0, 255], 1 / 255, "decoded 8-bit pixels x/255"),
 
 def preprocessing(recipe, splits) -> dict:
     """The preprocessing of ``recipe``'s data as loaded into ``splits``: enough for an app to build the input tensor
-    and name the outputs. ``recipe`` may be None (then the data is described as the arrays the model was given)."""
-    cfg = getattr(recipe, "data", None)
-    source = getattr(cfg, "source", None)
+    and name the outputs."""
+    cfg, source = recipe.data, recipe.data.source
     shape = [int(d) for d in splits.input_shape]
-    names = splits.names() if hasattr(splits, "names") else [str(i) for i in range(splits.num_classes)]
+    names = splits.names()
     out: dict = {"source": source, "input_name": "input", "input_shape": ["batch", *shape], "dtype": "float32"}
     if source in ("stdlib-text", "text"):
         out.update(kind="text", layout="NL", scale=1.0, mean=None, std=None,
@@ -44,11 +43,11 @@ def preprocessing(recipe, splits) -> dict:
         images = len(shape) == 3
         pixel_range, scale, what = _PIXELS.get(source, (None, 1.0, "the values as generated, not scaled" if source ==
                                                          "mnist1d" else "the arrays as stored in the npz, not scaled"))
-        norm = getattr(cfg, "normalize", None)
+        norm = cfg.normalize
         channels = shape[0] if len(shape) >= 2 else None
         mean = list(norm.mean) if norm is not None else ([0.0] * channels if channels else None)
         std = list(norm.std) if norm is not None else ([1.0] * channels if channels else None)
-        size = getattr(cfg, "image_size", None)
+        size = cfg.image_size
         out.update(kind="image" if images else ("signal" if len(shape) == 2 else "features"),
                    layout={3: "NCHW", 2: "NCL"}.get(len(shape), "NF"),
                    image_size=shape[1:] if images else None,
@@ -76,10 +75,8 @@ def preprocessing(recipe, splits) -> dict:
 
 
 def _channel_order(cfg, channels: int | None) -> str | None:
-    if getattr(cfg, "source", None) == "imagefolder":
-        return "gray" if channels == 1 else (getattr(cfg, "channel_order", None) or "rgb")
-    if getattr(cfg, "source", None) == "digits":
-        return "gray" if channels == 1 else "gray x3"
+    if cfg.source in _PIXELS:
+        return "gray" if channels == 1 else {"imagefolder": cfg.channel_order or "rgb", "digits": "gray x3"}[cfg.source]
     return None
 
 

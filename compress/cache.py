@@ -36,6 +36,7 @@ import torch
 from compress._io import atomic_path, claim_file, inside
 from compress._progress import warn
 from compress.errors import CompressError
+from compress.schema import refuse_constant
 
 __all__ = ["cache_key", "sha256_file", "Cache", "Entry", "CorruptEntry", "STAGE_KIND", "runtime_files", "MANIFEST", "load_weights_bytes"]
 
@@ -166,7 +167,7 @@ class Cache:
         if len(raw) > _MAX_MANIFEST:
             raise CorruptEntry(f"{where}: {MANIFEST} is {len(raw):,} bytes, not a manifest")
         try:
-            man = json.loads(raw, parse_constant=_refuse_constant)
+            man = json.loads(raw, parse_constant=refuse_constant)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the limit
             raise CorruptEntry(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
         if not (isinstance(man, dict) and man.get("format") == FORMAT and man.get("version") == VERSION
@@ -296,7 +297,7 @@ class Cache:
             return None
 
     def get_json(self, kind: str, key: str) -> Any | None:
-        return self._parsed(kind, key, lambda e: json.loads(e.read_bytes("data.json"), parse_constant=_refuse_constant),
+        return self._parsed(kind, key, lambda e: json.loads(e.read_bytes("data.json"), parse_constant=refuse_constant),
                             (CorruptEntry, ValueError, RecursionError),
                             lambda exc: f"cache entry {kind}/{key}: data.json unreadable ({exc})")
 
@@ -390,10 +391,6 @@ class Cache:
             self.discard(STAGE_KIND, key, str(exc) if isinstance(exc, CompressError)
                          else f"{where}: unreadable metadata ({type(exc).__name__}: {exc})")
             return None
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def load_weights_bytes(template: torch.nn.Module, data: bytes, where: str) -> torch.nn.Module:

@@ -151,7 +151,7 @@ class Baseline(_Strict):
         return self
 
 
-def _refuse_constant(name: str):
+def refuse_constant(name: str):  # json.loads' parse_constant (also the cache's): NaN and Infinity are not JSON
     raise ValueError(f"{name} is not a number JSON allows")
 
 
@@ -169,7 +169,7 @@ def read_json(path: str | Path, what: str) -> Any:
     if st.st_size > MAX_JSON_BYTES:
         raise SchemaError(f"{path}: {st.st_size:,} bytes is too large for a {what} (limit {MAX_JSON_BYTES:,})")
     try:
-        return json.loads(path.read_bytes(), parse_constant=_refuse_constant)
+        return json.loads(path.read_bytes(), parse_constant=refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the limit
         raise SchemaError(f"{path}: the {what} is not valid JSON ({exc})") from None
 

@@ -56,8 +56,7 @@ class Rows:
         return out if self.transform is None else self.transform(out)
 
     def __array__(self, dtype=None, copy=None):
-        out = self[:]
-        return out.astype(dtype) if dtype is not None else out
+        return self[:] if dtype is None else self[:].astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -77,11 +76,10 @@ class Splits:
     num_classes: int
     input_shape: tuple[int, ...]  # one sample, without the batch axis
     fingerprint: str  # hash of the data and the split, for cache keys
-    class_names: tuple[str, ...] = ()  # one per class, in label (= output) order; empty: "0".."K-1"
+    class_names: tuple[str, ...]  # one per class, in label (= output) order: ``class_names(cfg, num_classes)``
 
     def names(self) -> list[str]:
-        """The class names in output order (``data.class_names``, the folder names, or "0".."K-1")."""
-        return list(self.class_names) if len(self.class_names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+        return list(self.class_names)
 
     def describe(self) -> str:
         return (f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test samples, "
@@ -514,10 +512,8 @@ def load_data(cfg, seed: int) -> Splits:
              if v is not None}
     if extra:
         h.update(json.dumps(extra, sort_keys=True).encode())
-    if isinstance(x, np.memmap):
-        rows = lambda idx: Rows(x, idx, norm)  # noqa: E731
-    else:
-        x = x if norm is None else norm(x)
-        rows = lambda idx: x[idx]  # noqa: E731
+    if norm is not None and not isinstance(x, np.memmap):
+        x = norm(x)
+    rows = (lambda idx: Rows(x, idx, norm)) if isinstance(x, np.memmap) else (lambda idx: x[idx])
     return Splits(Dataset(rows(tr), y[tr]), Dataset(rows(va), y[va]), Dataset(rows(te), y[te]),
                   num_classes, tuple(x.shape[1:]), h.hexdigest()[:16], tuple(names))

@@ -85,14 +85,11 @@ def member_logits(src: TeacherSource, ctx, x: np.ndarray | None = None) -> torch
         load_weights(model, src.weights)
         return predict_logits(model, x)
     if src.onnx is not None:
-        import onnxruntime as ort
-
-        from compress.runtimes.onnxruntime import predict
+        from compress.runtimes.onnxruntime import predict, session
 
         if not src.onnx.is_file():
             raise ModelError(f"teacher ONNX file not found: {src.onnx}")
-        sess = ort.InferenceSession(str(src.onnx), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(predict(sess, x, batch_size=512).astype(np.float32))
+        return torch.from_numpy(predict(session(src.onnx, threads=0), x, batch_size=512).astype(np.float32))
     path = src.logits
     from compress.data import read_arrays
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["preprocessing", "onnx_metadata", "io_details", "model_card", "write_model_card", "read_preprocessing",
+__all__ = ["preprocessing", "onnx_metadata", "io_details", "write_model_card", "read_preprocessing",
            "MODEL_CARD", "CARD_VERSION"]
 
 MODEL_CARD = "model.json"
@@ -112,41 +112,35 @@ def _quantization_notes(io: dict) -> None:
                 t["quantization"]["apply"] = how
 
 
-def model_card(recipe, splits, files: dict[str, str | Path], folder: Path) -> dict:
-    """The content of ``model.json``: the preprocessing, class names and every shipped file's tensors."""
+def write_model_card(recipe, splits, measured: list[dict], final_files: dict[str, str], out_dir: Path) -> Path:
+    """Stamp the preprocessing into every ONNX file the run wrote under ``out_dir`` that lacks it (the teacher,
+    the scratch baseline, torch stages exported for measurement; files written by ``export`` and ``quantize``
+    already carry it), then write ``out_dir/model.json`` atomically: the preprocessing, class names and the
+    tensors of every file of the final model, with the sha256 of the stamped file."""
+    from compress._io import write_json
+    from compress._onnx import set_metadata
     from compress.cache import sha256_file
 
     pre = preprocessing(recipe, splits)
+    props, out_dir = onnx_metadata(pre), Path(out_dir)
+    paths = {Path(m["path"]) for m in measured} | {Path(p) for p in final_files.values()}
+    for p in sorted(paths):
+        if p.suffix == ".onnx" and p.is_file() and p.resolve().is_relative_to(out_dir.resolve()):
+            set_metadata(p, props)
     entries = {}
-    for fmt, path in files.items():
+    for fmt, path in final_files.items():
         path = Path(path)
         io = io_details(path)
         _quantization_notes(io)
-        entries[path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)] = {
+        entries[path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else str(path)] = {
             "format": fmt, "runtime": RUNTIME_NAMES.get(fmt, fmt), "size_bytes": path.stat().st_size,
             "sha256": sha256_file(path),
             "metadata_in_file": fmt in ("onnx", "ort"),  # metadata_props; .pte and .tflite: this file only
             "static_batch": fmt in ("executorch", "litert"),
             **io}
-    return {"model_card_version": CARD_VERSION, "name": getattr(recipe, "name", None), "task": "classify",
-            "preprocessing": pre, "class_names": pre["class_names"], "files": entries}
-
-
-def write_model_card(recipe, splits, measured: list[dict], final_files: dict[str, str], out_dir: Path) -> Path:
-    """Stamp the preprocessing into every ONNX file the run wrote under ``out_dir`` that lacks it (the teacher,
-    the scratch baseline, torch stages exported for measurement; files written by ``export`` and ``quantize``
-    already carry it), then write ``out_dir/model.json`` atomically for the final model's files."""
-    from compress._io import write_json
-    from compress._onnx import set_metadata
-
-    props = onnx_metadata(preprocessing(recipe, splits))
-    out_dir = Path(out_dir)
-    paths = {Path(m["path"]) for m in measured} | {Path(p) for p in final_files.values()}
-    for p in sorted(paths):
-        if p.suffix == ".onnx" and p.is_file() and p.resolve().is_relative_to(out_dir.resolve()):
-            set_metadata(p, props)
     target = out_dir / MODEL_CARD
-    write_json(target, model_card(recipe, splits, final_files, out_dir))
+    write_json(target, {"model_card_version": CARD_VERSION, "name": recipe.name, "task": "classify",
+                        "preprocessing": pre, "class_names": pre["class_names"], "files": entries})
     return target
 
 

@@ -221,7 +221,13 @@ def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (
     _existing(path, "file")
     if zipfile.is_zipfile(path):
         return _load_npz(path, _npz_members(path, keys, optional))
-    _npy_member(path)
+    try:
+        with open(path, "rb") as f:
+            shape, _, dtype, header = _npy_header(f)
+            size = f.seek(0, 2)
+    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
+        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
+    _check_array(str(path), shape, dtype, size - header, "file")
     try:
         return {keys[0]: np.load(path, allow_pickle=False, mmap_mode="r")}
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/OSError for a bad file
@@ -250,17 +256,6 @@ def _check_array(where: str, shape, dtype: np.dtype, holds: int, what: str, hint
         raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({declared:,} bytes), but the {what} "
                         f"holds {max(holds, 0):,} bytes of data; the file is corrupt or forged{hint}")
     return declared
-
-
-def _npy_member(path: Path) -> None:
-    """An ``.npy`` file's header, checked by ``_check_array``."""
-    try:
-        with open(path, "rb") as f:
-            shape, _, dtype, header = _npy_header(f)
-            size = f.seek(0, 2)
-    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
-        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
-    _check_array(str(path), shape, dtype, size - header, "file")
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}

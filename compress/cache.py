@@ -29,7 +29,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -273,8 +273,7 @@ class Cache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
 
-    @contextlib.contextmanager
-    def claim(self, kind: str, key: str, *, blocking: bool = True) -> Iterator[bool]:
+    def claim(self, kind: str, key: str, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
         """Hold the key's lock (``claim_file``) while computing it, so concurrent workers compute each key once.
 
         Look the entry up again after the claim: the other worker may have stored it meanwhile.
@@ -282,8 +281,7 @@ class Cache:
         self._dir(kind, key)  # validates the names
         folder = inside(self.root, "locks")
         folder.mkdir(parents=True, exist_ok=True)
-        with claim_file(folder / f"{kind}.{key}.lock", blocking=blocking) as held:
-            yield held
+        return claim_file(folder / f"{kind}.{key}.lock", blocking=blocking)
 
     # --- conveniences -----------------------------------------------------------------------------
 

@@ -146,13 +146,10 @@ def verify_files(run: Run) -> dict[str, Path]:
 
 
 def measure(run: Run, *, accuracy: tuple[float | None, str] | None = None, **timing) -> dict:
-    """The run's quality metric, size (from the file) and a fresh final/teacher latency ratio (``_latency``'s
-    ``timing`` options).
-
-    The metric is the task's ``remeasure`` of the final file on the test split, or, when the recipe or the data
-    named in the report cannot be loaded as they were, the report's value with the reason. ``accuracy``: an
-    earlier ``(value, why)`` of that to reuse (``--update-baseline`` measures latency several times).
-    """
+    """The run's quality metric (the task's ``remeasure`` of the final file; the report's value, with the reason,
+    when the recipe or data in the report cannot be loaded as they were), size (from the file) and a fresh
+    final/teacher latency ratio (``timing``: ``_latency``'s options). ``accuracy``: an earlier ``remeasure``
+    result to reuse (``--update-baseline`` measures latency several times)."""
     from compress.pipeline import task_named
 
     paths, task = verify_files(run), task_named(run.schema.task)

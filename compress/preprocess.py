@@ -32,7 +32,7 @@ def preprocessing(recipe, splits) -> dict:
     and name the outputs."""
     cfg, source = recipe.data, recipe.data.source
     shape = [int(d) for d in splits.input_shape]
-    names = splits.names()
+    names = list(splits.class_names)
     out: dict = {"source": source, "input_name": "input", "input_shape": ["batch", *shape], "dtype": "float32"}
     if source in ("stdlib-text", "text"):
         out.update(kind="text", layout="NL", scale=1.0, mean=None, std=None,

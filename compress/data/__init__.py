@@ -78,9 +78,6 @@ class Splits:
     fingerprint: str  # hash of the data and the split, for cache keys
     class_names: tuple[str, ...]  # one per class, in label (= output) order: ``class_names(cfg, num_classes)``
 
-    def names(self) -> list[str]:
-        return list(self.class_names)
-
     def describe(self) -> str:
         return (f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test samples, "
                 f"input {tuple(self.input_shape)}, {self.num_classes} classes")

@@ -288,11 +288,9 @@ def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb"
     x = np.empty((len(found), *shape), dtype=np.float32)
     mode = "L" if channels == 1 else "RGB"
     for i, (f, _, _) in enumerate(found):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # within MAX_IMAGE_PIXELS, checked
-                with Image.open(f) as im:
-                    img = im.convert(mode)
+        try:  # no DecompressionBombWarning: _image_size refused more than MAX_IMAGE_PIXELS, below PIL's 89 Mpx
+            with Image.open(f) as im:
+                img = im.convert(mode)
         except Exception as exc:
             raise DataError(f"{f}: unreadable image ({exc})") from None
         if size:

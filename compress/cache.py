@@ -332,10 +332,8 @@ class Cache:
         for j, (_, model) in enumerate(art.extra):
             files[f"extra{j}.safetensors"] = lambda p, model=model: save_model(model, p)
         if art.format == "onnx":
-            files["model.onnx"] = Path(art.path)
-            stems["onnx"] = Path(art.path).stem
-            for fmt, p in runtime_files(art.info).items():
-                files[_RUNTIME_FILE[fmt]] = Path(p)
+            for fmt, p in {"onnx": art.path, **runtime_files(art.info)}.items():
+                files["model.onnx" if fmt == "onnx" else _RUNTIME_FILE[fmt]] = Path(p)
                 stems[fmt] = Path(p).stem
         info = {k: v for k, v in art.info.items() if k not in ("files", "ort_path")}  # paths: rebuilt on load
         meta = {"name": art.name, "format": art.format, "params": art.params, "macs": art.macs, "info": info,

@@ -198,8 +198,8 @@ class Cache:
             raise CorruptEntry(f"{where}: files not in its manifest: {', '.join(extra[:5])}")
         return Entry(kind, key, folder, dict(files), man["meta"])
 
-    def discard(self, kind: str, key: str, why: str) -> Path | None:
-        """Move a damaged entry aside (``quarantine/``), with a warning naming it; returns where it went."""
+    def discard(self, kind: str, key: str, why: str) -> None:
+        """Move a damaged entry aside (``quarantine/``), with a warning naming it and where it went."""
         if self.read_only:
             raise CorruptEntry(why)
         folder = self._dir(kind, key)
@@ -223,7 +223,6 @@ class Cache:
         message = (f"{why}; recomputing it" + (f" (the damaged entry was moved to {target})" if target else ""))
         self.warnings.append(message)
         warn(message)
-        return target
 
     # --- writing ----------------------------------------------------------------------------------
 

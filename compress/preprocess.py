@@ -112,7 +112,7 @@ def _quantization_notes(io: dict) -> None:
                 t["quantization"]["apply"] = how
 
 
-def write_model_card(recipe, splits, measured: list[dict], final_files: dict[str, str], out_dir: Path) -> Path:
+def write_model_card(recipe, splits, measured: list[dict], final_files: dict[str, str], out_dir: Path) -> None:
     """Stamp the preprocessing into every ONNX file the run wrote under ``out_dir`` that lacks it (the teacher,
     the scratch baseline, torch stages exported for measurement; files written by ``export`` and ``quantize``
     already carry it), then write ``out_dir/model.json`` atomically: the preprocessing, class names and the
@@ -138,10 +138,8 @@ def write_model_card(recipe, splits, measured: list[dict], final_files: dict[str
             "metadata_in_file": fmt in ("onnx", "ort"),  # metadata_props; .pte and .tflite: this file only
             "static_batch": fmt in ("executorch", "litert"),
             **io}
-    target = out_dir / MODEL_CARD
-    write_json(target, {"model_card_version": CARD_VERSION, "name": recipe.name, "task": "classify",
-                        "preprocessing": pre, "class_names": pre["class_names"], "files": entries})
-    return target
+    write_json(out_dir / MODEL_CARD, {"model_card_version": CARD_VERSION, "name": recipe.name, "task": "classify",
+                                      "preprocessing": pre, "class_names": pre["class_names"], "files": entries})
 
 
 def read_preprocessing(run_dir: Path) -> dict | None:

@@ -5,13 +5,10 @@ is read from the files, accuracy is measured again from the final file when the 
 (else the verdict says "taken from report.json, not re-measured"), and latency is measured again as the ratio of
 the final model's time to the teacher's, both timed in the same interleaved rounds (``bench.time_rounds``):
 machine speed and most of its noise cancel in the ratio, so a baseline recorded on one machine can be
-compared on another CI runner. The statistics (in full, with the measurements behind them: docs/ci-gate.md):
-each round's statistic is ``median(final calls) / median(teacher calls)``; the estimate is their geometric
-mean with a percentile-bootstrap 95 % interval over rounds (``BOOTSTRAP`` resamples, seeded). The run
-**regressed** only when the *lower* bound of the interval of ``ratio / baseline_ratio`` (log scale; the
-run's and the baseline's standard errors and the baseline's run-to-run ``run_sd_log``, from ``repeats``
-fresh-session measurements, in quadrature: a prediction interval for one new run) exceeds ``1 + tolerance``;
-an estimate above the tolerance whose interval still reaches below it is ``noisy`` (rerun with more ``--rounds``).
+compared on another CI runner. The run **regressed** only when the *lower* bound of the 95 % interval of
+``ratio / baseline_ratio`` (``latency_ratio``, ``relative_interval``) exceeds ``1 + tolerance``; an estimate above
+the tolerance whose interval still reaches below it is ``noisy`` (rerun with more ``--rounds``). The statistics
+in full, with the measurements behind them: docs/ci-gate.md.
 """
 
 from __future__ import annotations
@@ -263,8 +260,9 @@ def _log_se(lat: dict) -> float:
 
 
 def relative_interval(current: dict, baseline: dict) -> tuple[float, float]:
-    """95 % interval of current ratio / baseline ratio: log-scale; the run's and the baseline's standard
-    errors and the baseline's run-to-run standard deviation, in quadrature."""
+    """95 % interval of current ratio / baseline ratio: log-scale; the run's and the baseline's standard errors and
+    the baseline's run-to-run ``run_sd_log`` (from ``repeats`` fresh sessions), in quadrature: a prediction interval
+    for one new run."""
     half = 1.96 * float(np.sqrt(_log_se(current) ** 2 + _log_se(baseline) ** 2 + (baseline.get("run_sd_log") or 0.0) ** 2))
     log_rel = float(np.log(current["ratio"]) - np.log(baseline["ratio"]))
     return float(np.exp(log_rel - half)), float(np.exp(log_rel + half))

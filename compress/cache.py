@@ -82,9 +82,6 @@ class Entry:
     files: dict[str, dict]
     meta: dict
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.files
-
     def read_bytes(self, name: str) -> bytes:
         """The file's bytes, checked against the manifest as they are read."""
         if name not in self.files:
@@ -359,7 +356,7 @@ class Cache:
                 raise CorruptEntry(f"{where}: unreadable metadata")
             model = None
             build = (lambda arch: template) if isinstance(template, torch.nn.Module) else template
-            if "model.safetensors" in entry:
+            if "model.safetensors" in entry.files:
                 model = load_model_bytes(build(meta.get("arch")), entry.read_bytes("model.safetensors"), where)
             elif fmt == "torch":
                 raise CorruptEntry(f"{where}: model.safetensors is missing")
@@ -373,7 +370,7 @@ class Cache:
 
             if fmt == "onnx":
                 path = copy("onnx", "model.onnx")
-                files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry}
+                files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry.files}
                 if files:
                     info["files"] = files
                 if "ort" in files:

@@ -215,7 +215,8 @@ def check(run, baseline, update_baseline, summary, output, metric_tol, size_tol,
 
     stored = None if update_baseline else read_baseline(baseline)  # a bad baseline fails before any compute
     loaded = gate.load_run(run, output=output)
-    accuracy = task_named(loaded.schema.task).remeasure(loaded.report, gate.verify_files(loaded)["final"])  # once
+    # The metric once: --update-baseline times the latency several times.
+    accuracy = task_named(loaded.schema.task).remeasure(loaded.report, gate.verify_files(loaded)["final"])
     runs = [gate.measure(loaded, rounds=rounds, calls=calls, batch=batch, threads=threads, seed=i, accuracy=accuracy)
             for i in range(repeats if update_baseline else 1)]
     current = runs[0]

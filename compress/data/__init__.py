@@ -169,7 +169,7 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
         names = zf.namelist()
         missing = [k for k in keys if f"{k}.npy" not in names]
         if missing:
-            has = [n[:-4] if n.endswith(".npy") else n for n in names]
+            has = [n.removesuffix(".npy") for n in names]
             want = " and ".join(f"'{k}'" for k in keys)
             raise DataError(f"{path}: npz must hold {'arrays' if len(keys) > 1 else 'an array'} {want}; missing {missing} (has {has})")
         file_bytes = f.seek(0, 2)

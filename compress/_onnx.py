@@ -64,15 +64,14 @@ def _stamp(path: Path, props: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def set_metadata(path: Path, props: dict[str, str]) -> bool:
+def set_metadata(path: Path, props: dict[str, str]) -> None:
     """Set ``props`` (key -> text) in an ONNX file's ``metadata_props``, atomically; the file is left untouched
-    (same bytes) when they are already there. True when the file was rewritten."""
+    (same bytes) when they are already there."""
     if all(read_metadata(path).get(k) == v for k, v in props.items()):
-        return False
+        return
     with atomic_path(path) as tmp:
         shutil.copyfile(path, tmp)
         _stamp(tmp, props)
-    return True
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -29,15 +29,16 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from compress._io import atomic_path, claim_file, inside
 from compress._progress import warn
 from compress.errors import CompressError
+from compress.schema import refuse_constant
 
-__all__ = ["cache_key", "sha256_file", "Cache", "Entry", "CorruptEntry", "StageCache", "runtime_files", "MANIFEST", "load_weights_bytes"]
+__all__ = ["cache_key", "sha256_file", "Cache", "Entry", "CorruptEntry", "STAGE_KIND", "runtime_files", "MANIFEST", "load_weights_bytes"]
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "compress-cache-entry", 1
@@ -80,9 +81,6 @@ class Entry:
     dir: Path
     files: dict[str, dict]
     meta: dict
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.files
 
     def read_bytes(self, name: str) -> bytes:
         """The file's bytes, checked against the manifest as they are read."""
@@ -166,7 +164,7 @@ class Cache:
         if len(raw) > _MAX_MANIFEST:
             raise CorruptEntry(f"{where}: {MANIFEST} is {len(raw):,} bytes, not a manifest")
         try:
-            man = json.loads(raw, parse_constant=_refuse_constant)
+            man = json.loads(raw, parse_constant=refuse_constant)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the limit
             raise CorruptEntry(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
         if not (isinstance(man, dict) and man.get("format") == FORMAT and man.get("version") == VERSION
@@ -197,8 +195,8 @@ class Cache:
             raise CorruptEntry(f"{where}: files not in its manifest: {', '.join(extra[:5])}")
         return Entry(kind, key, folder, dict(files), man["meta"])
 
-    def discard(self, kind: str, key: str, why: str) -> Path | None:
-        """Move a damaged entry aside (``quarantine/``), with a warning naming it; returns where it went."""
+    def discard(self, kind: str, key: str, why: str) -> None:
+        """Move a damaged entry aside (``quarantine/``), with a warning naming it and where it went."""
         if self.read_only:
             raise CorruptEntry(why)
         folder = self._dir(kind, key)
@@ -222,7 +220,6 @@ class Cache:
         message = (f"{why}; recomputing it" + (f" (the damaged entry was moved to {target})" if target else ""))
         self.warnings.append(message)
         warn(message)
-        return target
 
     # --- writing ----------------------------------------------------------------------------------
 
@@ -272,8 +269,7 @@ class Cache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
 
-    @contextlib.contextmanager
-    def claim(self, kind: str, key: str, *, blocking: bool = True) -> Iterator[bool]:
+    def claim(self, kind: str, key: str, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
         """Hold the key's lock (``claim_file``) while computing it, so concurrent workers compute each key once.
 
         Look the entry up again after the claim: the other worker may have stored it meanwhile.
@@ -281,8 +277,7 @@ class Cache:
         self._dir(kind, key)  # validates the names
         folder = inside(self.root, "locks")
         folder.mkdir(parents=True, exist_ok=True)
-        with claim_file(folder / f"{kind}.{key}.lock", blocking=blocking) as held:
-            yield held
+        return claim_file(folder / f"{kind}.{key}.lock", blocking=blocking)
 
     # --- conveniences -----------------------------------------------------------------------------
 
@@ -296,7 +291,7 @@ class Cache:
             return None
 
     def get_json(self, kind: str, key: str) -> Any | None:
-        return self._parsed(kind, key, lambda e: json.loads(e.read_bytes("data.json"), parse_constant=_refuse_constant),
+        return self._parsed(kind, key, lambda e: json.loads(e.read_bytes("data.json"), parse_constant=refuse_constant),
                             (CorruptEntry, ValueError, RecursionError),
                             lambda exc: f"cache entry {kind}/{key}: data.json unreadable ({exc})")
 
@@ -316,9 +311,78 @@ class Cache:
         return self.put(kind, key, {"model.safetensors": lambda p: save_model(model, str(p), force_contiguous=True),
                                     **(files or {})}, meta)
 
+    # --- stage outputs (kind STAGE_KIND) ---------------------------------------------------------
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
+    def put_stage(self, key: str, art, arch=lambda model: None) -> Entry:
+        """Store a stage's output artifact. torch: ``model.safetensors`` (pruned shapes kept, see
+        compress.models.checkpoint); ONNX: ``model.onnx``, the runtime files by format (``model.ort``, ``model.pte``,
+        ``model.tflite``) and, when the stage kept it, ``model.safetensors``. ``arch(model)``: what a task needs to
+        rebuild a model's architecture on load (JSON; None when the template's own architecture fits, with the
+        checkpoint's layer shapes)."""
+        from compress.models.checkpoint import save_model
+
+        files: dict = {}
+        stems: dict[str, str] = {}
+        if art.model is not None:
+            files["model.safetensors"] = lambda p: save_model(art.model, p)
+        for j, (_, model) in enumerate(art.extra):
+            files[f"extra{j}.safetensors"] = lambda p, model=model: save_model(model, p)
+        if art.format == "onnx":
+            for fmt, p in {"onnx": art.path, **runtime_files(art.info)}.items():
+                files["model.onnx" if fmt == "onnx" else _RUNTIME_FILE[fmt]] = Path(p)
+                stems[fmt] = Path(p).stem
+        info = {k: v for k, v in art.info.items() if k not in ("files", "ort_path")}  # paths: rebuilt on load
+        meta = {"name": art.name, "format": art.format, "params": art.params, "macs": art.macs, "info": info,
+                "lineage": list(art.lineage), "stems": stems, "arch": arch(art.model) if art.model is not None else None,
+                "extra": [[name, arch(model)] for name, model in art.extra]}
+        return self.put(STAGE_KIND, key, files, meta)
+
+    def get_stage(self, key: str, template, dest: Path, prefix: str):
+        """The cached artifact (torch: weights loaded into a copy of ``template``, or of ``template(arch)`` when it
+        is a function of the recorded architecture; onnx: files copied (verified) into ``dest`` under the stage's
+        own file stem, which must be this stage's, ``prefix...``), or None when absent or damaged (a damaged entry
+        is moved aside with a warning)."""
+        from compress.artifact import Artifact
+        from compress.models.checkpoint import load_model_bytes
+
+        entry = self.get(STAGE_KIND, key)
+        if entry is None:
+            return None
+        where = f"cache entry {STAGE_KIND}/{key}"
+        try:
+            meta = entry.meta
+            fmt = meta["format"]
+            if fmt not in ("torch", "onnx") or not isinstance(meta["info"], dict) or not isinstance(meta["stems"], dict):
+                raise CorruptEntry(f"{where}: unreadable metadata")
+            model = None
+            build = (lambda arch: template) if isinstance(template, torch.nn.Module) else template
+            if "model.safetensors" in entry.files:
+                model = load_model_bytes(build(meta.get("arch")), entry.read_bytes("model.safetensors"), where)
+            elif fmt == "torch":
+                raise CorruptEntry(f"{where}: model.safetensors is missing")
+            info, path = dict(meta["info"]), None
+
+            def copy(f: str, name: str) -> Path:  # into ``dest``, under this stage's recorded file stem
+                stem = meta["stems"].get(f)
+                if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
+                    raise CorruptEntry(f"{where}: file name {stem!r} is not this stage's ({prefix}...)")
+                return entry.copy_to(name, inside(dest, stem + Path(name).suffix))
+
+            if fmt == "onnx":
+                path = copy("onnx", "model.onnx")
+                files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry.files}
+                if files:
+                    info["files"] = files
+                if "ort" in files:
+                    info["ort_path"] = files["ort"]
+            extra = tuple((str(name), load_model_bytes(build(arch), entry.read_bytes(f"extra{j}.safetensors"), where))
+                          for j, (name, arch) in enumerate(meta.get("extra") or []))
+            return Artifact(str(meta["name"]), fmt, model, path, meta["params"], meta["macs"], info,
+                            tuple(meta["lineage"]), key, extra)
+        except (CompressError, KeyError, TypeError, ValueError) as exc:  # CorruptEntry is a CompressError
+            self.discard(STAGE_KIND, key, str(exc) if isinstance(exc, CompressError)
+                         else f"{where}: unreadable metadata ({type(exc).__name__}: {exc})")
+            return None
 
 
 def load_weights_bytes(template: torch.nn.Module, data: bytes, where: str) -> torch.nn.Module:
@@ -348,6 +412,7 @@ def load_weights_bytes(template: torch.nn.Module, data: bytes, where: str) -> to
 
 # --- stage outputs ---------------------------------------------------------------------------------
 
+STAGE_KIND = "stages"  # the cache kind of stage outputs (Cache.put_stage, Cache.get_stage)
 _RUNTIME_FILE = {"ort": "model.ort", "executorch": "model.pte", "litert": "model.tflite"}  # format -> entry file
 _STEM = re.compile(r"^[0-9]{2}_[a-z0-9_]{1,64}$")
 
@@ -355,87 +420,3 @@ _STEM = re.compile(r"^[0-9]{2}_[a-z0-9_]{1,64}$")
 def runtime_files(info: dict) -> dict[str, str]:
     """A stage's runtime files by format (``ort``, ``executorch``, ``litert``): ``info["files"]`` and ``ort_path``."""
     return {**({"ort": info["ort_path"]} if info.get("ort_path") else {}), **(info.get("files") or {})}
-
-
-class StageCache:
-    """A stage's output artifact as a cache entry (kind ``stages``).
-
-    torch artifacts: ``model.safetensors`` (pruned shapes kept, compress.models.checkpoint). ONNX artifacts:
-    ``model.onnx``, the runtime files by format (``model.ort``, ``model.pte``, ``model.tflite``) and, when the
-    stage kept it, ``model.safetensors``. Loaded files are copied (verified) into the run's ``stages/``
-    folder under the stage's own file stem, which must be this stage's (``NN_<type>...``).
-    """
-
-    KIND = "stages"
-
-    def __init__(self, cache: Cache):
-        self.cache = cache
-
-    def save(self, key: str, art, arch=lambda model: None) -> Entry:
-        """``arch(model)``: what a task needs to rebuild a model's architecture on load (JSON; None when the
-        template's own architecture fits, with the checkpoint's layer shapes)."""
-        from compress.models.checkpoint import save_model
-
-        files: dict = {}
-        stems: dict[str, str] = {}
-        if art.model is not None:
-            files["model.safetensors"] = lambda p: save_model(art.model, p)
-        for j, (_, model) in enumerate(art.extra):
-            files[f"extra{j}.safetensors"] = lambda p, model=model: save_model(model, p)
-        if art.format == "onnx":
-            files["model.onnx"] = Path(art.path)
-            stems["onnx"] = Path(art.path).stem
-            for fmt, p in runtime_files(art.info).items():
-                files[_RUNTIME_FILE[fmt]] = Path(p)
-                stems[fmt] = Path(p).stem
-        info = {k: v for k, v in art.info.items() if k not in ("files", "ort_path")}  # paths: rebuilt on load
-        meta = {"name": art.name, "format": art.format, "params": art.params, "macs": art.macs, "info": info,
-                "lineage": list(art.lineage), "stems": stems, "arch": arch(art.model) if art.model is not None else None,
-                "extra": [[name, arch(model)] for name, model in art.extra]}
-        return self.cache.put(self.KIND, key, files, meta)
-
-    def load(self, key: str, template, dest: Path, prefix: str):
-        """The cached artifact (torch: weights loaded into a copy of ``template``, or of ``template(arch)`` when it
-        is a function of the recorded architecture; onnx: files copied into ``dest``), or None when absent or
-        damaged (a damaged entry is moved aside with a warning)."""
-        from compress.artifact import Artifact
-        from compress.models.checkpoint import load_model_bytes
-
-        entry = self.cache.get(self.KIND, key)
-        if entry is None:
-            return None
-        where = f"cache entry stages/{key}"
-        try:
-            meta = entry.meta
-            fmt = meta["format"]
-            if fmt not in ("torch", "onnx") or not isinstance(meta["info"], dict) or not isinstance(meta["stems"], dict):
-                raise CorruptEntry(f"{where}: unreadable metadata")
-            model = None
-            build = (lambda arch: template) if isinstance(template, torch.nn.Module) else template
-            if "model.safetensors" in entry:
-                model = load_model_bytes(build(meta.get("arch")), entry.read_bytes("model.safetensors"), where)
-            elif fmt == "torch":
-                raise CorruptEntry(f"{where}: model.safetensors is missing")
-            info, path = dict(meta["info"]), None
-
-            def copy(f: str, name: str) -> Path:  # into ``dest``, under this stage's recorded file stem
-                stem = meta["stems"].get(f)
-                if not (isinstance(stem, str) and _STEM.match(stem) and stem.startswith(prefix)):
-                    raise CorruptEntry(f"{where}: file name {stem!r} is not this stage's ({prefix}...)")
-                return entry.copy_to(name, inside(dest, stem + Path(name).suffix))
-
-            if fmt == "onnx":
-                path = copy("onnx", "model.onnx")
-                files = {f: str(copy(f, name)) for f, name in _RUNTIME_FILE.items() if name in entry}
-                if files:
-                    info["files"] = files
-                if "ort" in files:
-                    info["ort_path"] = files["ort"]
-            extra = tuple((str(name), load_model_bytes(build(arch), entry.read_bytes(f"extra{j}.safetensors"), where))
-                          for j, (name, arch) in enumerate(meta.get("extra") or []))
-            return Artifact(str(meta["name"]), fmt, model, path, meta["params"], meta["macs"], info,
-                            tuple(meta["lineage"]), key, extra)
-        except (CompressError, KeyError, TypeError, ValueError) as exc:  # CorruptEntry is a CompressError
-            self.cache.discard(self.KIND, key, str(exc) if isinstance(exc, CompressError)
-                               else f"{where}: unreadable metadata ({type(exc).__name__}: {exc})")
-            return None

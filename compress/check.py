@@ -5,13 +5,10 @@ is read from the files, accuracy is measured again from the final file when the 
 (else the verdict says "taken from report.json, not re-measured"), and latency is measured again as the ratio of
 the final model's time to the teacher's, both timed in the same interleaved rounds (``bench.time_rounds``):
 machine speed and most of its noise cancel in the ratio, so a baseline recorded on one machine can be
-compared on another CI runner. The statistics (in full, with the measurements behind them: docs/ci-gate.md):
-each round's statistic is ``median(final calls) / median(teacher calls)``; the estimate is their geometric
-mean with a percentile-bootstrap 95 % interval over rounds (``BOOTSTRAP`` resamples, seeded). The run
-**regressed** only when the *lower* bound of the interval of ``ratio / baseline_ratio`` (log scale; the
-run's and the baseline's standard errors and the baseline's run-to-run ``run_sd_log``, from ``repeats``
-fresh-session measurements, in quadrature: a prediction interval for one new run) exceeds ``1 + tolerance``;
-an estimate above the tolerance whose interval still reaches below it is ``noisy`` (rerun with more ``--rounds``).
+compared on another CI runner. The run **regressed** only when the *lower* bound of the 95 % interval of
+``ratio / baseline_ratio`` (``latency_ratio``, ``relative_interval``) exceeds ``1 + tolerance``; an estimate above
+the tolerance whose interval still reaches below it is ``noisy`` (rerun with more ``--rounds``). The statistics
+in full, with the measurements behind them: docs/ci-gate.md.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from compress.errors import CompressError
 from compress.schema import BASELINE_VERSION, Baseline, Report, SchemaError, read_report
 
 __all__ = ["Tolerances", "Verdict", "Run", "latency_ratio", "relative_interval", "load_run", "verify_files",
-           "remeasure", "measure", "measure_files", "compare", "baseline_from", "summary_markdown", "write_summary",
+           "measure", "measure_files", "compare", "baseline_from", "summary_markdown", "write_summary",
            "CheckInputError", "EXIT_REGRESSED", "BOOTSTRAP"]
 
 EXIT_REGRESSED = 3  # 0 pass, 1 crash, 2 bad input, 3 regression: CI can tell "regressed" from "crashed"
@@ -145,37 +142,25 @@ def verify_files(run: Run) -> dict[str, Path]:
     return {role: _model_file(run, rel) for rel, role in needed.items()}
 
 
-def remeasure(run: Run, final: Path) -> tuple[float | None, str]:
-    """The final model's quality metric on the test split, measured from its file by the run's task; (None, why)
-    when the recipe or the data named in the report cannot be loaded as they were."""
+def measure(run: Run, *, accuracy: tuple[float | None, str] | None = None, **timing) -> dict:
+    """The run's quality metric (the task's ``remeasure`` of the final file; the report's value, with the reason,
+    when the recipe or data in the report cannot be loaded as they were), size (from the file) and a fresh
+    final/teacher latency ratio (``timing``: ``_latency``'s options). ``accuracy``: an earlier ``remeasure``
+    result to reuse (``--update-baseline`` measures latency several times)."""
     from compress.pipeline import task_named
 
-    return task_named(run.schema.task).remeasure(run.report, final)
-
-
-def measure(run: Run, *, rounds: int = 30, calls: int = 20, batch: int = 1, threads: int = 1, seed: int = 0,
-            accuracy: tuple[float | None, str] | None = None) -> dict:
-    """The run's quality metric, size (from the file) and a fresh final/teacher latency ratio (ORT, interleaved).
-
-    ``accuracy``: an earlier ``remeasure`` result to reuse (``--update-baseline`` measures latency several times).
-    """
-    paths = verify_files(run)
+    paths, task = verify_files(run), task_named(run.schema.task)
     final = run.schema.model("final")
-    value, how = accuracy if accuracy is not None else remeasure(run, paths["final"])
+    value, how = accuracy if accuracy is not None else task.remeasure(run.report, paths["final"])
     if value is None:
         value, how = final.metric.value, f"{final.metric.name} taken from report.json, not re-measured ({how})"
-    else:
-        from compress.pipeline import task_named
-
-        if abs(value - final.metric.value) > task_named(run.schema.task).disagreement(run.report):
-            raise CheckInputError(f"report.json does not match its model file: it says {final.metric.name} "
-                                  f"{final.metric.value:.4f}, {paths['final'].name} measures {value:.4f} on the test "
-                                  f"split; the report or the file was edited (rerun the recipe)")
-    ratio = _latency(paths["final"], paths["teacher"], rounds=rounds, calls=calls, batch=batch, threads=threads,
-                     seed=seed, task=run.schema.task)
-    return {"name": run.report.get("name"), "cpu": run.report.get("cpu"), "size_bytes": paths["final"].stat().st_size,
-            "metric": {"name": final.metric.name, "value": value, "higher_is_better": final.metric.higher_is_better},
-            "metric_source": how, "latency_ratio": ratio}
+    elif abs(value - final.metric.value) > task.disagreement(run.report):
+        raise CheckInputError(f"report.json does not match its model file: it says {final.metric.name} "
+                              f"{final.metric.value:.4f}, {paths['final'].name} measures {value:.4f} on the test "
+                              f"split; the report or the file was edited (rerun the recipe)")
+    metric = {"name": final.metric.name, "value": value, "higher_is_better": final.metric.higher_is_better}
+    return {**measure_files(paths["final"], paths["teacher"], metric, task=run.schema.task, **timing),
+            "name": run.report.get("name"), "cpu": run.report.get("cpu"), "metric_source": how}
 
 
 def _latency(final: Path, teacher: Path, *, rounds: int = 30, calls: int = 20, batch: int = 1, threads: int = 1,
@@ -275,8 +260,9 @@ def _log_se(lat: dict) -> float:
 
 
 def relative_interval(current: dict, baseline: dict) -> tuple[float, float]:
-    """95 % interval of current ratio / baseline ratio: log-scale; the run's and the baseline's standard
-    errors and the baseline's run-to-run standard deviation, in quadrature."""
+    """95 % interval of current ratio / baseline ratio: log-scale; the run's and the baseline's standard errors and
+    the baseline's run-to-run ``run_sd_log`` (from ``repeats`` fresh sessions), in quadrature: a prediction interval
+    for one new run."""
     half = 1.96 * float(np.sqrt(_log_se(current) ** 2 + _log_se(baseline) ** 2 + (baseline.get("run_sd_log") or 0.0) ** 2))
     log_rel = float(np.log(current["ratio"]) - np.log(baseline["ratio"]))
     return float(np.exp(log_rel - half)), float(np.exp(log_rel + half))

@@ -21,7 +21,7 @@ from compress._onnx import export_onnx
 from compress._progress import say
 from compress.artifact import Artifact
 from compress.bench import cpu_info
-from compress.cache import Cache, StageCache, cache_key, runtime_files, sha256_file
+from compress.cache import STAGE_KIND, Cache, cache_key, runtime_files, sha256_file
 from compress import bn, distributed
 from compress import report as reporting
 from compress.context import Context
@@ -394,7 +394,7 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
     scratch = task.scratch(recipe, prep, cache, quiet)
     if scratch is not None:
         add("scratch", "scratch", scratch, out_dir / "scratch.onnx")
-    run = _StageRun(recipe, prep, task, cache, StageCache(cache), out_dir, quiet, writer,
+    run = _StageRun(recipe, prep, task, cache, out_dir, quiet, writer,
                     last_good_dir or inside(out_dir, "last_good"))
     tutor, chain_log = teacher, []
     for j, assistant in enumerate(task.assistants(recipe, prep)):  # teacher -> assistants -> student, each every torch stage
@@ -444,7 +444,6 @@ class _StageRun:
     prep: object
     task: object
     cache: Cache
-    stage_cache: StageCache
     out_dir: Path
     quiet: bool
     writer: bool
@@ -476,13 +475,13 @@ class _StageRun:
             t0 = time.perf_counter()
             stages_dir = self.out_dir / "stages"
             template = task.template(prep, src)
-            load = lambda: self.stage_cache.load(key, template, stages_dir, prefix)  # noqa: E731
+            load = lambda: self.cache.get_stage(key, template, stages_dir, prefix)  # noqa: E731
             cached = load() if writer else None
             # Collectives only while every rank is still here (the others leave after the last training stage).
             if i <= last_train and distributed.agree(cached is not None) and cached is None:
                 cached = load()  # read-only there: a bad entry raises
             if cached is None:
-                with self.cache.claim(StageCache.KIND, key) if writer else contextlib.nullcontext():
+                with self.cache.claim(STAGE_KIND, key) if writer else contextlib.nullcontext():
                     if alone:  # another process may have computed it while this one waited for the claim
                         cached = load()
                     if cached is None:
@@ -490,7 +489,7 @@ class _StageRun:
                             self.quiet)
                         out = task.fresh(self._run(st, i, src, ctx, key), prep, recipe.seed)
                         if writer:
-                            self.stage_cache.save(key, out, task.arch)
+                            self.cache.put_stage(key, out, task.arch)
             if cached is not None:
                 say(f"[bold cyan]stage {i + 1}/{n}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", self.quiet)
                 out = task.fresh(cached, prep, recipe.seed)

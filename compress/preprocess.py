@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["preprocessing", "onnx_metadata", "io_details", "model_card", "write_model_card", "read_preprocessing",
+__all__ = ["preprocessing", "onnx_metadata", "io_details", "write_model_card", "read_preprocessing",
            "MODEL_CARD", "CARD_VERSION"]
 
 MODEL_CARD = "model.json"
@@ -29,11 +29,10 @@ _PIXELS = {"imagefolder": ([0, 255], 1 / 255, "decoded 8-bit pixels x/255"),
 
 def preprocessing(recipe, splits) -> dict:
     """The preprocessing of ``recipe``'s data as loaded into ``splits``: enough for an app to build the input tensor
-    and name the outputs. ``recipe`` may be None (then the data is described as the arrays the model was given)."""
-    cfg = getattr(recipe, "data", None)
-    source = getattr(cfg, "source", None)
+    and name the outputs."""
+    cfg, source = recipe.data, recipe.data.source
     shape = [int(d) for d in splits.input_shape]
-    names = splits.names() if hasattr(splits, "names") else [str(i) for i in range(splits.num_classes)]
+    names = list(splits.class_names)
     out: dict = {"source": source, "input_name": "input", "input_shape": ["batch", *shape], "dtype": "float32"}
     if source in ("stdlib-text", "text"):
         out.update(kind="text", layout="NL", scale=1.0, mean=None, std=None,
@@ -44,11 +43,11 @@ def preprocessing(recipe, splits) -> dict:
         images = len(shape) == 3
         pixel_range, scale, what = _PIXELS.get(source, (None, 1.0, "the values as generated, not scaled" if source ==
                                                          "mnist1d" else "the arrays as stored in the npz, not scaled"))
-        norm = getattr(cfg, "normalize", None)
+        norm = cfg.normalize
         channels = shape[0] if len(shape) >= 2 else None
         mean = list(norm.mean) if norm is not None else ([0.0] * channels if channels else None)
         std = list(norm.std) if norm is not None else ([1.0] * channels if channels else None)
-        size = getattr(cfg, "image_size", None)
+        size = cfg.image_size
         out.update(kind="image" if images else ("signal" if len(shape) == 2 else "features"),
                    layout={3: "NCHW", 2: "NCL"}.get(len(shape), "NF"),
                    image_size=shape[1:] if images else None,
@@ -76,10 +75,8 @@ def preprocessing(recipe, splits) -> dict:
 
 
 def _channel_order(cfg, channels: int | None) -> str | None:
-    if getattr(cfg, "source", None) == "imagefolder":
-        return "gray" if channels == 1 else (getattr(cfg, "channel_order", None) or "rgb")
-    if getattr(cfg, "source", None) == "digits":
-        return "gray" if channels == 1 else "gray x3"
+    if cfg.source in _PIXELS:
+        return "gray" if channels == 1 else {"imagefolder": cfg.channel_order or "rgb", "digits": "gray x3"}[cfg.source]
     return None
 
 
@@ -115,42 +112,34 @@ def _quantization_notes(io: dict) -> None:
                 t["quantization"]["apply"] = how
 
 
-def model_card(recipe, splits, files: dict[str, str | Path], folder: Path) -> dict:
-    """The content of ``model.json``: the preprocessing, class names and every shipped file's tensors."""
+def write_model_card(recipe, splits, measured: list[dict], final_files: dict[str, str], out_dir: Path) -> None:
+    """Stamp the preprocessing into every ONNX file the run wrote under ``out_dir`` that lacks it (the teacher,
+    the scratch baseline, torch stages exported for measurement; files written by ``export`` and ``quantize``
+    already carry it), then write ``out_dir/model.json`` atomically: the preprocessing, class names and the
+    tensors of every file of the final model, with the sha256 of the stamped file."""
+    from compress._io import write_json
+    from compress._onnx import set_metadata
     from compress.cache import sha256_file
 
     pre = preprocessing(recipe, splits)
+    props, out_dir = onnx_metadata(pre), Path(out_dir)
+    paths = {Path(m["path"]) for m in measured} | {Path(p) for p in final_files.values()}
+    for p in sorted(paths):
+        if p.suffix == ".onnx" and p.is_file() and p.resolve().is_relative_to(out_dir.resolve()):
+            set_metadata(p, props)
     entries = {}
-    for fmt, path in files.items():
+    for fmt, path in final_files.items():
         path = Path(path)
         io = io_details(path)
         _quantization_notes(io)
-        entries[path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)] = {
+        entries[path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else str(path)] = {
             "format": fmt, "runtime": RUNTIME_NAMES.get(fmt, fmt), "size_bytes": path.stat().st_size,
             "sha256": sha256_file(path),
             "metadata_in_file": fmt in ("onnx", "ort"),  # metadata_props; .pte and .tflite: this file only
             "static_batch": fmt in ("executorch", "litert"),
             **io}
-    return {"model_card_version": CARD_VERSION, "name": getattr(recipe, "name", None), "task": "classify",
-            "preprocessing": pre, "class_names": pre["class_names"], "files": entries}
-
-
-def write_model_card(recipe, splits, measured: list[dict], final_files: dict[str, str], out_dir: Path) -> Path:
-    """Stamp the preprocessing into every ONNX file the run wrote under ``out_dir`` that lacks it (the teacher,
-    the scratch baseline, torch stages exported for measurement; files written by ``export`` and ``quantize``
-    already carry it), then write ``out_dir/model.json`` atomically for the final model's files."""
-    from compress._io import write_json
-    from compress._onnx import set_metadata
-
-    props = onnx_metadata(preprocessing(recipe, splits))
-    out_dir = Path(out_dir)
-    paths = {Path(m["path"]) for m in measured} | {Path(p) for p in final_files.values()}
-    for p in sorted(paths):
-        if p.suffix == ".onnx" and p.is_file() and p.resolve().is_relative_to(out_dir.resolve()):
-            set_metadata(p, props)
-    target = out_dir / MODEL_CARD
-    write_json(target, model_card(recipe, splits, final_files, out_dir))
-    return target
+    write_json(out_dir / MODEL_CARD, {"model_card_version": CARD_VERSION, "name": recipe.name, "task": "classify",
+                                      "preprocessing": pre, "class_names": pre["class_names"], "files": entries})
 
 
 def read_preprocessing(run_dir: Path) -> dict | None:

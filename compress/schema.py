@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.errors import CompressError, key_path
 
@@ -66,8 +66,11 @@ class FileDigest(_Strict):
 
 def _relative(value: str) -> str:
     if not _REL.match(value):
-        raise ValueError(f"{value!r} is not a relative path inside the run folder")
+        raise ValueError("not a relative path inside the run folder")
     return value
+
+
+RelPath = Annotated[str, AfterValidator(_relative)]
 
 
 class ReportModel(_Open):
@@ -75,15 +78,10 @@ class ReportModel(_Open):
 
     name: str
     role: Literal["teacher", "scratch", "assistant", "stage", "final"]
-    file: str
+    file: RelPath
     sha256: Sha256
     size_bytes: int = Field(ge=0)
     metric: Metric
-
-    @model_validator(mode="after")
-    def _file(self):
-        _relative(self.file)
-        return self
 
 
 class Report(_Open):
@@ -94,12 +92,10 @@ class Report(_Open):
     recipe: dict
     data: dict
     models: list[ReportModel] = Field(min_length=1)
-    digests: dict[str, FileDigest]
+    digests: dict[RelPath, FileDigest]
 
     @model_validator(mode="after")
     def _consistent(self):
-        for rel in self.digests:
-            _relative(rel)
         roles = [m.role for m in self.models]
         for role in ("teacher", "final"):
             if roles.count(role) != 1:
@@ -155,7 +151,7 @@ class Baseline(_Strict):
         return self
 
 
-def _refuse_constant(name: str):
+def refuse_constant(name: str):  # json.loads' parse_constant (also the cache's): NaN and Infinity are not JSON
     raise ValueError(f"{name} is not a number JSON allows")
 
 
@@ -173,7 +169,7 @@ def read_json(path: str | Path, what: str) -> Any:
     if st.st_size > MAX_JSON_BYTES:
         raise SchemaError(f"{path}: {st.st_size:,} bytes is too large for a {what} (limit {MAX_JSON_BYTES:,})")
     try:
-        return json.loads(path.read_bytes(), parse_constant=_refuse_constant)
+        return json.loads(path.read_bytes(), parse_constant=refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the limit
         raise SchemaError(f"{path}: the {what} is not valid JSON ({exc})") from None
 
@@ -192,7 +188,8 @@ def _validate(cls, data: Any, path: str | Path, what: str, hint: str = ""):
             msg, got = plain or err["msg"].removeprefix("Value error, "), err.get("input")
             if plain is None and isinstance(got, (int, float, str)) and not isinstance(got, bool):
                 msg += f" (got {got!r})"
-            lines.append(f"{key_path(err['loc']) or '(top level)'}: {msg}")
+            loc = err["loc"][:-1] if err["loc"][-1:] == ("[key]",) else err["loc"]  # a dict key's own error
+            lines.append(f"{key_path(loc) or '(top level)'}: {msg}")
         raise SchemaError(f"{path}: invalid {what}: " + "; ".join(lines) + hint) from None
 
 

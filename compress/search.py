@@ -549,11 +549,11 @@ class _Search:
     def estimate(self, c: _Candidate, session: bool = True) -> float | None:
         """Seconds to build ``c`` (and, with ``session``, to measure it in the final session); None when
         nothing is known yet."""
-        from compress.cache import StageCache
+        from compress.cache import STAGE_KIND
 
         total, times = 0.0, self.stage_seconds
         for i, (st, key) in enumerate(zip(c.recipe.stages, c.keys)):
-            if self.cache.has(StageCache.KIND, key):
+            if self.cache.has(STAGE_KIND, key):
                 continue
             if not times:
                 return None  # nothing computed yet (a warm cache): launch it and learn

@@ -85,22 +85,18 @@ def member_logits(src: TeacherSource, ctx, x: np.ndarray | None = None) -> torch
         load_weights(model, src.weights)
         return predict_logits(model, x)
     if src.onnx is not None:
-        import onnxruntime as ort
-
-        from compress.runtimes.onnxruntime import predict
+        from compress.runtimes.onnxruntime import predict, session
 
         if not src.onnx.is_file():
             raise ModelError(f"teacher ONNX file not found: {src.onnx}")
-        sess = ort.InferenceSession(str(src.onnx), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(predict(sess, x, batch_size=512).astype(np.float32))
-    path = src.logits
+        return torch.from_numpy(predict(session(src.onnx, threads=0), x, batch_size=512).astype(np.float32))
     from compress.data import read_arrays
 
     try:  # existence, then headers: a forged or compressed-bomb file is refused before it is read
-        arr = read_arrays(path, ("logits",))["logits"]
+        arr = read_arrays(src.logits, ("logits",))["logits"]
     except DataError as exc:
         raise ModelError(f"teacher logits: {exc}") from None
-    arr = _train_rows(np.asarray(arr, dtype=np.float32), ctx.recipe, ctx.splits, str(path))
+    arr = _train_rows(np.asarray(arr, dtype=np.float32), ctx.recipe, ctx.splits, str(src.logits))
     if src.probabilities:
         arr = np.log(np.clip(arr, 1e-12, None))  # softmax(log p) = p for rows that sum to 1
     return torch.from_numpy(arr)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from compress._io import claim_file, inside
-from compress.cache import MANIFEST, Cache, CorruptEntry, StageCache
+from compress.cache import MANIFEST, Cache, CorruptEntry
 from compress.errors import UnsafePathError
 
 
@@ -218,11 +218,10 @@ def test_stage_entry_with_a_foreign_file_name_is_refused(cache, tmp_path):
     src = tmp_path / "stages" / "02_quantize_int8_static.onnx"
     src.parent.mkdir()
     src.write_bytes(b"onnx bytes")
-    sc = StageCache(cache)
-    sc.save("ab12cd34", Artifact("quantize", "onnx", None, src, 1, 2, {"mode": "int8_static"}, ("student",)))
+    cache.put_stage("ab12cd34", Artifact("quantize", "onnx", None, src, 1, 2, {"mode": "int8_static"}, ("student",)))
     dest = tmp_path / "run" / "stages"
     dest.mkdir(parents=True)
-    art = sc.load("ab12cd34", nn.Linear(1, 1), dest, "02_quantize")
+    art = cache.get_stage("ab12cd34", nn.Linear(1, 1), dest, "02_quantize")
     assert art.path == dest / "02_quantize_int8_static.onnx" and art.path.read_bytes() == b"onnx bytes"
 
     folder = cache.root / "stages" / "ab12cd34"
@@ -230,5 +229,5 @@ def test_stage_entry_with_a_foreign_file_name_is_refused(cache, tmp_path):
     man["meta"]["stems"]["onnx"] = "../../../escaped"
     man["meta_sha256"] = hashlib.sha256(json.dumps(man["meta"], sort_keys=True).encode()).hexdigest()
     (folder / MANIFEST).write_text(json.dumps(man))
-    assert sc.load("ab12cd34", nn.Linear(1, 1), dest, "02_quantize") is None
+    assert cache.get_stage("ab12cd34", nn.Linear(1, 1), dest, "02_quantize") is None
     assert not list(tmp_path.rglob("escaped*")) and "not this stage's" in cache.warnings[-1]

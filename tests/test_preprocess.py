@@ -117,14 +117,14 @@ def test_a_memory_mapped_npz_is_normalised_as_it_is_read(tmp_path):
 
 
 def test_class_names_defaults(tmp_path):
-    assert load_data(DataConfig(), seed=0).names() == [str(i) for i in range(10)]
+    assert load_data(DataConfig(), seed=0).class_names == tuple(str(i) for i in range(10))
     folder = images(tmp_path / "imgs", {"zebra": [(0, 0, 0)] * 3, "ant": [(9, 9, 9)] * 3})
     s = load_data(DataConfig(source="imagefolder", path=folder), seed=0)
-    assert s.names() == ["ant", "zebra"]  # sorted folder names: label i is the i-th
+    assert s.class_names == ("ant", "zebra")  # sorted folder names: label i is the i-th
     np.savez(tmp_path / "d.npz", x=np.zeros((9, 4), np.float32), y=np.arange(9) % 3)
-    assert load_data(DataConfig(source="npz", path=tmp_path / "d.npz"), seed=0).names() == ["0", "1", "2"]
+    assert load_data(DataConfig(source="npz", path=tmp_path / "d.npz"), seed=0).class_names == ("0", "1", "2")
     given = load_data(DataConfig(source="npz", path=tmp_path / "d.npz", class_names=["x", "y", "z"]), seed=0)
-    assert given.names() == ["x", "y", "z"]
+    assert given.class_names == ("x", "y", "z")
 
 
 def test_class_names_must_match_the_classes(tmp_path):

@@ -56,8 +56,7 @@ class Rows:
         return out if self.transform is None else self.transform(out)
 
     def __array__(self, dtype=None, copy=None):
-        out = self[:]
-        return out.astype(dtype) if dtype is not None else out
+        return self[:] if dtype is None else self[:].astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -77,11 +76,7 @@ class Splits:
     num_classes: int
     input_shape: tuple[int, ...]  # one sample, without the batch axis
     fingerprint: str  # hash of the data and the split, for cache keys
-    class_names: tuple[str, ...] = ()  # one per class, in label (= output) order; empty: "0".."K-1"
-
-    def names(self) -> list[str]:
-        """The class names in output order (``data.class_names``, the folder names, or "0".."K-1")."""
-        return list(self.class_names) if len(self.class_names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+    class_names: tuple[str, ...]  # one per class, in label (= output) order: ``class_names(cfg, num_classes)``
 
     def describe(self) -> str:
         return (f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test samples, "
@@ -96,11 +91,7 @@ def _digits(size: int | None = None, channels: int = 1) -> tuple[np.ndarray, np.
         raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
     x = (raw[:, :-1] / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
     if size and size != 8:
-        total = len(x) * channels * size * size * 4
-        if total > MAX_IMAGE_FOLDER_BYTES:
-            raise DataError(f"data (digits): {len(x)} images of {size} x {size} x {channels} channels are "
-                            f"{fmt_bytes(total)} of float32; the limit is {fmt_bytes(MAX_IMAGE_FOLDER_BYTES)}: set a "
-                            "smaller data.image_size")
+        _decoded_budget("data (digits)", len(x), (channels, size, size), ": set a smaller data.image_size")
         from PIL import Image
 
         x = np.stack([np.asarray(Image.fromarray(img[0]).resize((size, size), Image.BILINEAR))
@@ -178,7 +169,7 @@ def _npz_members(path: Path, keys: tuple[str, ...] = ("x", "y"), optional: tuple
         names = zf.namelist()
         missing = [k for k in keys if f"{k}.npy" not in names]
         if missing:
-            has = [n[:-4] if n.endswith(".npy") else n for n in names]
+            has = [n.removesuffix(".npy") for n in names]
             want = " and ".join(f"'{k}'" for k in keys)
             raise DataError(f"{path}: npz must hold {'arrays' if len(keys) > 1 else 'an array'} {want}; missing {missing} (has {has})")
         file_bytes = f.seek(0, 2)
@@ -227,7 +218,13 @@ def read_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (
     _existing(path, "file")
     if zipfile.is_zipfile(path):
         return _load_npz(path, _npz_members(path, keys, optional))
-    _npy_member(path)
+    try:
+        with open(path, "rb") as f:
+            shape, _, dtype, header = _npy_header(f)
+            size = f.seek(0, 2)
+    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
+        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
+    _check_array(str(path), shape, dtype, size - header, "file")
     try:
         return {keys[0]: np.load(path, allow_pickle=False, mmap_mode="r")}
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/OSError for a bad file
@@ -258,17 +255,6 @@ def _check_array(where: str, shape, dtype: np.dtype, holds: int, what: str, hint
     return declared
 
 
-def _npy_member(path: Path) -> None:
-    """An ``.npy`` file's header, checked by ``_check_array``."""
-    try:
-        with open(path, "rb") as f:
-            shape, _, dtype, header = _npy_header(f)
-            size = f.seek(0, 2)
-    except Exception as exc:  # noqa: BLE001 - ValueError for a bad magic or header
-        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
-    _check_array(str(path), shape, dtype, size - header, "file")
-
-
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -297,20 +283,14 @@ def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb"
     if len(shapes) > 1:
         raise DataError(f"{path}: images differ in size {sorted(shapes)[:3]}; set data.image_size")
     shape = shapes.pop()
-    total = len(found) * int(np.prod(shape)) * 4
-    if total > MAX_IMAGE_FOLDER_BYTES:
-        raise DataError(f"{where}: {len(found)} images of {shape[2]} x {shape[1]} x {channels} channels decode to "
-                        f"{fmt_bytes(total)} of float32; the limit is {fmt_bytes(MAX_IMAGE_FOLDER_BYTES)} (an image "
-                        "folder is loaded into memory whole): set a smaller data.image_size, or save the data as an "
-                        "uncompressed npz (numpy.savez), which is memory-mapped")
+    _decoded_budget(where, len(found), shape, " (an image folder is loaded into memory whole): set a smaller "
+                    "data.image_size, or save the data as an uncompressed npz (numpy.savez), which is memory-mapped")
     x = np.empty((len(found), *shape), dtype=np.float32)
     mode = "L" if channels == 1 else "RGB"
     for i, (f, _, _) in enumerate(found):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # within MAX_IMAGE_PIXELS, checked
-                with Image.open(f) as im:
-                    img = im.convert(mode)
+        try:  # no DecompressionBombWarning: _image_size refused more than MAX_IMAGE_PIXELS, below PIL's 89 Mpx
+            with Image.open(f) as im:
+                img = im.convert(mode)
         except Exception as exc:
             raise DataError(f"{f}: unreadable image ({exc})") from None
         if size:
@@ -321,6 +301,14 @@ def _imagefolder(path: Path, size: int | None, channels: int, order: str = "rgb"
                             f"{shape[2]} x {shape[1]}")
         x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)[::-1 if order == "bgr" else 1]
     return x, np.asarray([label for _, label, _ in found], dtype=np.int64)
+
+
+def _decoded_budget(where: str, n: int, shape: tuple[int, int, int], hint: str) -> None:
+    """``n`` images of ``shape`` (C x H x W) as float32 within MAX_IMAGE_FOLDER_BYTES, checked before any is decoded."""
+    total = n * int(np.prod(shape)) * 4
+    if total > MAX_IMAGE_FOLDER_BYTES:
+        raise DataError(f"{where}: {n} images of {shape[2]} x {shape[1]} x {shape[0]} channels decode to "
+                        f"{fmt_bytes(total)} of float32; the limit is {fmt_bytes(MAX_IMAGE_FOLDER_BYTES)}{hint}")
 
 
 def _image_size(f: Path, name: str) -> tuple[int, int]:
@@ -368,14 +356,15 @@ def _read(cfg) -> tuple[np.ndarray, np.ndarray]:
 SIGNAL_SOURCES = ("mnist1d",)  # built-in 1-D signals, N x C x L (an npz still has to be N x F or N x C x H x W)
 
 
-def _check(x: np.ndarray, y: np.ndarray, where: str, signals: bool = False) -> int:
+def _check(x: np.ndarray, y: np.ndarray, cfg) -> int:
+    where = _where(cfg)
     if len(x) == 0:
         raise DataError(f"{where}: the dataset is empty")
     if y.ndim != 1:
         raise DataError(f"{where}: labels y must be a 1-d array of class ids (got shape {y.shape})")
     if len(x) != len(y):
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
-    if x.ndim not in ((2, 3, 4) if signals else (2, 4)):
+    if x.ndim not in ((2, 3, 4) if cfg.source in SIGNAL_SOURCES else (2, 4)):
         raise DataError(f"{where}: x must be N x F or N x C x H x W (got shape {x.shape})")
     bad = sum(int((~np.isfinite(c)).any(axis=tuple(range(1, x.ndim))).sum()) for c in _chunks(x))
     if bad:
@@ -427,23 +416,23 @@ def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple
 def peek_data(cfg) -> tuple[tuple[int, ...], int]:
     """Input shape and class count, for checks before compute (reads the data, trains nothing)."""
     x, y = _read(cfg)
-    return tuple(x.shape[1:]), _check(x, y, _where(cfg), cfg.source in SIGNAL_SOURCES)
+    return tuple(x.shape[1:]), _check(x, y, cfg)
 
 
 def _where(cfg) -> str:
     return f"data ({cfg.source})" if cfg.path is None else f"data ({cfg.path})"
 
 
-def split_rows(cfg, seed: int, x=None, y=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def split_rows(cfg, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, train, val, test)``: the data and the row indices of each split (text by file, arrays stratified)."""
     if cfg.source in TEXT_SOURCES:
         from compress.data.text import split_files
 
         corpus = _text(cfg)
-        _check(corpus.x, corpus.y, _where(cfg))
+        _check(corpus.x, corpus.y, cfg)
         return (corpus.x, corpus.y, *split_files(corpus, cfg.split.val, cfg.split.test, seed, _where(cfg)))
-    x, y = _read(cfg) if x is None else (x, y)
-    num_classes = _check(x, y, _where(cfg), cfg.source in SIGNAL_SOURCES)
+    x, y = _read(cfg)
+    num_classes = _check(x, y, cfg)
     counts = np.bincount(y, minlength=num_classes)
     need = max(3, int(np.ceil(1 / min(cfg.split.val, cfg.split.test))))
     if counts.min() < 3:
@@ -455,7 +444,7 @@ def split_rows(cfg, seed: int, x=None, y=None) -> tuple[np.ndarray, np.ndarray, 
 def class_names(cfg, num_classes: int) -> list[str]:
     """One name per class in label order: ``data.class_names`` (exactly ``num_classes`` of them), else the image or
     text folder's sorted sub-folder names (the labels are their indices), the built-in text classes, or "0".."K-1"."""
-    given = getattr(cfg, "class_names", None)
+    given = cfg.class_names
     if given is not None:
         if len(given) != num_classes:
             raise DataError(f"{_where(cfg)}: data.class_names has {len(given)} name(s), but the data has {num_classes} "
@@ -472,7 +461,7 @@ def class_names(cfg, num_classes: int) -> list[str]:
 
 def _normalizer(cfg, x):
     """``rows -> (rows - mean[c]) / std[c]`` for ``data.normalize`` (None without it), checked against ``x``'s channels."""
-    norm = getattr(cfg, "normalize", None)
+    norm = cfg.normalize
     if norm is None:
         return None
     if x.ndim < 3 or x.shape[1] != len(norm.mean):
@@ -508,15 +497,13 @@ def load_data(cfg, seed: int) -> Splits:
         h.update(np.ascontiguousarray(block).tobytes())
     # What the bytes above do not show, only when set (so that the fingerprint of data without them is unchanged):
     # the class names travel into the model files' metadata, which cached stage outputs must match.
-    extra = {k: v for k, v in (("normalize", getattr(cfg, "normalize", None) and cfg.normalize.model_dump()),
+    extra = {k: v for k, v in (("normalize", cfg.normalize and cfg.normalize.model_dump()),
                                ("class_names", names if names != [str(i) for i in range(num_classes)] else None))
              if v is not None}
     if extra:
         h.update(json.dumps(extra, sort_keys=True).encode())
-    if isinstance(x, np.memmap):
-        rows = lambda idx: Rows(x, idx, norm)  # noqa: E731
-    else:
-        x = x if norm is None else norm(x)
-        rows = lambda idx: x[idx]  # noqa: E731
+    if norm is not None and not isinstance(x, np.memmap):
+        x = norm(x)
+    rows = (lambda idx: Rows(x, idx, norm)) if isinstance(x, np.memmap) else (lambda idx: x[idx])
     return Splits(Dataset(rows(tr), y[tr]), Dataset(rows(va), y[va]), Dataset(rows(te), y[te]),
                   num_classes, tuple(x.shape[1:]), h.hexdigest()[:16], tuple(names))

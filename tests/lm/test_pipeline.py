@@ -505,7 +505,7 @@ def test_nproc_2_trains_an_lm_recipe_like_one_process(tmp_path, lm_docs):
 
 def test_chain_keys_are_the_keys_the_build_uses_with_assistants_and_branches(tmp_path, lm_docs):
     """compress search tells models apart by pipeline.chain_keys: they must be the stage keys the run stores."""
-    from compress.cache import Cache, StageCache
+    from compress.cache import STAGE_KIND, Cache
 
     path = _small(tmp_path, lm_docs, SMALL.replace(
         "student:", "assistants:\n  - model: {arch: gpt, width: 12, layers: 1, heads: 2, context: 16}\nstudent:").replace(
@@ -517,4 +517,4 @@ def test_chain_keys_are_the_keys_the_build_uses_with_assistants_and_branches(tmp
     keys = pipeline.chain_keys(recipe, pipeline.prepare(recipe))
     assert len(keys) == 4 and len(set(keys)) == 4
     cache = Cache(tmp_path / "out" / ".cache")
-    assert all(cache.has(StageCache.KIND, k) for k in keys)
+    assert all(cache.has(STAGE_KIND, k) for k in keys)

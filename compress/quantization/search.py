@@ -14,7 +14,7 @@ import numpy as np
 
 from compress.quantization.backend import Layer
 
-__all__ = ["Score", "ValScorer", "greedy_fp32", "Candidate", "time_files", "choose", "EPS", "Yardstick", "ACCURACY",
+__all__ = ["Score", "ValScorer", "Candidate", "time_files", "choose", "EPS", "Yardstick", "ACCURACY",
            "accuracy_aware"]
 
 EPS = 1e-9  # drops are multiples of 1/len(val); compare them to the budget without float noise
@@ -59,24 +59,6 @@ class Trial:
     score: Score
 
 
-def greedy_fp32(order: list[Layer], build: Callable[[list[str], Path], Path], scorer: ValScorer, budget: float,
-                workdir: Path, tag: str) -> tuple[Trial, list[Trial], bool]:
-    """Keep layers fp32 in ``order`` (most sensitive first) until the validation drop is within ``budget``:
-    ``(chosen trial, every trial, met)``.
-
-    At least one layer stays quantized (all fp32 is the source file itself). When no step meets the
-    budget, the chosen trial is the one with the smallest drop (then the fewest fp32 layers).
-    """
-    trials = []
-    for step in range(len(order)):
-        fp32 = tuple(layer.name for layer in order[:step])
-        path = build(list(fp32), Path(workdir) / f"greedy_{tag}_{step}.onnx")
-        trials.append(Trial(fp32, path, scorer(path)))
-        if trials[-1].score.within(budget):
-            return trials[-1], trials, True
-    return min(trials, key=lambda t: (t.score.drop, len(t.fp32))), trials, False
-
-
 @dataclass(frozen=True)
 class Yardstick:
     """How a task's validation score reads in notes, tables and info keys: its value and how much a file loses."""
@@ -112,7 +94,18 @@ def accuracy_aware(layers: list[Layer], build_only, build_excl, scorer, budget: 
     sens = {layer.name: scorer(build_only(layer, Path(wd) / f"sens_{tag}_{i}.onnx")) for i, layer in enumerate(layers)}
     # accuracy drop first; the logit error (continuous) orders layers whose drops tie, as they often do
     order = sorted(layers, key=lambda layer: (-sens[layer.name].drop, -sens[layer.name].logit_error))
-    chosen, trials, met = greedy_fp32(order, build_excl, scorer, budget, wd, tag)
+    # greedy: layers kept out of the mode, most sensitive first, until the drop is within the budget; at least one
+    # stays quantized (all fp32 is the source file itself); when no step meets the budget, the trial with the
+    # smallest drop (then the fewest layers kept out) is chosen
+    trials = []
+    for step in range(len(order)):
+        fp32 = tuple(layer.name for layer in order[:step])
+        path = build_excl(list(fp32), Path(wd) / f"greedy_{tag}_{step}.onnx")
+        trials.append(Trial(fp32, path, scorer(path)))
+        if trials[-1].score.within(budget):
+            break
+    met = trials[-1].score.within(budget)
+    chosen = trials[-1] if met else min(trials, key=lambda t: (t.score.drop, len(t.fp32)))
     kept, s = list(chosen.fp32), chosen.score
     rank = {layer.name: i + 1 for i, layer in enumerate(order)}
     info["tables"] += [

@@ -61,14 +61,13 @@ class ExportConfig(StageConfig):
 
 
 def parity(model: torch.nn.Module, path, x: np.ndarray) -> float:
-    """Max abs difference of logits between torch and onnxruntime on ``x`` (held-out val samples)."""
-    from compress.runtimes.onnxruntime import session
+    """Max abs difference of logits between torch and the file's own runtime (onnxruntime for .onnx and .ort) on
+    ``x`` (held-out val samples)."""
+    from compress.runtimes import load
 
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(x)).numpy()
-    sess = session(path, threads=1)
-    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    return float(np.abs(ref - got).max())
+    return float(np.abs(ref - load(path, threads=1).predict(x)).max())
 
 
 @register_stage(ExportConfig, accepts={"torch"}, produces="onnx")
@@ -91,7 +90,7 @@ def export(art: Artifact, cfg: ExportConfig, ctx) -> Artifact:
             continue  # (ExportConfig checked that its packages are installed)
         out = ctx.stage_path("export", SUFFIX[fmt])
         write_runtime_file(fmt, art.model, ctx.splits.input_shape, out, cfg.batch)
-        d = runtime_parity(art.model, out, x)
+        d = parity(art.model, out, x)
         if not d <= cfg.tolerance:
             raise StageError(f"export: {fmt} logits differ from torch's by {d:.3g} (tolerance {cfg.tolerance}); "
                              f"the file {out} is not trustworthy")
@@ -131,12 +130,3 @@ def write_runtime_file(fmt: str, model: torch.nn.Module, input_shape, path, batc
     except Exception as exc:
         kind = "8-bit " if calibration is not None else ""
         raise StageError(f"{kind}{fmt} export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def runtime_parity(model: torch.nn.Module, path, x: np.ndarray) -> float:
-    """Max abs difference of logits between torch and the file's own runtime on ``x``."""
-    from compress.runtimes import load
-
-    with torch.no_grad():
-        ref = model.eval()(torch.from_numpy(x)).numpy()
-    return float(np.abs(ref - load(path, threads=1).predict(x)).max())

@@ -30,6 +30,7 @@ __all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul", 
 
 DEFAULT_BUDGET = 0.01  # auto, mixed and accuracy_level auto without max_accuracy_drop: one accuracy point
 INT4_LEVELS = (0, 1, 2, 4)  # MatMulNBits compute types on CPU: 0 default, 1 fp32, 2 fp16 (fp32 on x86), 4 INT8
+_NO_LINEAR = "quantize: int4_weight_only found no linear layer (MatMul/Gemm with constant weights) to quantize"
 
 
 class CalibrationConfig(BaseModel):
@@ -105,27 +106,8 @@ def _linear(layers):
     return [layer for layer in layers if layer.linear]
 
 
-def _no_linear_error(mode: str) -> StageError:
-    return StageError(f"quantize: {mode} found no linear layer (MatMul/Gemm with constant weights) to quantize")
-
-
-def _plain(art: Artifact, cfg: QuantizeConfig, ctx, tmp: Path, wd: Path, info: dict) -> None:
-    """The modes without an accuracy budget: one file, exactly as the options say."""
-    if cfg.mode == "int8_static":
-        st = _static(art.path, wd, cfg, ctx, cache_ranges=False)
-        st.write(tmp, fmt=cfg.format)
-        info.update(_static_info(st, cfg))
-    elif cfg.mode == "int8_dynamic":
-        backend.int8_dynamic(art.path, tmp, per_channel=cfg.per_channel)
-        info.update(per_channel=cfg.per_channel)
-    else:
-        n = backend.int4(art.path, tmp, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level)
-        if n == 0:
-            raise _no_linear_error("int4_weight_only")
-        info.update(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level, matmulnbits_nodes=n)
-
-
-# --- accuracy-aware: keep the most sensitive layers fp32 ----------------------------------------------------
+# --- one function per mode: without an accuracy budget (``scorer`` and ``budget`` None) one file, exactly as the
+# options say; with one, the most sensitive layers stay fp32 ------------------------------------------------------
 
 
 def _pct(x: float) -> str:
@@ -138,16 +120,21 @@ def _int8_aware(st: backend.Int8Static, scorer, budget, wd, fmt: str = "qdq") ->
                           lambda ex, p: st.write(p, exclude=ex, fmt=fmt), scorer, budget, wd, "int8", "INT8")
 
 
-def _search_int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
-    st = _static(art.path, wd, cfg, ctx)
+def _int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    st = _static(art.path, wd, cfg, ctx, cache_ranges=budget is not None)
+    if budget is None:
+        return st.write(wd / "int8.onnx", fmt=cfg.format), _static_info(st, cfg)
     path, info = _int8_aware(st, scorer, budget, wd, cfg.format)
     info.update(_static_info(st, cfg))
     return path, info
 
 
-def _search_int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+def _int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     import onnx
 
+    if budget is None:
+        path = backend.int8_dynamic(art.path, wd / "dyn.onnx", per_channel=cfg.per_channel)
+        return path, {"per_channel": cfg.per_channel}
     # quantize_dynamic rewrites Gemm as MatMul + Add under new names; rewritten first, the names hold
     src = wd / "dyn_src.onnx"
     onnx.save(gemm_to_matmul(onnx.load(str(art.path))), str(src))
@@ -160,10 +147,16 @@ def _search_int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]
     return path, info
 
 
-def _search_int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+def _int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    if budget is None:
+        path = wd / "int4.onnx"
+        n = backend.int4(art.path, path, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level)
+        if n == 0:
+            raise StageError(_NO_LINEAR)
+        return path, dict(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level, matmulnbits_nodes=n)
     layers = _linear(backend.weighted_layers(art.path))
     if not layers:
-        raise _no_linear_error("int4_weight_only")
+        raise StageError(_NO_LINEAR)
     if cfg.accuracy_level == "auto":
         return _int4_levels(art, cfg, ctx, wd, scorer, budget, layers)
 
@@ -227,7 +220,7 @@ def _mixed_build(st: backend.Int8Static, cfg: QuantizeConfig, plan: dict[str, st
     return dst
 
 
-def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+def _mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     st = _static(art.path, wd, cfg, ctx)
     layers = st.layers
     p8, info = _int8_aware(st, scorer, budget, wd)  # INT8 first, as int8_static with max_accuracy_drop
@@ -268,7 +261,7 @@ def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     return path, info
 
 
-def _search_auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+def _auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     src = Path(art.path)
     st = _static(src, wd, cfg, ctx)
     fp32 = Candidate("fp32 (source)", src)
@@ -318,8 +311,8 @@ def _not_quantized_yet(path) -> None:
                          "file); quantize takes an fp32 model: drop this stage, or put it after an export of an fp32 model")
 
 
-SEARCH = {"int8_static": _search_int8_static, "int8_dynamic": _search_int8_dynamic, "int4_weight_only": _search_int4,
-          "mixed": _search_mixed, "auto": _search_auto}
+MODES = {"int8_static": _int8_static, "int8_dynamic": _int8_dynamic, "int4_weight_only": _int4, "mixed": _mixed,
+         "auto": _auto}
 
 
 @register_stage(QuantizeConfig, accepts={"onnx"}, produces="onnx")
@@ -331,15 +324,13 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx) -> Artifact:
     # onnxruntime's calibrators print progress to stdout; the report carries what matters.
     with tempfile.TemporaryDirectory(prefix="compress-quantize-") as wd, atomic_path(dst) as tmp, \
             contextlib.redirect_stdout(io.StringIO()):
-        if budget is None:
-            _plain(art, cfg, ctx, tmp, Path(wd), info)
-        else:
-            val = ctx.splits.val
-            scorer = ValScorer(art.path, val.x, val.y)
-            path, found = SEARCH[cfg.mode](art, cfg, ctx, Path(wd), scorer, budget)
-            shutil.copyfile(path, tmp)
+        scorer = None if budget is None else ValScorer(art.path, ctx.splits.val.x, ctx.splits.val.y)
+        path, found = MODES[cfg.mode](art, cfg, ctx, Path(wd), scorer, budget)
+        shutil.copyfile(path, tmp)
+        info.update(found)
+        if scorer is not None:
             final = scorer(tmp)  # re-measured on the file that ships
-            info.update(found, max_accuracy_drop=budget, source_val_accuracy=scorer.ref_accuracy,
+            info.update(max_accuracy_drop=budget, source_val_accuracy=scorer.ref_accuracy,
                         val_accuracy=final.accuracy, val_drop=final.drop, budget_met=final.within(budget),
                         quantized_files_scored=scorer.calls)
     if info.get("budget_met") is False:

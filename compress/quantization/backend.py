@@ -59,7 +59,6 @@ class Reader:
         idx = np.random.default_rng(seed).permutation(len(x))[:samples]
         if len(idx) > batch_size:  # histogram calibrators (entropy, percentile) need equal batch sizes
             idx = idx[:len(idx) // batch_size * batch_size]
-        self.samples = len(idx)
         self.rows = np.sort(idx)  # the training rows calibrated on, in order
         self._x, self._name, self._bs = x, input_name, batch_size
         self.rewind()
@@ -133,7 +132,7 @@ class Int8Static:
         quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=True)  # shape inference + fusions, as ORT advises
         name = onnx.load(str(self.pre), load_external_data=False).graph.input[0].name
         self.reader = Reader(x_train, name, calibration.samples, calibration.batch_size, seed)
-        self.samples = self.reader.samples
+        self.samples = len(self.reader.rows)
         self.method, self.per_channel, self.activations, self.reduce_range = (
             calibration.method, per_channel, activations, reduce_range)
         can_cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
@@ -149,8 +148,7 @@ class Int8Static:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         self.reader.rewind()
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[self.method]
+        method = {m.name.lower(): m for m in CalibrationMethod}[self.method]  # minmax, entropy, percentile
         extra = {"calibration_cache_path": str(self._ranges)} if self._ranges is not None else {}
         if exclude:
             extra["nodes_to_exclude"] = list(exclude)

@@ -19,7 +19,6 @@ __all__ = ["ExportConfig", "export", "parity", "FORMATS", "installed_formats", "
 Format = Literal["onnx", "ort", "executorch", "litert"]
 FORMATS = ("onnx", "ort", "executorch", "litert")
 SUFFIX = {"onnx": ".onnx", "ort": ".ort", "executorch": ".pte", "litert": ".tflite"}
-RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
 # format -> (extra, modules the export and the runner import)
 EXTRAS = {"executorch": ("executorch", ("executorch", "torchao")), "litert": ("litert", ("litert_torch", "ai_edge_litert"))}
 
@@ -85,9 +84,7 @@ def export(art: Artifact, cfg: ExportConfig, ctx) -> Artifact:
         ort_path = convert_to_ort(path, path.with_suffix(".ort"))
         info["ort_path"] = files["ort"] = str(ort_path)
         info["ort_parity_max_abs_diff"] = parity(art.model, ort_path, x)
-    for fmt in ("executorch", "litert"):
-        if fmt not in cfg.formats:
-            continue  # (ExportConfig checked that its packages are installed)
+    for fmt in (f for f in ("executorch", "litert") if f in cfg.formats):  # (ExportConfig checked their packages)
         out = ctx.stage_path("export", SUFFIX[fmt])
         write_runtime_file(fmt, art.model, ctx.splits.input_shape, out, cfg.batch)
         d = parity(art.model, out, x)

@@ -339,8 +339,7 @@ def prune(art: Artifact, cfg: PruneConfig, ctx) -> Artifact:
                 f"{', '.join(whole)} kept all of theirs (at {cfg.round_to} or fewer, or too few to remove "
                 f"at this granularity); round_to: null prunes exactly the ratio.")
     macs1, params1 = count_macs_params(model, splits.input_shape)
-    head_asked = cfg.head_ratio if cfg.head_ratio > 0 else None
-    rows = _layer_rows(before, after, heads_before, head_table(model), asked, head_asked)
+    rows = _layer_rows(before, after, heads_before, head_table(model), asked, cfg.head_ratio or None)
     deeper = [r for r in rows if r["deeper_than_asked"]]
     if deeper:
         info.setdefault("notes", []).append(_deeper_note(deeper, cfg))

@@ -110,10 +110,6 @@ def _linear(layers):
 # options say; with one, the most sensitive layers stay fp32 ------------------------------------------------------
 
 
-def _pct(x: float) -> str:
-    return f"{x:+.2%}"
-
-
 def _int8_aware(st: backend.Int8Static, scorer, budget, wd, fmt: str = "qdq") -> tuple[Path, dict]:
     """Static INT8 with the most sensitive layers kept fp32 until the drop is within ``budget``."""
     return accuracy_aware(st.layers, lambda layer, p: st.write(p, only=[layer.name], fmt=fmt),
@@ -246,8 +242,8 @@ def _mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
             ok = s.within(budget)
             if ok:
                 plan, path, score = trial, p, s
-            rows.append([layer.name, f"{layer.weights:,}", _pct(sens4[layer.name].drop),
-                         f"{sens4[layer.name].logit_error:.2e}", f"{s.accuracy:.2%}", _pct(s.drop),
+            rows.append([layer.name, f"{layer.weights:,}", f"{sens4[layer.name].drop:+.2%}",
+                         f"{sens4[layer.name].logit_error:.2e}", f"{s.accuracy:.2%}", f"{s.drop:+.2%}",
                          "INT4" if ok else "stays INT8 (budget)"])
         info["tables"].append({"title": "INT4 candidates (large linear layers, least sensitive first)",
                                "columns": ["layer", "weights", "val acc drop (INT4 alone)", "logit error",
@@ -255,7 +251,7 @@ def _mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     n4 = sum(p == "int4" for p in plan.values())
     n8 = sum(p == "int8" for p in plan.values())
     info["notes"].append(f"Mixed precision: {n4} layer(s) INT4 (MatMulNBits), {n8} INT8, {len(layers) - n4 - n8} fp32; "
-                         f"validation drop {_pct(score.drop)} (budget {budget:.2%}).")
+                         f"validation drop {score.drop:+.2%} (budget {budget:.2%}).")
     info.update(plan=plan, matmulnbits_nodes=n4, budget_met=score.within(budget), val_accuracy=score.accuracy,
                 val_drop=score.drop)
     return path, info
@@ -287,7 +283,7 @@ def _auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
             "val_drop": winner.score.drop, "cpu": cpu_info(), **_static_info(st, cfg, fmt="qdq")}
     spd = fp32.timing["p50"] / winner.timing["p50"]
     notes = [f"auto: {winner.name} ships, the fastest candidate within the accuracy budget of {budget:.2%} "
-             f"(validation drop {_pct(winner.score.drop)}, {spd:.2f}x the fp32 source's p50)" if met else
+             f"(validation drop {winner.score.drop:+.2%}, {spd:.2f}x the fp32 source's p50)" if met else
              f"auto: no candidate met the budget of {budget:.2%}; kept the most accurate, {winner.name}.",
              _cpu_note(), "Timings within 3 % of the fastest count as a tie, won by the more accurate (then smaller) file."]
     info["notes"] = notes + extra["notes"]

@@ -8,6 +8,7 @@ accuracy-aware search writes cost one quantization pass each, not one calibratio
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,10 +151,6 @@ class Int8Static:
         self.reader.rewind()
         method = {m.name.lower(): m for m in CalibrationMethod}[self.method]  # minmax, entropy, percentile
         extra = {"calibration_cache_path": str(self._ranges)} if self._ranges is not None else {}
-        if exclude:
-            extra["nodes_to_exclude"] = list(exclude)
-        if only is not None:
-            extra["nodes_to_quantize"] = list(only)
         if exclude or only is not None:
             # The quantizer drops a Relu/Clip after a quantized layer (the QuantizeLinear's range clips instead),
             # and onnxruntime's graph optimizer then removes a Q/DQ pair that feeds an fp32 layer, clip and all:
@@ -163,7 +160,8 @@ class Int8Static:
                         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                         per_channel=self.per_channel, calibrate_method=method,
                         activation_type=QuantType.QUInt8 if self.activations == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, reduce_range=self.reduce_range, **extra)
+                        weight_type=QuantType.QInt8, reduce_range=self.reduce_range, nodes_to_exclude=list(exclude),
+                        nodes_to_quantize=list(only or ()), **extra)  # (empty: no node excluded / all quantized)
         if (exclude or only is not None) and fmt == "qdq":
             model = onnx.load(str(dst))
             if keep_fp32_inputs(model):
@@ -206,14 +204,10 @@ def keep_fp32_inputs(model: onnx.ModelProto) -> int:
 def int8_dynamic(src: Path, dst: Path, *, per_channel: bool, exclude=(), only: list[str] | None = None) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    import logging
-
-    extra = {"nodes_to_exclude": list(exclude)} if exclude else {}
-    if only is not None:
-        extra["nodes_to_quantize"] = list(only)
     logging.disable(logging.WARNING)  # "consider pre-processing": dynamic INT8 is timed as is, like the plain mode
     try:
-        quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8, **extra)
+        quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=list(exclude), nodes_to_quantize=list(only or ()))
     finally:
         logging.disable(logging.NOTSET)
     return Path(dst)
@@ -231,13 +225,11 @@ def int4(src: Path, dst: Path, *, block_size: int, accuracy_level: int | None,
     if include is not None and not include:  # MatMulNBitsQuantizer reads an empty include list as "all"
         onnx.save(model, str(dst))
         return 0
-    extra = {}
-    if include is not None:  # its nodes_to_include adds to the op types it quantizes anyway: exclude the others
-        extra["nodes_to_exclude"] = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in include]
+    # its nodes_to_include adds to the op types it quantizes anyway: exclude the MatMuls not included
+    excluded = [n.name for n in model.graph.node
+                if n.op_type == "MatMul" and include is not None and n.name not in include]
     q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
-                             **extra)
-    import logging
-
+                             nodes_to_exclude=excluded)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = log.level
     log.setLevel(logging.WARNING)  # one INFO line per node otherwise, for every file a search writes

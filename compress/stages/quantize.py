@@ -98,10 +98,6 @@ def _static_info(st: backend.Int8Static, cfg: QuantizeConfig, fmt: str | None = 
                 reduce_range=st.reduce_range)
 
 
-def _level(cfg: QuantizeConfig) -> int | None:
-    return None if cfg.accuracy_level == "auto" else cfg.accuracy_level
-
-
 def _linear(layers):
     return [layer for layer in layers if layer.linear]
 
@@ -211,7 +207,7 @@ def _mixed_build(st: backend.Int8Static, cfg: QuantizeConfig, plan: dict[str, st
     excl = [n for n, p in plan.items() if p != "int8"]
     mid = st.write(wd / (dst.stem + "_int8.onnx"), exclude=excl)
     by_name = {layer.name: layer for layer in layers}
-    backend.int4(mid, dst, block_size=cfg.block_size, accuracy_level=_level(cfg),
+    backend.int4(mid, dst, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
                  include=[matmul_name(by_name[n]) for n, p in plan.items() if p == "int4"])
     return dst
 
@@ -222,7 +218,7 @@ def _mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     p8, info = _int8_aware(st, scorer, budget, wd)  # INT8 first, as int8_static with max_accuracy_drop
     plan = {layer.name: "fp32" if layer.name in info["fp32_layers"] else "int8" for layer in layers}
     big = [layer for layer in _linear(layers) if layer.weights >= cfg.int4_min_weights and plan[layer.name] == "int8"]
-    info.update(_static_info(st, cfg), block_size=cfg.block_size, accuracy_level=_level(cfg),
+    info.update(_static_info(st, cfg), block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
                 int4_min_weights=cfg.int4_min_weights)
     path, score = p8, scorer(p8)
     if not big:
@@ -232,7 +228,8 @@ def _mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
         sens4 = {}
         for i, layer in enumerate(big):
             p = wd / f"sens_int4_{i}.onnx"
-            backend.int4(st.pre, p, block_size=cfg.block_size, accuracy_level=_level(cfg), include=[matmul_name(layer)])
+            backend.int4(st.pre, p, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
+                         include=[matmul_name(layer)])
             sens4[layer.name] = scorer(p)
         rows = []
         for i, layer in enumerate(sorted(big, key=lambda la: (sens4[la.name].drop, sens4[la.name].logit_error))):

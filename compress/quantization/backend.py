@@ -215,10 +215,8 @@ def int8_dynamic(src: Path, dst: Path, *, per_channel: bool, exclude=(), only: l
 
 def int4(src: Path, dst: Path, *, block_size: int, accuracy_level: int | None,
          include: list[str] | None = None) -> int:
-    """MatMulNBits for the linear layers (those named by ``include``, as ``matmul_name`` gives, or all).
-
-    Returns the number of MatMulNBits nodes written.
-    """
+    """MatMulNBits for the linear layers (those named by ``include``, as ``matmul_name`` gives, or all); returns
+    how many MatMulNBits nodes it wrote."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = gemm_to_matmul(onnx.load(str(src)))

@@ -160,9 +160,8 @@ def head_table(model: nn.Module) -> dict[str, int]:
 
 def _layer_rows(before: dict, after: dict, heads_before: dict, heads_after: dict, asked: dict,
                 head_asked: float | None) -> list[dict]:
-    """The channel table: per layer its channels before and after, the fraction asked removed (``asked``, None
-    where no ratio applies), the fraction removed (``cut``) and ``deeper_than_asked``, the marker of a layer
-    that lost more than it was asked (rounding, global ranking, whole heads)."""
+    """The channel table (``asked`` None where no ratio applies); ``deeper_than_asked`` marks a layer that lost more
+    than it was asked (rounding, global ranking, whole heads)."""
 
     def row(layer: str, b: int, a: int | None, ask: float | None) -> dict:
         cut = round(1 - a / b, 4) if a is not None and b else None

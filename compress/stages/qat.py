@@ -122,15 +122,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def prepare_qat(model: nn.Module, qmax: int = 127, momentum: float = 0.1) -> nn.Module:
     """A BN-folded copy with every Conv2d and Linear wrapped in a ``FakeQuantLayer``."""
     model = fold_batchnorm(model)
-
-    def wrap(parent: nn.Module) -> None:
+    for parent in list(model.modules()):  # listed first: the wrappers made below are not visited
         for name, child in parent.named_children():
             if isinstance(child, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 setattr(parent, name, FakeQuantLayer(child, qmax, momentum))
-            else:
-                wrap(child)
-
-    wrap(model)
     return model
 
 

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from compress.quantization.backend import Layer
+from compress.runtimes.onnxruntime import load, predict, session
 
 __all__ = ["Score", "ValScorer", "Candidate", "time_files", "choose", "EPS", "Yardstick", "ACCURACY",
            "accuracy_aware"]
@@ -41,8 +42,6 @@ class ValScorer:
         self.calls = 0
 
     def _logits(self, path: Path) -> np.ndarray:
-        from compress.runtimes.onnxruntime import predict, session
-
         return predict(session(path, threads=1), self.x)
 
     def __call__(self, path: Path) -> Score:
@@ -148,7 +147,6 @@ class Candidate:
 def time_files(cands: list[Candidate], x1: np.ndarray, *, rounds: int, calls: int, seed: int = 0) -> None:
     """Batch 1 on one thread, every candidate in the same interleaved rounds after warm-up (``time_interleaved``)."""
     from compress.bench import time_interleaved
-    from compress.runtimes.onnxruntime import load
 
     runners = {c.name: load(c.path, threads=1).timer(x1) for c in cands if c.path is not None}
     timings = time_interleaved(runners, rounds=rounds, calls=calls, seed=seed)

@@ -23,6 +23,7 @@ from compress.errors import CompressError, ModelError, StageError
 from compress.losses import hinton_kd_loss
 from compress.losses.combine import Objective, build_terms, loss_union
 from compress.losses.mutual import Peers, mutual_loss
+from compress.models import build_model, check_io, describe_spec
 from compress.models.spec import ModelSpec
 from compress.teachers import TeacherSource, ensemble_logits
 from compress.stages.base import CheckContext, StageConfig, register_stage
@@ -42,13 +43,9 @@ class ChainModel(ModelSpec):
     _needs: ClassVar[str] = "a chain step needs"
 
     def describe(self) -> str:
-        from compress.models import describe_spec
-
         return describe_spec(self)
 
     def build(self, input_shape, num_classes: int):
-        from compress.models import build_model, check_io
-
         model = build_model(self, tuple(input_shape), num_classes)
         check_io(model, tuple(input_shape), num_classes, f"chain step {self.describe()}")
         return model

@@ -28,6 +28,8 @@ from torch import nn
 
 from compress import bn
 from compress.artifact import Artifact
+from compress.bench import time_interleaved
+from compress.models.zoo import Attention, ByteTokens, Tokens
 from compress.stages.base import CheckContext, StageConfig, register_stage
 
 __all__ = ["PruneConfig", "PruneTarget", "prune", "count_macs_params", "channel_table", "head_table",
@@ -153,8 +155,6 @@ def channel_table(model: nn.Module) -> dict[str, int]:
 
 def head_table(model: nn.Module) -> dict[str, int]:
     """Attention heads per attention layer of the built-in transformer, by module name."""
-    from compress.models.zoo import Attention
-
     return {name: m.num_heads for name, m in model.named_modules() if isinstance(m, Attention)}
 
 
@@ -178,8 +178,6 @@ def _frozen(model: nn.Module, classifier: list[nn.Module]) -> list:
     embedding (freezing it keeps the residual width: blocks lose heads and hidden units only); and every
     ``nn.MultiheadAttention`` (its embedding width, hence a ViT's residual width: torch-pruning would remove the
     same dims from every head's q, k and v and re-split what is left into heads, mixing them)."""
-    from compress.models.zoo import ByteTokens, Tokens
-
     out: list = list(classifier)
     for m in model.modules():
         if isinstance(m, Tokens | ByteTokens):
@@ -235,8 +233,6 @@ def _pruner(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, ratio: fl
     ``round_to`` channels or fewer alone (rounding down would empty them). Groups holding the classifier or an
     ``nn.MultiheadAttention`` stay whole (asked None). ``only``: prune the group holding this layer, nothing else.
     """
-    from compress.models.zoo import Attention
-
     ignored = _frozen(model, output_layers(model, example))
     frozen = {id(sub) for m in ignored if isinstance(m, nn.Module) for sub in m.modules()}
     attn = [m for m in model.modules() if isinstance(m, Attention)]
@@ -546,8 +542,6 @@ def _onnx_runner(model: nn.Module, input_shape, path: Path, x: np.ndarray, threa
 def _latency_probe(reference: nn.Module, input_shape, folder: Path, rounds: int, seed: int):
     """``measure(model, name) -> (p50 in ms, speed-up vs the input model's p50 in the same rounds)``: onnxruntime at
     batch 1 on 1 thread, timed interleaved with the input model (exported once); ``model`` None: the input alone."""
-    from compress.bench import time_interleaved
-
     x = np.zeros((1, *input_shape), np.float32)
     ref = _onnx_runner(reference, input_shape, folder / "input.onnx", x)
 
@@ -565,8 +559,6 @@ def _latency_probe(reference: nn.Module, input_shape, folder: Path, rounds: int,
 def measure_latency(models: dict[str, nn.Module], input_shape, *, batch: int = 1, threads: int = 1, rounds: int = 30,
                     calls: int = 20, seed: int = 0) -> dict:
     """Export every model to ONNX and time them interleaved with onnxruntime: name -> Timing."""
-    from compress.bench import time_interleaved
-
     x = np.zeros((batch, *input_shape), np.float32)
     with tempfile.TemporaryDirectory(prefix="compress-lat-") as tmp:
         runners = {name: _onnx_runner(m, input_shape, Path(tmp) / f"{name}.onnx", x, threads)

@@ -14,17 +14,21 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from compress._io import atomic_path
+from compress._onnx import convert_to_ort, set_metadata
 from compress._progress import say
 from compress.artifact import Artifact
+from compress.bench import cpu_info
 from compress.errors import StageError
 from compress.quantization import backend
 from compress.quantization.backend import gemm_to_matmul, matmul_name
 from compress.quantization.search import (CANDIDATE_COLUMNS, Candidate, ValScorer, accuracy_aware, candidate_rows, choose,
                                           time_files)
 from compress.stages.base import StageConfig, register_stage
+from compress.stages.export import SUFFIX, file_metadata, write_runtime_file
 
 __all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul", "DEFAULT_BUDGET", "INT4_LEVELS"]
 
@@ -122,8 +126,6 @@ def _int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
 
 
 def _int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
-    import onnx
-
     if budget is None:
         path = backend.int8_dynamic(art.path, wd / "dyn.onnx", per_channel=cfg.per_channel)
         return path, {"per_channel": cfg.per_channel}
@@ -175,8 +177,6 @@ def _timed_choice(cands: list[Candidate], ctx, scorer: ValScorer, budget: float)
 
 
 def _cpu_note() -> str:
-    from compress.bench import cpu_info
-
     c = cpu_info()
     return (f"Timed on {c['model']} ({c['machine']}, {c['cores']} cores, features: {', '.join(c['features']) or 'none'}); "
             "batch 1, one thread, onnxruntime, all candidates in the same interleaved rounds after warm-up.")
@@ -274,8 +274,6 @@ def _auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     else:
         cands.append(Candidate("INT4 weight-only", None, error="no linear layer (MatMul/Gemm with constant weights)"))
     winner, met = _timed_choice(cands, ctx, scorer, budget)
-    from compress.bench import cpu_info
-
     info = {"winner": winner.name, "budget": budget, "budget_met": met, "val_accuracy": winner.score.accuracy,
             "val_drop": winner.score.drop, "cpu": cpu_info(), **_static_info(st, cfg, fmt="qdq")}
     spd = fp32.timing["p50"] / winner.timing["p50"]
@@ -294,8 +292,6 @@ def _auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
 
 def _not_quantized_yet(path) -> None:
     """A file that already has quantized operators (from ``qat`` or an earlier quantize) is refused."""
-    import onnx
-
     done = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits", "QLinearConv", "QGemm",
             "QLinearMatMul", "ConvInteger", "MatMulInteger"}
     found = sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node} & done)
@@ -329,13 +325,9 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx) -> Artifact:
     if info.get("budget_met") is False:
         say(f"[yellow]warning: quantize ({cfg.mode}): no file met max_accuracy_drop {budget:.2%} on validation; kept the "
             f"best one found (drop {info['val_drop']:.2%}), see the report's quantize section[/yellow]", ctx.quiet)
-    from compress._onnx import set_metadata
-    from compress.stages.export import file_metadata
-
     set_metadata(dst, file_metadata(ctx))  # before the .ort conversion, which keeps them
     formats = art.info.get("formats") or []
     if "ort" in formats:
-        from compress._onnx import convert_to_ort
         info["ort_path"] = str(convert_to_ort(dst, dst.with_suffix(".ort")))
     info["formats"] = formats
     files = _runtime_files(art, cfg, ctx, dst, info)
@@ -350,8 +342,6 @@ def _runtime_files(art: Artifact, cfg: QuantizeConfig, ctx, dst: Path, info: dic
     pt2e quantizes the torch module (kept on the artifact by ``export``), calibrated on exactly the
     training samples the ONNX path used. Other modes have no counterpart there: the fp32 files carry on.
     """
-    from compress.stages.export import SUFFIX, write_runtime_file
-
     prev = {k: v for k, v in (art.info.get("files") or {}).items() if k in ("executorch", "litert")}
     if not prev:
         return {}

@@ -167,13 +167,23 @@ def _int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     return path, info
 
 
-def _timed_choice(cands: list[Candidate], ctx, scorer: ValScorer, budget: float) -> tuple[Candidate, bool]:
+def _timed_choice(cands: list[Candidate], ctx, scorer: ValScorer, budget: float,
+                  title: str) -> tuple[Candidate, bool, dict]:
+    """``choose`` among the candidates, each scored and timed; with their table (speeds against the first)."""
     for c in cands:
         if c.path is not None:
             c.score = scorer(c.path)
     bench = ctx.recipe.bench
     time_files(cands, ctx.splits.val.x[:1], rounds=bench.rounds, calls=bench.calls, seed=ctx.recipe.seed)
-    return choose(cands, budget)
+    winner, met = choose(cands, budget)
+    return winner, met, {"title": title, "columns": CANDIDATE_COLUMNS, "rows": candidate_rows(cands, cands[0])}
+
+
+def _int4_candidates(src, cfg: QuantizeConfig, wd: Path, name: str) -> list[Candidate]:
+    """One MatMulNBits file per compute type of INT4_LEVELS, each a candidate named ``<name> <level>``."""
+    for level in INT4_LEVELS:
+        backend.int4(src, wd / f"int4_level{level}.onnx", block_size=cfg.block_size, accuracy_level=level)
+    return [Candidate(f"{name} {level}", wd / f"int4_level{level}.onnx") for level in INT4_LEVELS]
 
 
 def _cpu_note() -> str:
@@ -183,13 +193,10 @@ def _cpu_note() -> str:
 
 
 def _int4_levels(art, cfg, ctx, wd, scorer, budget, layers) -> tuple[Path, dict]:
-    ref = Candidate("fp32 (source, reference)", Path(art.path), eligible=False)
-    cands = [ref]
-    for level in INT4_LEVELS:
-        p = wd / f"int4_level{level}.onnx"
-        backend.int4(art.path, p, block_size=cfg.block_size, accuracy_level=level)
-        cands.append(Candidate(f"INT4 accuracy_level {level}", p))
-    winner, met = _timed_choice(cands, ctx, scorer, budget)
+    cands = [Candidate("fp32 (source, reference)", Path(art.path), eligible=False),
+             *_int4_candidates(art.path, cfg, wd, "INT4 accuracy_level")]
+    winner, met, table = _timed_choice(cands, ctx, scorer, budget,
+                                       f"INT4 accuracy levels (block size {cfg.block_size})")
     level = int(winner.name.rsplit(" ", 1)[1])
     info = {"block_size": cfg.block_size, "accuracy_level": level, "accuracy_level_choice": "auto",
             "matmulnbits_nodes": len(layers), "budget_met": met, "val_accuracy": winner.score.accuracy,
@@ -197,8 +204,7 @@ def _int4_levels(art, cfg, ctx, wd, scorer, budget, layers) -> tuple[Path, dict]
             "notes": [f"accuracy_level auto: level {level} is the fastest within the budget of {budget:.2%}" if met else
                       f"No accuracy_level met the budget of {budget:.2%}; kept the most accurate, level {level}.",
                       _cpu_note()],
-            "tables": [{"title": f"INT4 accuracy levels (block size {cfg.block_size})", "columns": CANDIDATE_COLUMNS,
-                        "rows": candidate_rows(cands, ref)}]}
+            "tables": [table]}
     return winner.path, info
 
 
@@ -267,13 +273,10 @@ def _auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
         cands.append(Candidate(f"INT8 static QDQ, {len(extra['fp32_layers'])} layer(s) fp32", path))
     cands.append(Candidate("INT8 dynamic", backend.int8_dynamic(src, wd / "auto_dyn.onnx", per_channel=cfg.per_channel)))
     if _linear(backend.weighted_layers(src)):
-        for level in INT4_LEVELS:
-            p = wd / f"auto_int4_{level}.onnx"
-            backend.int4(src, p, block_size=cfg.block_size, accuracy_level=level)
-            cands.append(Candidate(f"INT4 weight-only, accuracy_level {level}", p))
+        cands += _int4_candidates(src, cfg, wd, "INT4 weight-only, accuracy_level")
     else:
         cands.append(Candidate("INT4 weight-only", None, error="no linear layer (MatMul/Gemm with constant weights)"))
-    winner, met = _timed_choice(cands, ctx, scorer, budget)
+    winner, met, table = _timed_choice(cands, ctx, scorer, budget, "Candidates (validation accuracy, latency)")
     info = {"winner": winner.name, "budget": budget, "budget_met": met, "val_accuracy": winner.score.accuracy,
             "val_drop": winner.score.drop, "cpu": cpu_info(), **_static_info(st, cfg, fmt="qdq")}
     spd = fp32.timing["p50"] / winner.timing["p50"]
@@ -282,8 +285,7 @@ def _auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
              f"auto: no candidate met the budget of {budget:.2%}; kept the most accurate, {winner.name}.",
              _cpu_note(), "Timings within 3 % of the fastest count as a tie, won by the more accurate (then smaller) file."]
     info["notes"] = notes + extra["notes"]
-    info["tables"] = [{"title": "Candidates (validation accuracy, latency)", "columns": CANDIDATE_COLUMNS,
-                       "rows": candidate_rows(cands, fp32)}] + extra["tables"]
+    info["tables"] = [table] + extra["tables"]
     info["candidates"] = [{"name": c.name, "val_accuracy": c.score.accuracy if c.score else None,
                            "val_drop": c.score.drop if c.score else None, "latency_ms": c.timing,
                            "size_bytes": c.size_bytes, "verdict": c.verdict} for c in cands]

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from compress.quantization.backend import Layer
-from compress.runtimes.onnxruntime import load, predict, session
+from compress.runtimes.onnxruntime import load
 
 __all__ = ["Score", "ValScorer", "Candidate", "time_files", "choose", "EPS", "Yardstick", "ACCURACY",
            "accuracy_aware"]
@@ -36,17 +36,14 @@ class ValScorer:
 
     def __init__(self, ref: Path, x: np.ndarray, y: np.ndarray):
         self.x, self.y = np.ascontiguousarray(x, dtype=np.float32), np.asarray(y)
-        self.ref_logits = self._logits(ref)
+        self.ref_logits = load(ref, threads=1).predict(self.x)
         self.ref_accuracy = float((self.ref_logits.argmax(1) == self.y).mean())
         self._scale = float(np.mean(self.ref_logits ** 2)) or 1.0
         self.calls = 0
 
-    def _logits(self, path: Path) -> np.ndarray:
-        return predict(session(path, threads=1), self.x)
-
     def __call__(self, path: Path) -> Score:
         self.calls += 1
-        z = self._logits(path)
+        z = load(path, threads=1).predict(self.x)
         acc = float((z.argmax(1) == self.y).mean())
         return Score(acc, self.ref_accuracy - acc, float(np.mean((z - self.ref_logits) ** 2)) / self._scale)
 

@@ -15,7 +15,7 @@ import numpy as np
 from compress.quantization.backend import Layer
 from compress.runtimes.onnxruntime import load
 
-__all__ = ["Score", "ValScorer", "Candidate", "time_files", "choose", "EPS", "Yardstick", "ACCURACY",
+__all__ = ["Score", "ValScorer", "Candidate", "choose", "EPS", "Yardstick", "ACCURACY",
            "accuracy_aware"]
 
 EPS = 1e-9  # drops are multiples of 1/len(val); compare them to the budget without float noise
@@ -139,18 +139,6 @@ class Candidate:
     error: str = ""
     eligible: bool = True  # False: shown for reference only
     verdict: str = ""
-
-
-def time_files(cands: list[Candidate], x1: np.ndarray, *, rounds: int, calls: int, seed: int = 0) -> None:
-    """Batch 1 on one thread, every candidate in the same interleaved rounds after warm-up (``time_interleaved``)."""
-    from compress.bench import time_interleaved
-
-    runners = {c.name: load(c.path, threads=1).timer(x1) for c in cands if c.path is not None}
-    timings = time_interleaved(runners, rounds=rounds, calls=calls, seed=seed)
-    for c in cands:
-        if c.name in timings:
-            c.timing = timings[c.name].as_dict()
-            c.size_bytes = Path(c.path).stat().st_size
 
 
 def choose(cands: list[Candidate], budget: float, tie: float = 0.03,

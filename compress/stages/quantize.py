@@ -21,12 +21,12 @@ from compress._io import atomic_path
 from compress._onnx import convert_to_ort, set_metadata
 from compress._progress import say
 from compress.artifact import Artifact
-from compress.bench import cpu_info
+from compress.bench import cpu_info, time_interleaved
 from compress.errors import StageError
 from compress.quantization import backend
 from compress.quantization.backend import gemm_to_matmul, matmul_name
-from compress.quantization.search import (CANDIDATE_COLUMNS, Candidate, ValScorer, accuracy_aware, candidate_rows, choose,
-                                          time_files)
+from compress.quantization.search import CANDIDATE_COLUMNS, Candidate, ValScorer, accuracy_aware, candidate_rows, choose
+from compress.runtimes.onnxruntime import load
 from compress.stages.base import StageConfig, register_stage
 from compress.stages.export import SUFFIX, file_metadata, write_runtime_file
 
@@ -169,12 +169,18 @@ def _int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
 
 def _timed_choice(cands: list[Candidate], ctx, scorer: ValScorer, budget: float,
                   title: str) -> tuple[Candidate, bool, dict]:
-    """``choose`` among the candidates, each scored and timed; with their table (speeds against the first)."""
+    """``choose`` among the candidates, each scored, then timed at batch 1 on one thread in the same interleaved
+    rounds after warm-up; with their table (speeds against the first)."""
     for c in cands:
         if c.path is not None:
             c.score = scorer(c.path)
-    bench = ctx.recipe.bench
-    time_files(cands, ctx.splits.val.x[:1], rounds=bench.rounds, calls=bench.calls, seed=ctx.recipe.seed)
+    x1, bench = ctx.splits.val.x[:1], ctx.recipe.bench
+    runners = {c.name: load(c.path, threads=1).timer(x1) for c in cands if c.path is not None}
+    timings = time_interleaved(runners, rounds=bench.rounds, calls=bench.calls, seed=ctx.recipe.seed)
+    for c in cands:
+        if c.name in timings:
+            c.timing = timings[c.name].as_dict()
+            c.size_bytes = Path(c.path).stat().st_size
     winner, met = choose(cands, budget)
     return winner, met, {"title": title, "columns": CANDIDATE_COLUMNS, "rows": candidate_rows(cands, cands[0])}
 

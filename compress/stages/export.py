@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from compress._onnx import convert_to_ort, export_onnx
 from compress.artifact import Artifact
 from compress.errors import MissingExtraError, StageError
+from compress.runtimes import executorch, litert
 from compress.stages.base import StageConfig, register_stage
 
 __all__ = ["ExportConfig", "export", "parity", "FORMATS", "installed_formats", "file_metadata"]
@@ -21,6 +22,8 @@ FORMATS = ("onnx", "ort", "executorch", "litert")
 SUFFIX = {"onnx": ".onnx", "ort": ".ort", "executorch": ".pte", "litert": ".tflite"}
 # format -> (extra, modules the export and the runner import)
 EXTRAS = {"executorch": ("executorch", ("executorch", "torchao")), "litert": ("litert", ("litert_torch", "ai_edge_litert"))}
+_WRITERS = {"executorch": (executorch.export_pte, executorch.export_pte_int8),  # format -> (fp32, 8-bit) writer
+            "litert": (litert.export_tflite, litert.export_tflite_int8)}
 
 
 def _missing_module(fmt: str) -> str | None:
@@ -112,14 +115,7 @@ def file_metadata(ctx) -> dict[str, str]:
 
 def write_runtime_file(fmt: str, model: torch.nn.Module, input_shape, path, batch: int = 1, calibration=None):
     """Write ``model`` as an ExecuTorch or LiteRT file at a static ``batch``; 8-bit when ``calibration`` is given."""
-    if fmt == "executorch":
-        from compress.runtimes import executorch as rt
-
-        fp32, int8 = rt.export_pte, rt.export_pte_int8
-    else:
-        from compress.runtimes import litert as rt
-
-        fp32, int8 = rt.export_tflite, rt.export_tflite_int8
+    fp32, int8 = _WRITERS[fmt]
     try:
         if calibration is None:
             return fp32(model, tuple(input_shape), path, batch=batch)

@@ -8,6 +8,7 @@ accuracy-aware search writes cost one quantization pass each, not one calibratio
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,6 @@ class Reader:
         idx = np.random.default_rng(seed).permutation(len(x))[:samples]
         if len(idx) > batch_size:  # histogram calibrators (entropy, percentile) need equal batch sizes
             idx = idx[:len(idx) // batch_size * batch_size]
-        self.samples = len(idx)
         self.rows = np.sort(idx)  # the training rows calibrated on, in order
         self._x, self._name, self._bs = x, input_name, batch_size
         self.rewind()
@@ -133,7 +133,7 @@ class Int8Static:
         quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=True)  # shape inference + fusions, as ORT advises
         name = onnx.load(str(self.pre), load_external_data=False).graph.input[0].name
         self.reader = Reader(x_train, name, calibration.samples, calibration.batch_size, seed)
-        self.samples = self.reader.samples
+        self.samples = len(self.reader.rows)
         self.method, self.per_channel, self.activations, self.reduce_range = (
             calibration.method, per_channel, activations, reduce_range)
         can_cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
@@ -149,13 +149,8 @@ class Int8Static:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         self.reader.rewind()
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[self.method]
+        method = {m.name.lower(): m for m in CalibrationMethod}[self.method]  # minmax, entropy, percentile
         extra = {"calibration_cache_path": str(self._ranges)} if self._ranges is not None else {}
-        if exclude:
-            extra["nodes_to_exclude"] = list(exclude)
-        if only is not None:
-            extra["nodes_to_quantize"] = list(only)
         if exclude or only is not None:
             # The quantizer drops a Relu/Clip after a quantized layer (the QuantizeLinear's range clips instead),
             # and onnxruntime's graph optimizer then removes a Q/DQ pair that feeds an fp32 layer, clip and all:
@@ -165,7 +160,8 @@ class Int8Static:
                         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                         per_channel=self.per_channel, calibrate_method=method,
                         activation_type=QuantType.QUInt8 if self.activations == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, reduce_range=self.reduce_range, **extra)
+                        weight_type=QuantType.QInt8, reduce_range=self.reduce_range, nodes_to_exclude=list(exclude),
+                        nodes_to_quantize=list(only or ()), **extra)  # (empty: no node excluded / all quantized)
         if (exclude or only is not None) and fmt == "qdq":
             model = onnx.load(str(dst))
             if keep_fp32_inputs(model):
@@ -208,14 +204,10 @@ def keep_fp32_inputs(model: onnx.ModelProto) -> int:
 def int8_dynamic(src: Path, dst: Path, *, per_channel: bool, exclude=(), only: list[str] | None = None) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    import logging
-
-    extra = {"nodes_to_exclude": list(exclude)} if exclude else {}
-    if only is not None:
-        extra["nodes_to_quantize"] = list(only)
     logging.disable(logging.WARNING)  # "consider pre-processing": dynamic INT8 is timed as is, like the plain mode
     try:
-        quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8, **extra)
+        quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=list(exclude), nodes_to_quantize=list(only or ()))
     finally:
         logging.disable(logging.NOTSET)
     return Path(dst)
@@ -223,23 +215,19 @@ def int8_dynamic(src: Path, dst: Path, *, per_channel: bool, exclude=(), only: l
 
 def int4(src: Path, dst: Path, *, block_size: int, accuracy_level: int | None,
          include: list[str] | None = None) -> int:
-    """MatMulNBits for the linear layers (those named by ``include``, as ``matmul_name`` gives, or all).
-
-    Returns the number of MatMulNBits nodes written.
-    """
+    """MatMulNBits for the linear layers (those named by ``include``, as ``matmul_name`` gives, or all); returns
+    how many MatMulNBits nodes it wrote."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = gemm_to_matmul(onnx.load(str(src)))
     if include is not None and not include:  # MatMulNBitsQuantizer reads an empty include list as "all"
         onnx.save(model, str(dst))
         return 0
-    extra = {}
-    if include is not None:  # its nodes_to_include adds to the op types it quantizes anyway: exclude the others
-        extra["nodes_to_exclude"] = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in include]
+    # its nodes_to_include adds to the op types it quantizes anyway: exclude the MatMuls not included
+    excluded = [n.name for n in model.graph.node
+                if n.op_type == "MatMul" and include is not None and n.name not in include]
     q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
-                             **extra)
-    import logging
-
+                             nodes_to_exclude=excluded)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = log.level
     log.setLevel(logging.WARNING)  # one INFO line per node otherwise, for every file a search writes

@@ -13,8 +13,9 @@ from typing import Callable
 import numpy as np
 
 from compress.quantization.backend import Layer
+from compress.runtimes.onnxruntime import load
 
-__all__ = ["Score", "ValScorer", "greedy_fp32", "Candidate", "time_files", "choose", "EPS", "Yardstick", "ACCURACY",
+__all__ = ["Score", "ValScorer", "Candidate", "choose", "EPS", "Yardstick", "ACCURACY",
            "accuracy_aware"]
 
 EPS = 1e-9  # drops are multiples of 1/len(val); compare them to the budget without float noise
@@ -35,19 +36,14 @@ class ValScorer:
 
     def __init__(self, ref: Path, x: np.ndarray, y: np.ndarray):
         self.x, self.y = np.ascontiguousarray(x, dtype=np.float32), np.asarray(y)
-        self.ref_logits = self._logits(ref)
+        self.ref_logits = load(ref, threads=1).predict(self.x)
         self.ref_accuracy = float((self.ref_logits.argmax(1) == self.y).mean())
         self._scale = float(np.mean(self.ref_logits ** 2)) or 1.0
         self.calls = 0
 
-    def _logits(self, path: Path) -> np.ndarray:
-        from compress.runtimes.onnxruntime import predict, session
-
-        return predict(session(path, threads=1), self.x)
-
     def __call__(self, path: Path) -> Score:
         self.calls += 1
-        z = self._logits(path)
+        z = load(path, threads=1).predict(self.x)
         acc = float((z.argmax(1) == self.y).mean())
         return Score(acc, self.ref_accuracy - acc, float(np.mean((z - self.ref_logits) ** 2)) / self._scale)
 
@@ -57,24 +53,6 @@ class Trial:
     fp32: tuple[str, ...]  # layers kept fp32
     path: Path
     score: Score
-
-
-def greedy_fp32(order: list[Layer], build: Callable[[list[str], Path], Path], scorer: ValScorer, budget: float,
-                workdir: Path, tag: str) -> tuple[Trial, list[Trial], bool]:
-    """Keep layers fp32 in ``order`` (most sensitive first) until the validation drop is within ``budget``:
-    ``(chosen trial, every trial, met)``.
-
-    At least one layer stays quantized (all fp32 is the source file itself). When no step meets the
-    budget, the chosen trial is the one with the smallest drop (then the fewest fp32 layers).
-    """
-    trials = []
-    for step in range(len(order)):
-        fp32 = tuple(layer.name for layer in order[:step])
-        path = build(list(fp32), Path(workdir) / f"greedy_{tag}_{step}.onnx")
-        trials.append(Trial(fp32, path, scorer(path)))
-        if trials[-1].score.within(budget):
-            return trials[-1], trials, True
-    return min(trials, key=lambda t: (t.score.drop, len(t.fp32))), trials, False
 
 
 @dataclass(frozen=True)
@@ -112,7 +90,18 @@ def accuracy_aware(layers: list[Layer], build_only, build_excl, scorer, budget: 
     sens = {layer.name: scorer(build_only(layer, Path(wd) / f"sens_{tag}_{i}.onnx")) for i, layer in enumerate(layers)}
     # accuracy drop first; the logit error (continuous) orders layers whose drops tie, as they often do
     order = sorted(layers, key=lambda layer: (-sens[layer.name].drop, -sens[layer.name].logit_error))
-    chosen, trials, met = greedy_fp32(order, build_excl, scorer, budget, wd, tag)
+    # greedy: layers kept out of the mode, most sensitive first, until the drop is within the budget; at least one
+    # stays quantized (all fp32 is the source file itself); when no step meets the budget, the trial with the
+    # smallest drop (then the fewest layers kept out) is chosen
+    trials = []
+    for step in range(len(order)):
+        fp32 = tuple(layer.name for layer in order[:step])
+        path = build_excl(list(fp32), Path(wd) / f"greedy_{tag}_{step}.onnx")
+        trials.append(Trial(fp32, path, scorer(path)))
+        if trials[-1].score.within(budget):
+            break
+    met = trials[-1].score.within(budget)
+    chosen = trials[-1] if met else min(trials, key=lambda t: (t.score.drop, len(t.fp32)))
     kept, s = list(chosen.fp32), chosen.score
     rank = {layer.name: i + 1 for i, layer in enumerate(order)}
     info["tables"] += [
@@ -150,19 +139,6 @@ class Candidate:
     error: str = ""
     eligible: bool = True  # False: shown for reference only
     verdict: str = ""
-
-
-def time_files(cands: list[Candidate], x1: np.ndarray, *, rounds: int, calls: int, seed: int = 0) -> None:
-    """Batch 1 on one thread, every candidate in the same interleaved rounds after warm-up (``time_interleaved``)."""
-    from compress.bench import time_interleaved
-    from compress.runtimes.onnxruntime import load
-
-    runners = {c.name: load(c.path, threads=1).timer(x1) for c in cands if c.path is not None}
-    timings = time_interleaved(runners, rounds=rounds, calls=calls, seed=seed)
-    for c in cands:
-        if c.name in timings:
-            c.timing = timings[c.name].as_dict()
-            c.size_bytes = Path(c.path).stat().st_size
 
 
 def choose(cands: list[Candidate], budget: float, tie: float = 0.03,

@@ -23,6 +23,7 @@ from compress.errors import CompressError, ModelError, StageError
 from compress.losses import hinton_kd_loss
 from compress.losses.combine import Objective, build_terms, loss_union
 from compress.losses.mutual import Peers, mutual_loss
+from compress.models import build_model, check_io, describe_spec
 from compress.models.spec import ModelSpec
 from compress.teachers import TeacherSource, ensemble_logits
 from compress.stages.base import CheckContext, StageConfig, register_stage
@@ -42,13 +43,9 @@ class ChainModel(ModelSpec):
     _needs: ClassVar[str] = "a chain step needs"
 
     def describe(self) -> str:
-        from compress.models import describe_spec
-
         return describe_spec(self)
 
     def build(self, input_shape, num_classes: int):
-        from compress.models import build_model, check_io
-
         model = build_model(self, tuple(input_shape), num_classes)
         check_io(model, tuple(input_shape), num_classes, f"chain step {self.describe()}")
         return model
@@ -259,23 +256,34 @@ def kd_train(art: Artifact, cfg: KDOptions, ctx, name: str) -> Artifact:
     (the recipe's, an ensemble or a black box) teaching one or more born-again generations."""
     if cfg.peers > 1:
         return _mutual(art, cfg, ctx, name)
-    teacher_ctx, chain = _assistant_chain(cfg, _ensemble_ctx(cfg, ctx))
-    generations = []
+    teacher_ctx, chain, generations = _ensemble_ctx(cfg, ctx), [], []
+    for j, spec in enumerate(cfg.chain):  # each chain step by Hinton KD from the one before
+        torch.manual_seed(ctx.recipe.seed + ctx.stage_index + 500 + j)
+        model = spec.build(ctx.splits.input_shape, ctx.splits.num_classes)
+        res, teacher_ctx = _taught(model, cfg, ctx, 500 + j, f"chain step {j + 1}/{len(cfg.chain)}",
+                                   _hinton_fit_kwargs(teacher_ctx, cfg))
+        chain.append({"model": spec.describe(), "best_epoch": res.best_epoch,
+                      "val_accuracy": res.best_val_accuracy, "seconds": res.seconds})
     for g in range(cfg.generations):
         # Born-again: every generation starts from the same student initialisation and learns from the one before.
-        res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                  weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index + 1000 * g,
-                  desc=name if cfg.generations == 1 else f"{name} gen {g + 1}/{cfg.generations}",
-                  quiet=ctx.quiet, **loss_fit_kwargs(teacher_ctx, art.model, cfg))
+        res, teacher_ctx = _taught(art.model, cfg, ctx, 1000 * g,
+                                   name if cfg.generations == 1 else f"{name} gen {g + 1}/{cfg.generations}",
+                                   loss_fit_kwargs(teacher_ctx, art.model, cfg))
         generations.append({"generation": g + 1, **res.info})
-        teacher_ctx = dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={},
-                                          teacher_key=None)  # never the recipe teacher's cached outputs
     info = {k: v for k, v in generations[-1].items() if k != "generation"}
     if cfg.generations > 1:
         info["generations"] = generations
     if chain:
         info["chain"] = chain
     return art.derive(name, model=res.model, info=info)
+
+
+def _taught(model, cfg: KDOptions, ctx, seed_offset: int, desc: str, fit_kwargs: dict):
+    """``fit`` of ``model`` on the stage's schedule, and the context whose teacher is the trained model (never
+    the recipe teacher's cached outputs)."""
+    res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+              seed=ctx.recipe.seed + ctx.stage_index + seed_offset, desc=desc, quiet=ctx.quiet, **fit_kwargs)
+    return res, dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={}, teacher_key=None)
 
 
 def _mutual(art: Artifact, cfg: KDOptions, ctx, name: str) -> Artifact:
@@ -314,22 +322,6 @@ def _maybe_init_from_teacher(art: Artifact, cfg: DistillConfig, ctx) -> tuple[Ar
     done = init_from_teacher(model, ctx.teacher)
     return dataclasses.replace(art, model=model), {"init_from_teacher": {"copied": len(done["copied"]),
                                                                          "kept": done["kept"]}}
-
-
-def _assistant_chain(cfg: KDOptions, ctx):
-    """Train each chain step by Hinton KD from the one before; return the context whose teacher is the last."""
-    teacher_ctx, chain = ctx, []
-    for j, spec in enumerate(cfg.chain):
-        torch.manual_seed(ctx.recipe.seed + ctx.stage_index + 500 + j)
-        model = spec.build(ctx.splits.input_shape, ctx.splits.num_classes)
-        res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                  weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index + 500 + j,
-                  desc=f"chain step {j + 1}/{len(cfg.chain)}", quiet=ctx.quiet, **_hinton_fit_kwargs(teacher_ctx, cfg))
-        chain.append({"model": spec.describe(), "best_epoch": res.best_epoch,
-                      "val_accuracy": res.best_val_accuracy, "seconds": res.seconds})
-        teacher_ctx = dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={},
-                                          teacher_key=None)
-    return teacher_ctx, chain
 
 
 def _ensemble_ctx(cfg: KDOptions, ctx):

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from compress._onnx import convert_to_ort, export_onnx
 from compress.artifact import Artifact
 from compress.errors import MissingExtraError, StageError
+from compress.runtimes import executorch, litert
 from compress.stages.base import StageConfig, register_stage
 
 __all__ = ["ExportConfig", "export", "parity", "FORMATS", "installed_formats", "file_metadata"]
@@ -19,9 +20,10 @@ __all__ = ["ExportConfig", "export", "parity", "FORMATS", "installed_formats", "
 Format = Literal["onnx", "ort", "executorch", "litert"]
 FORMATS = ("onnx", "ort", "executorch", "litert")
 SUFFIX = {"onnx": ".onnx", "ort": ".ort", "executorch": ".pte", "litert": ".tflite"}
-RUNTIME = {"onnx": "ort", "ort": "ort-mobile", "executorch": "executorch", "litert": "litert"}
 # format -> (extra, modules the export and the runner import)
 EXTRAS = {"executorch": ("executorch", ("executorch", "torchao")), "litert": ("litert", ("litert_torch", "ai_edge_litert"))}
+_WRITERS = {"executorch": (executorch.export_pte, executorch.export_pte_int8),  # format -> (fp32, 8-bit) writer
+            "litert": (litert.export_tflite, litert.export_tflite_int8)}
 
 
 def _missing_module(fmt: str) -> str | None:
@@ -61,14 +63,13 @@ class ExportConfig(StageConfig):
 
 
 def parity(model: torch.nn.Module, path, x: np.ndarray) -> float:
-    """Max abs difference of logits between torch and onnxruntime on ``x`` (held-out val samples)."""
-    from compress.runtimes.onnxruntime import session
+    """Max abs difference of logits between torch and the file's own runtime (onnxruntime for .onnx and .ort) on
+    ``x`` (held-out val samples)."""
+    from compress.runtimes import load
 
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(x)).numpy()
-    sess = session(path, threads=1)
-    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    return float(np.abs(ref - got).max())
+    return float(np.abs(ref - load(path, threads=1).predict(x)).max())
 
 
 @register_stage(ExportConfig, accepts={"torch"}, produces="onnx")
@@ -86,12 +87,10 @@ def export(art: Artifact, cfg: ExportConfig, ctx) -> Artifact:
         ort_path = convert_to_ort(path, path.with_suffix(".ort"))
         info["ort_path"] = files["ort"] = str(ort_path)
         info["ort_parity_max_abs_diff"] = parity(art.model, ort_path, x)
-    for fmt in ("executorch", "litert"):
-        if fmt not in cfg.formats:
-            continue  # (ExportConfig checked that its packages are installed)
+    for fmt in (f for f in ("executorch", "litert") if f in cfg.formats):  # (ExportConfig checked their packages)
         out = ctx.stage_path("export", SUFFIX[fmt])
         write_runtime_file(fmt, art.model, ctx.splits.input_shape, out, cfg.batch)
-        d = runtime_parity(art.model, out, x)
+        d = parity(art.model, out, x)
         if not d <= cfg.tolerance:
             raise StageError(f"export: {fmt} logits differ from torch's by {d:.3g} (tolerance {cfg.tolerance}); "
                              f"the file {out} is not trustworthy")
@@ -116,14 +115,7 @@ def file_metadata(ctx) -> dict[str, str]:
 
 def write_runtime_file(fmt: str, model: torch.nn.Module, input_shape, path, batch: int = 1, calibration=None):
     """Write ``model`` as an ExecuTorch or LiteRT file at a static ``batch``; 8-bit when ``calibration`` is given."""
-    if fmt == "executorch":
-        from compress.runtimes import executorch as rt
-
-        fp32, int8 = rt.export_pte, rt.export_pte_int8
-    else:
-        from compress.runtimes import litert as rt
-
-        fp32, int8 = rt.export_tflite, rt.export_tflite_int8
+    fp32, int8 = _WRITERS[fmt]
     try:
         if calibration is None:
             return fp32(model, tuple(input_shape), path, batch=batch)
@@ -131,12 +123,3 @@ def write_runtime_file(fmt: str, model: torch.nn.Module, input_shape, path, batc
     except Exception as exc:
         kind = "8-bit " if calibration is not None else ""
         raise StageError(f"{kind}{fmt} export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def runtime_parity(model: torch.nn.Module, path, x: np.ndarray) -> float:
-    """Max abs difference of logits between torch and the file's own runtime on ``x``."""
-    from compress.runtimes import load
-
-    with torch.no_grad():
-        ref = model.eval()(torch.from_numpy(x)).numpy()
-    return float(np.abs(ref - load(path, threads=1).predict(x)).max())

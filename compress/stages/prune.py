@@ -28,6 +28,8 @@ from torch import nn
 
 from compress import bn
 from compress.artifact import Artifact
+from compress.bench import time_interleaved
+from compress.models.zoo import Attention, ByteTokens, Tokens
 from compress.stages.base import CheckContext, StageConfig, register_stage
 
 __all__ = ["PruneConfig", "PruneTarget", "prune", "count_macs_params", "channel_table", "head_table",
@@ -130,6 +132,7 @@ class PruneConfig(StageConfig):
         return self
 
 
+_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _IMPORTANCE = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
                "l2": lambda: tp.importance.MagnitudeImportance(p=2),
                "taylor": tp.importance.TaylorImportance, "bn_scale": tp.importance.BNScaleImportance}
@@ -146,27 +149,19 @@ def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[i
 
 def channel_table(model: nn.Module) -> dict[str, int]:
     """Output channels (conv) or units (linear) per layer, by module name."""
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d | nn.Conv1d):
-            out[name] = m.out_channels
-        elif isinstance(m, nn.Linear):
-            out[name] = m.out_features
-    return out
+    return {name: m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            for name, m in model.named_modules() if isinstance(m, _LAYER_TYPES)}
 
 
 def head_table(model: nn.Module) -> dict[str, int]:
     """Attention heads per attention layer of the built-in transformer, by module name."""
-    from compress.models.zoo import Attention
-
     return {name: m.num_heads for name, m in model.named_modules() if isinstance(m, Attention)}
 
 
 def _layer_rows(before: dict, after: dict, heads_before: dict, heads_after: dict, asked: dict,
                 head_asked: float | None) -> list[dict]:
-    """The channel table: per layer its channels before and after, the fraction asked removed (``asked``, None
-    where no ratio applies), the fraction removed (``cut``) and ``deeper_than_asked``, the marker of a layer
-    that lost more than it was asked (rounding, global ranking, whole heads)."""
+    """The channel table (``asked`` None where no ratio applies); ``deeper_than_asked`` marks a layer that lost more
+    than it was asked (rounding, global ranking, whole heads)."""
 
     def row(layer: str, b: int, a: int | None, ask: float | None) -> dict:
         cut = round(1 - a / b, 4) if a is not None and b else None
@@ -183,8 +178,6 @@ def _frozen(model: nn.Module, classifier: list[nn.Module]) -> list:
     embedding (freezing it keeps the residual width: blocks lose heads and hidden units only); and every
     ``nn.MultiheadAttention`` (its embedding width, hence a ViT's residual width: torch-pruning would remove the
     same dims from every head's q, k and v and re-split what is left into heads, mixing them)."""
-    from compress.models.zoo import ByteTokens, Tokens
-
     out: list = list(classifier)
     for m in model.modules():
         if isinstance(m, Tokens | ByteTokens):
@@ -192,9 +185,6 @@ def _frozen(model: nn.Module, classifier: list[nn.Module]) -> list:
         elif isinstance(m, nn.MultiheadAttention):
             out.append(m)
     return out
-
-
-_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def _named_ratio(name: str, layer_ratios: dict[str, float], default: float | None = None) -> float | None:
@@ -243,8 +233,6 @@ def _pruner(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, ratio: fl
     ``round_to`` channels or fewer alone (rounding down would empty them). Groups holding the classifier or an
     ``nn.MultiheadAttention`` stay whole (asked None). ``only``: prune the group holding this layer, nothing else.
     """
-    from compress.models.zoo import Attention
-
     ignored = _frozen(model, output_layers(model, example))
     frozen = {id(sub) for m in ignored if isinstance(m, nn.Module) for sub in m.modules()}
     attn = [m for m in model.modules() if isinstance(m, Attention)]
@@ -346,8 +334,7 @@ def prune(art: Artifact, cfg: PruneConfig, ctx) -> Artifact:
                 f"{', '.join(whole)} kept all of theirs (at {cfg.round_to} or fewer, or too few to remove "
                 f"at this granularity); round_to: null prunes exactly the ratio.")
     macs1, params1 = count_macs_params(model, splits.input_shape)
-    head_asked = cfg.head_ratio if cfg.head_ratio > 0 else None
-    rows = _layer_rows(before, after, heads_before, head_table(model), asked, head_asked)
+    rows = _layer_rows(before, after, heads_before, head_table(model), asked, cfg.head_ratio or None)
     deeper = [r for r in rows if r["deeper_than_asked"]]
     if deeper:
         info.setdefault("notes", []).append(_deeper_note(deeper, cfg))
@@ -428,20 +415,20 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
 
     rows, models = [], []
     with tempfile.TemporaryDirectory(prefix="compress-prune-") as tmp:
-        timer = _LatencyProbe(model, shape, Path(tmp), rounds=cfg.latency_rounds, seed=ctx.recipe.seed) if t.timed else None
+        probe = _latency_probe(model, shape, Path(tmp), cfg.latency_rounds, ctx.recipe.seed) if t.timed else None
 
         def fast_enough(p50: float, speedup: float) -> bool:
             return (t.latency_ms is None or p50 <= t.latency_ms) and (t.speedup is None or speedup >= t.speedup)
 
         def record(step: int, ratio: float, m: nn.Module) -> dict:
             macs, params = count_macs_params(m, shape)
-            p50, speedup = timer.measure(m if step else None, f"step{step}") if timer else (None, None)
-            if timer and fast_enough(p50, speedup):
+            p50, speedup = probe(m if step else None, f"step{step}") if probe else (None, None)
+            if probe and fast_enough(p50, speedup):
                 # one lucky measurement on a busy machine must not end the search: confirm it with fresh
                 # rounds and keep the slower of the two
-                p50b, speedupb = timer.measure(m if step else None, f"step{step}b")
+                p50b, speedupb = probe(m if step else None, f"step{step}b")
                 p50, speedup = max(p50, p50b), min(speedup, speedupb)
-            met = cheap_ok(m) and (timer is None or fast_enough(p50, speedup))
+            met = cheap_ok(m) and (probe is None or fast_enough(p50, speedup))
             row = {"step": step, "ratio": ratio, "channels": _prunable_channels(m, classifier),
                    "heads": sum(head_table(m).values()), "macs": macs, "params": params, "p50_ms": p50,
                    "speedup": speedup, "val_accuracy": evaluate_split(m, val.x, val.y)[0], "met": met}
@@ -496,7 +483,7 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
                 _recover(cand, ctx, cfg, rng)
             current = cand
             row = record(step, ratio, cand)
-            if timer is not None and not row["met"]:
+            if probe is not None and not row["met"]:
                 if row["speedup"] > best_speedup * (1 + FLOOR_TOLERANCE):
                     best_speedup, since_best = row["speedup"], 0
                 else:
@@ -509,12 +496,12 @@ def _prune_to_target(model: nn.Module, cfg: PruneConfig, ctx, example: torch.Ten
 
     kept = next((i for i, r in enumerate(rows) if r["met"]), None)
     if kept is None:
-        fastest = max(r["speedup"] for r in rows) if timer else None
-        kept = (next(i for i, r in enumerate(rows) if r["speedup"] >= fastest * (1 - FLOOR_TOLERANCE)) if timer
+        fastest = max(r["speedup"] for r in rows) if probe else None
+        kept = (next(i for i, r in enumerate(rows) if r["speedup"] >= fastest * (1 - FLOOR_TOLERANCE)) if probe
                 else len(rows) - 1)
         goal = ", ".join(f"{k} {v}" for k, v in t.model_dump().items() if v is not None)
         notes.append(f"target not met ({goal}): kept step {kept}, the "
-                     + ("least-pruned model within 3 % of the best speed-up measured" if timer else "most-pruned model")
+                     + ("least-pruned model within 3 % of the best speed-up measured" if probe else "most-pruned model")
                      + f" ({_describe(rows[kept], macs0, params0)}).")
     else:
         notes.insert(0, f"target met at step {kept}: {_describe(rows[kept], macs0, params0)}."
@@ -552,31 +539,26 @@ def _onnx_runner(model: nn.Module, input_shape, path: Path, x: np.ndarray, threa
     return load(export_onnx(copy.deepcopy(model).eval(), tuple(input_shape), path), threads=threads).timer(x)
 
 
-class _LatencyProbe:
-    """onnxruntime p50 at batch 1 on 1 thread of a model, timed interleaved with the input model."""
+def _latency_probe(reference: nn.Module, input_shape, folder: Path, rounds: int, seed: int):
+    """``measure(model, name) -> (p50 in ms, speed-up vs the input model's p50 in the same rounds)``: onnxruntime at
+    batch 1 on 1 thread, timed interleaved with the input model (exported once); ``model`` None: the input alone."""
+    x = np.zeros((1, *input_shape), np.float32)
+    ref = _onnx_runner(reference, input_shape, folder / "input.onnx", x)
 
-    def __init__(self, reference: nn.Module, input_shape, folder: Path, rounds: int, seed: int):
-        self.shape, self.folder, self.rounds, self.seed = tuple(input_shape), folder, rounds, seed
-        self.x = np.zeros((1, *self.shape), np.float32)
-        self.ref = _onnx_runner(reference, self.shape, folder / "input.onnx", self.x)
-
-    def measure(self, model: nn.Module | None, name: str) -> tuple[float, float]:
-        """(p50 in ms, speed-up vs the input model's p50 in the same rounds); ``model`` None: the input alone."""
-        from compress.bench import time_interleaved
-
-        runners = {"input": self.ref}
+    def measure(model: nn.Module | None, name: str) -> tuple[float, float]:
+        runners = {"input": ref}
         if model is not None:
-            runners[name] = _onnx_runner(model, self.shape, self.folder / f"{name}.onnx", self.x)
-        t = time_interleaved(runners, rounds=self.rounds, calls=20, warmup=20, seed=self.seed)
+            runners[name] = _onnx_runner(model, input_shape, folder / f"{name}.onnx", x)
+        t = time_interleaved(runners, rounds=rounds, calls=20, warmup=20, seed=seed)
         p50 = t[list(runners)[-1]].p50
         return p50, t["input"].p50 / p50
+
+    return measure
 
 
 def measure_latency(models: dict[str, nn.Module], input_shape, *, batch: int = 1, threads: int = 1, rounds: int = 30,
                     calls: int = 20, seed: int = 0) -> dict:
     """Export every model to ONNX and time them interleaved with onnxruntime: name -> Timing."""
-    from compress.bench import time_interleaved
-
     x = np.zeros((batch, *input_shape), np.float32)
     with tempfile.TemporaryDirectory(prefix="compress-lat-") as tmp:
         runners = {name: _onnx_runner(m, input_shape, Path(tmp) / f"{name}.onnx", x, threads)
@@ -592,7 +574,7 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """
     produced: dict[int, nn.Module] = {}
     hooks = [m.register_forward_hook(lambda mod, _i, out: produced.__setitem__(id(out), mod))
-             for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.Conv1d)]
+             for m in model.modules() if isinstance(m, _LAYER_TYPES)]
     try:
         with torch.no_grad():
             out = model.eval()(example)
@@ -615,10 +597,16 @@ def recalibrate_bn(model: nn.Module, data, batches: int, rng, batch_size: int = 
     """
     if not bn.batchnorms(model):
         return 0
+    bn.accumulate(model, (x for _, x, _ in _batches(data, rng, batches, batch_size)))
+    return min(batch_size, len(data)) * batches
+
+
+def _batches(data, rng, count: int, batch_size: int):
+    """``count`` batches ``(rows, x, y)`` of distinct random training rows, each drawn when it is consumed."""
     n = min(batch_size, len(data))
-    draws = (rng.choice(len(data), size=n, replace=False) for _ in range(batches))
-    bn.accumulate(model, (torch.from_numpy(data.x[idx]) for idx in draws))
-    return n * batches
+    for _ in range(count):
+        idx = rng.choice(len(data), size=n, replace=False)
+        yield idx, torch.from_numpy(np.ascontiguousarray(data.x[idx])), torch.from_numpy(data.y[idx])
 
 
 def _recover(model: nn.Module, ctx, cfg: PruneConfig, rng) -> None:
@@ -626,14 +614,10 @@ def _recover(model: nn.Module, ctx, cfg: PruneConfig, rng) -> None:
     from compress.losses.hinton import hinton_kd_loss
 
     teacher = ctx.teacher_logits("train")
-    data = ctx.splits.train
     opt = torch.optim.Adam(model.parameters(), lr=cfg.recover_lr)
     model.train()
-    n = min(cfg.batch_size, len(data))
-    for _ in range(cfg.recover_steps):
-        idx = torch.from_numpy(rng.choice(len(data), size=n, replace=False))
-        x, y = torch.from_numpy(np.ascontiguousarray(data.x[idx.numpy()])), torch.from_numpy(data.y[idx.numpy()])
-        loss = hinton_kd_loss(model(x), teacher[idx], y, 4.0, 0.5)
+    for idx, x, y in _batches(ctx.splits.train, rng, cfg.recover_steps, cfg.batch_size):
+        loss = hinton_kd_loss(model(x), teacher[torch.from_numpy(idx)], y, 4.0, 0.5)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -641,11 +625,9 @@ def _recover(model: nn.Module, ctx, cfg: PruneConfig, rng) -> None:
     model.eval()
 
 
-def _accumulate_gradients(model: nn.Module, data, batches: int, rng, batch_size: int = 64) -> None:
+def _accumulate_gradients(model: nn.Module, data, batches: int, rng) -> None:
     """Taylor importance scores |w * dL/dw|: fill .grad from a few training batches (train split only)."""
     model.eval()  # BN statistics stay as trained; gradients still flow
     model.zero_grad(set_to_none=True)
-    for _ in range(batches):
-        idx = rng.choice(len(data), size=min(batch_size, len(data)), replace=False)
-        x, y = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx])
+    for _, x, y in _batches(data, rng, batches, 64):
         F.cross_entropy(model(x), y).backward()

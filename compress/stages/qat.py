@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from pydantic import Field
 from torch import nn
 
@@ -122,15 +122,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def prepare_qat(model: nn.Module, qmax: int = 127, momentum: float = 0.1) -> nn.Module:
     """A BN-folded copy with every Conv2d and Linear wrapped in a ``FakeQuantLayer``."""
     model = fold_batchnorm(model)
-
-    def wrap(parent: nn.Module) -> None:
+    for parent in list(model.modules()):  # listed first: the wrappers made below are not visited
         for name, child in parent.named_children():
             if isinstance(child, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 setattr(parent, name, FakeQuantLayer(child, qmax, momentum))
-            else:
-                wrap(child)
-
-    wrap(model)
     return model
 
 
@@ -164,25 +159,21 @@ def to_qdq(model: nn.Module, input_shape, path, opset: int = 17) -> dict:
 
 
 def _int8_weights(model: onnx.ModelProto, qmax: int) -> int:
-    """Replace the fp32 weight initializer of every Conv/Gemm/MatMul fed by a DequantizeLinear'd input by
-    INT8 values + DequantizeLinear (per output channel)."""
-    from onnx import helper
-
+    """Replace the fp32 weight initializer of every Conv/Gemm fed by a DequantizeLinear'd input by INT8 values +
+    DequantizeLinear (per output channel); returns how many."""
     inits = {i.name: i for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    new_nodes, done = [], 0
+    new_nodes = []
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in inits:
-            continue
-        if getattr(producer.get(node.input[0]), "op_type", None) != "DequantizeLinear":
+        if (node.op_type not in ("Conv", "Gemm") or node.input[1] not in inits
+                or getattr(producer.get(node.input[0]), "op_type", None) != "DequantizeLinear"):
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         # the output-channel axis: Conv: [out, in, kh, kw]; Linear exports as Gemm with transB=1: [out, in]
         axis = 1 if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0) else 0
         amax = np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).max(1)
         scale = np.where(amax > 0, amax / qmax, 1.0)
-        shape = [1] * w.ndim
-        shape[axis] = -1
+        shape = [-1 if d == axis else 1 for d in range(w.ndim)]
         q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
         base = node.input[1]
         model.graph.initializer.extend([numpy_helper.from_array(q, base + "_int8"),
@@ -191,13 +182,12 @@ def _int8_weights(model: onnx.ModelProto, qmax: int) -> int:
         new_nodes.append(helper.make_node("DequantizeLinear", [base + "_int8", base + "_scale", base + "_zero_point"],
                                           [base + "_dq"], name=base + "_DequantizeLinear", axis=axis))
         node.input[1] = base + "_dq"
-        done += 1
     # DequantizeLinear of constants first: the graph stays topologically sorted
     nodes = new_nodes + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     onnx.checker.check_model(drop_unused_initializers(model))
-    return done
+    return len(new_nodes)
 
 
 @register_stage(QatConfig, accepts={"torch"}, produces="onnx", trains=True)

@@ -14,22 +14,27 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from compress._io import atomic_path
+from compress._onnx import convert_to_ort, set_metadata
 from compress._progress import say
 from compress.artifact import Artifact
+from compress.bench import cpu_info, time_interleaved
 from compress.errors import StageError
 from compress.quantization import backend
 from compress.quantization.backend import gemm_to_matmul, matmul_name
-from compress.quantization.search import (CANDIDATE_COLUMNS, Candidate, ValScorer, accuracy_aware, candidate_rows, choose,
-                                          time_files)
+from compress.quantization.search import CANDIDATE_COLUMNS, Candidate, ValScorer, accuracy_aware, candidate_rows, choose
+from compress.runtimes.onnxruntime import load
 from compress.stages.base import StageConfig, register_stage
+from compress.stages.export import SUFFIX, file_metadata, write_runtime_file
 
 __all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul", "DEFAULT_BUDGET", "INT4_LEVELS"]
 
 DEFAULT_BUDGET = 0.01  # auto, mixed and accuracy_level auto without max_accuracy_drop: one accuracy point
 INT4_LEVELS = (0, 1, 2, 4)  # MatMulNBits compute types on CPU: 0 default, 1 fp32, 2 fp16 (fp32 on x86), 4 INT8
+_NO_LINEAR = "quantize: int4_weight_only found no linear layer (MatMul/Gemm with constant weights) to quantize"
 
 
 class CalibrationConfig(BaseModel):
@@ -97,39 +102,12 @@ def _static_info(st: backend.Int8Static, cfg: QuantizeConfig, fmt: str | None = 
                 reduce_range=st.reduce_range)
 
 
-def _level(cfg: QuantizeConfig) -> int | None:
-    return None if cfg.accuracy_level == "auto" else cfg.accuracy_level
-
-
 def _linear(layers):
     return [layer for layer in layers if layer.linear]
 
 
-def _no_linear_error(mode: str) -> StageError:
-    return StageError(f"quantize: {mode} found no linear layer (MatMul/Gemm with constant weights) to quantize")
-
-
-def _plain(art: Artifact, cfg: QuantizeConfig, ctx, tmp: Path, wd: Path, info: dict) -> None:
-    """The modes without an accuracy budget: one file, exactly as the options say."""
-    if cfg.mode == "int8_static":
-        st = _static(art.path, wd, cfg, ctx, cache_ranges=False)
-        st.write(tmp, fmt=cfg.format)
-        info.update(_static_info(st, cfg))
-    elif cfg.mode == "int8_dynamic":
-        backend.int8_dynamic(art.path, tmp, per_channel=cfg.per_channel)
-        info.update(per_channel=cfg.per_channel)
-    else:
-        n = backend.int4(art.path, tmp, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level)
-        if n == 0:
-            raise _no_linear_error("int4_weight_only")
-        info.update(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level, matmulnbits_nodes=n)
-
-
-# --- accuracy-aware: keep the most sensitive layers fp32 ----------------------------------------------------
-
-
-def _pct(x: float) -> str:
-    return f"{x:+.2%}"
+# --- one function per mode: without an accuracy budget (``scorer`` and ``budget`` None) one file, exactly as the
+# options say; with one, the most sensitive layers stay fp32 ------------------------------------------------------
 
 
 def _int8_aware(st: backend.Int8Static, scorer, budget, wd, fmt: str = "qdq") -> tuple[Path, dict]:
@@ -138,16 +116,19 @@ def _int8_aware(st: backend.Int8Static, scorer, budget, wd, fmt: str = "qdq") ->
                           lambda ex, p: st.write(p, exclude=ex, fmt=fmt), scorer, budget, wd, "int8", "INT8")
 
 
-def _search_int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
-    st = _static(art.path, wd, cfg, ctx)
+def _int8_static(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    st = _static(art.path, wd, cfg, ctx, cache_ranges=budget is not None)
+    if budget is None:
+        return st.write(wd / "int8.onnx", fmt=cfg.format), _static_info(st, cfg)
     path, info = _int8_aware(st, scorer, budget, wd, cfg.format)
     info.update(_static_info(st, cfg))
     return path, info
 
 
-def _search_int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
-    import onnx
-
+def _int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    if budget is None:
+        path = backend.int8_dynamic(art.path, wd / "dyn.onnx", per_channel=cfg.per_channel)
+        return path, {"per_channel": cfg.per_channel}
     # quantize_dynamic rewrites Gemm as MatMul + Add under new names; rewritten first, the names hold
     src = wd / "dyn_src.onnx"
     onnx.save(gemm_to_matmul(onnx.load(str(art.path))), str(src))
@@ -160,10 +141,16 @@ def _search_int8_dynamic(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]
     return path, info
 
 
-def _search_int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+def _int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+    if budget is None:
+        path = wd / "int4.onnx"
+        n = backend.int4(art.path, path, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level)
+        if n == 0:
+            raise StageError(_NO_LINEAR)
+        return path, dict(block_size=cfg.block_size, accuracy_level=cfg.accuracy_level, matmulnbits_nodes=n)
     layers = _linear(backend.weighted_layers(art.path))
     if not layers:
-        raise _no_linear_error("int4_weight_only")
+        raise StageError(_NO_LINEAR)
     if cfg.accuracy_level == "auto":
         return _int4_levels(art, cfg, ctx, wd, scorer, budget, layers)
 
@@ -180,31 +167,42 @@ def _search_int4(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     return path, info
 
 
-def _timed_choice(cands: list[Candidate], ctx, scorer: ValScorer, budget: float) -> tuple[Candidate, bool]:
+def _timed_choice(cands: list[Candidate], ctx, scorer: ValScorer, budget: float,
+                  title: str) -> tuple[Candidate, bool, dict]:
+    """``choose`` among the candidates, each scored, then timed at batch 1 on one thread in the same interleaved
+    rounds after warm-up; with their table (speeds against the first)."""
     for c in cands:
         if c.path is not None:
             c.score = scorer(c.path)
-    bench = ctx.recipe.bench
-    time_files(cands, ctx.splits.val.x[:1], rounds=bench.rounds, calls=bench.calls, seed=ctx.recipe.seed)
-    return choose(cands, budget)
+    x1, bench = ctx.splits.val.x[:1], ctx.recipe.bench
+    runners = {c.name: load(c.path, threads=1).timer(x1) for c in cands if c.path is not None}
+    timings = time_interleaved(runners, rounds=bench.rounds, calls=bench.calls, seed=ctx.recipe.seed)
+    for c in cands:
+        if c.name in timings:
+            c.timing = timings[c.name].as_dict()
+            c.size_bytes = Path(c.path).stat().st_size
+    winner, met = choose(cands, budget)
+    return winner, met, {"title": title, "columns": CANDIDATE_COLUMNS, "rows": candidate_rows(cands, cands[0])}
+
+
+def _int4_candidates(src, cfg: QuantizeConfig, wd: Path, name: str) -> list[Candidate]:
+    """One MatMulNBits file per compute type of INT4_LEVELS, each a candidate named ``<name> <level>``."""
+    for level in INT4_LEVELS:
+        backend.int4(src, wd / f"int4_level{level}.onnx", block_size=cfg.block_size, accuracy_level=level)
+    return [Candidate(f"{name} {level}", wd / f"int4_level{level}.onnx") for level in INT4_LEVELS]
 
 
 def _cpu_note() -> str:
-    from compress.bench import cpu_info
-
     c = cpu_info()
     return (f"Timed on {c['model']} ({c['machine']}, {c['cores']} cores, features: {', '.join(c['features']) or 'none'}); "
             "batch 1, one thread, onnxruntime, all candidates in the same interleaved rounds after warm-up.")
 
 
 def _int4_levels(art, cfg, ctx, wd, scorer, budget, layers) -> tuple[Path, dict]:
-    ref = Candidate("fp32 (source, reference)", Path(art.path), eligible=False)
-    cands = [ref]
-    for level in INT4_LEVELS:
-        p = wd / f"int4_level{level}.onnx"
-        backend.int4(art.path, p, block_size=cfg.block_size, accuracy_level=level)
-        cands.append(Candidate(f"INT4 accuracy_level {level}", p))
-    winner, met = _timed_choice(cands, ctx, scorer, budget)
+    cands = [Candidate("fp32 (source, reference)", Path(art.path), eligible=False),
+             *_int4_candidates(art.path, cfg, wd, "INT4 accuracy_level")]
+    winner, met, table = _timed_choice(cands, ctx, scorer, budget,
+                                       f"INT4 accuracy levels (block size {cfg.block_size})")
     level = int(winner.name.rsplit(" ", 1)[1])
     info = {"block_size": cfg.block_size, "accuracy_level": level, "accuracy_level_choice": "auto",
             "matmulnbits_nodes": len(layers), "budget_met": met, "val_accuracy": winner.score.accuracy,
@@ -212,8 +210,7 @@ def _int4_levels(art, cfg, ctx, wd, scorer, budget, layers) -> tuple[Path, dict]
             "notes": [f"accuracy_level auto: level {level} is the fastest within the budget of {budget:.2%}" if met else
                       f"No accuracy_level met the budget of {budget:.2%}; kept the most accurate, level {level}.",
                       _cpu_note()],
-            "tables": [{"title": f"INT4 accuracy levels (block size {cfg.block_size})", "columns": CANDIDATE_COLUMNS,
-                        "rows": candidate_rows(cands, ref)}]}
+            "tables": [table]}
     return winner.path, info
 
 
@@ -222,18 +219,18 @@ def _mixed_build(st: backend.Int8Static, cfg: QuantizeConfig, plan: dict[str, st
     excl = [n for n, p in plan.items() if p != "int8"]
     mid = st.write(wd / (dst.stem + "_int8.onnx"), exclude=excl)
     by_name = {layer.name: layer for layer in layers}
-    backend.int4(mid, dst, block_size=cfg.block_size, accuracy_level=_level(cfg),
+    backend.int4(mid, dst, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
                  include=[matmul_name(by_name[n]) for n, p in plan.items() if p == "int4"])
     return dst
 
 
-def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+def _mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     st = _static(art.path, wd, cfg, ctx)
     layers = st.layers
     p8, info = _int8_aware(st, scorer, budget, wd)  # INT8 first, as int8_static with max_accuracy_drop
     plan = {layer.name: "fp32" if layer.name in info["fp32_layers"] else "int8" for layer in layers}
     big = [layer for layer in _linear(layers) if layer.weights >= cfg.int4_min_weights and plan[layer.name] == "int8"]
-    info.update(_static_info(st, cfg), block_size=cfg.block_size, accuracy_level=_level(cfg),
+    info.update(_static_info(st, cfg), block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
                 int4_min_weights=cfg.int4_min_weights)
     path, score = p8, scorer(p8)
     if not big:
@@ -243,7 +240,8 @@ def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
         sens4 = {}
         for i, layer in enumerate(big):
             p = wd / f"sens_int4_{i}.onnx"
-            backend.int4(st.pre, p, block_size=cfg.block_size, accuracy_level=_level(cfg), include=[matmul_name(layer)])
+            backend.int4(st.pre, p, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level,
+                         include=[matmul_name(layer)])
             sens4[layer.name] = scorer(p)
         rows = []
         for i, layer in enumerate(sorted(big, key=lambda la: (sens4[la.name].drop, sens4[la.name].logit_error))):
@@ -253,8 +251,8 @@ def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
             ok = s.within(budget)
             if ok:
                 plan, path, score = trial, p, s
-            rows.append([layer.name, f"{layer.weights:,}", _pct(sens4[layer.name].drop),
-                         f"{sens4[layer.name].logit_error:.2e}", f"{s.accuracy:.2%}", _pct(s.drop),
+            rows.append([layer.name, f"{layer.weights:,}", f"{sens4[layer.name].drop:+.2%}",
+                         f"{sens4[layer.name].logit_error:.2e}", f"{s.accuracy:.2%}", f"{s.drop:+.2%}",
                          "INT4" if ok else "stays INT8 (budget)"])
         info["tables"].append({"title": "INT4 candidates (large linear layers, least sensitive first)",
                                "columns": ["layer", "weights", "val acc drop (INT4 alone)", "logit error",
@@ -262,13 +260,13 @@ def _search_mixed(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     n4 = sum(p == "int4" for p in plan.values())
     n8 = sum(p == "int8" for p in plan.values())
     info["notes"].append(f"Mixed precision: {n4} layer(s) INT4 (MatMulNBits), {n8} INT8, {len(layers) - n4 - n8} fp32; "
-                         f"validation drop {_pct(score.drop)} (budget {budget:.2%}).")
+                         f"validation drop {score.drop:+.2%} (budget {budget:.2%}).")
     info.update(plan=plan, matmulnbits_nodes=n4, budget_met=score.within(budget), val_accuracy=score.accuracy,
                 val_drop=score.drop)
     return path, info
 
 
-def _search_auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
+def _auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
     src = Path(art.path)
     st = _static(src, wd, cfg, ctx)
     fp32 = Candidate("fp32 (source)", src)
@@ -281,25 +279,19 @@ def _search_auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
         cands.append(Candidate(f"INT8 static QDQ, {len(extra['fp32_layers'])} layer(s) fp32", path))
     cands.append(Candidate("INT8 dynamic", backend.int8_dynamic(src, wd / "auto_dyn.onnx", per_channel=cfg.per_channel)))
     if _linear(backend.weighted_layers(src)):
-        for level in INT4_LEVELS:
-            p = wd / f"auto_int4_{level}.onnx"
-            backend.int4(src, p, block_size=cfg.block_size, accuracy_level=level)
-            cands.append(Candidate(f"INT4 weight-only, accuracy_level {level}", p))
+        cands += _int4_candidates(src, cfg, wd, "INT4 weight-only, accuracy_level")
     else:
         cands.append(Candidate("INT4 weight-only", None, error="no linear layer (MatMul/Gemm with constant weights)"))
-    winner, met = _timed_choice(cands, ctx, scorer, budget)
-    from compress.bench import cpu_info
-
+    winner, met, table = _timed_choice(cands, ctx, scorer, budget, "Candidates (validation accuracy, latency)")
     info = {"winner": winner.name, "budget": budget, "budget_met": met, "val_accuracy": winner.score.accuracy,
             "val_drop": winner.score.drop, "cpu": cpu_info(), **_static_info(st, cfg, fmt="qdq")}
     spd = fp32.timing["p50"] / winner.timing["p50"]
     notes = [f"auto: {winner.name} ships, the fastest candidate within the accuracy budget of {budget:.2%} "
-             f"(validation drop {_pct(winner.score.drop)}, {spd:.2f}x the fp32 source's p50)" if met else
+             f"(validation drop {winner.score.drop:+.2%}, {spd:.2f}x the fp32 source's p50)" if met else
              f"auto: no candidate met the budget of {budget:.2%}; kept the most accurate, {winner.name}.",
              _cpu_note(), "Timings within 3 % of the fastest count as a tie, won by the more accurate (then smaller) file."]
     info["notes"] = notes + extra["notes"]
-    info["tables"] = [{"title": "Candidates (validation accuracy, latency)", "columns": CANDIDATE_COLUMNS,
-                       "rows": candidate_rows(cands, fp32)}] + extra["tables"]
+    info["tables"] = [table] + extra["tables"]
     info["candidates"] = [{"name": c.name, "val_accuracy": c.score.accuracy if c.score else None,
                            "val_drop": c.score.drop if c.score else None, "latency_ms": c.timing,
                            "size_bytes": c.size_bytes, "verdict": c.verdict} for c in cands]
@@ -308,8 +300,6 @@ def _search_auto(art, cfg, ctx, wd, scorer, budget) -> tuple[Path, dict]:
 
 def _not_quantized_yet(path) -> None:
     """A file that already has quantized operators (from ``qat`` or an earlier quantize) is refused."""
-    import onnx
-
     done = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits", "QLinearConv", "QGemm",
             "QLinearMatMul", "ConvInteger", "MatMulInteger"}
     found = sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node} & done)
@@ -318,8 +308,8 @@ def _not_quantized_yet(path) -> None:
                          "file); quantize takes an fp32 model: drop this stage, or put it after an export of an fp32 model")
 
 
-SEARCH = {"int8_static": _search_int8_static, "int8_dynamic": _search_int8_dynamic, "int4_weight_only": _search_int4,
-          "mixed": _search_mixed, "auto": _search_auto}
+MODES = {"int8_static": _int8_static, "int8_dynamic": _int8_dynamic, "int4_weight_only": _int4, "mixed": _mixed,
+         "auto": _auto}
 
 
 @register_stage(QuantizeConfig, accepts={"onnx"}, produces="onnx")
@@ -331,27 +321,21 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx) -> Artifact:
     # onnxruntime's calibrators print progress to stdout; the report carries what matters.
     with tempfile.TemporaryDirectory(prefix="compress-quantize-") as wd, atomic_path(dst) as tmp, \
             contextlib.redirect_stdout(io.StringIO()):
-        if budget is None:
-            _plain(art, cfg, ctx, tmp, Path(wd), info)
-        else:
-            val = ctx.splits.val
-            scorer = ValScorer(art.path, val.x, val.y)
-            path, found = SEARCH[cfg.mode](art, cfg, ctx, Path(wd), scorer, budget)
-            shutil.copyfile(path, tmp)
+        scorer = None if budget is None else ValScorer(art.path, ctx.splits.val.x, ctx.splits.val.y)
+        path, found = MODES[cfg.mode](art, cfg, ctx, Path(wd), scorer, budget)
+        shutil.copyfile(path, tmp)
+        info.update(found)
+        if scorer is not None:
             final = scorer(tmp)  # re-measured on the file that ships
-            info.update(found, max_accuracy_drop=budget, source_val_accuracy=scorer.ref_accuracy,
+            info.update(max_accuracy_drop=budget, source_val_accuracy=scorer.ref_accuracy,
                         val_accuracy=final.accuracy, val_drop=final.drop, budget_met=final.within(budget),
                         quantized_files_scored=scorer.calls)
     if info.get("budget_met") is False:
         say(f"[yellow]warning: quantize ({cfg.mode}): no file met max_accuracy_drop {budget:.2%} on validation; kept the "
             f"best one found (drop {info['val_drop']:.2%}), see the report's quantize section[/yellow]", ctx.quiet)
-    from compress._onnx import set_metadata
-    from compress.stages.export import file_metadata
-
     set_metadata(dst, file_metadata(ctx))  # before the .ort conversion, which keeps them
     formats = art.info.get("formats") or []
     if "ort" in formats:
-        from compress._onnx import convert_to_ort
         info["ort_path"] = str(convert_to_ort(dst, dst.with_suffix(".ort")))
     info["formats"] = formats
     files = _runtime_files(art, cfg, ctx, dst, info)
@@ -366,8 +350,6 @@ def _runtime_files(art: Artifact, cfg: QuantizeConfig, ctx, dst: Path, info: dic
     pt2e quantizes the torch module (kept on the artifact by ``export``), calibrated on exactly the
     training samples the ONNX path used. Other modes have no counterpart there: the fp32 files carry on.
     """
-    from compress.stages.export import SUFFIX, write_runtime_file
-
     prev = {k: v for k, v in (art.info.get("files") or {}).items() if k in ("executorch", "litert")}
     if not prev:
         return {}

@@ -49,6 +49,7 @@ class RecipeBase(Strict):
 
     def check(self) -> None:
         """Rules across keys, after parsing and before any compute (the task's recipe adds its own)."""
+        check_chain(self, self._lines)
 
     def check_files(self) -> None:
         """Checks of the files a recipe names that need no compute (a model folder's config), after resolve_paths."""

@@ -13,6 +13,7 @@ import re
 import stat
 import types
 import typing
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -23,7 +24,7 @@ from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
 from compress.config import RecipeBase, SplitConfig, Strict, check_chain, nodes
 from compress.lm.recipe import LMRecipe
-from compress.errors import RecipeError, key_path
+from compress.errors import CompressError, RecipeError, key_path
 from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES, stages_for
 
@@ -88,11 +89,9 @@ class DataConfig(Strict):
     @field_validator("class_names")
     @classmethod
     def _unique_names(cls, v):
-        if v is not None:
-            seen: set[str] = set()
-            twice = [n for n in v if n in seen or seen.add(n)]
-            if twice:
-                raise ValueError(f"class names must be unique; {sorted(set(twice))[:5]} appear more than once")
+        twice = sorted(n for n, count in Counter(v or ()).items() if count > 1)
+        if twice:
+            raise ValueError(f"class names must be unique; {twice[:5]} appear more than once")
         return v
 
     @field_validator("normalize")
@@ -174,12 +173,8 @@ class BenchConfig(Strict):
     calls: int = Field(20, ge=1, description="timed calls per model per round")
 
 
-def _stage_union():
-    configs = tuple(spec.config for spec in STAGES.values())
-    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 - built at import
-
-
-StageUnion = _stage_union()
+StageUnion = Annotated[Union[tuple(spec.config for spec in STAGES.values())],  # noqa: UP007 - built at import
+                       Field(discriminator="type")]
 
 
 class Recipe(RecipeBase):
@@ -216,9 +211,6 @@ class Recipe(RecipeBase):
             model["patch"] = teacher_model["patch"]
         student = {**data["student"], "model": model}
         return {**data, "student": student}
-
-    def check(self) -> None:
-        check_chain(self, self._lines)
 
 
 
@@ -349,8 +341,6 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
 def recipe_and_data(report: dict, load: Any) -> tuple[RecipeBase | None, Any]:
     """``(recipe, load(recipe))`` for the recipe a report.json holds (how compress check re-measures), or
     ``(None, why)`` when the recipe or its data cannot be loaded as they were."""
-    from compress.errors import CompressError
-
     try:
         recipe = parse_recipe(dict(report["recipe"]), report.get("recipe_file"))
         return recipe, load(recipe)
@@ -515,9 +505,7 @@ def load_recipe(path: str | Path) -> RecipeBase:
     path = Path(path)
     data, lines = read_yaml(path)
     recipe = parse_recipe(data, str(path), lines)
-    fixed = recipe.resolve_paths(path.parent)
-    if fixed is not recipe:
-        fixed._lines = recipe._lines
+    fixed = recipe.resolve_paths(path.parent)  # a model_copy: it keeps the line map
     fixed.check_files()
     return fixed
 

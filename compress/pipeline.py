@@ -334,33 +334,25 @@ def _keys(recipe, prep, start: str, tutor: str, torch_only: bool = False) -> lis
     for i, st in enumerate(recipe.stages):
         if torch_only and specs[st.type].produces != "torch":
             break
-        keys.append(stage_key(recipe, prep.fingerprint, i, walk.input_key(i), tutor))
+        keys.append(stage_key(recipe, prep.fingerprint, i, walk.input(i), tutor))
         walk.done(i, keys[-1])
     return keys
 
 
 class _Chain:
-    """Which key (and artifact) feeds each stage: the previous stage's output, or, for a branch stage right
-    after another branch stage, that stage's own input (StageSpec.branches)."""
+    """What feeds each stage (its input key, or its input artifact): the previous stage's output, or, for a branch
+    stage right after another branch stage, that stage's own input (StageSpec.branches)."""
 
-    def __init__(self, recipe, start_key: str, start=None):
+    def __init__(self, recipe, start):
         self.specs = [stages_for(recipe.task)[st.type] for st in recipe.stages]
-        self.out_key, self.out_art = start_key, start
-        self.in_key, self.in_art = start_key, start
+        self.src = self.out = start
 
-    def input_key(self, i: int) -> str:
-        return self.in_key if self._side(i) else self.out_key
+    def input(self, i: int):
+        side = i > 0 and self.specs[i].branches and self.specs[i - 1].branches
+        return self.src if side else self.out
 
-    def input_art(self, i: int):
-        return self.in_art if self._side(i) else self.out_art
-
-    def _side(self, i: int) -> bool:
-        return i > 0 and self.specs[i].branches and self.specs[i - 1].branches
-
-    def done(self, i: int, key: str, art=None) -> None:
-        if not self._side(i):
-            self.in_key, self.in_art = self.out_key, self.out_art
-        self.out_key, self.out_art = key, art
+    def done(self, i: int, out) -> None:
+        self.src, self.out = self.input(i), out
 
 
 def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: bool = True,
@@ -408,22 +400,16 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
         add(name, "assistant", Artifact(name, "torch", model, params=task.params(model)), out_dir / f"{name}.onnx")
     measured += stage_entries
 
-    final_src = measured[-1]["path"]
-    final_path = out_dir / "model.onnx"
-    with atomic_path(final_path) as tmp:
-        shutil.copyfile(final_src, tmp)
-    final_info = {"source": measured[-1]["name"]}
-    final_files = {"onnx": str(final_path)}
-    for fmt, src in runtime_files(art.info).items():  # every runtime file: model.ort, model.pte, model.tflite
+    final_files = {}  # model.onnx and every runtime file: model.ort, model.pte, model.tflite
+    for fmt, src in {"onnx": measured[-1]["path"], **runtime_files(art.info)}.items():
         dst = out_dir / f"model{Path(src).suffix}"
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
         final_files[fmt] = str(dst)
-    if "ort" in final_files:
-        final_info["ort_path"] = final_files["ort"]
-    final_info["files"] = final_files
+    final_info = {"source": measured[-1]["name"], **({"ort_path": final_files["ort"]} if "ort" in final_files else {}),
+                  "files": final_files}
     task.finish(recipe, prep, art, measured, final_files, out_dir)
-    measured.append({**measured[-1], "name": "final", "role": "final", "path": final_path,
+    measured.append({**measured[-1], "name": "final", "role": "final", "path": Path(final_files["onnx"]),
                      "info": {**measured[-1]["info"], **final_info}})
     return Built(measured, stage_log, final_files)
 
@@ -452,7 +438,7 @@ class _StageRun:
         specs = stages_for(recipe.task)
         ctx = task.context(recipe, prep, tutor, self.out_dir, self.cache, self.quiet, label)
         last_train = max((i for i, st in enumerate(recipe.stages) if specs[st.type].trains), default=-1)
-        alone, log, chain = distributed.world_size() == 1, [], _Chain(recipe, art.key, art)
+        alone, log, chain = distributed.world_size() == 1, [], _Chain(recipe, art)
         n = len(recipe.stages)
         for i, st in enumerate(recipe.stages):
             spec = specs[st.type]
@@ -460,14 +446,13 @@ class _StageRun:
                 break
             if not writer and i > last_train:
                 return None, log
-            src = chain.input_art(i)
+            src = chain.input(i)
             ctx.stage_index = i
             key = ctx.stage_key = stage_key(recipe, prep.fingerprint, i, src.key, tutor.key)
             prefix = f"{i + 1:02d}_{st.type}"
             t0 = time.perf_counter()
-            stages_dir = self.out_dir / "stages"
             template = task.template(prep, src)
-            load = lambda: self.stage_cache.load(key, template, stages_dir, prefix)  # noqa: E731
+            load = lambda: self.stage_cache.load(key, template, self.out_dir / "stages", prefix)  # noqa: E731
             cached = load() if writer else None
             # Collectives only while every rank is still here (the others leave after the last training stage).
             if i <= last_train and distributed.agree(cached is not None) and cached is None:
@@ -486,13 +471,13 @@ class _StageRun:
                 say(f"[bold cyan]stage {i + 1}/{n}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", self.quiet)
                 out = task.fresh(cached, prep, recipe.seed)
             self.assistants += list(out.extra)
-            chain.done(i, key, out)
+            chain.done(i, out)
             log.append({"index": i + 1, "type": st.type, "config": st.model_dump(mode="json", by_alias=True),
                         "cached": cached is not None, "seconds": round(time.perf_counter() - t0, 2),
                         **({"model": label} if label != "student" else {})})
             if add is not None:
                 add(prefix, "stage", out, ctx.stage_path(st.type, ".onnx"))
-        return chain.out_art, log
+        return chain.out, log
 
     def _run(self, st, i: int, art: Artifact, ctx, key: str) -> Artifact:
         """Stage ``i`` on ``art``; a failure names the stage, and keeps the last good weights when it has them."""

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +122,7 @@ def _model_for(recipe: Recipe, role: str, splits: Splits, seed: int) -> torch.nn
 
 def validate(recipe, output: str | Path | None = None) -> list[str]:
     """What a run would do, as lines; raises the first problem found. Trains and writes nothing."""
-    target = output_dir(recipe, output)
-    task = task_of(recipe)
-    lines = [f"output: {target}", *task.validate(recipe, prepare(recipe))]
+    lines = [f"output: {output_dir(recipe, output)}", *task_of(recipe).validate(recipe, prepare(recipe))]
     produced, specs = "torch", stages_for(recipe.task)
     for i, st in enumerate(recipe.stages):
         lines.append(f"stage {i + 1}: {st.type} ({produced} -> {specs[st.type].produces})")
@@ -365,15 +364,16 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
     task = task_of(recipe)
     teacher = task.teacher(recipe, prep, cache, quiet)
     measured: list[dict] = []
+    stage_entries: list[dict] = []  # measured after the models the stages make on the way
 
-    def add(name: str, role: str, art: Artifact, path: Path) -> None:
+    def add(name: str, role: str, art: Artifact, path: Path, into: list = measured) -> None:
         if not writer:  # other ranks only train
             return
         if art.format == "torch":
             task.export(art.model, path, prep)
-        measured.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
-                         "params": art.params, "macs": art.macs, "lineage": list(art.lineage), "info": dict(art.info),
-                         "key": art.key})
+        into.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
+                     "params": art.params, "macs": art.macs, "lineage": list(art.lineage), "info": dict(art.info),
+                     "key": art.key})
 
     add("teacher", "teacher", teacher, out_dir / "teacher.onnx")
     scratch = task.scratch(recipe, prep, cache, quiet)
@@ -389,13 +389,10 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
         chain_log += log
         add(f"assistant{j}", "assistant", art, out_dir / f"assistant{j}.onnx")
         tutor = dataclasses.replace(art, key=cache_key("assistant-id", tutor.key, j, art.key))
-    pos = len(measured)
-    art, stage_log = run.stages(task.student(recipe, prep), tutor, "student", add=add)
+    art, stage_log = run.stages(task.student(recipe, prep), tutor, "student", add=partial(add, into=stage_entries))
     if art is None or not writer:  # the other ranks only train
         return None
     stage_log = chain_log + stage_log
-    stage_entries = measured[pos:]
-    del measured[pos:]
     for name, model in run.assistants:  # made by a stage on the way (a distill chain): measured before the stages
         add(name, "assistant", Artifact(name, "torch", model, params=task.params(model)), out_dir / f"{name}.onnx")
     measured += stage_entries

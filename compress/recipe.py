@@ -217,27 +217,25 @@ class Recipe(RecipeBase):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _line_map(node, path=(), out=None, paths=None) -> dict[tuple, int]:
+def _line_map(node, paths: dict, path=(), out=None) -> dict[tuple, int]:
     """Key path -> 1-based line, read off the YAML node tree (``yaml.compose`` is as safe as safe_load).
 
-    ``paths``, when given, collects ``id(mapping node) -> key path`` (for the duplicate-key message). The
-    recursion is bounded: _scan_events has refused anything nested deeper than MAX_YAML_DEPTH.
+    ``paths`` collects ``id(mapping node) -> key path`` (for the duplicate-key message). The recursion is
+    bounded: _scan_events has refused anything nested deeper than MAX_YAML_DEPTH.
     """
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        if paths is not None:
-            paths[id(node)] = path
+        paths[id(node)] = path
         for k, v in node.value:
             if not isinstance(k, yaml.ScalarNode):
                 continue  # a list or mapping as a key: construction refuses it (unhashable key), at its line
-            key = k.value
-            out[path + (key,)] = k.start_mark.line + 1
-            _line_map(v, path + (key,), out, paths)
+            out[path + (k.value,)] = k.start_mark.line + 1
+            _line_map(v, paths, path + (k.value,), out)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[path + (i,)] = item.start_mark.line + 1
-            _line_map(item, path + (i,), out, paths)
+            _line_map(item, paths, path + (i,), out)
     return out
 
 
@@ -478,7 +476,7 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
         loader = _RecipeLoader(text, paths)
         try:
             node = loader.get_single_node()  # composed once: the line map and the data come from the same nodes
-            lines = _line_map(node, paths=paths) if node is not None else {}
+            lines = _line_map(node, paths) if node is not None else {}
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()

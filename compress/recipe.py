@@ -305,9 +305,7 @@ def _message(err: dict, data: dict, schema: type[BaseModel]) -> tuple[tuple, str
         choices = [a or b for a, b in re.findall(r"'([^']*)'|(-?\d+)", expected)]
         got = err.get("input")
         return loc, f"invalid value {got!r}; {_hint(got, choices)}valid choices: {', '.join(choices)}"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     if kind not in ("model_type", "dict_type") and not isinstance(got, (dict, list)):
         msg += f" (got {got!r})"

@@ -199,11 +199,12 @@ def _setup(recipe, output: str):
     """The data split, the recipe's teacher (trained once, cached like ``compress run``), the student's init."""
     from compress import bn
     from compress.cache import Cache
-    from compress.pipeline import prepare, teacher_key, train_cached
+    from compress.pipeline import ClassifyTask, prepare, train_cached
 
     prep = prepare(recipe)
     t = recipe.teacher.train
-    teacher, _ = train_cached(Cache(Path(output) / ".cache"), teacher_key(recipe, prep), prep.teacher, prep.splits,
+    key = ClassifyTask.teacher_key(recipe, prep)
+    teacher, _ = train_cached(Cache(Path(output) / ".cache"), key, prep.teacher, prep.splits,
                               epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay,
                               seed=recipe.seed, desc="teacher", quiet=True)
     teacher = bn.fresh(teacher, prep.splits.train.x, recipe.seed)[0].eval()

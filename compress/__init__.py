@@ -5,6 +5,11 @@
     >>> report = run("recipes/tiny-lm.yaml", output="/tmp/out")  # a path works too; task: lm runs the LM pipeline  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
 __version__ = "0.1.0"
 __all__ = ["load_recipe", "run", "validate", "__version__"]
 
@@ -14,8 +19,31 @@ def __getattr__(name):  # lazy: `compress --help` must not import torch
         from compress.recipe import load_recipe
 
         return load_recipe
-    if name in ("run", "validate"):
-        from compress import _api
-
-        return getattr(_api, name)
     raise AttributeError(name)
+
+
+def _loaded(recipe: Any):
+    if isinstance(recipe, (str, Path)):
+        from compress.recipe import load_recipe
+
+        return load_recipe(recipe)
+    return recipe
+
+
+def run(recipe: Any, output: str | Path | None = None, quiet: bool = False, force: bool = False) -> dict:
+    """Run a recipe (a loaded ``Recipe`` / ``LMRecipe`` or the path of a YAML file); returns the report.
+
+    Example:
+        >>> import compress
+        >>> report = compress.run("recipes/tiny-lm.yaml", output="/tmp/out", quiet=True)  # doctest: +SKIP
+    """
+    from compress import pipeline
+
+    return pipeline.run(_loaded(recipe), output=output, quiet=quiet, force=force)
+
+
+def validate(recipe: Any, output: str | Path | None = None) -> list[str]:
+    """Check a recipe (or its path) without training; returns what a run would do, as lines."""
+    from compress import pipeline
+
+    return pipeline.validate(_loaded(recipe), output)

@@ -39,6 +39,5 @@ class Artifact:
 
     def derive(self, name: str, **changes: Any) -> "Artifact":
         """A new artifact made from this one by stage ``name``."""
-        changes.setdefault("info", {})
-        changes.setdefault("extra", ())
-        return dataclasses.replace(self, name=name, lineage=self.lineage + (self.name,), **changes)
+        return dataclasses.replace(self, **{"info": {}, "extra": (), **changes}, name=name,
+                                   lineage=self.lineage + (self.name,))

@@ -49,6 +49,7 @@ class RecipeBase(Strict):
 
     def check(self) -> None:
         """Rules across keys, after parsing and before any compute (the task's recipe adds its own)."""
+        check_chain(self)
 
     def check_files(self) -> None:
         """Checks of the files a recipe names that need no compute (a model folder's config), after resolve_paths."""
@@ -85,9 +86,8 @@ def nodes(obj):
             yield from nodes(v)
 
 
-def check_chain(recipe: RecipeBase, lines: dict[tuple, int] | None = None) -> None:
+def check_chain(recipe: RecipeBase) -> None:
     """Each stage must accept what the one before it produces; the student enters as a torch model."""
-    lines = lines or {}
     produced, prev, specs = "torch", "the student model", stages_for(recipe.task)
     for i, st in enumerate(recipe.stages):
         spec = specs[st.type]
@@ -98,5 +98,5 @@ def check_chain(recipe: RecipeBase, lines: dict[tuple, int] | None = None) -> No
             raise ChainError(
                 f"stage '{st.type}' cannot follow {prev}: '{st.type}' takes {' or '.join(sorted(spec.accepts))} models "
                 f"but {prev} produces {produced} models; put '{st.type}' {where}",
-                recipe.source_file, lines.get(("stages", i)), f"stages[{i}]")
+                recipe.source_file, recipe._lines.get(("stages", i)), f"stages[{i}]")
         produced, prev = spec.produces, f"stage '{st.type}' (stages[{i}])"

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import os
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +51,6 @@ OWNED = ("teacher.onnx", "scratch.onnx", "assistant*.onnx", "model.*", "report.j
 class Prepared:
     splits: Splits
     teacher: torch.nn.Module
-    teacher_has_weights: bool
     student: torch.nn.Module
 
     @property
@@ -65,8 +67,6 @@ def output_dir(recipe: Recipe, output: str | Path | None = None, folder: str | N
     existing = next(p for p in (target, *target.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise CompressError(f"output path {existing} is a file, not a folder; pass --output DIR")
-    import tempfile
-
     try:
         probe = tempfile.mkdtemp(prefix=".compress-probe-", dir=existing)
         os.rmdir(probe)
@@ -101,7 +101,7 @@ def prepare_classify(recipe: Recipe) -> Prepared:
         raise recipe.error_at(str(exc), "data", "path" if recipe.data.path else "source") from None
     teacher = _model_for(recipe, "teacher", splits, seed=recipe.seed)
     student = _model_for(recipe, "student", splits, seed=recipe.seed + 1)  # the scratch baseline starts here too
-    return Prepared(splits, teacher.eval(), recipe.teacher.weights is not None, student)
+    return Prepared(splits, teacher.eval(), student)
 
 
 def _model_for(recipe: Recipe, role: str, splits: Splits, seed: int) -> torch.nn.Module:
@@ -122,9 +122,7 @@ def _model_for(recipe: Recipe, role: str, splits: Splits, seed: int) -> torch.nn
 
 def validate(recipe, output: str | Path | None = None) -> list[str]:
     """What a run would do, as lines; raises the first problem found. Trains and writes nothing."""
-    target = output_dir(recipe, output)
-    task = task_of(recipe)
-    lines = [f"output: {target}", *task.validate(recipe, prepare(recipe))]
+    lines = [f"output: {output_dir(recipe, output)}", *task_of(recipe).validate(recipe, prepare(recipe))]
     produced, specs = "torch", stages_for(recipe.task)
     for i, st in enumerate(recipe.stages):
         lines.append(f"stage {i + 1}: {st.type} ({produced} -> {specs[st.type].produces})")
@@ -137,7 +135,8 @@ def validate_classify(recipe: Recipe, p: Prepared) -> list[str]:
     s_macs, s_params = count_macs_params(p.student, p.splits.input_shape)
     return [f"data: {p.splits.describe()}",
             f"teacher: {describe_spec(recipe.teacher.model)}, {t_params:,} params, {t_macs:,} MACs, "
-            + ("weights from " + str(recipe.teacher.weights) if p.teacher_has_weights else f"trained for {recipe.teacher.train.epochs} epochs"),
+            + (f"weights from {recipe.teacher.weights}" if recipe.teacher.weights
+               else f"trained for {recipe.teacher.train.epochs} epochs"),
             f"student: {describe_spec(recipe.student.model)}, {s_params:,} params, {s_macs:,} MACs"]
 
 
@@ -188,12 +187,6 @@ def scratch_budget(recipe: Recipe) -> dict | None:
     return budget
 
 
-def _named_files(cfg) -> list:
-    """Digests of the files a stage config names (teachers' weights, ONNX files, logits): editing such a
-    file in place must invalidate the stage's cache entry, as editing the config does."""
-    return [(str(p), file_digest(p) if p.is_file() else None) for p in nodes(cfg) if isinstance(p, Path)]
-
-
 def file_digest(path: Path | None) -> str | None:
     """sha256 of a file's bytes (weights given by path are part of every cache key downstream)."""
     return None if path is None else sha256_file(path)
@@ -229,8 +222,6 @@ def _run(recipe: Recipe, prep: Prepared, out_dir: Path, quiet: bool, force: bool
     task = task_of(recipe)
     cache = output_cache(out_dir, force)
     if not writer:  # the other ranks train with rank 0 and write nothing of the run (a private scratch folder)
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="compress-rank-") as scratch_dir:
             build(recipe, prep, Path(scratch_dir), cache, quiet=True, writer=False)
         return {}
@@ -285,8 +276,6 @@ def fp32_counterpart(measured: list[dict]) -> str | None:
 
 def refuse_planted_links(out_dir: Path, owned: tuple[str, ...]) -> None:
     """A symlink among the names a run replaces (``stages``, ``model.onnx``, ...) is refused before any compute."""
-    import fnmatch
-
     for name in os.listdir(out_dir):
         if any(fnmatch.fnmatchcase(name, p) for p in owned):
             inside(out_dir, name)  # raises UnsafePathError for a symlink
@@ -319,9 +308,12 @@ class Built:
 
 
 def stage_key(recipe, fingerprint: str, i: int, input_key: str, teacher: str) -> str:
-    """Stage ``i``'s cache key: the key of its input artifact, the teacher's, its position and config."""
+    """Stage ``i``'s cache key: the key of its input artifact, the teacher's, its position and config, and the
+    digests of the files its config names (teachers' weights, ONNX files, logits): editing such a file in place
+    must invalidate the stage's cache entry, as editing the config does."""
     st = recipe.stages[i]
-    return cache_key("stage", input_key, teacher, i, st.model_dump(mode="json", by_alias=True), _named_files(st),
+    files = [(str(p), file_digest(p) if p.is_file() else None) for p in nodes(st) if isinstance(p, Path)]
+    return cache_key("stage", input_key, teacher, i, st.model_dump(mode="json", by_alias=True), files,
                      recipe.seed, fingerprint)
 
 
@@ -341,33 +333,25 @@ def _keys(recipe, prep, start: str, tutor: str, torch_only: bool = False) -> lis
     for i, st in enumerate(recipe.stages):
         if torch_only and specs[st.type].produces != "torch":
             break
-        keys.append(stage_key(recipe, prep.fingerprint, i, walk.input_key(i), tutor))
+        keys.append(stage_key(recipe, prep.fingerprint, i, walk.input(i), tutor))
         walk.done(i, keys[-1])
     return keys
 
 
 class _Chain:
-    """Which key (and artifact) feeds each stage: the previous stage's output, or, for a branch stage right
-    after another branch stage, that stage's own input (StageSpec.branches)."""
+    """What feeds each stage (its input key, or its input artifact): the previous stage's output, or, for a branch
+    stage right after another branch stage, that stage's own input (StageSpec.branches)."""
 
-    def __init__(self, recipe, start_key: str, start=None):
+    def __init__(self, recipe, start):
         self.specs = [stages_for(recipe.task)[st.type] for st in recipe.stages]
-        self.out_key, self.out_art = start_key, start
-        self.in_key, self.in_art = start_key, start
+        self.src = self.out = start
 
-    def input_key(self, i: int) -> str:
-        return self.in_key if self._side(i) else self.out_key
+    def input(self, i: int):
+        side = i > 0 and self.specs[i].branches and self.specs[i - 1].branches
+        return self.src if side else self.out
 
-    def input_art(self, i: int):
-        return self.in_art if self._side(i) else self.out_art
-
-    def _side(self, i: int) -> bool:
-        return i > 0 and self.specs[i].branches and self.specs[i - 1].branches
-
-    def done(self, i: int, key: str, art=None) -> None:
-        if not self._side(i):
-            self.in_key, self.in_art = self.out_key, self.out_art
-        self.out_key, self.out_art = key, art
+    def done(self, i: int, out) -> None:
+        self.src, self.out = self.input(i), out
 
 
 def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: bool = True,
@@ -380,15 +364,16 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
     task = task_of(recipe)
     teacher = task.teacher(recipe, prep, cache, quiet)
     measured: list[dict] = []
+    stage_entries: list[dict] = []  # measured after the models the stages make on the way
 
-    def add(name: str, role: str, art: Artifact, path: Path) -> None:
+    def add(name: str, role: str, art: Artifact, path: Path, into: list = measured) -> None:
         if not writer:  # other ranks only train
             return
         if art.format == "torch":
             task.export(art.model, path, prep)
-        measured.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
-                         "params": art.params, "macs": art.macs, "lineage": list(art.lineage), "info": dict(art.info),
-                         "key": art.key})
+        into.append({"name": name, "role": role, "path": Path(art.path if art.format == "onnx" else path),
+                     "params": art.params, "macs": art.macs, "lineage": list(art.lineage), "info": dict(art.info),
+                     "key": art.key})
 
     add("teacher", "teacher", teacher, out_dir / "teacher.onnx")
     scratch = task.scratch(recipe, prep, cache, quiet)
@@ -404,33 +389,24 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
         chain_log += log
         add(f"assistant{j}", "assistant", art, out_dir / f"assistant{j}.onnx")
         tutor = dataclasses.replace(art, key=cache_key("assistant-id", tutor.key, j, art.key))
-    pos = len(measured)
-    art, stage_log = run.stages(task.student(recipe, prep), tutor, "student", add=add)
-    if art is None:
+    art, stage_log = run.stages(task.student(recipe, prep), tutor, "student", add=partial(add, into=stage_entries))
+    if art is None or not writer:  # the other ranks only train
         return None
     stage_log = chain_log + stage_log
-    stage_entries = measured[pos:]
-    del measured[pos:]
     for name, model in run.assistants:  # made by a stage on the way (a distill chain): measured before the stages
         add(name, "assistant", Artifact(name, "torch", model, params=task.params(model)), out_dir / f"{name}.onnx")
     measured += stage_entries
 
-    final_src = measured[-1]["path"]
-    final_path = out_dir / "model.onnx"
-    with atomic_path(final_path) as tmp:
-        shutil.copyfile(final_src, tmp)
-    final_info = {"source": measured[-1]["name"]}
-    final_files = {"onnx": str(final_path)}
-    for fmt, src in runtime_files(art.info).items():  # every runtime file: model.ort, model.pte, model.tflite
+    final_files = {}  # model.onnx and every runtime file: model.ort, model.pte, model.tflite
+    for fmt, src in {"onnx": measured[-1]["path"], **runtime_files(art.info)}.items():
         dst = out_dir / f"model{Path(src).suffix}"
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
         final_files[fmt] = str(dst)
-    if "ort" in final_files:
-        final_info["ort_path"] = final_files["ort"]
-    final_info["files"] = final_files
+    final_info = {"source": measured[-1]["name"], **({"ort_path": final_files["ort"]} if "ort" in final_files else {}),
+                  "files": final_files}
     task.finish(recipe, prep, art, measured, final_files, out_dir)
-    measured.append({**measured[-1], "name": "final", "role": "final", "path": final_path,
+    measured.append({**measured[-1], "name": "final", "role": "final", "path": Path(final_files["onnx"]),
                      "info": {**measured[-1]["info"], **final_info}})
     return Built(measured, stage_log, final_files)
 
@@ -448,9 +424,7 @@ class _StageRun:
     quiet: bool
     writer: bool
     last_good_dir: Path
-
-    def __post_init__(self):
-        self.assistants: list = []  # (name, model) that stages made on the way (Artifact.extra)
+    assistants: list = field(default_factory=list)  # (name, model) that stages made on the way (Artifact.extra)
 
     def stages(self, art: Artifact, tutor: Artifact, label: str, *, torch_only: bool = False, add=None):
         """Run the stages on ``art`` taught by ``tutor``; returns the last artifact (None on a non-writing rank once
@@ -460,7 +434,7 @@ class _StageRun:
         specs = stages_for(recipe.task)
         ctx = task.context(recipe, prep, tutor, self.out_dir, self.cache, self.quiet, label)
         last_train = max((i for i, st in enumerate(recipe.stages) if specs[st.type].trains), default=-1)
-        alone, log, chain = distributed.world_size() == 1, [], _Chain(recipe, art.key, art)
+        alone, log, chain = distributed.world_size() == 1, [], _Chain(recipe, art)
         n = len(recipe.stages)
         for i, st in enumerate(recipe.stages):
             spec = specs[st.type]
@@ -468,14 +442,13 @@ class _StageRun:
                 break
             if not writer and i > last_train:
                 return None, log
-            src = chain.input_art(i)
+            src = chain.input(i)
             ctx.stage_index = i
             key = ctx.stage_key = stage_key(recipe, prep.fingerprint, i, src.key, tutor.key)
             prefix = f"{i + 1:02d}_{st.type}"
             t0 = time.perf_counter()
-            stages_dir = self.out_dir / "stages"
             template = task.template(prep, src)
-            load = lambda: self.cache.get_stage(key, template, stages_dir, prefix)  # noqa: E731
+            load = lambda: self.cache.get_stage(key, template, self.out_dir / "stages", prefix)  # noqa: E731
             cached = load() if writer else None
             # Collectives only while every rank is still here (the others leave after the last training stage).
             if i <= last_train and distributed.agree(cached is not None) and cached is None:
@@ -494,13 +467,13 @@ class _StageRun:
                 say(f"[bold cyan]stage {i + 1}/{n}[/bold cyan] {st.type}: [dim]cached {key}[/dim]", self.quiet)
                 out = task.fresh(cached, prep, recipe.seed)
             self.assistants += list(out.extra)
-            chain.done(i, key, out)
+            chain.done(i, out)
             log.append({"index": i + 1, "type": st.type, "config": st.model_dump(mode="json", by_alias=True),
                         "cached": cached is not None, "seconds": round(time.perf_counter() - t0, 2),
                         **({"model": label} if label != "student" else {})})
             if add is not None:
                 add(prefix, "stage", out, ctx.stage_path(st.type, ".onnx"))
-        return chain.out_art, log
+        return chain.out, log
 
     def _run(self, st, i: int, art: Artifact, ctx, key: str) -> Artifact:
         """Stage ``i`` on ``art``; a failure names the stage, and keeps the last good weights when it has them."""
@@ -517,18 +490,13 @@ class _StageRun:
             raise type(exc)(message) from None
 
 
-def measure_key(recipe: Recipe, splits: Splits, measured: list[dict]) -> str:
-    """The measurements' cache key: the files measured (by their sha256, with their names and roles), the
-    bench settings, the data and the CPU. Keyed by the bytes measured, not by how they were made: a file
-    that changes is measured again, whatever its stage key says."""
-    return cache_key("eval", [(m["name"], m["role"], file_digest(Path(m["path"]))) for m in measured],
-                     recipe.bench.model_dump(), recipe.seed, splits.fingerprint, cpu_info())
-
-
 def measure(recipe: Recipe, splits: Splits, measured: list[dict], cache: Cache, *, quiet: bool) -> tuple[list[dict], str]:
-    """Test accuracy and interleaved latency of every model in ``measured``, in one session (cached by the
-    files' digests, the bench settings and the CPU). Returns the report's model entries and the cache key."""
-    eval_key = measure_key(recipe, splits, measured)
+    """Test accuracy and interleaved latency of every model in ``measured``, in one session. Returns the report's
+    model entries and the cache key: the files measured (by their sha256, with their names and roles), the bench
+    settings, the data and the CPU. Keyed by the bytes measured, not by how they were made: a file that changes is
+    measured again, whatever its stage key says."""
+    eval_key = cache_key("eval", [(m["name"], m["role"], file_digest(Path(m["path"]))) for m in measured],
+                         recipe.bench.model_dump(), recipe.seed, splits.fingerprint, cpu_info())
     # Only the measurements are cached; names, paths and stage facts come from this run.
     measurements = cache.get_json("eval", eval_key)
     if not (isinstance(measurements, list) and len(measurements) == len(measured)
@@ -606,7 +574,7 @@ class ClassifyTask:
     @staticmethod
     def teacher_key(recipe: Recipe, prep: Prepared) -> str:
         """The teacher's spec and training settings, or the digest of the weights it was given."""
-        if prep.teacher_has_weights:
+        if recipe.teacher.weights:
             return cache_key("teacher-weights", file_digest(recipe.teacher.weights), prep.splits.fingerprint)
         return cache_key("teacher", recipe.teacher.model.model_dump(), recipe.teacher.train.model_dump(), recipe.seed,
                          prep.splits.fingerprint)
@@ -617,17 +585,16 @@ class ClassifyTask:
                          recipe.seed, prep.splits.fingerprint)
 
     def teacher(self, recipe: Recipe, prep: Prepared, cache: Cache, quiet: bool) -> Artifact:
-        splits, t_key = prep.splits, self.teacher_key(recipe, prep)
-        teacher, info = prep.teacher, {"weights": str(recipe.teacher.weights)} if prep.teacher_has_weights else {}
-        if not prep.teacher_has_weights:
-            t = recipe.teacher.train
-            teacher, info = train_cached(cache, t_key, teacher, splits, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
-                                         weight_decay=t.weight_decay, seed=recipe.seed, desc="teacher", quiet=quiet)
+        t_key, t = self.teacher_key(recipe, prep), recipe.teacher.train
+        teacher, info = prep.teacher, {"weights": str(recipe.teacher.weights)}
+        if not recipe.teacher.weights:
+            teacher, info = train_cached(cache, t_key, teacher, prep.splits, epochs=t.epochs, lr=t.lr,
+                                         batch_size=t.batch_size, weight_decay=t.weight_decay, seed=recipe.seed,
+                                         desc="teacher", quiet=quiet)
         # The teacher's soft targets, like every measurement, need BatchNorm statistics that match its weights.
-        teacher, why = bn.fresh(teacher, splits.train.x, recipe.seed)
-        macs, params = count_macs_params(teacher, splits.input_shape)
-        return Artifact("teacher", "torch", teacher, params=params, macs=macs, key=t_key, info={
-            "spec": describe_spec(recipe.teacher.model), **info, **({"bn_recalibrated": why} if why else {})})
+        teacher, why = bn.fresh(teacher, prep.splits.train.x, recipe.seed)
+        return _torch_artifact("teacher", teacher, recipe.teacher.model, prep, t_key,
+                               {**info, **({"bn_recalibrated": why} if why else {})})
 
     def scratch(self, recipe: Recipe, prep: Prepared, cache: Cache, quiet: bool) -> Artifact | None:
         budget = scratch_budget(recipe)
@@ -636,14 +603,10 @@ class ClassifyTask:
         key = cache_key("scratch", recipe.student.model.model_dump(), budget, recipe.seed, prep.splits.fingerprint)
         scratch, info = train_cached(cache, key, prep.student, prep.splits, seed=recipe.seed, desc="scratch student",
                                      quiet=quiet, **budget)
-        macs, params = count_macs_params(prep.student, prep.splits.input_shape)
-        return Artifact("scratch", "torch", scratch, params=params, macs=macs, key=key,
-                        info={"spec": describe_spec(recipe.student.model), "budget": budget, **info})
+        return _torch_artifact("scratch", scratch, recipe.student.model, prep, key, {"budget": budget, **info})
 
     def student(self, recipe: Recipe, prep: Prepared) -> Artifact:
-        macs, params = count_macs_params(prep.student, prep.splits.input_shape)
-        return Artifact("student", "torch", prep.student, params=params, macs=macs,
-                        info={"spec": describe_spec(recipe.student.model)}, key=self.student_key(recipe, prep))
+        return _torch_artifact("student", prep.student, recipe.student.model, prep, self.student_key(recipe, prep), {})
 
     @staticmethod
     def assistants(recipe: Recipe, prep: Prepared) -> list:
@@ -685,6 +648,13 @@ class ClassifyTask:
         from compress.preprocess import write_model_card  # preprocessing in every ONNX file's metadata; model.json
 
         write_model_card(recipe, prep.splits, measured, final_files, out_dir)
+
+
+def _torch_artifact(name: str, model: torch.nn.Module, spec, prep: Prepared, key: str, info: dict) -> Artifact:
+    """A model the chain starts from, with its MACs and parameters counted for one sample."""
+    macs, params = count_macs_params(model, prep.splits.input_shape)
+    return Artifact(name, "torch", model, params=params, macs=macs, key=key,
+                    info={"spec": describe_spec(spec), **info})
 
 
 def task_named(name: str):

@@ -13,6 +13,7 @@ import re
 import stat
 import types
 import typing
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -23,7 +24,7 @@ from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
 from compress.config import RecipeBase, SplitConfig, Strict, check_chain, nodes
 from compress.lm.recipe import LMRecipe
-from compress.errors import RecipeError, key_path
+from compress.errors import CompressError, RecipeError, key_path
 from compress.models.spec import ModelSpec
 from compress.stages.base import STAGES, stages_for
 
@@ -88,11 +89,9 @@ class DataConfig(Strict):
     @field_validator("class_names")
     @classmethod
     def _unique_names(cls, v):
-        if v is not None:
-            seen: set[str] = set()
-            twice = [n for n in v if n in seen or seen.add(n)]
-            if twice:
-                raise ValueError(f"class names must be unique; {sorted(set(twice))[:5]} appear more than once")
+        twice = sorted(n for n, count in Counter(v or ()).items() if count > 1)
+        if twice:
+            raise ValueError(f"class names must be unique; {twice[:5]} appear more than once")
         return v
 
     @field_validator("normalize")
@@ -174,12 +173,8 @@ class BenchConfig(Strict):
     calls: int = Field(20, ge=1, description="timed calls per model per round")
 
 
-def _stage_union():
-    configs = tuple(spec.config for spec in STAGES.values())
-    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 - built at import
-
-
-StageUnion = _stage_union()
+StageUnion = Annotated[Union[tuple(spec.config for spec in STAGES.values())],  # noqa: UP007 - built at import
+                       Field(discriminator="type")]
 
 
 class Recipe(RecipeBase):
@@ -217,35 +212,30 @@ class Recipe(RecipeBase):
         student = {**data["student"], "model": model}
         return {**data, "student": student}
 
-    def check(self) -> None:
-        check_chain(self, self._lines)
-
 
 
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _line_map(node, path=(), out=None, paths=None) -> dict[tuple, int]:
+def _line_map(node, paths: dict, path=(), out=None) -> dict[tuple, int]:
     """Key path -> 1-based line, read off the YAML node tree (``yaml.compose`` is as safe as safe_load).
 
-    ``paths``, when given, collects ``id(mapping node) -> key path`` (for the duplicate-key message). The
-    recursion is bounded: _scan_events has refused anything nested deeper than MAX_YAML_DEPTH.
+    ``paths`` collects ``id(mapping node) -> key path`` (for the duplicate-key message). The recursion is
+    bounded: _scan_events has refused anything nested deeper than MAX_YAML_DEPTH.
     """
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        if paths is not None:
-            paths[id(node)] = path
+        paths[id(node)] = path
         for k, v in node.value:
             if not isinstance(k, yaml.ScalarNode):
                 continue  # a list or mapping as a key: construction refuses it (unhashable key), at its line
-            key = k.value
-            out[path + (key,)] = k.start_mark.line + 1
-            _line_map(v, path + (key,), out, paths)
+            out[path + (k.value,)] = k.start_mark.line + 1
+            _line_map(v, paths, path + (k.value,), out)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[path + (i,)] = item.start_mark.line + 1
-            _line_map(item, path + (i,), out, paths)
+            _line_map(item, paths, path + (i,), out)
     return out
 
 
@@ -253,48 +243,36 @@ def _data_path(data, loc) -> tuple:
     """Drop pydantic's union tags from an error location so that it matches the YAML key path."""
     out, cur = [], data
     for i, part in enumerate(loc):
-        if isinstance(cur, dict) and part in cur:
+        if isinstance(cur, dict) and part in cur or isinstance(cur, list) and isinstance(part, int) and part < len(cur):
             out.append(part)
             cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
-            out.append(part)
-            cur = cur[part]
-        elif isinstance(cur, dict) and part in (cur.get("type"), cur.get("kind")):
-            continue  # discriminated-union tag (stage type, loss kind), not a key
-        elif i == len(loc) - 1:
-            out.append(part)  # a missing key: report it under its parent's line
-        else:
-            continue
+        elif i == len(loc) - 1 and not (isinstance(cur, dict) and part in (cur.get("type"), cur.get("kind"))):
+            out.append(part)  # a missing key (not a discriminated-union tag): reported under its parent's line
     return tuple(out)
 
 
-def _model_at(path, cls: Any = None) -> type[BaseModel] | None:
-    """The pydantic model class that holds the keys at ``path`` below ``cls`` (default: Recipe)."""
-    cls = Recipe if cls is None else cls
-    for part in path:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+def _model_at(data, path: tuple, tp) -> type[BaseModel] | None:
+    """The pydantic model class that holds the keys at ``path`` (a key path into ``data``, every part present) below
+    the annotation ``tp``: lists and Optional unwrapped, a discriminated union (a stage's ``type``, a loss's
+    ``kind``) resolved to the member the data names."""
+    parts = list(path)
+    while True:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is Union or origin is types.UnionType:
+            members = [a for a in args if a is not type(None)]
+            tp = members[0] if len(members) == 1 else None
+        elif origin is Annotated:
+            tag = getattr(args[1], "discriminator", None)
+            tp = next((m for m in typing.get_args(args[0]) if tag and isinstance(data, dict)
+                       and data.get(tag) in typing.get_args(m.model_fields[tag].annotation)), None)
+        elif not parts:
+            return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+        elif origin in (list, tuple) and isinstance(parts[0], int):
+            tp, data = args[0], data[parts.pop(0)]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and parts[0] in tp.model_fields:
+            tp, data = tp.model_fields[parts[0]].annotation, data[parts.pop(0)]
+        else:
             return None
-        field = cls.model_fields.get(part)
-        if field is None:
-            return None
-        cls = _unwrap(field.annotation)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-
-
-def _unwrap(tp):
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple):
-        return _unwrap(typing.get_args(tp)[0])
-    if origin is Union or origin is types.UnionType:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _unwrap(args[0]) if len(args) == 1 else None
-    return tp
-
-
-def _keys_of(cls: type[BaseModel]) -> list[str]:
-    return [f.alias or n for n, f in cls.model_fields.items() if not f.exclude]
 
 
 def _hint(got, choices) -> str:
@@ -302,14 +280,13 @@ def _hint(got, choices) -> str:
     return f"did you mean '{close[0]}'? " if close else ""
 
 
-def _message(err: dict, data, stage_types: list[str], root: type[BaseModel] | None = None,
-             stage_configs: dict | None = None) -> tuple[tuple, str]:
+def _message(err: dict, data: dict, schema: type[BaseModel]) -> tuple[tuple, str]:
     loc = _data_path(data, err["loc"])
     kind, ctx = err["type"], err.get("ctx", {})
     if kind == "extra_forbidden":
         key = loc[-1]
-        parent = _parent_model(data, loc[:-1], root, stage_configs)
-        valid = _keys_of(parent) if parent else []
+        parent = _model_at(data, loc[:-1], schema)
+        valid = [f.alias or n for n, f in parent.model_fields.items() if not f.exclude] if parent else []
         return loc, f"unknown key '{key}'; {_hint(key, valid)}valid keys: {', '.join(valid)}"
     if kind == "missing":
         return loc, "required key is missing"
@@ -317,6 +294,7 @@ def _message(err: dict, data, stage_types: list[str], root: type[BaseModel] | No
         from compress.losses import LOSSES
 
         loss = "kind" in str(ctx.get("discriminator", ""))
+        stage_types = sorted(stages_for(data.get("task", "classify")))
         tag, what, choices = ("kind", "loss", sorted(LOSSES)) if loss else ("type", "stage", stage_types)
         got = ctx.get("tag")
         path = loc if loc and loc[-1] == tag else loc + (tag,)
@@ -327,39 +305,11 @@ def _message(err: dict, data, stage_types: list[str], root: type[BaseModel] | No
         choices = [a or b for a, b in re.findall(r"'([^']*)'|(-?\d+)", expected)]
         got = err.get("input")
         return loc, f"invalid value {got!r}; {_hint(got, choices)}valid choices: {', '.join(choices)}"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     if kind not in ("model_type", "dict_type") and not isinstance(got, (dict, list)):
         msg += f" (got {got!r})"
     return loc, msg
-
-
-def _loss_entry_model(data, path) -> type[BaseModel] | None:
-    """stages[i].loss[j](.key...) -> the registered loss config class holding the keys at ``path``."""
-    from compress.losses import LOSSES
-
-    try:
-        spec = LOSSES.get(data["stages"][path[1]]["loss"][path[3]].get("kind"))
-    except (KeyError, IndexError, AttributeError, TypeError):
-        spec = None
-    return _model_at(path[4:], spec.config) if spec else None
-
-
-def _parent_model(data, path, root: type[BaseModel] | None = None, stage_configs: dict | None = None) -> type[BaseModel] | None:
-    """Like _model_at, but resolves a stage entry to its config class (``stage_configs``: type -> class,
-    default the registered vision stages; ``root``: the schema, default Recipe)."""
-    configs = stage_configs if stage_configs is not None else {k: v.config for k, v in STAGES.items()}
-    if len(path) >= 4 and path[0] == "stages" and path[2] == "loss" and isinstance(path[3], int):
-        return _loss_entry_model(data, path)
-    if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
-        try:
-            config = configs.get(data["stages"][path[1]].get("type"))
-        except (KeyError, IndexError, AttributeError, TypeError):
-            config = None
-        return _model_at(path[2:], config) if config else None
-    return _model_at(path, root)
 
 
 def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | None = None) -> RecipeBase:
@@ -376,7 +326,7 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
     for i, st in enumerate(stages if isinstance(stages, list) else []):
         if not isinstance(st, dict):
             raise RecipeError(f"a stage is a mapping with a 'type' (got {st!r})", file, lines.get(("stages", i)), f"stages[{i}]")
-    recipe = validate_schema(classes[task], data, file, lines, {k: v.config for k, v in stages_for(task).items()})
+    recipe = validate_schema(classes[task], data, file, lines)
     recipe._lines = dict(lines)
     recipe.check()
     if file is not None:
@@ -387,8 +337,6 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
 def recipe_and_data(report: dict, load: Any) -> tuple[RecipeBase | None, Any]:
     """``(recipe, load(recipe))`` for the recipe a report.json holds (how compress check re-measures), or
     ``(None, why)`` when the recipe or its data cannot be loaded as they were."""
-    from compress.errors import CompressError
-
     try:
         recipe = parse_recipe(dict(report["recipe"]), report.get("recipe_file"))
         return recipe, load(recipe)
@@ -406,21 +354,16 @@ def _factory_base(recipe, folder: Path) -> None:
             set_factory_base(spec, folder)
 
 
-def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines: dict[tuple, int],
-                    stage_configs: dict | None = None):
-    """``schema.model_validate`` with every error turned into a RecipeError naming file:line:key and the choices.
-
-    ``stage_configs`` (stage type -> config class) resolves ``stages[i]`` keys; default: the registered stages.
-    """
+def validate_schema(schema: type[BaseModel], data: dict, file: str | None, lines: dict[tuple, int]):
+    """``schema.model_validate`` with every error turned into a RecipeError naming file:line:key and the choices."""
     try:
         return schema.model_validate({**data, "source_file": file})
     except ValidationError as exc:
         # Unknown keys first: a typo usually explains the "missing" error that comes with it.
         errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
-        types_ = sorted(stage_configs if stage_configs is not None else STAGES)
         found = []
         for err in errors[:5]:
-            loc, msg = _message(err, data, types_, schema, stage_configs)
+            loc, msg = _message(err, data, schema)
             line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
             found.append(RecipeError(msg, file, line, key_path(loc) or None))
         first = found[0]
@@ -531,7 +474,7 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
         loader = _RecipeLoader(text, paths)
         try:
             node = loader.get_single_node()  # composed once: the line map and the data come from the same nodes
-            lines = _line_map(node, paths=paths) if node is not None else {}
+            lines = _line_map(node, paths) if node is not None else {}
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -558,9 +501,7 @@ def load_recipe(path: str | Path) -> RecipeBase:
     path = Path(path)
     data, lines = read_yaml(path)
     recipe = parse_recipe(data, str(path), lines)
-    fixed = recipe.resolve_paths(path.parent)
-    if fixed is not recipe:
-        fixed._lines = recipe._lines
+    fixed = recipe.resolve_paths(path.parent)  # a model_copy: it keeps the line map
     fixed.check_files()
     return fixed
 

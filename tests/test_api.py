@@ -1,4 +1,4 @@
-"""compress.run / compress.validate (compress/_api.py): a recipe or its path goes to compress.pipeline, which runs it
+"""compress.run / compress.validate (compress/__init__.py): a recipe or its path goes to compress.pipeline, which runs it
 by its task (classify or lm)."""
 
 import json

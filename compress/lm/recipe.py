@@ -98,7 +98,7 @@ class LMRecipe(RecipeBase):
 
     def check(self) -> None:
         """Stage order, one export, one chain, contexts that match and fit, hf models usable; before any compute."""
-        check_chain(self, self._lines)
+        check_chain(self)
         types = [st.type for st in self.stages]
         if types.count("export") > 1:
             raise self.error_at("only one export stage", "stages", types.index("export", types.index("export") + 1))

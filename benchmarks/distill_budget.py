@@ -203,7 +203,7 @@ def _setup(recipe, output: str):
 
     prep = prepare(recipe)
     t = recipe.teacher.train
-    key = ClassifyTask.teacher_key(recipe, prep)
+    key = ClassifyTask().teacher_key(recipe, prep)
     teacher, _ = train_cached(Cache(Path(output) / ".cache"), key, prep.teacher, prep.splits,
                               epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay,
                               seed=recipe.seed, desc="teacher", quiet=True)

@@ -394,7 +394,8 @@ def build(recipe, prep, out_dir: Path, cache: Cache, *, quiet: bool, writer: boo
         return None
     stage_log = chain_log + stage_log
     for name, model in run.assistants:  # made by a stage on the way (a distill chain): measured before the stages
-        add(name, "assistant", Artifact(name, "torch", model, params=task.params(model)), out_dir / f"{name}.onnx")
+        params = sum(p.numel() for p in model.parameters())
+        add(name, "assistant", Artifact(name, "torch", model, params=params), out_dir / f"{name}.onnx")
     measured += stage_entries
 
     final_files = {}  # model.onnx and every runtime file: model.ort, model.pte, model.tflite
@@ -527,14 +528,12 @@ class ClassifyTask:
     validate = staticmethod(validate_classify)
     report = staticmethod(report_classify)
 
-    @staticmethod
-    def describe(prep: Prepared) -> str:
+    def describe(self, prep: Prepared) -> str:
         return str(prep.splits.describe())
 
     # --- the gate (compress check) ---------------------------------------------------------------------
 
-    @staticmethod
-    def remeasure(report: dict, final: Path) -> tuple[float | None, str]:
+    def remeasure(self, report: dict, final: Path) -> tuple[float | None, str]:
         """Test accuracy of ``final`` from the recipe and data a report names; (None, why) when they cannot load."""
         from compress.recipe import recipe_and_data
 
@@ -549,15 +548,13 @@ class ClassifyTask:
         pred = predict(session(final, threads=0), test.x).argmax(1)
         return float((pred == test.y).mean()), f"re-measured from {final.name} on the test split ({len(test.y)} samples)"
 
-    @staticmethod
-    def disagreement(report: dict) -> float:
+    def disagreement(self, report: dict) -> float:
         """How far report.json and its own file may disagree (CPUs round INT8 kernels differently) before the
         report is called wrong: max(1 point, 3 test samples)."""
         n = sum(report["data"].get("test_class_counts") or [])
         return max(0.01, 3 / n) if n else float("inf")
 
-    @staticmethod
-    def timers(files: dict[str, Path], *, batch: int, threads: int) -> dict:
+    def timers(self, files: dict[str, Path], *, batch: int, threads: int) -> dict:
         """One forward pass of a batch of zeros per call, by each file's runtime."""
         from compress.bench import batch_of
         from compress.runtimes import load
@@ -571,16 +568,14 @@ class ClassifyTask:
     plot = staticmethod(reporting.plot)
     print_table = staticmethod(reporting.print_table)
 
-    @staticmethod
-    def teacher_key(recipe: Recipe, prep: Prepared) -> str:
+    def teacher_key(self, recipe: Recipe, prep: Prepared) -> str:
         """The teacher's spec and training settings, or the digest of the weights it was given."""
         if recipe.teacher.weights:
             return cache_key("teacher-weights", file_digest(recipe.teacher.weights), prep.splits.fingerprint)
         return cache_key("teacher", recipe.teacher.model.model_dump(), recipe.teacher.train.model_dump(), recipe.seed,
                          prep.splits.fingerprint)
 
-    @staticmethod
-    def student_key(recipe: Recipe, prep: Prepared) -> str:
+    def student_key(self, recipe: Recipe, prep: Prepared) -> str:
         return cache_key("student", recipe.student.model.model_dump(), file_digest(recipe.student.weights),
                          recipe.seed, prep.splits.fingerprint)
 
@@ -608,26 +603,21 @@ class ClassifyTask:
     def student(self, recipe: Recipe, prep: Prepared) -> Artifact:
         return _torch_artifact("student", prep.student, recipe.student.model, prep, self.student_key(recipe, prep), {})
 
-    @staticmethod
-    def assistants(recipe: Recipe, prep: Prepared) -> list:
+    def assistants(self, recipe: Recipe, prep: Prepared) -> list:
         return []  # a distill stage's chain makes its own (compress/stages/distill.py)
 
-    @staticmethod
-    def context(recipe: Recipe, prep: Prepared, tutor: Artifact, out_dir: Path, cache: Cache, quiet: bool,
+    def context(self, recipe: Recipe, prep: Prepared, tutor: Artifact, out_dir: Path, cache: Cache, quiet: bool,
                 label: str) -> Context:
         return Context(recipe=recipe, splits=prep.splits, teacher=tutor.model, out_dir=out_dir, quiet=quiet,
                        teacher_key=tutor.key, cache=cache)  # teacher outputs kept on disk
 
-    @staticmethod
-    def template(prep: Prepared, src: Artifact) -> torch.nn.Module:
+    def template(self, prep: Prepared, src: Artifact) -> torch.nn.Module:
         return prep.student  # a cached checkpoint carries its own (pruned) layer shapes
 
-    @staticmethod
-    def arch(model) -> None:
+    def arch(self, model) -> None:
         return None
 
-    @staticmethod
-    def fresh(art: Artifact, prep: Prepared, seed: int) -> Artifact:
+    def fresh(self, art: Artifact, prep: Prepared, seed: int) -> Artifact:
         """A torch artifact whose BatchNorm statistics match its weights before the next stage, export or
         measurement (compress/bn.py); the stage's info says when they had to be re-estimated."""
         if art.format != "torch" or art.model is None:
@@ -635,16 +625,11 @@ class ClassifyTask:
         model, why = bn.fresh(art.model, prep.splits.train.x, seed)
         return dataclasses.replace(art, model=model, info={**art.info, "bn_recalibrated": why}) if why else art
 
-    @staticmethod
-    def export(model: torch.nn.Module, path: Path, prep: Prepared) -> None:
+    def export(self, model: torch.nn.Module, path: Path, prep: Prepared) -> None:
         export_onnx(model, prep.splits.input_shape, path)
 
-    @staticmethod
-    def params(model: torch.nn.Module) -> int:
-        return sum(p.numel() for p in model.parameters())
-
-    @staticmethod
-    def finish(recipe: Recipe, prep: Prepared, art: Artifact, measured: list[dict], final_files: dict, out_dir: Path) -> None:
+    def finish(self, recipe: Recipe, prep: Prepared, art: Artifact, measured: list[dict], final_files: dict,
+               out_dir: Path) -> None:
         from compress.preprocess import write_model_card  # preprocessing in every ONNX file's metadata; model.json
 
         write_model_card(recipe, prep.splits, measured, final_files, out_dir)

@@ -205,8 +205,6 @@ class LMTask:
 
         export_checked(model, path, eval_windows(prep.splits.val, model.cfg.context, 4096), *prep.export, path.stem)
 
-    params = staticmethod(params)
-
     @staticmethod
     def finish(recipe: LMRecipe, prep: LMPrepared, art: Artifact, measured: list[dict], final_files: dict,
                out_dir: Path) -> None:

@@ -320,7 +320,7 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
         raise RecipeError(f"a recipe is a YAML mapping of keys (got {type(data).__name__})", file, lines.get((), None))
     classes = {"classify": Recipe, "lm": LMRecipe}
     task = data.get("task", "classify")
-    if task not in classes:
+    if not isinstance(task, str) or task not in classes:  # a mapping or a list is not hashable: named, not a TypeError
         raise RecipeError(f"invalid value {task!r}; valid choices: {', '.join(classes)}", file, lines.get(("task",)), "task")
     stages = data.get("stages")
     for i, st in enumerate(stages if isinstance(stages, list) else []):

@@ -126,8 +126,7 @@ class _Classify(_Task):
     ylabel = "test accuracy (%)"
     xlabel = "latency p50, batch 1, 1 thread (us, log scale; one interleaved session)"
 
-    @staticmethod
-    def probe(path, prep, recipe) -> dict:
+    def probe(self, path, prep, recipe) -> dict:
         """Validation accuracy and a rough latency of one file: what TPE optimizes and what the budget
         reserves for the final session. Never reported as the candidate's latency (that comes from the one
         interleaved session at the end)."""
@@ -154,16 +153,14 @@ class _Classify(_Task):
         return {"val_accuracy": val_acc, "latency_ms": float(np.median(t)) * 1e3, "batch_ms": tb * 1e3,
                 "setup_s": setup}
 
-    @staticmethod
-    def session(p: dict, recipe) -> float:
+    def session(self, p: dict, recipe) -> float:
         """Seconds the final interleaved session will take for a model with probe ``p`` (evaluate's protocol:
         10 warm-up calls + rounds x calls at batch 1, 3 + rounds x calls/4 at the large batch, 3 sessions each)."""
         b = recipe.bench
         return (3 * p["setup_s"] + (10 + b.rounds * b.calls) * p["latency_ms"] / 1e3
                 + (3 + b.rounds * max(1, b.calls // 4)) * p["batch_ms"] / 1e3)
 
-    @staticmethod
-    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
+    def measure(self, recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
         """Test accuracy and interleaved latency (pipeline.measure); models at chance level flagged. Returns the
         models and what search.json adds."""
         from compress import pipeline
@@ -176,8 +173,7 @@ class _Classify(_Task):
             m["at_chance"] = m["accuracy"] <= chance["threshold"]
         return models, {"chance": chance}
 
-    @staticmethod
-    def notes(result: dict) -> list[str]:
+    def notes(self, result: dict) -> list[str]:
         b = result["bench"]
         return ["Test accuracy on the held-out test split (no stage trained, selected or calibrated on it); "
                 "val acc is the validation split's, the one to choose by. Latency: every candidate, the teacher and "
@@ -213,8 +209,7 @@ class _LM(_Task):
     # "used as loaded" (compress.lm.task), so defaults must stay unset.
     exclude_unset = True
 
-    @staticmethod
-    def probe(path, prep, recipe) -> dict:
+    def probe(self, path, prep, recipe) -> dict:
         """Validation bits/byte of one LM file (compress.lm.train.evaluate_lm on the validation split's windows) and
         a rough decode time per token at 1 thread (greedy, with the KV cache, after the bench prompt): what TPE
         optimizes and what the budget reserves for the final session. Never reported as the candidate's latency."""
@@ -241,8 +236,7 @@ class _LM(_Task):
         return {"val_bits_per_byte": float(bpb), "latency_ms": float(np.median(per_token)) * 1e3,
                 "prefill_ms": float(np.median(prefill)) * 1e3, "eval_s": eval_s}
 
-    @staticmethod
-    def session(p: dict, recipe) -> float:
+    def session(self, p: dict, recipe) -> float:
         """Seconds LMTask.measure will take for a file with probe ``p``: scored on the test split (about as long as
         on validation: both capped at eval.max_tokens), prefill + decode timed 2 + rounds x calls times at 1 and at
         all threads, and the greedy samples."""
@@ -253,16 +247,14 @@ class _LM(_Task):
         return (p["eval_s"] + len({1, all_threads()}) * (2 + b.rounds * b.calls) * call
                 + s.count * (p["prefill_ms"] + s.new_tokens * p["latency_ms"]) / 1e3)
 
-    @staticmethod
-    def measure(recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
+    def measure(self, recipe, prep, entries: list[dict], cache) -> tuple[list[dict], dict]:
         """Test bits/byte, perplexity, agreement and per-token decode latency (LMTask.measure, one interleaved
         benchmark); the models, nothing more for search.json."""
         from compress.pipeline import task_of
 
         return task_of(recipe).measure(recipe, prep, entries, cache, quiet=True)[0], {}
 
-    @staticmethod
-    def notes(result: dict) -> list[str]:
+    def notes(self, result: dict) -> list[str]:
         b = result["bench"]
         return ["Test bits per byte (lower is better) on the held-out test split's documents (no stage trained, "
                 "selected or calibrated on them); val bpb is the validation split's, the one to choose by. Latency: "

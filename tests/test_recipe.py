@@ -183,3 +183,10 @@ def test_a_dumped_recipe_parses_again_to_the_same_recipe(name):
     assert again.model_dump() == recipe.model_dump()
     text = recipe.data.source == "stdlib-text"
     assert (recipe.data.length, recipe.data.snippets_per_class) == ((256, 800) if text else (None, None))
+
+
+@pytest.mark.parametrize("task", [{"kind": "lm"}, ["lm"], 3])
+def test_a_task_that_is_not_a_name_is_named_with_the_choices(task):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe({"task": task, "name": "x"}, "r.yaml", {("task",): 2})
+    assert str(err.value) == f"r.yaml:2: task: invalid value {task!r}; valid choices: classify, lm"

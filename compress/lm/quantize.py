@@ -20,14 +20,13 @@ from compress.errors import StageError
 from compress.quantization import backend
 from compress.quantization.search import Candidate, Yardstick, accuracy_aware, choose
 
-__all__ = ["BpbScore", "BpbScorer", "quantize_within", "choose_int4", "EPS_BPB", "INT4_BLOCKS", "INT4_LEVELS"]
+__all__ = ["BpbScore", "BpbScorer", "quantize_within", "choose_int4", "EPS_BPB", "INT4_BLOCKS"]
 
 # Scores of the same file differ by float summation order only (~1e-7 bits/byte over 32k bytes): an
 # increase this small is "no increase", so a budget of 0 is met by a lossless file.
 EPS_BPB = 1e-6
 
 INT4_BLOCKS = (32, 64, 128)
-INT4_LEVELS = (0, 1, 2, 4)  # MatMulNBits compute: 0 default, 1 fp32, 2 fp16, 4 int8 (3, bf16, has no x86 kernel)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["Layer", "weighted_layers", "gemm_to_matmul", "Int8Static", "int8_dynamic", "int4", "matmul_name",
-           "reduce_range", "Reader", "drop_unused_initializers"]
+__all__ = ["INT4_LEVELS", "Layer", "weighted_layers", "gemm_to_matmul", "Int8Static", "int8_dynamic", "int4",
+           "matmul_name", "reduce_range", "Reader", "drop_unused_initializers"]
 
 # Operators with a constant weight: the layers a plan assigns precisions to. Pooling, activations and
 # additions follow their neighbours (QDQ quantizes them wherever their inputs are quantized).
+# MatMulNBits compute types on CPU: 0 default, 1 fp32, 2 fp16 (fp32 on x86), 4 INT8 (3, bf16, has no x86 kernel)
+INT4_LEVELS = (0, 1, 2, 4)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 

@@ -80,7 +80,8 @@ class LMQuantizeConfig(StageConfig):
 @register_stage(LMQuantizeConfig, accepts={"onnx"}, produces="onnx", tasks=("lm",), branches=True)
 def quantize(art: Artifact, cfg: LMQuantizeConfig, ctx) -> Artifact:
     from compress.lm import onnx as lmonnx
-    from compress.lm.quantize import INT4_BLOCKS, INT4_LEVELS, choose_int4, quantize_within
+    from compress.lm.quantize import INT4_BLOCKS, choose_int4, quantize_within
+    from compress.quantization.backend import INT4_LEVELS
 
     src, dst = art.path, ctx.stage_path("quantize", ".onnx")
     if cfg.auto:

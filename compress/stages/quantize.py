@@ -24,7 +24,7 @@ from compress.artifact import Artifact
 from compress.bench import cpu_info, time_interleaved
 from compress.errors import StageError
 from compress.quantization import backend
-from compress.quantization.backend import gemm_to_matmul, matmul_name
+from compress.quantization.backend import INT4_LEVELS, gemm_to_matmul, matmul_name
 from compress.quantization.search import CANDIDATE_COLUMNS, Candidate, ValScorer, accuracy_aware, candidate_rows, choose
 from compress.runtimes.onnxruntime import load
 from compress.stages.base import StageConfig, register_stage
@@ -33,7 +33,6 @@ from compress.stages.export import SUFFIX, file_metadata, write_runtime_file
 __all__ = ["QuantizeConfig", "CalibrationConfig", "quantize", "gemm_to_matmul", "DEFAULT_BUDGET", "INT4_LEVELS"]
 
 DEFAULT_BUDGET = 0.01  # auto, mixed and accuracy_level auto without max_accuracy_drop: one accuracy point
-INT4_LEVELS = (0, 1, 2, 4)  # MatMulNBits compute types on CPU: 0 default, 1 fp32, 2 fp16 (fp32 on x86), 4 INT8
 _NO_LINEAR = "quantize: int4_weight_only found no linear layer (MatMul/Gemm with constant weights) to quantize"
 
 

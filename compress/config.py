@@ -11,11 +11,29 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from compress.errors import ChainError, RecipeError, key_path
 from compress.stages.base import stages_for
 
-__all__ = ["Strict", "SplitConfig", "RecipeBase", "check_chain", "nodes"]
+__all__ = ["Strict", "SplitConfig", "TrainConfig", "LMTrainConfig", "RecipeBase", "check_chain", "nodes"]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TrainConfig(Strict):
+    """An epoch budget (a teacher's ``train``; every training stage's schedule, compress.stages.train.Schedule)."""
+
+    epochs: int = Field(30, ge=1, le=10_000)
+    lr: float = Field(1e-3, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class LMTrainConfig(Strict):
+    """A step budget (an LM teacher's ``train``; the LM training stages' keys, compress.stages.lm_distill)."""
+
+    steps: int = Field(300, ge=1, le=10_000_000, description="optimizer steps")
+    lr: float = Field(3e-3, gt=0, le=10)
+    batch_size: int = Field(32, ge=1, le=65_536, description="context windows per step")
+    weight_decay: float = Field(0.0, ge=0)
 
 
 class SplitConfig(Strict):

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_va
 
 from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
-from compress.config import RecipeBase, SplitConfig, Strict, check_chain, nodes
+from compress.config import RecipeBase, SplitConfig, Strict, TrainConfig, check_chain, nodes
 from compress.lm.recipe import LMRecipe
 from compress.errors import CompressError, RecipeError, key_path
 from compress.models.spec import ModelSpec
@@ -131,13 +131,6 @@ class DataConfig(Strict):
 
 def _keys_are(keys: list[str]) -> str:
     return f"{' and '.join(map(repr, keys))} {'are keys' if len(keys) > 1 else 'is a key'}"
-
-
-class TrainConfig(Strict):
-    epochs: int = Field(30, ge=1, le=10_000)
-    lr: float = Field(1e-3, gt=0, le=10)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
 
 
 class TeacherConfig(Strict):

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from compress import stages as _stages  # noqa: F401  (registers every stage)
-from compress.config import RecipeBase, SplitConfig, Strict, check_chain
+from compress.config import LMTrainConfig, RecipeBase, SplitConfig, Strict, check_chain
 from compress.lm.spec import LMModelSpec
 from compress.stages.base import stages_for
 
@@ -36,13 +36,6 @@ class LMDataConfig(Strict):
         if self.source == "stdlib" and self.path is not None:
             raise ValueError("source 'stdlib' is built in and takes no path")
         return self
-
-
-class LMTrainConfig(Strict):
-    steps: int = Field(300, ge=1, le=10_000_000, description="optimizer steps")
-    lr: float = Field(3e-3, gt=0, le=10)
-    batch_size: int = Field(32, ge=1, le=65_536, description="context windows per step")
-    weight_decay: float = Field(0.0, ge=0)
 
 
 class LMTeacherConfig(Strict):

@@ -26,8 +26,8 @@ from compress.losses.mutual import Peers, mutual_loss
 from compress.models import build_model, check_io, describe_spec
 from compress.models.spec import ModelSpec
 from compress.teachers import TeacherSource, ensemble_logits
-from compress.stages.base import CheckContext, StageConfig, register_stage
-from compress.training import fit
+from compress.stages.base import CheckContext, register_stage
+from compress.stages.train import Schedule
 
 __all__ = ["DistillConfig", "KDOptions", "ChainModel", "AugmentConfig", "augmenter", "distill", "kd_train", "kd_loss_fn",
            "online_kd_loss_fn", "LossList", "loss_fit_kwargs", "check_kd"]
@@ -91,7 +91,7 @@ def augmenter(cfg: AugmentConfig | None, input_shape):
     return augment
 
 
-class KDOptions(StageConfig):
+class KDOptions(Schedule):
     """The distillation keys shared by ``distill`` and ``finetune`` (issue: every method in both stages)."""
 
     temperature: float = Field(4.0, gt=0, le=100, description="softens both distributions; 1 = plain softmax")
@@ -144,8 +144,6 @@ class DistillConfig(KDOptions):
     lr: float = Field(3e-3, gt=0, le=10, description="Adam; 3e-3 beat 1e-3 for small students on digits (measured); "
                                                      "1e-2 is better still for the built-in BatchNorm cnn students "
                                                      "(MNIST-1D, digits), not for the transformer")
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
     init_from_teacher: bool | None = Field(None, description="start from the teacher's weights where shapes allow; "
                                                                  "default: yes for a student.from_teacher student "
                                                                  "entering the chain")
@@ -281,8 +279,7 @@ def kd_train(art: Artifact, cfg: KDOptions, ctx, name: str) -> Artifact:
 def _taught(model, cfg: KDOptions, ctx, seed_offset: int, desc: str, fit_kwargs: dict):
     """``fit`` of ``model`` on the stage's schedule, and the context whose teacher is the trained model (never
     the recipe teacher's cached outputs)."""
-    res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-              seed=ctx.recipe.seed + ctx.stage_index + seed_offset, desc=desc, quiet=ctx.quiet, **fit_kwargs)
+    res = cfg.fit(model, ctx, desc, seed_offset, **fit_kwargs)
     return res, dataclasses.replace(ctx, teacher=res.model, _teacher_logits={}, _teacher_features={}, teacher_key=None)
 
 
@@ -299,9 +296,8 @@ def _mutual(art: Artifact, cfg: KDOptions, ctx, name: str) -> Artifact:
         trained[0] = model
         return lambda: None
 
-    res = fit(peers, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-              weight_decay=cfg.weight_decay, seed=seed, loss_fn=loss, attach=attach,
-              desc=f"mutual x{cfg.peers}", quiet=ctx.quiet, augment=augmenter(cfg.augment, ctx.splits.input_shape))
+    res = cfg.fit(peers, ctx, f"mutual x{cfg.peers}", loss_fn=loss, attach=attach,
+                  augment=augmenter(cfg.augment, ctx.splits.input_shape))
     from compress.training import evaluate_split
 
     peer_val = [evaluate_split(p, ctx.splits.val.x, ctx.splits.val.y)[0] for p in res.model.peers]

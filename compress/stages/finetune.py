@@ -13,7 +13,6 @@ from compress.artifact import Artifact
 from compress.stages.base import register_stage
 from compress.stages.distill import KDOptions, augmenter, check_kd, kd_train
 from compress.stages.train import cross_entropy
-from compress.training import fit
 
 __all__ = ["FinetuneConfig", "finetune"]
 
@@ -24,8 +23,6 @@ class FinetuneConfig(KDOptions):
     type: Literal["finetune"]
     epochs: int = Field(10, ge=1, le=10_000)
     lr: float = Field(1e-3, gt=0, le=10, description="a third of the training default: the weights are already good")
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
     distill: bool = Field(False, description="distil from the teacher (Hinton KD by default) besides the hard labels")
 
     @model_validator(mode="after")
@@ -47,8 +44,6 @@ def finetune(art: Artifact, cfg: FinetuneConfig, ctx) -> Artifact:
     if cfg.distill:
         out = kd_train(art, cfg, ctx, "finetune")
         return dataclasses.replace(out, info={**out.info, "distill": True})
-    res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-              weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index,
-              desc="finetune", quiet=ctx.quiet, loss_fn=cross_entropy,
-              augment=augmenter(cfg.augment, ctx.splits.input_shape))  # hard labels only, on augmented inputs
+    res = cfg.fit(art.model, ctx, "finetune", loss_fn=cross_entropy,
+                  augment=augmenter(cfg.augment, ctx.splits.input_shape))  # hard labels only, on augmented inputs
     return art.derive("finetune", model=res.model, info={**res.info, "distill": False})

@@ -12,19 +12,15 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from compress.artifact import Artifact
 from compress.cache import cache_key
+from compress.config import LMTrainConfig
 from compress.lm.spec import LMModelSpec, build_lm, params
 from compress.stages.base import StageConfig, register_stage
 
 __all__ = ["LMDistillConfig", "SequenceConfig", "LMTrainKeys"]
 
 
-class LMTrainKeys(StageConfig):
+class LMTrainKeys(LMTrainConfig, StageConfig):
     """A step budget: ``steps`` optimizer steps of ``batch_size`` random context windows."""
-
-    steps: int = Field(300, ge=1, le=10_000_000)
-    lr: float = Field(3e-3, gt=0, le=10)
-    batch_size: int = Field(32, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
 
 
 class SequenceConfig(BaseModel):

@@ -20,18 +20,16 @@ from compress._onnx import export_onnx
 from compress.artifact import Artifact
 from compress.errors import StageError
 from compress.quantization.backend import drop_unused_initializers, reduce_range
-from compress.stages.base import StageConfig, register_stage
-from compress.training import fit
+from compress.stages.base import register_stage
+from compress.stages.train import Schedule
 
 __all__ = ["QatConfig", "qat", "prepare_qat", "fold_batchnorm", "to_qdq", "FakeQuantLayer"]
 
 
-class QatConfig(StageConfig):
+class QatConfig(Schedule):
     type: Literal["qat"]
     epochs: int = Field(5, ge=1, le=10_000)
     lr: float = Field(3e-4, gt=0, le=10, description="small: the weights are trained, only quantization noise is new")
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
     temperature: float = Field(4.0, gt=0, le=100, description="KD from the teacher, as in distill")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label loss; 1 - alpha goes to the soft loss")
     momentum: float = Field(0.1, gt=0, le=1, description="activation ranges: weight of each batch's min/max in the average")
@@ -198,9 +196,7 @@ def qat(art: Artifact, cfg: QatConfig, ctx) -> Artifact:
     seven_bit = reduce_range(cfg.reduce_range)
     model = prepare_qat(art.model, qmax=63 if seven_bit else 127, momentum=cfg.momentum)
     observe(model, ctx.splits.train.x, cfg.calibration_samples, ctx.recipe.seed)
-    res = fit(model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-              seed=ctx.recipe.seed + ctx.stage_index, desc="qat", quiet=ctx.quiet,
-              loss_fn=kd_loss_fn(ctx, cfg.temperature, cfg.alpha))
+    res = cfg.fit(model, ctx, "qat", loss_fn=kd_loss_fn(ctx, cfg.temperature, cfg.alpha))
     qmodel = res.model.eval()
     path = ctx.stage_path("qat", ".onnx")
     facts = to_qdq(qmodel, ctx.splits.input_shape, path, cfg.opset)

@@ -8,18 +8,28 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from compress.artifact import Artifact
+from compress.config import TrainConfig
 from compress.stages.base import StageConfig, register_stage
-from compress.training import fit
 
-__all__ = ["TrainStageConfig", "train"]
+__all__ = ["Schedule", "TrainStageConfig", "train"]
 
 
-class TrainStageConfig(StageConfig):
-    type: Literal["train"]
-    epochs: int = Field(30, ge=1, le=10_000)
+class Schedule(TrainConfig, StageConfig):
+    """The training schedule of every stage that trains (train, distill, finetune, qat); each sets its defaults."""
+
     lr: float = Field(3e-3, gt=0, le=10, description="Adam; 3e-3 beat 1e-3 for small students on digits (measured)")
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
+
+    def fit(self, model, ctx, desc: str, seed_offset: int = 0, **kwargs):
+        """``compress.training.fit`` of ``model`` on this schedule, seeded by the recipe and the stage's position."""
+        from compress import training
+
+        return training.fit(model, ctx.splits, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                            weight_decay=self.weight_decay, seed=ctx.recipe.seed + ctx.stage_index + seed_offset,
+                            desc=desc, quiet=ctx.quiet, **kwargs)
+
+
+class TrainStageConfig(Schedule):
+    type: Literal["train"]
 
 
 def cross_entropy(logits, targets, _idx):
@@ -28,7 +38,5 @@ def cross_entropy(logits, targets, _idx):
 
 @register_stage(TrainStageConfig, accepts={"torch"}, produces="torch", trains=True)
 def train(art: Artifact, cfg: TrainStageConfig, ctx) -> Artifact:
-    res = fit(art.model, ctx.splits, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-              weight_decay=cfg.weight_decay, seed=ctx.recipe.seed + ctx.stage_index, loss_fn=cross_entropy,
-              desc="train", quiet=ctx.quiet)
+    res = cfg.fit(art.model, ctx, "train", loss_fn=cross_entropy)
     return art.derive("train", model=res.model, info=res.info)

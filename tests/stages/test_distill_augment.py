@@ -94,13 +94,11 @@ def test_teacher_runs_on_the_augmented_batches(make_ctx):
             return h.remove
         return real_fit(model, splits, attach=attach, **kw)
 
-    import compress.stages.distill as d
-
-    d.fit, saved = spy_fit, d.fit
+    training.fit, saved = spy_fit, training.fit
     try:
         out = STAGES["distill"].fn(Artifact("student", "torch", student), cfg, ctx)
     finally:
-        d.fit = saved
+        training.fit = saved
     train_batches = [x for x in seen_by_student]
     assert len(train_batches) == len(seen_by_teacher) == 17  # 1079 training samples in batches of 64
     assert all(torch.equal(a, b) for a, b in zip(train_batches, seen_by_teacher))

@@ -36,12 +36,12 @@ from compress.context import Context  # noqa: E402
 from compress.data import load_data  # noqa: E402
 from compress.quantization.backend import Reader  # noqa: E402
 from compress.recipe import load_recipe  # noqa: E402
-from compress.runtimes.onnxruntime import predict, session  # noqa: E402
+from compress.runtimes.onnxruntime import load, session  # noqa: E402
 from compress.stages.quantize import QuantizeConfig, quantize  # noqa: E402
 
 
 def acc(path, data) -> float:
-    return float((predict(session(path, threads=1), data.x).argmax(1) == data.y).mean())
+    return float((load(path, threads=1).predict(data.x).argmax(1) == data.y).mean())
 
 
 SESSIONS = 3  # sessions per file: two sessions of one file have timed up to 12 % apart in the same rounds here

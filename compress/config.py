@@ -6,34 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from compress.errors import ChainError, RecipeError, key_path
-from compress.stages.base import stages_for
+from compress.errors import ChainError, DataError, ModelError, RecipeError, key_path
+from compress.stages.base import LMTrainConfig, Strict, TrainConfig, stages_for
 
 __all__ = ["Strict", "SplitConfig", "TrainConfig", "LMTrainConfig", "RecipeBase", "check_chain", "nodes"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class TrainConfig(Strict):
-    """An epoch budget (a teacher's ``train``; every training stage's schedule, compress.stages.train.Schedule)."""
-
-    epochs: int = Field(30, ge=1, le=10_000)
-    lr: float = Field(1e-3, gt=0, le=10)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
-
-
-class LMTrainConfig(Strict):
-    """A step budget (an LM teacher's ``train``; the LM training stages' keys, compress.stages.lm_distill)."""
-
-    steps: int = Field(300, ge=1, le=10_000_000, description="optimizer steps")
-    lr: float = Field(3e-3, gt=0, le=10)
-    batch_size: int = Field(32, ge=1, le=65_536, description="context windows per step")
-    weight_decay: float = Field(0.0, ge=0)
 
 
 class SplitConfig(Strict):
@@ -64,6 +42,24 @@ class RecipeBase(Strict):
         """A RecipeError at a key path, for problems found after parsing (missing files, data, shapes)."""
         line = next((self._lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self._lines), None)
         return RecipeError(message, self.source_file, line, key_path(path) or None)
+
+    def load_data(self, load):
+        """``load(self.data, self.seed)`` (the task's reader); its DataError is a RecipeError at ``data``'s key."""
+        try:
+            return load(self.data, self.seed)
+        except DataError as exc:
+            raise self.error_at(str(exc), "data", "path" if self.data.path else "source") from None
+
+    def with_weights(self, role: str, model):
+        """``model`` with ``<role>.weights`` loaded (every mismatch a RecipeError at that key), in eval mode; or
+        ``model`` as it is when the recipe gives no weights."""
+        from compress.models import load_weights
+
+        path = getattr(self, role).weights
+        try:
+            return load_weights(model, path).eval() if path else model
+        except ModelError as exc:
+            raise self.error_at(str(exc), role, "weights") from None
 
     def check(self) -> None:
         """Rules across keys, after parsing and before any compute (the task's recipe adds its own)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from compress.bench import batch_of, time_interleaved
 from compress.data import Splits
-from compress.runtimes.onnxruntime import OrtRunner, predict, session
+from compress.runtimes.onnxruntime import OrtRunner
 
 __all__ = ["evaluate", "evaluate_runtimes"]
 
@@ -21,7 +21,7 @@ def evaluate(models: list[dict], splits: Splits, bench, seed: int = 0) -> list[d
     ``models`` entries need ``name`` and ``path``; the first entry with role 'teacher' is the reference.
     """
     test = splits.test
-    preds = {m["name"]: predict(session(m["path"], threads=0), test.x).argmax(1) for m in models}
+    preds = {m["name"]: OrtRunner(m["path"], threads=0).predict(test.x).argmax(1) for m in models}
     teacher = next((m["name"] for m in models if m.get("role") == "teacher"), None)
     # Batch 1 on one thread: the mobile-class proxy. One session per model, all alive at once.
     t1 = time_interleaved({m["name"]: OrtRunner(m["path"], threads=1).timer(test.x[:1]) for m in models},

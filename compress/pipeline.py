@@ -29,9 +29,9 @@ from compress import bn, distributed
 from compress import report as reporting
 from compress.context import Context
 from compress.data import Splits, load_data
-from compress.errors import CompressError, DataError, ModelError
+from compress.errors import CompressError, ModelError
 from compress.evaluate import evaluate
-from compress.models import build_model, check_io, describe_spec, load_weights
+from compress.models import build_model, check_io, describe_spec
 from compress.config import nodes
 from compress.recipe import Recipe, check_chain
 from compress.stages.base import STAGES, CheckContext, stages_for
@@ -95,10 +95,7 @@ def prepare(recipe):
 def prepare_classify(recipe: Recipe) -> Prepared:
     """Data and models of a classification recipe, every file and shape checked (a RecipeError at its key)."""
     check_chain(recipe)
-    try:
-        splits = load_data(recipe.data, recipe.seed)
-    except DataError as exc:
-        raise recipe.error_at(str(exc), "data", "path" if recipe.data.path else "source") from None
+    splits = recipe.load_data(load_data)
     teacher = _model_for(recipe, "teacher", splits, seed=recipe.seed)
     student = _model_for(recipe, "student", splits, seed=recipe.seed + 1)  # the scratch baseline starts here too
     return Prepared(splits, teacher.eval(), student)
@@ -112,12 +109,7 @@ def _model_for(recipe: Recipe, role: str, splits: Splits, seed: int) -> torch.nn
         check_io(model, splits.input_shape, splits.num_classes, f"{role} {describe_spec(cfg.model)}")
     except ModelError as exc:
         raise recipe.error_at(str(exc), role, "model") from None
-    if cfg.weights is not None:
-        try:
-            load_weights(model, cfg.weights)
-        except ModelError as exc:
-            raise recipe.error_at(str(exc), role, "weights") from None
-    return model
+    return recipe.with_weights(role, model)
 
 
 def validate(recipe, output: str | Path | None = None) -> list[str]:
@@ -537,15 +529,13 @@ class ClassifyTask:
         """Test accuracy of ``final`` from the recipe and data a report names; (None, why) when they cannot load."""
         from compress.recipe import recipe_and_data
 
-        recipe, splits = recipe_and_data(report, lambda r: load_data(r.data, r.seed))
+        from compress.runtimes.onnxruntime import load
+
+        recipe, splits = recipe_and_data(report, load_data, "fingerprint")
         if recipe is None:
             return None, splits
-        if splits.fingerprint != report["data"].get("fingerprint"):
-            return None, "the data named in the report changed since the run (its fingerprint differs)"
-        from compress.runtimes.onnxruntime import predict, session
-
         test = splits.test
-        pred = predict(session(final, threads=0), test.x).argmax(1)
+        pred = load(final, threads=0).predict(test.x).argmax(1)
         return float((pred == test.y).mean()), f"re-measured from {final.name} on the test split ({len(test.y)} samples)"
 
     def disagreement(self, report: dict) -> float:

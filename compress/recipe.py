@@ -327,14 +327,18 @@ def parse_recipe(data: Any, file: str | None = None, lines: dict[tuple, int] | N
     return recipe
 
 
-def recipe_and_data(report: dict, load: Any) -> tuple[RecipeBase | None, Any]:
-    """``(recipe, load(recipe))`` for the recipe a report.json holds (how compress check re-measures), or
+def recipe_and_data(report: dict, load: Any, digest: str) -> tuple[RecipeBase | None, Any]:
+    """``(recipe, data)`` for the recipe a report.json holds (how compress check re-measures): the data read by the
+    task's ``load(data, seed)``, whose ``digest`` attribute must equal the report's ``data.<digest>``; or
     ``(None, why)`` when the recipe or its data cannot be loaded as they were."""
     try:
         recipe = parse_recipe(dict(report["recipe"]), report.get("recipe_file"))
-        return recipe, load(recipe)
+        data = recipe.load_data(load)
     except CompressError as exc:
         return None, f"the recipe or data in the report cannot be loaded: {str(exc).splitlines()[0]}"
+    if getattr(data, digest) != report["data"].get(digest):
+        return None, f"the data named in the report changed since the run (its {digest} differs)"
+    return recipe, data
 
 
 def _factory_base(recipe, folder: Path) -> None:

@@ -130,12 +130,13 @@ class _Classify(_Task):
         """Validation accuracy and a rough latency of one file: what TPE optimizes and what the budget
         reserves for the final session. Never reported as the candidate's latency (that comes from the one
         interleaved session at the end)."""
-        from compress.runtimes.onnxruntime import predict, session
+        from compress.runtimes.onnxruntime import load, session
 
         splits, bench = prep.splits, recipe.bench
         t0 = time.perf_counter()
-        s = session(path, threads=1)
-        val_acc = float((predict(s, splits.val.x).argmax(1) == splits.val.y).mean())
+        runner = load(path, threads=1)
+        s = runner.session
+        val_acc = float((runner.predict(splits.val.x).argmax(1) == splits.val.y).mean())
         x1 = np.ascontiguousarray(splits.test.x[:1])
         name, t = s.get_inputs()[0].name, []
         for i in range(3 + 7):  # 3 warm-up calls

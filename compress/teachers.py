@@ -85,11 +85,11 @@ def member_logits(src: TeacherSource, ctx, x: np.ndarray | None = None) -> torch
         load_weights(model, src.weights)
         return predict_logits(model, x)
     if src.onnx is not None:
-        from compress.runtimes.onnxruntime import predict, session
+        from compress.runtimes.onnxruntime import load
 
         if not src.onnx.is_file():
             raise ModelError(f"teacher ONNX file not found: {src.onnx}")
-        return torch.from_numpy(predict(session(src.onnx, threads=0), x, batch_size=512).astype(np.float32))
+        return torch.from_numpy(load(src.onnx, threads=0).predict(x, batch_size=512).astype(np.float32))
     from compress.data import read_arrays
 
     try:  # existence, then headers: a forged or compressed-bomb file is refused before it is read

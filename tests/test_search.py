@@ -173,10 +173,10 @@ def test_grid_writes_every_candidate_and_the_frontier(grid, splits):
     for c in result["candidates"]:
         assert c["frontier"] or dominates(pts[c["dominated_by"]], pts[c["name"]])
     # Accuracy is the file's, on the test split.
-    from compress.runtimes.onnxruntime import predict, session
+    from compress.runtimes.onnxruntime import load
 
     for c in result["candidates"]:
-        pred = predict(session(c["path"]), splits.test.x).argmax(1)
+        pred = load(c["path"]).predict(splits.test.x).argmax(1)
         assert c["accuracy"] == pytest.approx(float((pred == splits.test.y).mean()))
         assert c["errors"] == int((pred != splits.test.y).sum())
 

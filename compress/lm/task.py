@@ -16,7 +16,6 @@ import torch
 from compress._progress import say
 from compress.artifact import Artifact
 from compress.cache import cache_key, sha256_file
-from compress.errors import ModelError
 from compress import report as reporting
 from compress.lm import report as lmreport
 from compress.lm.context import LMContext, budget_of
@@ -46,17 +45,6 @@ class LMPrepared:
         return self.splits.digest
 
 
-def _weights(model, recipe: LMRecipe, role: str):
-    """``model`` with the recipe's ``<role>.weights`` loaded (every mismatch named at that key), or as it is."""
-    from compress.models import load_weights
-
-    path = getattr(recipe, role).weights
-    try:
-        return load_weights(model, path).eval() if path else model
-    except ModelError as exc:
-        raise recipe.error_at(str(exc), role, "weights") from None
-
-
 def _positions(path: Path) -> int | None:
     """The positions a decoder file can take: the rows of its learned position table (a 2-D initializer gathered by
     something other than ``input_ids``), or None when it has none (rotary positions)."""
@@ -77,20 +65,15 @@ class LMTask:
 
     def prepare(self, recipe: LMRecipe) -> LMPrepared:
         """Data, every model built (Hugging Face folders loaded, weights files read): a bad file fails here."""
-        from compress.errors import DataError
-
         if recipe.threads:
             torch.set_num_threads(recipe.threads)
-        try:
-            splits = load_text(recipe.data, recipe.seed)
-        except DataError as exc:
-            raise recipe.error_at(str(exc), "data", "path" if recipe.data.path else "source") from None
+        splits = recipe.load_data(load_text)
         hf = {role: build_lm(cfg.model) for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student))
               if cfg.model.hf is not None}
         torch.manual_seed(recipe.seed)
-        teacher = _weights(hf.get("teacher") or build_lm(recipe.teacher.model), recipe, "teacher")
+        teacher = recipe.with_weights("teacher", hf.get("teacher") or build_lm(recipe.teacher.model))
         torch.manual_seed(recipe.seed + 1)
-        student = _weights(hf.get("student") or build_lm(recipe.student.model), recipe, "student")
+        student = recipe.with_weights("student", hf.get("student") or build_lm(recipe.student.model))
         export = next((st for st in recipe.stages if st.type == "export"), None)
         return LMPrepared(splits, teacher, student, hf, (export.opset, export.tolerance) if export else (17, 1e-3))
 
@@ -277,11 +260,9 @@ class LMTask:
         from compress.lm.train import evaluate_lm
         from compress.recipe import recipe_and_data
 
-        recipe, splits = recipe_and_data(report, lambda r: load_text(r.data, r.seed))
+        recipe, splits = recipe_and_data(report, load_text, "digest")
         if recipe is None:
             return None, splits
-        if splits.digest != report["data"].get("digest"):
-            return None, "the corpus named in the report changed since the run (its digest differs)"
         test = eval_windows(splits.test, recipe.teacher.model.context, recipe.eval.max_tokens)
         score = evaluate_lm(lmonnx.OrtDecoder(final, threads=0).logits, test)
         return score.bits_per_byte, f"re-measured from {final.name} on the test split ({test[:, 1:].size:,} bytes)"

@@ -9,7 +9,7 @@ import numpy as np
 from compress.errors import DataError, ModelError
 from compress.runtimes.base import Runner, register_runtime
 
-__all__ = ["session", "predict", "OPT_LEVELS", "OrtRunner"]
+__all__ = ["session", "OPT_LEVELS", "OrtRunner"]
 
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}  # names of ort.GraphOptimizationLevel
@@ -31,13 +31,6 @@ def session(path: str | Path, threads: int = 1, opt_level: str = "all"):
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def predict(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits for every row of ``x``, in batches."""
-    name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch_size])})[0] for i in range(0, len(x), batch_size)]
-    return np.concatenate(out)
 
 
 class OrtRunner(Runner):

@@ -7,26 +7,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from compress.artifact import Artifact
     from compress.errors import RecipeError
 
-__all__ = ["StageConfig", "StageSpec", "CheckContext", "STAGES", "REGISTRY", "TASKS", "register_stage", "stages_for"]
+__all__ = ["Strict", "StageConfig", "TrainConfig", "LMTrainConfig", "StageSpec", "CheckContext", "STAGES", "REGISTRY", "TASKS",
+           "register_stage", "stages_for"]
 
 TASKS = ("classify", "lm")
 
 
-class StageConfig(BaseModel):
-    """Base of every stage config: unknown keys are errors, values are frozen after validation."""
+class Strict(BaseModel):
+    """Every recipe and stage config: unknown keys are errors, values are frozen after validation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StageConfig(Strict):
+    """Base of every stage config."""
+
     type: str
 
     def augmentation(self) -> dict | None:
         """The training augmentation a training stage applies (the scratch baseline copies the first one's)."""
         return None
+
+
+class TrainConfig(Strict):
+    """An epoch budget (a teacher's ``train``; every training stage's schedule, compress.stages.train.Schedule)."""
+
+    epochs: int = Field(30, ge=1, le=10_000)
+    lr: float = Field(1e-3, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class LMTrainConfig(Strict):
+    """A step budget (an LM teacher's ``train``; the LM training stages' keys, compress.stages.lm_distill)."""
+
+    steps: int = Field(300, ge=1, le=10_000_000, description="optimizer steps")
+    lr: float = Field(3e-3, gt=0, le=10)
+    batch_size: int = Field(32, ge=1, le=65_536, description="context windows per step")
+    weight_decay: float = Field(0.0, ge=0)
 
 
 @dataclass(frozen=True)

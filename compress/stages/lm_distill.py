@@ -12,9 +12,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from compress.artifact import Artifact
 from compress.cache import cache_key
-from compress.config import LMTrainConfig
 from compress.lm.spec import LMModelSpec, build_lm, params
-from compress.stages.base import StageConfig, register_stage
+from compress.stages.base import LMTrainConfig, StageConfig, register_stage
 
 __all__ = ["LMDistillConfig", "SequenceConfig", "LMTrainKeys"]
 

@@ -190,7 +190,7 @@ def _int8_weights(model: onnx.ModelProto, qmax: int) -> int:
 
 @register_stage(QatConfig, accepts={"torch"}, produces="onnx", trains=True)
 def qat(art: Artifact, cfg: QatConfig, ctx) -> Artifact:
-    from compress.runtimes.onnxruntime import predict, session
+    from compress.runtimes.onnxruntime import load
     from compress.stages.distill import kd_loss_fn
 
     seven_bit = reduce_range(cfg.reduce_range)
@@ -203,7 +203,7 @@ def qat(art: Artifact, cfg: QatConfig, ctx) -> Artifact:
     x = np.ascontiguousarray(ctx.splits.val.x[:256])
     with torch.no_grad():
         ref = qmodel(torch.from_numpy(x)).numpy()
-    got = predict(session(path, threads=1), x)
+    got = load(path, threads=1).predict(x)
     diff = float(np.abs(ref - got).max()) / max(float(np.abs(ref).max()), 1e-12)
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
     if not diff <= cfg.tolerance:

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from compress.artifact import Artifact
-from compress.config import TrainConfig
-from compress.stages.base import StageConfig, register_stage
+from compress.stages.base import StageConfig, TrainConfig, register_stage
 
 __all__ = ["Schedule", "TrainStageConfig", "train"]
 

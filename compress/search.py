@@ -130,29 +130,18 @@ class _Classify(_Task):
         """Validation accuracy and a rough latency of one file: what TPE optimizes and what the budget
         reserves for the final session. Never reported as the candidate's latency (that comes from the one
         interleaved session at the end)."""
-        from compress.runtimes.onnxruntime import load, session
+        from compress.bench import time_interleaved
+        from compress.runtimes.onnxruntime import load
 
         splits, bench = prep.splits, recipe.bench
         t0 = time.perf_counter()
         runner = load(path, threads=1)
-        s = runner.session
         val_acc = float((runner.predict(splits.val.x).argmax(1) == splits.val.y).mean())
-        x1 = np.ascontiguousarray(splits.test.x[:1])
-        name, t = s.get_inputs()[0].name, []
-        for i in range(3 + 7):  # 3 warm-up calls
-            a = time.perf_counter()
-            s.run(None, {name: x1})
-            if i >= 3:
-                t.append(time.perf_counter() - a)
-        setup = time.perf_counter() - t0 - sum(t)
+        setup = time.perf_counter() - t0
+        one = time_interleaved({"1": runner.timer(splits.test.x[:1])}, rounds=7, calls=1, warmup=3)["1"]
         xb = np.resize(splits.test.x, (bench.batch, *splits.test.x.shape[1:]))  # the test split repeated to a batch
-        sb = session(path, threads=bench.threads)
-        sb.run(None, {name: xb})
-        a = time.perf_counter()
-        sb.run(None, {name: xb})
-        tb = time.perf_counter() - a
-        return {"val_accuracy": val_acc, "latency_ms": float(np.median(t)) * 1e3, "batch_ms": tb * 1e3,
-                "setup_s": setup}
+        big = time_interleaved({"b": load(path, threads=bench.threads).timer(xb)}, rounds=1, calls=1, warmup=1)["b"]
+        return {"val_accuracy": val_acc, "latency_ms": one.p50, "batch_ms": big.p50, "setup_s": setup}
 
     def session(self, p: dict, recipe) -> float:
         """Seconds the final interleaved session will take for a model with probe ``p`` (evaluate's protocol:
@@ -215,7 +204,7 @@ class _LM(_Task):
         a rough decode time per token at 1 thread (greedy, with the KV cache, after the bench prompt): what TPE
         optimizes and what the budget reserves for the final session. Never reported as the candidate's latency."""
         from compress.lm.data import eval_windows
-        from compress.lm.onnx import OrtDecoder
+        from compress.lm.onnx import OrtDecoder, bench_generation
         from compress.lm.train import evaluate_lm
 
         t0 = time.perf_counter()
@@ -223,19 +212,9 @@ class _LM(_Task):
         bpb = evaluate_lm(OrtDecoder(path, threads=0).logits, val).bits_per_byte
         eval_s = time.perf_counter() - t0
         b = recipe.bench
-        dec, prompt = OrtDecoder(path, threads=1), val[:1, :b.prompt]
-        prefill, per_token = [], []
-        for i in range(2 + 5):  # 2 warm-up calls
-            a = time.perf_counter()
-            logits, past = dec.step(prompt, dec.empty_past(1))
-            m = time.perf_counter()
-            for _ in range(b.new_tokens):
-                logits, past = dec.step(logits[:, -1].argmax(-1)[:, None], past)
-            if i >= 2:
-                prefill.append(m - a)
-                per_token.append((time.perf_counter() - m) / b.new_tokens)
-        return {"val_bits_per_byte": float(bpb), "latency_ms": float(np.median(per_token)) * 1e3,
-                "prefill_ms": float(np.median(prefill)) * 1e3, "eval_s": eval_s}
+        row = bench_generation({"m": path}, val[:1, :b.prompt], b.new_tokens, threads=[1], rounds=5, calls=1)[0]
+        return {"val_bits_per_byte": float(bpb), "latency_ms": row["decode_ms"]["p50"] / b.new_tokens,
+                "prefill_ms": row["ttft_ms"]["p50"], "eval_s": eval_s}
 
     def session(self, p: dict, recipe) -> float:
         """Seconds LMTask.measure will take for a file with probe ``p``: scored on the test split (about as long as

@@ -528,7 +528,6 @@ class ClassifyTask:
     def remeasure(self, report: dict, final: Path) -> tuple[float | None, str]:
         """Test accuracy of ``final`` from the recipe and data a report names; (None, why) when they cannot load."""
         from compress.recipe import recipe_and_data
-
         from compress.runtimes.onnxruntime import load
 
         recipe, splits = recipe_and_data(report, load_data, "fingerprint")

@@ -11,7 +11,6 @@ Folders load with ``local_files_only`` and ``use_safetensors``: no network, no p
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import json
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress.cache import cache_key, sha256_file
 from compress.errors import MissingExtraError, ModelError
 from compress.lm.model import GPT, causal_mask
 
@@ -119,15 +119,6 @@ def inspect_folder(path: Path) -> FolderInfo:
     return FolderInfo(cfg.model_type, vocab if isinstance(vocab, int) else None, positions, tuple(files))
 
 
-def _digest(files) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:20]
-
-
 @dataclass(frozen=True)
 class HFConfig:
     """The part of a GPTConfig the pipeline reads (context, layers, cache shapes, cache-key identity)."""
@@ -138,7 +129,7 @@ class HFConfig:
     dim: int  # per head, as GPTConfig.dim
     model_type: str
     config: dict
-    origin: str  # "folder sha256:<digest of the weights>" or "fresh init, seed N": part of the training cache key
+    origin: str  # "folder weights <digest of their sha256s>" or "fresh init, seed N": part of the training cache key
 
     def heads_of(self, i: int) -> int:
         return self.kv_heads[i]
@@ -204,7 +195,7 @@ def load_hf(path: Path, context: int) -> HFCausalLM:
     except Exception as exc:  # noqa: BLE001 - missing tensors, shape mismatch, not a causal LM
         raise ModelError(f"{path}: AutoModelForCausalLM cannot load it: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    return HFCausalLM(hf.float().eval(), context, f"folder sha256:{_digest(info.weight_files)}")
+    return HFCausalLM(hf.float().eval(), context, f"folder weights {cache_key(*map(sha256_file, info.weight_files))}")
 
 
 def fresh_like(model: HFCausalLM, seed: int) -> HFCausalLM:

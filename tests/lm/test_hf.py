@@ -77,7 +77,7 @@ def test_fresh_like_is_seeded_and_differs_from_the_folder(tmp_path):
     w = lambda m: m.hf.transformer.h[0].attn.c_attn.weight  # noqa: E731
     assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c)) and not torch.equal(w(a), w(model))
     assert a.cfg.as_dict()["config"] == model.cfg.as_dict()["config"]
-    assert a.cfg.origin == "fresh init, seed 5" and model.cfg.origin.startswith("folder sha256:")
+    assert a.cfg.origin == "fresh init, seed 5" and model.cfg.origin.startswith("folder weights ")
 
 
 def test_save_hf_is_atomic_and_reloads_to_the_same_logits(tmp_path):

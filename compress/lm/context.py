@@ -15,14 +15,11 @@ from compress._progress import progress_bar, say
 from compress.cache import CorruptEntry, cache_key
 from compress.context import Context
 from compress.lm.data import TextSplits, eval_windows
-from compress.lm.train import Budget, evaluate_lm, teacher_continuations, torch_logits, train_lm
+from compress.lm.train import evaluate_lm, teacher_continuations, torch_logits, train_lm
+from compress.stages.base import LMTrainConfig
 from compress.training import cached_model
 
-__all__ = ["LMContext", "budget_of"]
-
-
-def budget_of(cfg) -> Budget:
-    return Budget(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
+__all__ = ["LMContext"]
 
 
 @dataclass
@@ -47,7 +44,7 @@ class LMContext:
 
     stage_path = Context.stage_path  # out_dir/stages/NN_name.suffix, as for every task
 
-    def train(self, what: str, model: torch.nn.Module, key: str, budget: Budget, **kw) -> tuple[torch.nn.Module, dict]:
+    def train(self, what: str, model: torch.nn.Module, key: str, budget: LMTrainConfig, **kw) -> tuple[torch.nn.Module, dict]:
         """Train ``model`` in place by ``train_lm`` (or reuse the verified weights cached under ``key``)."""
 
         def make():

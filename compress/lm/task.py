@@ -18,8 +18,7 @@ from compress.artifact import Artifact
 from compress.cache import cache_key, sha256_file
 from compress import report as reporting
 from compress.lm import report as lmreport
-from compress.lm.context import LMContext, budget_of
-from compress.lm.train import Budget
+from compress.lm.context import LMContext
 from compress.lm.data import TextSplits, eval_windows, load_text
 from compress.lm.model import GPT, GPTConfig
 from compress.lm.recipe import LMRecipe, model_specs
@@ -120,7 +119,7 @@ class LMTask:
             info = {"hf": str(recipe.teacher.model.hf), "note": "used as loaded (add teacher.train to fine-tune it first)"}
         else:
             teacher, info = self.context(recipe, prep, None, Path("."), cache, quiet).train(
-                "teacher", copy.deepcopy(teacher), key, budget_of(recipe.teacher.train))
+                "teacher", copy.deepcopy(teacher), key, recipe.teacher.train)
         return Artifact("teacher", "torch", teacher.eval(), params=params(teacher), key=key,
                         info={"spec": describe_lm(recipe.teacher.model, teacher), **info})
 
@@ -153,10 +152,10 @@ class LMTask:
             init = f"the student's config ({recipe.student.model.hf}) freshly initialised with seed {recipe.seed + 1}"
         else:
             model, init = copy.deepcopy(prep.student), "the student's architecture and initial weights"
-        budget = Budget(steps, first.lr, first.batch_size, first.weight_decay)
         key = self._train_key(recipe, prep, "scratch", model, steps, first.lr, first.batch_size, first.weight_decay,
                               self.student_key(recipe, prep))
-        model, info = self.context(recipe, prep, None, Path("."), cache, quiet).train("scratch", model, key, budget)
+        run = self.context(recipe, prep, None, Path("."), cache, quiet)
+        model, info = run.train("scratch", model, key, first.model_copy(update={"steps": steps}))
         return Artifact("scratch", "torch", model, params=params(model), key=key, info={**info, "note": (
             f"{init}, trained with CE only for the student's {steps} steps of {first.batch_size} windows at lr {first.lr}")})
 

@@ -20,6 +20,7 @@ from compress import distributed
 from compress.errors import StageError
 from compress.lm.data import random_windows
 from compress.lm.model import GPT, generate, next_token
+from compress.stages.base import LMTrainConfig
 
 __all__ = ["token_kd_loss", "bits_per_byte", "train_lm", "teacher_continuations", "evaluate_lm", "LMScore"]
 
@@ -49,26 +50,20 @@ def bits_per_byte(nll_nats_sum: float, tokens: int) -> float:
     return nll_nats_sum / tokens / math.log(2.0)
 
 
-@dataclass
-class Budget:
-    steps: int
-    lr: float
-    batch_size: int
-    weight_decay: float = 0.0
-    warmup: int = 20
+WARMUP = 20  # steps of linear learning-rate warm-up
 
 
-def _schedule(step: int, b: Budget) -> float:
-    if step < b.warmup:
-        return b.lr * (step + 1) / b.warmup
-    frac = (step - b.warmup) / max(1, b.steps - b.warmup)
+def _schedule(step: int, b: LMTrainConfig, warmup: int) -> float:
+    if step < warmup:
+        return b.lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, b.steps - warmup)
     return b.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))  # cosine down to lr / 10
 
 
-def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teacher: GPT | None = None,
+def train_lm(model: GPT, train: np.ndarray, budget: LMTrainConfig, seed: int, *, teacher: GPT | None = None,
              temperature: float = 2.0, alpha: float = 0.5, sequences: np.ndarray | None = None,
              prompt_len: int = 0, level: str = "token", progress: Callable[[int, float], None] | None = None,
-             what: str = "training") -> dict:
+             what: str = "training", warmup: int = WARMUP) -> dict:
     """Train ``model`` in place for ``budget.steps`` steps of ``budget.batch_size`` windows of its context.
 
     ``level``: ``token`` (real windows; with a teacher, token KD, else CE), ``sequence`` (CE on the teacher's
@@ -92,7 +87,7 @@ def train_lm(model: GPT, train: np.ndarray, budget: Budget, seed: int, *, teache
     model.train()
     for step in range(budget.steps):
         for g in opt.param_groups:
-            g["lr"] = _schedule(step, budget)
+            g["lr"] = _schedule(step, budget, warmup)
         loss = 0.0
         if n_real:
             x = random_windows(train, n_real, ctx + 1, gen)[distributed.shard(n_real)]

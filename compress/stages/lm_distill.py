@@ -45,12 +45,10 @@ class LMDistillConfig(LMTrainKeys):
 
 def distill_into(ctx, what: str, model, tutor, tutor_key: str, key: str, cfg) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` (in place) from ``tutor`` by ``cfg`` (token KD, its sequences, or both)."""
-    from compress.lm.context import budget_of
-
     seq, seq_info = None, None
     if cfg.level != "token":
         seq, seq_info = ctx.sequences(tutor, tutor_key, cfg.sequence)
-    model, info = ctx.train(what, model, key, budget_of(cfg), teacher=tutor, temperature=cfg.temperature,
+    model, info = ctx.train(what, model, key, cfg, teacher=tutor, temperature=cfg.temperature,
                             alpha=cfg.alpha, sequences=seq, prompt_len=cfg.sequence.prompt, level=cfg.level)
     return model, {**info, **({"sequence_data": seq_info} if seq_info else {})}
 

@@ -9,7 +9,6 @@ from pydantic import Field
 
 from compress.artifact import Artifact
 from compress.cache import cache_key
-from compress.lm.context import budget_of
 from compress.lm.spec import params
 from compress.stages.base import register_stage
 from compress.stages.lm_distill import LMTrainKeys
@@ -29,6 +28,6 @@ class LMFinetuneConfig(LMTrainKeys):
 @register_stage(LMFinetuneConfig, accepts={"torch"}, produces="torch", trains=True, tasks=("lm",))
 def finetune(art: Artifact, cfg: LMFinetuneConfig, ctx) -> Artifact:
     model, info = ctx.train(f"{ctx.label} finetune", copy.deepcopy(art.model), cache_key("lm-finetune", ctx.stage_key),
-                            budget_of(cfg), teacher=ctx.teacher if cfg.distill else None, temperature=cfg.temperature,
+                            cfg, teacher=ctx.teacher if cfg.distill else None, temperature=cfg.temperature,
                             alpha=cfg.alpha)
     return art.derive("finetune", model=model, params=params(model), info=info)

@@ -18,7 +18,8 @@ from compress.lm import onnx as lmonnx
 from compress.lm.data import eval_windows
 from compress.lm.model import GPT, GPTConfig
 from compress.lm.quantize import BpbScorer, quantize_within
-from compress.lm.train import Budget, evaluate_lm, train_lm
+from compress.lm.train import evaluate_lm, train_lm
+from compress.stages.base import LMTrainConfig
 
 PLANTED = "/model/blocks.0/attn/o/MatMul"
 
@@ -30,7 +31,7 @@ def trained():
     stream = np.frombuffer(b"".join(words[i] for i in rng.integers(0, len(words), 6000)), np.uint8).copy()
     torch.manual_seed(0)
     model = GPT(GPTConfig(width=32, layers=1, heads=2, context=16))
-    train_lm(model, stream[:-4000], Budget(steps=60, lr=3e-3, batch_size=16), seed=0)
+    train_lm(model, stream[:-4000], LMTrainConfig(steps=60, lr=3e-3, batch_size=16), seed=0)
     return model.eval(), eval_windows(stream[-4000:-2000], 16, 4000), eval_windows(stream[-2000:], 16, 4000)
 
 

@@ -7,7 +7,8 @@ import torch
 
 from compress.lm.data import eval_windows
 from compress.lm.model import GPT, GPTConfig
-from compress.lm.train import Budget, bits_per_byte, evaluate_lm, teacher_continuations, token_kd_loss, torch_logits, train_lm
+from compress.lm.train import bits_per_byte, evaluate_lm, teacher_continuations, token_kd_loss, torch_logits, train_lm
+from compress.stages.base import LMTrainConfig
 
 
 def test_kd_loss_matches_hand_computation():
@@ -67,11 +68,12 @@ def test_training_lowers_bits_per_byte_and_distillation_runs():
     w = eval_windows(stream, 16, 512)
     model = GPT(cfg)
     before = evaluate_lm(torch_logits(model), w).bits_per_byte
-    train_lm(model, stream, Budget(40, 3e-3, 8, warmup=5), seed=0)
+    train_lm(model, stream, LMTrainConfig(steps=40, lr=3e-3, batch_size=8), seed=0, warmup=5)
     after = evaluate_lm(torch_logits(model), w).bits_per_byte
     assert after < before - 1.0
     student = GPT(cfg)
-    info = train_lm(student, stream, Budget(5, 3e-3, 8, warmup=2), seed=0, teacher=model, temperature=2, alpha=0.5)
+    info = train_lm(student, stream, LMTrainConfig(steps=5, lr=3e-3, batch_size=8), seed=0, warmup=2,
+                    teacher=model, temperature=2, alpha=0.5)
     assert info["steps"] == 5 and info["tokens"] == 5 * 8 * 16
 
 
@@ -87,5 +89,5 @@ def test_sequence_level_data_and_training():
     with torch.no_grad():
         assert int(teacher(x)[0][0, -1].argmax()) == int(seq[0, 8])
     student = GPT(GPTConfig(width=32, layers=1, heads=2, context=16))
-    info = train_lm(student, _stream(), Budget(3, 1e-3, 4, warmup=1), 0, sequences=seq, prompt_len=4, level="both")
+    info = train_lm(student, _stream(), LMTrainConfig(steps=3, lr=1e-3, batch_size=4), 0, warmup=1, sequences=seq, prompt_len=4, level="both")
     assert info["level"] == "both"

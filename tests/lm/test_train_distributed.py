@@ -16,7 +16,8 @@ import torch
 
 from compress import distributed
 from compress.lm.model import GPT, GPTConfig
-from compress.lm.train import Budget, teacher_continuations, train_lm
+from compress.lm.train import teacher_continuations, train_lm
+from compress.stages.base import LMTrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,8 @@ import numpy as np, torch
 from safetensors.torch import save_file
 from compress import distributed
 from compress.lm.model import GPT, GPTConfig
-from compress.lm.train import Budget, teacher_continuations, train_lm
+from compress.lm.train import teacher_continuations, train_lm
+from compress.stages.base import LMTrainConfig
 
 distributed.init_from_env()
 out = sys.argv[1]
@@ -43,8 +45,8 @@ got = {{"sequences": hashlib.sha256(seq.tobytes()).hexdigest()}}
 for name, level, batch in {RUNS!r}:
     torch.manual_seed(2)
     student = GPT(cfg)
-    info = train_lm(student, stream, Budget(30, 3e-3, batch, warmup=5), seed=3, teacher=teacher, temperature=2.0,
-                    alpha=0.5, sequences=seq, prompt_len=4, level=level)
+    info = train_lm(student, stream, LMTrainConfig(steps=30, lr=3e-3, batch_size=batch), seed=3, warmup=5,
+                    teacher=teacher, temperature=2.0, alpha=0.5, sequences=seq, prompt_len=4, level=level)
     got[name] = info["final_loss"]
     if distributed.is_writer():
         save_file(student.state_dict(), f"{{out}}/{{name}}.safetensors")
@@ -105,8 +107,8 @@ def test_one_process_is_deterministic():
     for _ in range(2):
         torch.manual_seed(2)
         student = GPT(cfg)
-        info = train_lm(student, stream, Budget(10, 3e-3, 5, warmup=2), seed=3, teacher=teacher, sequences=seq,
-                        prompt_len=4, level="both")
+        info = train_lm(student, stream, LMTrainConfig(steps=10, lr=3e-3, batch_size=5), seed=3, warmup=2,
+                        teacher=teacher, sequences=seq, prompt_len=4, level="both")
         runs.append((student.state_dict(), info))
     (a, info_a), (b, info_b) = runs
     assert info_a == info_b and "processes" not in info_a

@@ -13,8 +13,9 @@ from compress.preprocess import read_preprocessing
 from compress.schema import REPORT_VERSION as SCHEMA_VERSION
 from compress.schema import validate_report
 
-__all__ = ["build", "classify", "write", "print_table", "markdown", "plot", "digests", "versions", "stage_details",
-           "md_table", "rich_table", "console", "size_text", "SCHEMA_VERSION", "MODEL_SUFFIXES"]
+__all__ = ["build", "classify", "write", "print_table", "print_tables", "markdown", "head_markdown", "stages_markdown",
+           "plot", "digests", "versions", "stage_details", "md_table", "rich_table", "console", "size_text",
+           "SCHEMA_VERSION", "MODEL_SUFFIXES"]
 
 MODEL_SUFFIXES = (".onnx", ".ort", ".pte", ".tflite")
 
@@ -239,12 +240,18 @@ def _model_table(report: dict) -> tuple[list[str], list[list[str]]]:
     return cols, rows
 
 
+def head_markdown(report: dict, title: str) -> list[str]:
+    """report.md's title and the run's date, versions, CPU (cores, SIMD features) and wall time (every task)."""
+    v, cpu = report["versions"], report["cpu"]
+    return [f"# compress report: {title}", "", f"{report['created']} · compress {v['compress']} · torch {v['torch']} · "
+            f"onnxruntime {v['onnxruntime']} · CPU {cpu['model']} ({cpu['cores']} cores; {', '.join(cpu['features']) or 'no AVX2'})"
+            f" · {report['run_seconds']:.0f} s", ""]
+
+
 def markdown(report: dict) -> str:
-    d, cpu = report["data"], report["cpu"]
-    lines = [f"# compress report: {report['name']}", "",
-             f"{report['created']} · compress {report['versions']['compress']} · torch {report['versions']['torch']} · "
-             f"onnxruntime {report['versions']['onnxruntime']} · CPU {cpu['model']} ({cpu['cores']} cores; {', '.join(cpu['features']) or 'no AVX2'})",
-             "", f"Data: {d['train']} train / {d['val']} val / {d['test']} test samples; every accuracy below is on the "
+    d = report["data"]
+    lines = [*head_markdown(report, report["name"]),
+             f"Data: {d['train']} train / {d['val']} val / {d['test']} test samples; every accuracy below is on the "
              "**test** split, which no stage trained, selected or calibrated on, measured by onnxruntime on the model file itself.",
              "Speed-ups are ratios to the teacher timed interleaved in one process after warm-up.", "",
              md_table(*_model_table(report))]
@@ -260,24 +267,35 @@ def markdown(report: dict) -> str:
                      f"same budget: {f['scratch_errors']}.")
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    lines += runtime_markdown(report)
-    lines += ["", "![accuracy vs latency](report.png)", "", "## Stages", ""]
+    lines += [*runtime_markdown(report), "", "![accuracy vs latency](report.png)", "", *stages_markdown(report)]
+    return "\n".join(lines) + "\n"
+
+
+# Stage info keys report.md does not list: in the heading (seconds, cached), in the Notes (bn_recalibrated), or a path
+# of the run's own (ort_path); params/MACs before and after also head the prune layer table.
+_NOT_FACTS = ("seconds", "cached", "bn_recalibrated", "ort_path")
+
+
+def stages_markdown(report: dict) -> list[str]:
+    """report.md's "## Stages" (every task): per stage its heading (the assistant it ran on, seconds, cached), its
+    config, the prune layer table, every scalar value of its file's info but the _NOT_FACTS, and stage_details."""
     info = {m["name"]: m.get("info", {}) for m in report["models"]}
+    lines = ["## Stages", ""]
     for st in report["stages"]:
-        i = info.get(f"{st['index']:02d}_{st['type']}", {})
-        lines += [f"### {st['index']}. {st['type']} ({st['seconds']} s)", "",
+        i = {} if st.get("model") else info.get(f"{st['index']:02d}_{st['type']}", {})  # an assistant's: no file of its own
+        lines += [f"### {st['index']}. {st['type']}" + (f" ({st['model']})" if st.get("model") else "")
+                  + f" ({st['seconds']} s{', cached' if st.get('cached') else ''})", "",
                   "`" + ", ".join(f"{k}={v}" for k, v in st["config"].items() if k != "type") + "`", ""]
         if "layers" in i:
-            lines += [f"params {i['params_before']:,} -> {i['params_after']:,}; MACs {i['macs_before']:,} -> {i['macs_after']:,}", "",
-                      md_table(["layer", "channels before", "after", "removed", "asked"],
-                               [[r["layer"], r["before"], r["after"], f"{r['cut']:.0%}",
-                                 ("-" if r.get("asked") is None else format(r["asked"], ".0%"))
-                                 + (" **deeper than asked**" if r.get("deeper_than_asked") else "")] for r in i["layers"]])]
-        lines += [f"- {k}: {i[k]}" for k in ("best_epoch", "val_accuracy", "parity_max_abs_diff", "ort_parity_max_abs_diff",
-                                             "mode", "calibration", "calibration_samples", "calibration_split",
-                                             "block_size", "matmulnbits_nodes") if k in i]
+            rows = [[r["layer"], r["before"], r["after"], f"{r['cut']:.0%}",
+                     ("-" if r.get("asked") is None else format(r["asked"], ".0%"))
+                     + (" **deeper than asked**" if r.get("deeper_than_asked") else "")] for r in i["layers"]]
+            lines += [f"params {i['params_before']:,} -> {i['params_after']:,}; MACs {i['macs_before']:,} -> {i['macs_after']:,}",
+                      "", *md_table(["layer", "channels before", "after", "removed", "asked"], rows).splitlines(), ""]
+        skip = _NOT_FACTS + (("params_before", "params_after", "macs_before", "macs_after") if "layers" in i else ())
+        lines += [f"- {k}: {v}" for k, v in i.items() if k not in skip and not isinstance(v, (dict, list))]
         lines += [*stage_details(i), ""]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _broken_warning(comparison: dict) -> str:
@@ -327,39 +345,22 @@ def runtime_markdown(report: dict) -> list[str]:
 
 
 def plot(report: dict, path: Path) -> None:
-    from compress._plot import figure, label_points, plain_log_ticks, save
+    """Test accuracy vs p50 latency at batch 1 of every model, and of the final model on the other runtimes."""
+    from compress._plot import ROLE_COLORS, finish, role_scatter
 
-    colors = {"teacher": "#d62728", "scratch": "#7f7f7f", "stage": "#1f77b4", "final": "#2ca02c"}
-    fig, ax = figure()
-    biggest = max(m["size_bytes"] for m in report["models"])
     points = [(m["latency_ms"]["p50"] * 1000, m["accuracy"] * 100, m) for m in report["models"]]
-    for x, y, m in points:
-        area = 40 + 1500 * m["size_bytes"] / biggest
-        final = m["role"] == "final"
-        ax.scatter([x], [y], s=area * (1.6 if final else 1), c=colors.get(m["role"], "#1f77b4"), alpha=0.6,
-                   edgecolors="black", linewidths=1.5 if final else 0.5, zorder=3 if final else 2)
+    fig, ax, area = role_scatter(points)
     # The final model on the other runtimes (report["runtimes"]; its ONNX file and the teacher are plotted above).
     markers = {"ort-mobile": "P", "executorch": "D", "litert": "^"}
-    for r in report.get("runtimes") or []:
-        if r["model"] == "teacher" or r["runtime"] not in markers:
-            continue
+    for r in [r for r in report.get("runtimes") or [] if r["model"] != "teacher" and r["runtime"] in markers]:
         x, y = r["latency_ms"]["p50"] * 1000, r["accuracy"] * 100
-        ax.scatter([x], [y], s=40 + 1500 * r["size_bytes"] / biggest, marker=markers[r["runtime"]], facecolors="none",
-                   edgecolors=colors["final"], linewidths=1.5, zorder=3)
+        hollow = {"marker": markers[r["runtime"]], "facecolors": "none", "edgecolors": ROLE_COLORS["final"]}
+        ax.scatter([x], [y], s=area(r["size_bytes"]), linewidths=1.5, zorder=3, **hollow)
+        ax.scatter([], [], label=f"final on {r['runtime']}", **hollow)  # its legend entry, at the legend's marker size
         points.append((x, y, {"name": f"final, {r['runtime']}", "size_bytes": r["size_bytes"]}))
-    ax.set(xscale="log", xlabel="latency p50, batch 1, 1 thread (us, log scale)", ylabel="test accuracy (%)",
-           title=f"{report['name']}: accuracy vs latency (marker area = file size)")
-    label_points(ax, fig, [(x, y, f"{m['name']} ({size_text(m['size_bytes'])})", "black") for x, y, m in points],
-                 width=90, step=22, offset=9, fontsize=8)
-    plain_log_ticks(ax)
-    ax.grid(True, which="both", alpha=0.3)
-    for role, c in colors.items():
-        ax.scatter([], [], c=c, alpha=0.6, label=role)
-    for rt, mk in markers.items():
-        if any(r["runtime"] == rt for r in report.get("runtimes") or []):
-            ax.scatter([], [], marker=mk, facecolors="none", edgecolors=colors["final"], label=f"final on {rt}")
-    ax.legend(loc="lower right", fontsize=8)
-    save(fig, path)
+    finish(fig, ax, path, [(x, y, f"{m['name']} ({size_text(m['size_bytes'])})", "black") for x, y, m in points],
+           width=90, step=22, legend="lower right", xlabel="latency p50, batch 1, 1 thread (us, log scale)",
+           ylabel="test accuracy (%)", title=f"{report['name']}: accuracy vs latency (marker area = file size)")
 
 
 def write(report: dict, out_dir: Path, to_markdown, to_plot) -> None:
@@ -370,13 +371,20 @@ def write(report: dict, out_dir: Path, to_markdown, to_plot) -> None:
     to_plot(report, out_dir / "report.png")
 
 
-def print_table(report: dict) -> None:
-    out = console(200)
-    out.print(rich_table(f"compress: {report['name']} (test split, onnxruntime CPU)", *_model_table(report),
-                         left=("model", "role")))
-    if report.get("runtimes"):
-        out.print(rich_table("final model on every runtime (teacher: onnxruntime), interleaved",
-                             *_runtime_table(report), left=("file", "runtime")))
-    for n in report["notes"]:
+def print_tables(report: dict, width: int, *tables) -> None:
+    """A run's end in the terminal (every task): ``tables``, the report's notes and where report.md is (console)."""
+    out = console(width)
+    for table in tables:
+        out.print(table)
+    for n in report.get("notes", []):
         out.print(f"[yellow]note:[/yellow] {n}")
     out.print(f"report: {report['files']['report_md']}")
+
+
+def print_table(report: dict) -> None:
+    tables = [rich_table(f"compress: {report['name']} (test split, onnxruntime CPU)", *_model_table(report),
+                         left=("model", "role"))]
+    if report.get("runtimes"):
+        tables.append(rich_table("final model on every runtime (teacher: onnxruntime), interleaved",
+                                 *_runtime_table(report), left=("file", "runtime")))
+    print_tables(report, 200, *tables)

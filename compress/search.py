@@ -1405,7 +1405,7 @@ def markdown(result: dict) -> str:
 def plot(result: dict, path: Path) -> None:
     """Test quality (accuracy, or an LM's bits/byte) vs p50 latency (batch 1, or per decoded token), marker area =
     file size, the frontier connected; the teacher, the scratch student and the recipe's own result marked."""
-    from compress._plot import figure, label_points, plain_log_ticks, save
+    from compress._plot import ROLE_COLORS, figure, finish
 
     task = _task(result)
 
@@ -1429,26 +1429,21 @@ def plot(result: dict, path: Path) -> None:
     if front:
         ax.step(*zip(*map(xy, front)), where="post", color="#2ca02c", lw=1.2, zorder=2,
                 label=f"{task.quality}-latency frontier")
-    marks = {"teacher": ("*", "#d62728"), "scratch": ("s", "#7f7f7f")}
+    marks = {"teacher": ("*", ROLE_COLORS["teacher"]), "scratch": ("s", ROLE_COLORS["scratch"])}
     for m in result["references"]:
         mk, col = marks.get(m["role"], ("o", "black"))
         x, y = xy(m)
         ax.scatter([x], [y], s=area(m), marker=mk, c=col, alpha=0.7, edgecolors="black", linewidths=0.5, zorder=3)
         labels.append((x, y, m["name"], col))
-    ax.set(xscale="log", xlabel=task.xlabel, ylabel=task.ylabel,
-           title=f"{result['name']}: {result['variants_run']} candidates, {len(result['frontier'])} on the frontier "
-           "(marker area = file size)")
-    label_points(ax, fig, labels, width=120, step=12, offset=7, fontsize=7)
-    plain_log_ticks(ax, labelsize=7)
-    ax.grid(True, which="both", alpha=0.3)
     ax.scatter([], [], c="#2ca02c", alpha=0.55, label=f"frontier ({task.quality}, latency, size)")
     ax.scatter([], [], c="#1f77b4", alpha=0.55, label="dominated")
     ax.scatter([], [], facecolors="none", edgecolors="black", linewidths=1.8, label="the recipe's own")
     for role, (mk, col) in marks.items():
         if any(m["role"] == role for m in result["references"]):
             ax.scatter([], [], marker=mk, c=col, label=role)
-    ax.legend(loc="best", fontsize=7, framealpha=0.7)
-    save(fig, path)
+    finish(fig, ax, path, labels, width=120, step=12, offset=7, fontsize=7, xlabel=task.xlabel, ylabel=task.ylabel,
+           title=f"{result['name']}: {result['variants_run']} candidates, {len(result['frontier'])} on the frontier "
+           "(marker area = file size)")
 
 
 def print_table(result: dict) -> None:

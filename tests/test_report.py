@@ -93,3 +93,47 @@ def test_every_slower_shipped_file_is_named_with_both_timings():
         "model.tflite (litert) is SLOWER than its fp32 .onnx counterpart 04_export.onnx at large batch, all threads: "
         "p50 2000.0 us vs 1500.0 us (0.75x).",
     ]
+
+
+def test_stages_section_is_one_for_every_task():
+    """An assistant's stage (no file of its own: no facts) is named and marked cached; a prune stage gets its counts
+    and channel table, then every scalar fact but those shown elsewhere; then its notes."""
+    from compress.report import stages_markdown
+
+    prune_info = {"params_before": 1200, "params_after": 800, "macs_before": 50000, "macs_after": 30000,
+                  "bn_recalibration_samples": 64, "bn_recalibrated": "stale statistics", "seconds": 0.5,
+                  "ort_path": "/run/stages/02_prune.ort", "formats": ["onnx"], "notes": ["round_to 8: conv2 kept all"],
+                  "layers": [{"layer": "conv1", "before": 16, "after": 8, "cut": 0.5, "asked": 0.25, "deeper_than_asked": True},
+                             {"layer": "head", "before": 10, "after": 10, "cut": 0.0, "asked": None}]}
+    report = {"models": [{"name": "01_distill", "info": {"best_epoch": 3}}, {"name": "02_prune", "info": prune_info}],
+              "stages": [{"index": 1, "type": "distill", "config": {"type": "distill", "steps": 20}, "cached": True,
+                          "seconds": 0.12, "model": "assistant 1"},
+                         {"index": 2, "type": "prune", "config": {"type": "prune", "ratio": 0.25}, "cached": False,
+                          "seconds": 1.5}]}
+    assert stages_markdown(report) == [
+        "## Stages", "",
+        "### 1. distill (assistant 1) (0.12 s, cached)", "", "`steps=20`", "", "",
+        "### 2. prune (1.5 s)", "", "`ratio=0.25`", "",
+        "params 1,200 -> 800; MACs 50,000 -> 30,000", "",
+        "| layer | channels before | after | removed | asked |", "|---|---|---|---|---|",
+        "| conv1 | 16 | 8 | 50% | 25% **deeper than asked** |", "| head | 10 | 10 | 0% | - |", "",
+        "- bn_recalibration_samples: 64", "- round_to 8: conv2 kept all", ""]
+    # the student's stage shows its file's facts; without a layer table (the LM's prune) the counts are facts too
+    report["stages"][0].pop("model")
+    report["models"][1]["info"] = {"params_before": 1200, "params_after": 800, "cached": False}
+    assert stages_markdown(report) == [
+        "## Stages", "", "### 1. distill (0.12 s, cached)", "", "`steps=20`", "", "- best_epoch: 3", "",
+        "### 2. prune (1.5 s)", "", "`ratio=0.25`", "", "- params_before: 1200", "- params_after: 800", ""]
+
+
+def test_head_of_report_md_is_one_for_every_task():
+    from compress.report import head_markdown
+
+    report = {"created": "2026-01-01T00:00:00+00:00", "run_seconds": 41.6,
+              "versions": {"compress": "0.1.0", "torch": "2.5", "onnxruntime": "1.20"},
+              "cpu": {"model": "EPYC", "cores": 2, "features": ["avx2", "avx512_vnni"]}}
+    assert head_markdown(report, "tiny (language model)") == [
+        "# compress report: tiny (language model)", "",
+        "2026-01-01T00:00:00+00:00 · compress 0.1.0 · torch 2.5 · onnxruntime 1.20 · CPU EPYC (2 cores; avx2, "
+        "avx512_vnni) · 42 s", ""]
+    assert "(2 cores; no AVX2)" in head_markdown({**report, "cpu": {**report["cpu"], "features": []}}, "t")[2]

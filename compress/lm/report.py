@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.report import console, rich_table, stage_details
-from compress.report import md_table as _md_table
-from compress.report import size_text as _size
+from compress.report import head_markdown, md_table, print_tables, rich_table, size_text, stages_markdown
 
 __all__ = ["sections", "targets", "slower_notes", "markdown", "plot", "print_table", "student", "first_names"]
 
@@ -80,56 +78,41 @@ def sections(models: list[dict], bench: list[dict], samples: list[dict]) -> dict
 
 def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     cols = ["model", "role", "params", "file size", "bits/byte", "perplexity", "agreement"]
-    rows = [[_label(m), m["role"], f"{m['params']:,}" if m.get("params") else "-", _size(m.get("size_bytes")),
-             f"{m['bits_per_byte']:.4f}", f"{m['perplexity']:.3f}",
-             "-" if m.get("agreement") is None else f"{m['agreement']:.2%}"] for m in report["models"]]
-    return cols, rows
+    return cols, [[_label(m), m["role"], f"{m['params']:,}" if m.get("params") else "-", size_text(m.get("size_bytes")),
+                   f"{m['bits_per_byte']:.4f}", f"{m['perplexity']:.3f}",
+                   "-" if m.get("agreement") is None else f"{m['agreement']:.2%}"] for m in report["models"]]
 
 
 def _bench_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     cols = ["model", "threads", "file size", "TTFT p50 (ms)", "TTFT p90", "decode tokens/s (p50)", "vs teacher"]
-    teacher = {r["threads"]: r for r in report["bench"] if r["model"] == "teacher"}
+    teacher = {r["threads"]: r["tokens_per_s"] for r in report["bench"] if r["model"] == "teacher"}
     label = {m["name"]: _label(m) for m in report["models"]}
-    rows = []
-    for r in sorted(report["bench"], key=lambda r: (r["threads"], r["model"])):
-        t = teacher.get(r["threads"])
-        rows.append([label.get(r["model"], r["model"]), str(r["threads"]), _size(r["size_bytes"]),
-                     f"{r['ttft_ms']['p50']:.2f}", f"{r['ttft_ms']['p90']:.2f}", f"{r['tokens_per_s']:.0f}",
-                     f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x" if t else "-"])
-    return cols, rows
+    return cols, [[label.get(r["model"], r["model"]), str(r["threads"]), size_text(r["size_bytes"]),
+                   f"{r['ttft_ms']['p50']:.2f}", f"{r['ttft_ms']['p90']:.2f}", f"{r['tokens_per_s']:.0f}",
+                   f"{r['tokens_per_s'] / teacher[r['threads']]:.2f}x" if r["threads"] in teacher else "-"]
+                  for r in sorted(report["bench"], key=lambda r: (r["threads"], r["model"]))]
 
 
 def markdown(report: dict) -> str:
-    d, cpu = report["data"], report["cpu"]
-    lines = [f"# compress report: {report['name']} (language model)", "",
-             f"{report['created']} · compress {report['versions']['compress']} · CPU {cpu['model']} ({cpu['cores']} cores)"
-             f" · {report['run_seconds']:.0f} s", "",
+    d = report["data"]
+    lines = [*head_markdown(report, f"{report['name']} (language model)"),
              "Data: " + ", ".join(f"{k} {v['documents']} documents / {v['bytes']:,} bytes" for k, v in d.items()
                                   if k != "digest")
              + f" (corpus digest {d['digest']}); split by document, test never trained on. Every number below is "
                "measured on the model file itself (onnxruntime); files with the same sha256 are measured once.", "",
-             "## Targets", "", _md_table(["target", "measured", "met"],
-                                          [[t["target"], t["measured"], "yes" if t["met"] else "**NO**"] for t in report["targets"]]),
+             "## Targets", "", md_table(["target", "measured", "met"],
+                                         [[t["target"], t["measured"], "yes" if t["met"] else "**NO**"] for t in report["targets"]]),
              *(["", "## Notes", "", *[f"- {n}" for n in report.get("notes", [])]] if report.get("notes") else []),
-             "", "## Held-out quality (test split)", "", _md_table(*_model_rows(report)), "",
+             "", "## Held-out quality (test split)", "", md_table(*_model_rows(report)), "",
              *[f"- {k}: {v}" for k, v in report["metrics"].items()], ""]
     if report["bench"]:
         b = report["bench"][0]
         lines += ["## Generation benchmark (onnxruntime CPU, KV cache, greedy)", "",
                   f"Prompt {b['prompt_tokens']} bytes, {b['new_tokens']} decoded tokens; time to first token = prefill + "
                   "argmax; tokens/s = decoded tokens / p50 decode time. All files and thread counts timed interleaved "
-                  "in one process after warm-up (`compress.bench.time_rounds`).", "", _md_table(*_bench_rows(report)), "",
+                  "in one process after warm-up (`compress.bench.time_rounds`).", "", md_table(*_bench_rows(report)), "",
                   "![bits per byte vs decode speed](report.png)", ""]
-    lines += ["## Stages", ""]
-    info = {m["name"]: m.get("info", {}) for m in report["models"]}
-    for st in report["stages"]:
-        i = {} if st.get("model") else info.get(f"{st['index']:02d}_{st['type']}", {})  # an assistant's: no file of its own
-        facts = {k: v for k, v in i.items() if k not in ("tables", "notes", "candidates", "chain") and not isinstance(v, (dict, list))}
-        lines += [f"### {st['index']}. {st['type']}" + (f" ({st['model']})" if st.get("model") else "")
-                  + f" ({st['seconds']} s{', cached' if st['cached'] else ''})", "",
-                  "`" + ", ".join(f"{k}={v}" for k, v in st["config"].items() if k != "type") + "`", "",
-                  *[f"- {k}: {v}" for k, v in facts.items()], *stage_details(i), ""]
-    lines += ["## Generated samples (greedy, test-split prompts)", ""]
+    lines += [*stages_markdown(report), "## Generated samples (greedy, test-split prompts)", ""]
     for i, s in enumerate(report["samples"]):
         lines += [f"### Sample {i + 1}", "", "Prompt:", "", "```", s["prompt"], "```", ""]
         for name, text in s["continuations"].items():
@@ -139,38 +122,21 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """Test bits/byte vs decode tokens/s at 1 thread of every distinct file (marker area = file size)."""
-    from compress._plot import figure, label_points, plain_log_ticks, save
+    from compress._plot import finish, role_scatter
 
     speed = {r["model"]: r["tokens_per_s"] for r in report["bench"] if r["threads"] == 1}
-    files = [m for m in report["models"] if m["name"] in speed]
-    fig, ax = figure()
-    biggest = max(m["size_bytes"] for m in files)
-    colors = {"teacher": "#d62728", "scratch": "#7f7f7f", "assistant": "#ff7f0e", "stage": "#1f77b4", "final": "#2ca02c"}
-    labels = []
-    for m in files:
-        x, y = speed[m["name"]], m["bits_per_byte"]
-        ax.scatter([x], [y], s=40 + 1500 * m["size_bytes"] / biggest, c=colors.get(m["role"], "#1f77b4"),
-                   alpha=0.6, edgecolors="black", linewidths=0.5, zorder=3)
-        labels.append((x, y, f"{_label(m)} ({_size(m['size_bytes'])})", "black"))
-    ax.set_xscale("log")
-    xs = [x for x, _, _, _ in labels]
-    ax.set_xlim(min(xs) / 1.25, max(xs) * 2.2)  # room on the right for the labels of the fastest files
-    label_points(ax, fig, labels, width=110, step=14, offset=9, fontsize=8)
-    plain_log_ticks(ax)
-    ax.set_xlabel("decode tokens/s, greedy with the KV cache, 1 thread (log scale; one interleaved session)")
-    ax.set_ylabel("test bits per byte (lower is better)")
-    ax.set_title(f"{report['name']}: quality vs speed (marker area = file size)")
-    ax.grid(True, which="both", alpha=0.3)
-    save(fig, path)
+    points = [(speed[m["name"]], m["bits_per_byte"], m) for m in report["models"] if m["name"] in speed]
+    fig, ax, _ = role_scatter(points)
+    # xlim: room on the right for the labels of the fastest files
+    finish(fig, ax, path, [(x, y, f"{_label(m)} ({size_text(m['size_bytes'])})", "black") for x, y, m in points],
+           width=110, step=14, title=f"{report['name']}: quality vs speed (marker area = file size)",
+           xlim=(min(speed.values()) / 1.25, max(speed.values()) * 2.2), ylabel="test bits per byte (lower is better)",
+           xlabel="decode tokens/s, greedy with the KV cache, 1 thread (log scale; one interleaved session)")
 
 
 def print_table(report: dict) -> None:
-    out = console(160)
-    out.print(rich_table(f"compress: {report['name']} (test split, from the files)", *_model_rows(report),
-                         left=("model", "role")))
-    out.print(rich_table("generation (onnxruntime, KV cache, interleaved)", *_bench_rows(report), left=("model", "role")))
     rows = [[t["target"], t["measured"], "[green]yes[/green]" if t["met"] else "[red]NO[/red]"] for t in report["targets"]]
-    out.print(rich_table("targets", ["target", "measured", "met"], rows, left=("target", "measured", "met")))
-    for n in report.get("notes", []):
-        out.print(f"[yellow]note:[/yellow] {n}")
-    out.print(f"report: {report['files']['report_md']}")
+    print_tables(report, 160, rich_table(f"compress: {report['name']} (test split, from the files)", *_model_rows(report),
+                                         left=("model", "role")),
+                 rich_table("generation (onnxruntime, KV cache, interleaved)", *_bench_rows(report), left=("model",)),
+                 rich_table("targets", ["target", "measured", "met"], rows, left=("target", "measured", "met")))

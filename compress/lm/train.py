@@ -20,29 +20,25 @@ from compress import distributed
 from compress.errors import StageError
 from compress.lm.data import random_windows
 from compress.lm.model import GPT, generate, next_token
+from compress.losses.hinton import hinton_kd_loss
 from compress.stages.base import LMTrainConfig
 
 __all__ = ["token_kd_loss", "bits_per_byte", "train_lm", "teacher_continuations", "evaluate_lm", "LMScore"]
 
 def token_kd_loss(student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor, temperature: float,
                   alpha: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """alpha * CE + (1 - alpha) * T^2 * KL(p_teacher^T || p_student^T), mean over (masked) positions.
+    """Hinton KD (compress.losses.hinton_kd_loss) at every position: alpha * CE + (1 - alpha) * T^2 * KL, the mean
+    over positions. Without a teacher, CE; with ``mask`` (sequence-level KD, whose targets are the teacher's own
+    continuations), CE over the masked positions only.
 
-    ``student``/``teacher``: (..., vocab) logits; ``targets``: (...) token ids. Without a teacher: CE.
-    T^2 keeps the soft term's gradients on the scale of the hard one (Hinton et al. 2015, sec. 2).
+    ``student``/``teacher``: (..., vocab) logits; ``targets``: (...) token ids.
     """
     v = student.shape[-1]
     s, y = student.reshape(-1, v), targets.reshape(-1)
-    m = None if mask is None else mask.reshape(-1).to(s.dtype)
-    reduce = (lambda per: per.mean()) if m is None else (lambda per: (per * m).sum() / m.sum().clamp_min(1))  # noqa: E731
-    ce = reduce(F.cross_entropy(s, y, reduction="none"))
-    if teacher is None or alpha >= 1:
-        return ce
-    t = teacher.reshape(-1, v)
-    log_p_s = F.log_softmax(s / temperature, dim=-1)
-    log_p_t = F.log_softmax(t / temperature, dim=-1)
-    kl = reduce((log_p_t.exp() * (log_p_t - log_p_s)).sum(-1))
-    return alpha * ce + (1 - alpha) * temperature ** 2 * kl
+    if mask is not None:
+        m = mask.reshape(-1).to(s.dtype)
+        return (F.cross_entropy(s, y, reduction="none") * m).sum() / m.sum().clamp_min(1)
+    return F.cross_entropy(s, y) if teacher is None else hinton_kd_loss(s, teacher.reshape(-1, v), y, temperature, alpha)
 
 
 def bits_per_byte(nll_nats_sum: float, tokens: int) -> float:

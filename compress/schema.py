@@ -157,15 +157,10 @@ def refuse_constant(name: str):  # json.loads' parse_constant (also the cache's)
 
 def read_json(path: str | Path, what: str) -> Any:
     """A JSON file's content; NaN/Infinity, files over MAX_JSON_BYTES and non-regular files are refused."""
-    import stat
+    from compress._limits import regular_file
 
     path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise SchemaError(f"{path}: no such {what}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SchemaError(f"{path}: the {what} is not a regular file")
+    st = regular_file(path, f"{path}: the {what}", SchemaError)
     if st.st_size > MAX_JSON_BYTES:
         raise SchemaError(f"{path}: {st.st_size:,} bytes is too large for a {what} (limit {MAX_JSON_BYTES:,})")
     try:

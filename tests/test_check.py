@@ -224,7 +224,7 @@ def test_missing_or_unreadable_baseline_and_report(models, tmp_path):
     r = runner.invoke(cli, ["check", str(good), "--baseline", str(tmp_path / "deep.json")])
     assert r.exit_code == 2 and "the baseline is not valid JSON (maximum recursion depth exceeded" in r.output
     r = runner.invoke(cli, ["check", str(good), "--baseline", str(tmp_path / "missing.json")])
-    assert r.exit_code == 2 and "no such baseline" in r.output
+    assert r.exit_code == 2 and "missing.json: the baseline does not exist" in r.output
     (tmp_path / "broken.json").write_text("{")
     r = runner.invoke(cli, ["check", str(good), "--baseline", str(tmp_path / "broken.json")])
     assert r.exit_code == 2 and "not valid JSON" in r.output

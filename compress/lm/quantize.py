@@ -145,9 +145,10 @@ def choose_int4(src: Path, dst: Path, val_windows: np.ndarray, prompt: np.ndarra
                 seed: int = 0) -> dict:
     """``block_size`` / ``accuracy_level: auto``: INT4 with every (block, level) setting, each file scored on
     validation bits/byte and timed decoding with the KV cache at 1 thread, all in the same interleaved rounds
-    beside the fp32 source. The fastest within ``budget`` ships (``compress.quantization.search.choose``: ties
-    within 3 % go to the more accurate, then the smaller file). When none is within it, the most accurate
-    setting goes through ``quantize_within`` (the most sensitive MatMuls kept at ``fallback``)."""
+    beside the fp32 source. The fastest within ``budget`` wins (``compress.quantization.search.choose``: ties
+    within 3 % go to the more accurate, then the smaller file); when none is within it, the most accurate. The
+    winning setting ships through ``quantize_within``: every MatMul INT4 when that holds the budget on the shipped
+    file, else the most sensitive MatMuls kept at ``fallback``."""
     from compress.bench import cpu_info
     from compress.lm.onnx import bench_generation, quantize_decoder
 
@@ -187,17 +188,10 @@ def choose_int4(src: Path, dst: Path, val_windows: np.ndarray, prompt: np.ndarra
                  "rows": [[c.name, f"{c.score.bits_per_byte:.4f}", "-" if c is ref else f"{c.score.drop:+.4f}",
                            f"{c.timing['p50']:.2f} / {c.timing['p90']:.2f}", f"{speed[c.name]['tokens_per_s']:.0f}",
                            f"{base / c.timing['p50']:.2f}x", f"{c.size_bytes / 1e3:.1f} kB", c.verdict] for c in cands]}
-        if met:
-            with atomic_path(dst) as tmp:
-                shutil.copyfile(winner.path, tmp)
-            ops = [n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node]
-            info = {"mode": "int4_weight_only", "fp32_layers": [], "budget_met": True,
-                    "val_bits_per_byte": round(winner.score.bits_per_byte, 5),
-                    "val_bpb_increase": round(winner.score.drop, 5), "matmulnbits_nodes": ops.count("MatMulNBits"),
-                    "notes": [], "tables": []}
-        else:
-            info = quantize_within(src, dst, "int4_weight_only", budget, val_windows, block_size=block,
-                                   accuracy_level=level, per_channel=per_channel, fallback=fallback)
+        # The chosen setting, written and scored again as the file that ships (within the budget, every MatMul INT4;
+        # else the most sensitive ones kept at ``fallback``).
+        info = quantize_within(src, dst, "int4_weight_only", budget, val_windows, block_size=block, accuracy_level=level,
+                               per_channel=per_channel, fallback=fallback)
     info.update(block_size=block, accuracy_level=level, setting_choice="auto", max_bpb_increase=budget,
                 candidates=[{"name": c.name, "val_bits_per_byte": round(c.score.bits_per_byte, 5),
                              "decode_ms": c.timing, "size_bytes": c.size_bytes, "verdict": c.verdict} for c in cands])

@@ -47,7 +47,7 @@ def _env(threads: int | None) -> dict:
 def search_config(args, out: Path, workers: int, threads: int) -> dict:
     import optuna
 
-    from compress.pipeline import file_digest
+    from compress.cache import sha256_file
     from compress.recipe import load_recipe
     from compress.search import open_storage
 
@@ -77,7 +77,7 @@ def search_config(args, out: Path, workers: int, threads: int) -> dict:
         by_worker.setdefault(t.user_attrs["worker"], []).append(t.user_attrs["variant"])
     keys = [t.user_attrs["key"] for t in built]
     recorded = {t.user_attrs["variant"]: t.user_attrs["entry"]["sha256"] for t in built}
-    measured = {c["name"]: file_digest(Path(c["path"])) for c in result["candidates"]}
+    measured = {c["name"]: sha256_file(c["path"]) for c in result["candidates"]}
     return {"workers": workers, "threads": threads, "wall": wall, "by_worker": by_worker,
             "twice": len(keys) - len(set(keys)), "result": result, "measured": measured,
             "recorded_match": measured == recorded}

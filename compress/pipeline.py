@@ -40,7 +40,7 @@ from compress.stages.train import cross_entropy
 from compress.training import cached_model, fit
 
 __all__ = ["prepare", "validate", "run", "output_dir", "output_cache", "exclusive", "build", "measure", "chain_keys",
-           "file_digest", "relocate", "refuse_planted_links", "scratch_budget", "OWNED"]
+           "relocate", "refuse_planted_links", "scratch_budget", "OWNED"]
 
 # Names a run writes in its folder: replaced as a whole when a run is published (compress._io.publish).
 OWNED = ("teacher.onnx", "scratch.onnx", "assistant*.onnx", "model.*", "report.json", "report.md", "report.png", "stages",
@@ -179,11 +179,6 @@ def scratch_budget(recipe: Recipe) -> dict | None:
     return budget
 
 
-def file_digest(path: Path | None) -> str | None:
-    """sha256 of a file's bytes (weights given by path are part of every cache key downstream)."""
-    return None if path is None else sha256_file(path)
-
-
 def run(recipe: Recipe, output: str | Path | None = None, quiet: bool = False, force: bool = False,
         folder: str | None = None) -> dict:
     """Run the recipe; write model files, report.json, report.md and report.png; return the report.
@@ -241,8 +236,8 @@ def report_classify(recipe: Recipe, prep: Prepared, built: Built, run_dir: Path,
     splits = prep.splits
     models, eval_key = measure(recipe, splits, built.measured, cache, quiet=quiet)
     fp32 = fp32_counterpart(built.measured)
-    runtimes_key = cache_key("runtimes", eval_key, {fmt: file_digest(Path(p)) for fmt, p in built.final_files.items()},
-                             fp32 and file_digest(Path(fp32)))
+    runtimes_key = cache_key("runtimes", eval_key, {fmt: sha256_file(p) for fmt, p in built.final_files.items()},
+                             fp32 and sha256_file(fp32))
     runtimes = cache.get_json("runtimes", runtimes_key)
     if runtimes is None:
         from compress.evaluate import evaluate_runtimes
@@ -304,7 +299,7 @@ def stage_key(recipe, fingerprint: str, i: int, input_key: str, teacher: str) ->
     digests of the files its config names (teachers' weights, ONNX files, logits): editing such a file in place
     must invalidate the stage's cache entry, as editing the config does."""
     st = recipe.stages[i]
-    files = [(str(p), file_digest(p) if p.is_file() else None) for p in nodes(st) if isinstance(p, Path)]
+    files = [(str(p), sha256_file(p) if p.is_file() else None) for p in nodes(st) if isinstance(p, Path)]
     return cache_key("stage", input_key, teacher, i, st.model_dump(mode="json", by_alias=True), files,
                      recipe.seed, fingerprint)
 
@@ -488,7 +483,7 @@ def measure(recipe: Recipe, splits: Splits, measured: list[dict], cache: Cache, 
     model entries and the cache key: the files measured (by their sha256, with their names and roles), the bench
     settings, the data and the CPU. Keyed by the bytes measured, not by how they were made: a file that changes is
     measured again, whatever its stage key says."""
-    eval_key = cache_key("eval", [(m["name"], m["role"], file_digest(Path(m["path"]))) for m in measured],
+    eval_key = cache_key("eval", [(m["name"], m["role"], sha256_file(m["path"])) for m in measured],
                          recipe.bench.model_dump(), recipe.seed, splits.fingerprint, cpu_info())
     # Only the measurements are cached; names, paths and stage facts come from this run.
     measurements = cache.get_json("eval", eval_key)
@@ -500,7 +495,7 @@ def measure(recipe: Recipe, splits: Splits, measured: list[dict], cache: Cache, 
         cache.put_json("eval", eval_key, measurements)
     else:
         say(f"[dim]measurements: cached {eval_key} (--force to measure again)[/dim]", quiet)
-    return [{**m, "path": str(m["path"]), "sha256": file_digest(Path(m["path"])), **got}
+    return [{**m, "path": str(m["path"]), "sha256": sha256_file(m["path"]), **got}
             for m, got in zip(measured, measurements)], eval_key
 
 
@@ -560,12 +555,12 @@ class ClassifyTask:
     def teacher_key(self, recipe: Recipe, prep: Prepared) -> str:
         """The teacher's spec and training settings, or the digest of the weights it was given."""
         if recipe.teacher.weights:
-            return cache_key("teacher-weights", file_digest(recipe.teacher.weights), prep.splits.fingerprint)
+            return cache_key("teacher-weights", sha256_file(recipe.teacher.weights), prep.splits.fingerprint)
         return cache_key("teacher", recipe.teacher.model.model_dump(), recipe.teacher.train.model_dump(), recipe.seed,
                          prep.splits.fingerprint)
 
     def student_key(self, recipe: Recipe, prep: Prepared) -> str:
-        return cache_key("student", recipe.student.model.model_dump(), file_digest(recipe.student.weights),
+        return cache_key("student", recipe.student.model.model_dump(), recipe.student.weights and sha256_file(recipe.student.weights),
                          recipe.seed, prep.splits.fingerprint)
 
     def teacher(self, recipe: Recipe, prep: Prepared, cache: Cache, quiet: bool) -> Artifact:

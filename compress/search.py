@@ -610,9 +610,9 @@ class _Search:
     def finish(self, method: str, n_planned: int, build_seconds: float, extra: dict | None = None) -> dict:
         """Measure every candidate, the teacher and the scratch student in one interleaved session; the
         frontier; search.json, search.md and search.png. Returns the search.json content."""
-        from compress import pipeline
         from compress._io import claim_file, inside
         from compress.bench import cpu_info
+        from compress.cache import sha256_file
 
         done, refs, recipe, search_dir, task = self.done, self.refs, self.recipe, self.search_dir, self.task
         say(f"[bold]measuring[/bold] {len(done)} candidate(s), the teacher and the scratch student together "
@@ -621,7 +621,7 @@ class _Search:
         # Byte-identical files (two ratios that round to the same channel counts, say) are one model:
         # measured once and listed under every name, so timing noise cannot make a model dominate itself.
         first: dict[str, str] = {}
-        same_as = {c.name: first.setdefault(pipeline.file_digest(Path(c.entry["path"])), c.name) for c in done}
+        same_as = {c.name: first.setdefault(sha256_file(c.entry["path"]), c.name) for c in done}
         unique = [c for c in done if same_as[c.name] == c.name]
         entries = [{k: v for k, v in r.items() if k != "probe"} for r in refs] + [c.entry for c in unique]
         seen = _Seen(self.cache)  # the measurement's cache key, and whether it came from the cache
@@ -1080,11 +1080,11 @@ def _tell(optuna, study, store: Store, tid: int, number: int, values, attrs: dic
 def _recorded(s: _Search, m: dict, **more) -> dict:
     """A built file as a trial records it: its path relative to the search folder (the workers may see the output
     root at other paths) and its digest, which the report checks."""
-    from compress import pipeline
+    from compress.cache import sha256_file
 
     keep = ("name", "role", "params", "macs", "key", "lineage")
     return {**{k: m.get(k) for k in keep}, "path": str(Path(m["path"]).relative_to(s.search_dir)), **more,
-            "sha256": pipeline.file_digest(Path(m["path"]))}
+            "sha256": sha256_file(m["path"])}
 
 
 def _built_attrs(s: _Search, c: _Candidate, me: str) -> dict:
@@ -1286,15 +1286,15 @@ def _counts(trials) -> dict[str, int]:
 def _local(s: _Search, f: dict) -> dict | None:
     """A file a worker recorded (``_recorded``) as this machine sees it, its path under the search folder; None when
     it is outside that folder, missing or not the bytes the worker recorded."""
-    from compress import pipeline
     from compress._io import inside
+    from compress.cache import sha256_file
     from compress.errors import UnsafePathError
 
     try:
         path = inside(s.search_dir, f["path"])
     except UnsafePathError:
         return None
-    if not path.is_file() or path.is_symlink() or pipeline.file_digest(path) != f.get("sha256"):
+    if not path.is_file() or path.is_symlink() or sha256_file(path) != f.get("sha256"):
         return None
     return {**{k: v for k, v in f.items() if k != "sha256"}, "path": path}
 

@@ -7,6 +7,7 @@ from typing import Literal
 import torch.nn.functional as F
 from pydantic import Field
 
+from compress import training
 from compress.artifact import Artifact
 from compress.stages.base import StageConfig, TrainConfig, register_stage
 
@@ -20,8 +21,6 @@ class Schedule(TrainConfig, StageConfig):
 
     def fit(self, model, ctx, desc: str, seed_offset: int = 0, **kwargs):
         """``compress.training.fit`` of ``model`` on this schedule, seeded by the recipe and the stage's position."""
-        from compress import training
-
         return training.fit(model, ctx.splits, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                             weight_decay=self.weight_decay, seed=ctx.recipe.seed + ctx.stage_index + seed_offset,
                             desc=desc, quiet=ctx.quiet, **kwargs)

@@ -38,7 +38,7 @@ from compress._progress import warn
 from compress.errors import CompressError
 from compress.schema import refuse_constant
 
-__all__ = ["cache_key", "sha256_file", "Cache", "Entry", "CorruptEntry", "STAGE_KIND", "runtime_files", "MANIFEST", "load_weights_bytes"]
+__all__ = ["cache_key", "sha256_file", "Cache", "Entry", "CorruptEntry", "STAGE_KIND", "runtime_files", "MANIFEST"]
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "compress-cache-entry", 1
@@ -300,16 +300,16 @@ class Cache:
 
     def get_weights(self, kind: str, key: str, template: torch.nn.Module) -> torch.nn.Module | None:
         """A copy of ``template`` (never ``template`` itself) with the entry's weights, or None."""
-        return self._parsed(kind, key, lambda e: load_weights_bytes(template, e.read_bytes("model.safetensors"),
-                                                                     f"cache entry {kind}/{key}"), (CompressError,))
+        from compress.models.checkpoint import load_model_bytes
+
+        return self._parsed(kind, key, lambda e: load_model_bytes(template, e.read_bytes("model.safetensors"),
+                                                                   f"cache entry {kind}/{key}"), (CompressError,))
 
     def put_weights(self, kind: str, key: str, model: torch.nn.Module, files: dict | None = None,
                     meta: dict | None = None) -> Entry:
-        from safetensors.torch import save_model
+        from compress.models.checkpoint import save_model
 
-        # save_model (not save_file) keeps one copy of tied weights (an HF model's head and embedding)
-        return self.put(kind, key, {"model.safetensors": lambda p: save_model(model, str(p), force_contiguous=True),
-                                    **(files or {})}, meta)
+        return self.put(kind, key, {"model.safetensors": lambda p: save_model(model, p), **(files or {})}, meta)
 
     # --- stage outputs (kind STAGE_KIND) ---------------------------------------------------------
 
@@ -383,31 +383,6 @@ class Cache:
             self.discard(STAGE_KIND, key, str(exc) if isinstance(exc, CompressError)
                          else f"{where}: unreadable metadata ({type(exc).__name__}: {exc})")
             return None
-
-
-def load_weights_bytes(template: torch.nn.Module, data: bytes, where: str) -> torch.nn.Module:
-    """A copy of ``template`` with the weights of safetensors ``data`` (strict; tied weights restored)."""
-    import copy
-
-    from safetensors.torch import load
-
-    model = copy.deepcopy(template)
-    try:
-        state = load(data)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
-        raise CorruptEntry(f"{where}: unreadable weights ({exc})") from None
-    own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
-    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if unexpected or wrong:
-        raise CorruptEntry(f"{where}: weights do not fit the model (unexpected {unexpected[:3]}, wrong shapes {wrong[:3]})")
-    missing = set(own) - set(state)
-    # A key missing from the file must be a tied alias of a key it has (save_model stores shared tensors once).
-    ptrs = {own[k].data_ptr() for k in state}
-    if any(own[k].data_ptr() not in ptrs for k in missing):
-        raise CorruptEntry(f"{where}: weights lack {sorted(missing)[:3]}")
-    model.load_state_dict(state, strict=False)
-    return model.eval()
 
 
 # --- stage outputs ---------------------------------------------------------------------------------

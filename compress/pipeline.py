@@ -560,8 +560,9 @@ class ClassifyTask:
                          prep.splits.fingerprint)
 
     def student_key(self, recipe: Recipe, prep: Prepared) -> str:
-        return cache_key("student", recipe.student.model.model_dump(), recipe.student.weights and sha256_file(recipe.student.weights),
-                         recipe.seed, prep.splits.fingerprint)
+        weights = recipe.student.weights
+        return cache_key("student", recipe.student.model.model_dump(), weights and sha256_file(weights), recipe.seed,
+                         prep.splits.fingerprint)
 
     def teacher(self, recipe: Recipe, prep: Prepared, cache: Cache, quiet: bool) -> Artifact:
         t_key, t = self.teacher_key(recipe, prep), recipe.teacher.train

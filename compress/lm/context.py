@@ -44,8 +44,9 @@ class LMContext:
 
     stage_path = Context.stage_path  # out_dir/stages/NN_name.suffix, as for every task
 
-    def train(self, what: str, model: torch.nn.Module, key: str, budget: LMTrainConfig, **kw) -> tuple[torch.nn.Module, dict]:
-        """Train ``model`` in place by ``train_lm`` (or reuse the verified weights cached under ``key``)."""
+    def train(self, what: str, model: torch.nn.Module, key: str, budget: LMTrainConfig, **kw) -> tuple:
+        """Train ``model`` in place by ``train_lm`` (or reuse the verified weights cached under ``key``); ``(model,
+        info)``."""
 
         def make():
             t0 = time.perf_counter()

@@ -70,10 +70,15 @@ def load_model_bytes(template: nn.Module, data: bytes, where: str) -> nn.Module:
             mod._buffers[attr] = value
         else:
             raise ModelError(f"{where}: tensor {key} does not exist in this architecture")
-    for first, *aliases in (names for names in tied.values() if len(names) > 1):
-        for alias in aliases:
+    for names in (names for names in tied.values() if len(names) > 1):
+        src = next((n for n in names if n in tensors), names[0])  # a file may hold a tied tensor under one name
+        for alias in names:
             am, _, aa = alias.rpartition(".")
-            own[am]._parameters[aa] = model.get_parameter(first)
+            own[am]._parameters[aa] = model.get_parameter(src)
+    held = set(tensors) | {n for names in tied.values() if set(names) & set(tensors) for n in names}
+    missing = sorted(set(model.state_dict()) - held)
+    if missing:
+        raise ModelError(f"{where}: the checkpoint lacks {missing[:3]}{' ...' if len(missing) > 3 else ''}")
     if not isinstance(attrs, dict):
         raise ModelError(f"{where}: unreadable layer attributes")
     for name, values in attrs.items():

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from compress.artifact import Artifact
     from compress.errors import RecipeError
 
-__all__ = ["Strict", "StageConfig", "TrainConfig", "LMTrainConfig", "StageSpec", "CheckContext", "STAGES", "REGISTRY", "TASKS",
-           "register_stage", "stages_for"]
+__all__ = ["Strict", "StageConfig", "TrainConfig", "LMTrainConfig", "StageSpec", "CheckContext", "STAGES", "REGISTRY",
+           "TASKS", "register_stage", "stages_for"]
 
 TASKS = ("classify", "lm")
 

@@ -9,9 +9,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from compress.errors import ChainError, DataError, ModelError, RecipeError, key_path
-from compress.stages.base import LMTrainConfig, Strict, TrainConfig, stages_for
+from compress.stages.base import Strict, stages_for
 
-__all__ = ["Strict", "SplitConfig", "TrainConfig", "LMTrainConfig", "RecipeBase", "check_chain", "nodes"]
+__all__ = ["Strict", "SplitConfig", "RecipeBase", "check_chain", "nodes"]
 
 
 class SplitConfig(Strict):

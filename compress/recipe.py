@@ -22,11 +22,11 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_va
 
 from compress import stages as _stages  # registers every stage
 from compress._limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_EVENTS, file_kind, fmt_bytes
-from compress.config import RecipeBase, SplitConfig, Strict, TrainConfig, check_chain, nodes
+from compress.config import RecipeBase, SplitConfig, Strict, check_chain, nodes
 from compress.lm.recipe import LMRecipe
 from compress.errors import CompressError, RecipeError, key_path
 from compress.models.spec import ModelSpec
-from compress.stages.base import STAGES, stages_for
+from compress.stages.base import STAGES, TrainConfig, stages_for
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "recipe_and_data", "DataConfig", "ModelSpec", "TrainConfig", "check_chain"]
 

@@ -101,7 +101,8 @@ BPB = Yardstick("val bits/byte", lambda s: s.bits_per_byte, "{:.4f}".format, "{:
 
 
 def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows: np.ndarray, *, block_size: int = 32,
-                    accuracy_level: int | None = None, per_channel: bool = True, fallback: str = "fp32") -> dict:
+                    accuracy_level: int | None = None, per_channel: bool = True, fallback: str = "fp32",
+                    scorer: BpbScorer | None = None) -> dict:
     """Quantize ``src`` into ``dst`` (``int8_dynamic`` or ``int4_weight_only``), keeping the most sensitive linear
     layers at ``fallback`` precision (fp32; int8 for int4_weight_only) until the validation bits/byte increase is
     within ``budget`` (compress.quantization.search.accuracy_aware); returns the report's info (``<fallback>_layers``
@@ -118,7 +119,7 @@ def quantize_within(src: Path, dst: Path, mode: str, budget: float, val_windows:
         if not layers:
             raise StageError(f"quantize: {mode} found no MatMul with constant weights in the decoder")
         only, excl = _builders(source, mode, block_size, accuracy_level, per_channel, [la.name for la in layers], fallback)
-        scorer = BpbScorer(src, val_windows)
+        scorer = scorer or BpbScorer(src, val_windows)  # choose_int4's: the fp32 source is scored once
         chosen, info = accuracy_aware(layers, only, excl, scorer, budget, wd, "lm", what, BPB,
                                       fallback.upper() if fallback == "int8" else "fp32")
         with atomic_path(dst) as tmp:
@@ -191,7 +192,7 @@ def choose_int4(src: Path, dst: Path, val_windows: np.ndarray, prompt: np.ndarra
         # The chosen setting, written and scored again as the file that ships (within the budget, every MatMul INT4;
         # else the most sensitive ones kept at ``fallback``).
         info = quantize_within(src, dst, "int4_weight_only", budget, val_windows, block_size=block, accuracy_level=level,
-                               per_channel=per_channel, fallback=fallback)
+                               per_channel=per_channel, fallback=fallback, scorer=scorer)
     info.update(block_size=block, accuracy_level=level, setting_choice="auto", max_bpb_increase=budget,
                 candidates=[{"name": c.name, "val_bits_per_byte": round(c.score.bits_per_byte, 5),
                              "decode_ms": c.timing, "size_bytes": c.size_bytes, "verdict": c.verdict} for c in cands])

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from compress import stages as _stages  # noqa: F401  (registers every stage)
-from compress.config import LMTrainConfig, RecipeBase, SplitConfig, Strict, check_chain
+from compress.config import RecipeBase, SplitConfig, Strict, check_chain
 from compress.lm.spec import LMModelSpec
-from compress.stages.base import stages_for
+from compress.stages.base import LMTrainConfig, stages_for
 
 __all__ = ["LMRecipe", "model_specs"]
 
